@@ -1,0 +1,92 @@
+"""Error codes, close codes and the exception tree of the protocol.
+
+Errors that cross the wire are values (`ErrorCode` inside an `Error` or a
+`Reply`); exceptions exist only inside a process::
+
+    KmzError
+    ├── ProtocolError        the peer sent something we cannot accept
+    │   └── HandshakeError   ... before or during the handshake
+    └── CommandError         a command came back with ok=false (client side)
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ErrorCode(enum.StrEnum):
+    """Snake_case codes carried by `Error` and failed `Reply` messages."""
+
+    # The peer's bytes or message shape.
+    INVALID_JSON = "invalid_json"
+    INVALID_MESSAGE = "invalid_message"
+    UNKNOWN_TYPE = "unknown_type"
+    MESSAGE_TOO_LARGE = "message_too_large"
+    UNEXPECTED_MESSAGE = "unexpected_message"
+    # Handshake.
+    HELLO_EXPECTED = "hello_expected"
+    UNSUPPORTED_PROTOCOL = "unsupported_protocol"
+    UNAUTHORIZED = "unauthorized"
+    DUPLICATE_AGENT = "duplicate_agent"
+    # Subscriptions and ids.
+    INVALID_PATTERN = "invalid_pattern"
+    INVALID_INSTRUMENT_ID = "invalid_instrument_id"
+    DUPLICATE_ID = "duplicate_id"
+    # Commands.
+    UNKNOWN_INSTRUMENT = "unknown_instrument"
+    INSTRUMENT_OFFLINE = "instrument_offline"
+    UNKNOWN_COMMAND = "unknown_command"
+    INVALID_ARGUMENTS = "invalid_arguments"
+    COMMAND_TIMEOUT = "command_timeout"
+    INSTRUMENT_BUSY = "instrument_busy"
+    INSTRUMENT_ERROR = "instrument_error"
+    INSTRUMENT_UNREACHABLE = "instrument_unreachable"
+    AGENT_DISCONNECTED = "agent_disconnected"
+    TOO_MANY_PENDING = "too_many_pending"
+    # Anything else: a bug on the side that reports it.
+    INTERNAL_ERROR = "internal_error"
+
+
+class CloseCode(enum.IntEnum):
+    """WebSocket close codes the hub uses (4000-4999 are application codes)."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    HELLO_EXPECTED = 4000
+    UNAUTHORIZED = 4001
+    UNSUPPORTED_PROTOCOL = 4002
+    DUPLICATE_AGENT = 4003
+    HANDSHAKE_TIMEOUT = 4004
+    SLOW_CONSUMER = 4005
+
+
+class KmzError(Exception):
+    """Base of every exception raised by kleinmaelzung."""
+
+
+class ProtocolError(KmzError):
+    """The peer broke the protocol; carries the code to report."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class HandshakeError(ProtocolError):
+    """The handshake failed; the connection closes with `close_code`."""
+
+    def __init__(self, code: ErrorCode, message: str, close_code: CloseCode) -> None:
+        super().__init__(code, message)
+        self.close_code = close_code
+
+
+class CommandError(KmzError):
+    """A command was answered with ok=false."""
+
+    def __init__(self, code: str, message: str, *, instrument: str = "", name: str = "") -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.instrument = instrument
+        self.name = name

@@ -1,0 +1,280 @@
+"""Every message of the Kleinmaelzung wire protocol, as frozen msgspec Structs.
+
+Each message is a JSON object whose ``type`` field names it. The unions at the
+bottom say which messages may travel in which direction; `codec` decodes
+against exactly one of them. `docs/protocol.md` documents each message with an
+example that a test decodes.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from .errors import ErrorCode
+
+#: Bumped on any change an old peer could misread. The hub accepts exactly the
+#: versions in `SUPPORTED_PROTOCOLS`.
+PROTOCOL_VERSION = 1
+SUPPORTED_PROTOCOLS = frozenset({1})
+
+# Ids appear in URLs, file names, log columns and glob patterns, so they are
+# kept to a conservative alphabet.
+InstrumentId = Annotated[
+    str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$", description="instrument id")
+]
+AgentId = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")]
+#: A glob over instrument ids: ``*`` any run, ``?`` one character, ``[...]`` a set.
+Pattern = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9_.*?\[\]!-]{1,64}$")]
+CorrelationId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+CommandName = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+ChannelName = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+Timeout = Annotated[float, msgspec.Meta(gt=0, le=300)]
+#: Seconds since the Unix epoch (UTC), as the source clock saw it.
+Timestamp = float
+#: A channel value: a number, a flag (a balance's "stable") or a short text.
+Value = float | bool | str
+InstrumentState = Literal["online", "offline", "faulted"]
+ArgType = Literal["float", "int", "str", "bool"]
+
+
+class _Struct(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Base: immutable, and strict about unknown fields so typos surface."""
+
+
+# --- building blocks ---------------------------------------------------------
+
+
+class Channel(_Struct, frozen=True):
+    """One measured quantity of an instrument."""
+
+    name: ChannelName
+    unit: str = ""
+    description: str = ""
+
+
+class CommandArg(_Struct, frozen=True):
+    """One named argument a command accepts."""
+
+    name: ChannelName
+    type: ArgType = "float"
+    description: str = ""
+    minimum: float | None = None
+    maximum: float | None = None
+
+
+class CommandSpec(_Struct, frozen=True):
+    """A command an instrument accepts, with a one-line description."""
+
+    name: CommandName
+    description: str = ""
+    args: list[CommandArg] = []
+
+
+class InstrumentInfo(_Struct, frozen=True):
+    """What an agent announces about one instrument."""
+
+    id: InstrumentId
+    kind: str
+    description: str = ""
+    channels: list[Channel] = []
+    commands: list[CommandSpec] = []
+    poll_interval_s: float | None = None
+
+
+class Sample(_Struct, frozen=True):
+    """One reading: per-instrument sequence number, source time, values by channel."""
+
+    instrument: InstrumentId
+    seq: Annotated[int, msgspec.Meta(ge=0)]
+    ts: Timestamp
+    values: dict[str, Value]
+
+
+class ErrorInfo(_Struct, frozen=True):
+    """The error inside a failed `Reply`."""
+
+    code: str
+    message: str
+
+
+class InstrumentRecord(_Struct, frozen=True):
+    """The hub's view of one instrument, as listed to clients."""
+
+    id: InstrumentId
+    kind: str
+    agent: str
+    state: InstrumentState
+    reason: str = ""
+    last_seen: Timestamp | None = None
+    description: str = ""
+    channels: list[Channel] = []
+    commands: list[CommandSpec] = []
+
+
+# --- messages ----------------------------------------------------------------
+
+
+class AgentHello(_Struct, frozen=True, tag="agent_hello"):
+    """First message of an agent: who it is and which instruments it serves."""
+
+    protocol: int
+    agent_id: AgentId
+    instruments: list[InstrumentInfo]
+    token: str | None = None
+    software: str = ""
+
+
+class ClientHello(_Struct, frozen=True, tag="client_hello"):
+    """First message of a client."""
+
+    protocol: int
+    token: str | None = None
+    name: str = ""
+
+
+class Welcome(_Struct, frozen=True, tag="welcome"):
+    """The hub's answer to a hello: the handshake is complete."""
+
+    protocol: int
+    hub: str
+    session: str
+    server_time: Timestamp
+
+
+class Data(_Struct, frozen=True, tag="data"):
+    """A batch of samples, of one or several instruments, oldest first."""
+
+    samples: list[Sample]
+
+
+class Status(_Struct, frozen=True, tag="status"):
+    """An instrument went online, offline or faulted, and why."""
+
+    instrument: InstrumentId
+    state: InstrumentState
+    ts: Timestamp
+    reason: str = ""
+
+
+class Command(_Struct, frozen=True, tag="command"):
+    """Ask an instrument to do something; answered by a `Reply` with the same id."""
+
+    id: CorrelationId
+    instrument: InstrumentId
+    name: CommandName
+    args: dict[str, Any] = {}
+    timeout_s: Timeout = 5.0
+
+
+class Reply(_Struct, frozen=True, tag="reply"):
+    """The outcome of a `Command`: ok with a result, or an error."""
+
+    id: CorrelationId
+    ok: bool
+    result: Any = None
+    error: ErrorInfo | None = None
+
+
+class Ack(_Struct, frozen=True, tag="ack"):
+    """Hub to agent: samples up to these sequence numbers are durably logged."""
+
+    seqs: dict[str, int]
+
+
+class Subscribe(_Struct, frozen=True, tag="subscribe"):
+    """Start receiving data and status of instruments matching the patterns."""
+
+    id: CorrelationId
+    patterns: Annotated[list[Pattern], msgspec.Meta(min_length=1, max_length=256)]
+
+
+class Unsubscribe(_Struct, frozen=True, tag="unsubscribe"):
+    """Stop receiving what the given patterns subscribed to."""
+
+    id: CorrelationId
+    patterns: Annotated[list[Pattern], msgspec.Meta(min_length=1, max_length=256)]
+
+
+class Subscribed(_Struct, frozen=True, tag="subscribed"):
+    """Answer to (un)subscribe: all active patterns and the instruments they match now."""
+
+    id: CorrelationId
+    patterns: list[str]
+    instruments: list[str]
+
+
+class ListInstruments(_Struct, frozen=True, tag="list_instruments"):
+    """Ask for every instrument the hub knows."""
+
+    id: CorrelationId
+
+
+class InstrumentList(_Struct, frozen=True, tag="instrument_list"):
+    """Answer to `ListInstruments`."""
+
+    id: CorrelationId
+    instruments: list[InstrumentRecord]
+
+
+class Error(_Struct, frozen=True, tag="error"):
+    """Something the peer sent was refused; `id` names the request when known."""
+
+    code: str
+    message: str
+    id: str | None = None
+
+    def code_enum(self) -> ErrorCode:
+        """The code as an `ErrorCode`; codes from newer peers map to INTERNAL_ERROR."""
+        try:
+            return ErrorCode(self.code)
+        except ValueError:
+            return ErrorCode.INTERNAL_ERROR
+
+
+# --- directions ----------------------------------------------------------------
+
+AgentMessage = AgentHello | Data | Status | Reply | Error
+"""Agent to hub."""
+HubToAgentMessage = Welcome | Command | Ack | Error
+"""Hub to agent."""
+ClientMessage = ClientHello | Subscribe | Unsubscribe | ListInstruments | Command
+"""Client to hub."""
+HubToClientMessage = Welcome | Data | Status | Reply | Subscribed | InstrumentList | Error
+"""Hub to client."""
+
+Message = (
+    AgentHello
+    | ClientHello
+    | Welcome
+    | Data
+    | Status
+    | Command
+    | Reply
+    | Ack
+    | Subscribe
+    | Unsubscribe
+    | Subscribed
+    | ListInstruments
+    | InstrumentList
+    | Error
+)
+"""Any message, in any direction."""
+
+ALL_MESSAGE_TYPES: tuple[type[msgspec.Struct], ...] = (
+    AgentHello,
+    ClientHello,
+    Welcome,
+    Data,
+    Status,
+    Command,
+    Reply,
+    Ack,
+    Subscribe,
+    Unsubscribe,
+    Subscribed,
+    ListInstruments,
+    InstrumentList,
+    Error,
+)
