@@ -124,6 +124,10 @@ class AgentHello(_Struct, frozen=True, tag="agent_hello"):
     instruments: list[InstrumentInfo]
     token: str | None = None
     software: str = ""
+    #: Random per agent process start. Sequence numbers restart with a new
+    #: run; within one run the hub drops samples it has already logged, so
+    #: an agent may resend everything not yet acknowledged after a reconnect.
+    run: str = ""
 
 
 class ClientHello(_Struct, frozen=True, tag="client_hello"):
