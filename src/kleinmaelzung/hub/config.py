@@ -1,0 +1,26 @@
+"""HubConfig: where the hub listens, where it keeps its data, its limits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+
+from ..protocol import Limits, Timeouts
+from ..transport import DEFAULT_PORT
+
+
+class HubConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything a hub needs to start."""
+
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    data_dir: Path = Path("kmz-data")
+    name: str = "kmz-hub"
+    limits: Limits = Limits()
+    timeouts: Timeouts = Timeouts()
+
+    @property
+    def traffic_db(self) -> Path:
+        """The SQLite traffic log file."""
+        return self.data_dir / "traffic.sqlite3"

@@ -1,0 +1,143 @@
+"""The HTTP API: health, instruments, the traffic log, and a plain status page."""
+
+from __future__ import annotations
+
+import html
+import time
+
+import msgspec
+from aiohttp import web
+
+from .. import __version__
+from ..protocol import PeerKind, is_instrument_id
+from .services import HUB_KEY
+
+MAX_LOG_LIMIT = 10_000
+
+
+class _LogEntryOut(msgspec.Struct):
+    id: int
+    ts: float
+    direction: str
+    peer: str
+    instrument: str | None
+    type: str
+    message: msgspec.Raw
+
+
+def _json(payload: object, status: int = 200) -> web.Response:
+    return web.Response(
+        body=msgspec.json.encode(payload), status=status, content_type="application/json"
+    )
+
+
+def _bad_request(code: str, message: str) -> web.Response:
+    return _json({"code": code, "message": message}, status=400)
+
+
+async def health(request: web.Request) -> web.Response:
+    """`GET /api/health`: is the hub up, and how busy."""
+    hub = request.app[HUB_KEY]
+    return _json(
+        {
+            "status": "ok",
+            "hub": hub.config.name,
+            "version": __version__,
+            "uptime_s": round(time.monotonic() - hub.started, 3),
+            "agents": len(hub.registry.agents),
+            "clients": sum(1 for p in hub.peers if p.kind is PeerKind.CLIENT),
+            "instruments": len(hub.registry.instruments),
+            "log_backlog": hub.store.backlog,
+        }
+    )
+
+
+async def instruments(request: web.Request) -> web.Response:
+    """`GET /api/instruments`: every known instrument with its state."""
+    return _json(request.app[HUB_KEY].registry.records())
+
+
+async def traffic_log(request: web.Request) -> web.Response:
+    """`GET /api/log?instrument=ID&limit=N`: newest traffic-log entries first."""
+    hub = request.app[HUB_KEY]
+    instrument = request.query.get("instrument")
+    if instrument is not None and not is_instrument_id(instrument):
+        return _bad_request("invalid_instrument_id", f"not an instrument id: {instrument!r}")
+    raw_limit = request.query.get("limit", "100")
+    try:
+        limit = int(raw_limit)
+    except ValueError:
+        return _bad_request("invalid_arguments", f"limit must be an integer, got {raw_limit!r}")
+    if not 1 <= limit <= MAX_LOG_LIMIT:
+        return _bad_request("invalid_arguments", f"limit must be 1..{MAX_LOG_LIMIT}, got {limit}")
+    entries = await hub.store.query(instrument=instrument, limit=limit)
+    return _json(
+        {
+            "entries": [
+                _LogEntryOut(
+                    id=e.id,
+                    ts=e.ts,
+                    direction=e.direction,
+                    peer=e.peer,
+                    instrument=e.instrument,
+                    type=e.type,
+                    message=msgspec.Raw(e.message),
+                )
+                for e in entries
+            ]
+        }
+    )
+
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="refresh" content="2">
+<title>Kleinmaelzung hub</title>
+<style>
+body {{ font: 15px system-ui, sans-serif; margin: 2rem; color: #222; }}
+table {{ border-collapse: collapse; }} td, th {{ padding: .3rem .8rem; text-align: left; }}
+tr:nth-child(even) {{ background: #f4f4f4; }}
+.online {{ color: #1a7f37; font-weight: 600; }} .offline {{ color: #888; }}
+.faulted {{ color: #c62828; font-weight: 600; }}
+code {{ background: #f0f0f0; padding: 0 .3em; }}
+</style></head><body>
+<h1>Kleinmaelzung hub <small>{name}</small></h1>
+<p>{agents} agent(s), {clients} client(s). This page refreshes every 2 s.</p>
+<table><tr><th>instrument</th><th>kind</th><th>state</th><th>agent</th><th>last seen</th>
+<th>channels</th></tr>
+{rows}
+</table>
+<p>Try <code>kmz instruments</code>, <code>kmz watch 'kiln-*'</code>,
+<code>kmz send balance tare</code>. API: <a href="/api/health">/api/health</a>,
+<a href="/api/instruments">/api/instruments</a>, <a href="/api/log?limit=50">/api/log</a>.</p>
+</body></html>
+"""
+
+
+async def status_page(request: web.Request) -> web.Response:
+    """`GET /`: the instruments and their state, until the dashboard arrives."""
+    hub = request.app[HUB_KEY]
+    now = hub.clock()
+    rows = []
+    for record in hub.registry.records():
+        seen = (
+            "never" if record.last_seen is None else f"{max(0.0, now - record.last_seen):.1f} s ago"
+        )
+        state = html.escape(record.state) + (
+            f" ({html.escape(record.reason)})" if record.reason else ""
+        )
+        channels = ", ".join(
+            html.escape(f"{c.name} [{c.unit}]" if c.unit else c.name) for c in record.channels
+        )
+        rows.append(
+            f"<tr><td>{html.escape(record.id)}</td><td>{html.escape(record.kind)}</td>"
+            f'<td class="{html.escape(record.state)}">{state}</td>'
+            f"<td>{html.escape(record.agent)}</td><td>{seen}</td><td>{channels}</td></tr>"
+        )
+    body = _PAGE.format(
+        name=html.escape(hub.config.name),
+        agents=len(hub.registry.agents),
+        clients=sum(1 for p in hub.peers if p.kind is PeerKind.CLIENT),
+        rows="\n".join(rows) or '<tr><td colspan="6">no instruments yet</td></tr>',
+    )
+    return web.Response(text=body, content_type="text/html")

@@ -1,0 +1,61 @@
+"""The traffic log's interface: what the hub writes and reads, whatever the backend."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+Direction = Literal["in", "out"]
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One logged message: `message` is its JSON exactly as it crossed the wire."""
+
+    ts: float
+    direction: Direction
+    peer: str
+    type: str
+    message: bytes
+    instrument: str | None = None
+    #: For inbound data: the agent and the highest seq per instrument in this
+    #: record, acknowledged to the agent once the record is committed.
+    ack: tuple[str, Mapping[str, int]] | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    """A record read back from the log."""
+
+    id: int
+    ts: float
+    direction: Direction
+    peer: str
+    instrument: str | None
+    type: str
+    message: bytes
+
+
+#: Called (on the event loop) with {agent_id: {instrument: seq}} after a commit.
+OnCommitted = Callable[[dict[str, dict[str, int]]], None]
+
+
+class Store(Protocol):
+    """A durable, append-only traffic log."""
+
+    def append(self, record: Record) -> None:
+        """Queue a record for writing; never blocks the event loop."""
+
+    async def query(self, *, instrument: str | None = None, limit: int = 100) -> list[LogEntry]:
+        """Return the newest entries, newest first."""
+
+    async def flush(self) -> None:
+        """Wait until everything appended so far is committed."""
+
+    async def close(self) -> None:
+        """Commit what is queued and release the backend."""
+
+    @property
+    def backlog(self) -> int:
+        """Records appended but not yet committed."""

@@ -1,0 +1,208 @@
+"""The SQLite traffic log: one writer thread commits batches, readers use their own connections."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import queue
+import sqlite3
+import threading
+from pathlib import Path
+
+from .base import LogEntry, OnCommitted, Record
+
+_log = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS traffic (
+    id INTEGER PRIMARY KEY,
+    ts REAL NOT NULL,
+    direction TEXT NOT NULL CHECK (direction IN ('in', 'out')),
+    peer TEXT NOT NULL,
+    instrument TEXT,
+    type TEXT NOT NULL,
+    message TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS traffic_instrument ON traffic (instrument, id);
+"""
+
+#: Rows per transaction at most; larger backlogs commit in several batches.
+_BATCH_ROWS = 5000
+
+
+class _Flush:
+    """Marker: commit everything before me, then resolve `done`."""
+
+    def __init__(self) -> None:
+        self.done: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+
+class _Stop:
+    """Marker: commit everything before me, then end the writer thread."""
+
+
+class SqliteStore:
+    """Append-only traffic log in one SQLite file (WAL), written in batches off the loop."""
+
+    def __init__(self, path: Path, *, on_committed: OnCommitted | None = None) -> None:
+        self.path = path
+        self._on_committed = on_committed
+        self._queue: queue.SimpleQueue[Record | _Flush | _Stop] = queue.SimpleQueue()
+        self._pending = 0
+        self._pending_lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self.committed_rows = 0
+
+    async def open(self) -> None:
+        """Create the file and schema, then start the writer thread."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._loop = asyncio.get_running_loop()
+        ready: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._thread = threading.Thread(
+            target=self._run, args=(ready,), name="kmz-traffic-writer", daemon=True
+        )
+        self._thread.start()
+        await asyncio.wrap_future(ready)
+
+    def append(self, record: Record) -> None:
+        """Queue a record for writing; never blocks the event loop."""
+        if self._closed:
+            raise RuntimeError("traffic log is closed")
+        with self._pending_lock:
+            self._pending += 1
+        self._queue.put(record)
+
+    @property
+    def backlog(self) -> int:
+        """Records appended but not yet committed."""
+        return self._pending
+
+    async def flush(self) -> None:
+        """Wait until everything appended so far is committed."""
+        marker = _Flush()
+        self._queue.put(marker)
+        await asyncio.wrap_future(marker.done)
+
+    async def close(self) -> None:
+        """Commit what is queued and stop the writer thread."""
+        if self._closed or self._thread is None:
+            self._closed = True
+            return
+        self._closed = True
+        self._queue.put(_Stop())
+        await asyncio.to_thread(self._thread.join)
+
+    async def query(self, *, instrument: str | None = None, limit: int = 100) -> list[LogEntry]:
+        """Return the newest entries, newest first."""
+        return await asyncio.to_thread(self._query, instrument, limit)
+
+    def _query(self, instrument: str | None, limit: int) -> list[LogEntry]:
+        connection = sqlite3.connect(self.path)
+        try:
+            sql = "SELECT id, ts, direction, peer, instrument, type, message FROM traffic"
+            params: tuple[object, ...] = ()
+            if instrument is not None:
+                sql += " WHERE instrument = ?"
+                params = (instrument,)
+            sql += " ORDER BY id DESC LIMIT ?"
+            rows = connection.execute(sql, (*params, limit)).fetchall()
+        finally:
+            connection.close()
+        return [
+            LogEntry(
+                id=row[0],
+                ts=row[1],
+                direction=row[2],
+                peer=row[3],
+                instrument=row[4],
+                type=row[5],
+                message=row[6].encode(),
+            )
+            for row in rows
+        ]
+
+    # --- the writer thread ---------------------------------------------------
+
+    def _run(self, ready: concurrent.futures.Future[None]) -> None:
+        try:
+            connection = sqlite3.connect(self.path, isolation_level=None)
+            connection.execute("PRAGMA journal_mode=WAL")
+            # FULL: a committed batch survives power loss, so an Ack to the
+            # agent (which then forgets the samples) is a promise we keep.
+            connection.execute("PRAGMA synchronous=FULL")
+            connection.executescript(_SCHEMA)
+        except Exception as exc:
+            ready.set_exception(exc)
+            return
+        ready.set_result(None)
+        try:
+            self._write_forever(connection)
+        finally:
+            connection.close()
+
+    def _write_forever(self, connection: sqlite3.Connection) -> None:
+        while True:
+            batch: list[Record] = []
+            markers: list[_Flush] = []
+            stop = False
+            item = self._queue.get()
+            while True:
+                if isinstance(item, _Stop):
+                    stop = True
+                elif isinstance(item, _Flush):
+                    markers.append(item)
+                else:
+                    batch.append(item)
+                if stop or len(batch) >= _BATCH_ROWS:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if batch:
+                self._commit(connection, batch)
+            for marker in markers:
+                marker.done.set_result(None)
+            if stop:
+                return
+
+    def _commit(self, connection: sqlite3.Connection, batch: list[Record]) -> None:
+        rows = [
+            (r.ts, r.direction, r.peer, r.instrument, r.type, r.message.decode()) for r in batch
+        ]
+        while True:
+            try:
+                connection.execute("BEGIN")
+                connection.executemany(
+                    "INSERT INTO traffic (ts, direction, peer, instrument, type, message)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+                connection.execute("COMMIT")
+                break
+            except sqlite3.OperationalError:
+                # A full disk or a locked file: keep the batch and retry, so
+                # nothing is dropped; the agents keep unacknowledged samples.
+                _log.exception("traffic log write failed; retrying in 1 s")
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+                threading.Event().wait(1.0)
+        with self._pending_lock:
+            self._pending -= len(batch)
+        self.committed_rows += len(batch)
+        acks: dict[str, dict[str, int]] = {}
+        for record in batch:
+            if record.ack is not None:
+                agent, seqs = record.ack
+                agent_acks = acks.setdefault(agent, {})
+                for instrument, seq in seqs.items():
+                    if seq > agent_acks.get(instrument, -1):
+                        agent_acks[instrument] = seq
+        if acks and self._on_committed is not None and self._loop is not None:
+            # RuntimeError: the loop has closed, nobody is left to acknowledge.
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._on_committed, acks)

@@ -1,0 +1,208 @@
+"""The WebSocket endpoints: handshake, the receive loop, and cleanup when a peer leaves."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import uuid
+from typing import Any
+
+import msgspec
+from aiohttp import WSMsgType, web
+
+from ..protocol import (
+    PROTOCOL_VERSION,
+    AgentHello,
+    ClientHello,
+    CloseCode,
+    Error,
+    ErrorCode,
+    HubConnection,
+    PeerKind,
+    Received,
+    Refused,
+    Status,
+    Welcome,
+    encode,
+    hub_agent_connection,
+    hub_client_connection,
+)
+from .handlers import Context, dispatch
+from .peers import Peer
+from .registry import Conflict
+from .services import HUB_KEY, Hub
+
+_log = logging.getLogger(__name__)
+_client_numbers = itertools.count(1)
+
+
+async def agent_endpoint(request: web.Request) -> web.WebSocketResponse:
+    """`/ws/agent`: one agent's connection."""
+    return await _serve(request, PeerKind.AGENT)
+
+
+async def client_endpoint(request: web.Request) -> web.WebSocketResponse:
+    """`/ws/client`: one client's connection."""
+    return await _serve(request, PeerKind.CLIENT)
+
+
+async def _serve(request: web.Request, kind: PeerKind) -> web.WebSocketResponse:
+    hub = request.app[HUB_KEY]
+    limits = hub.config.limits
+    ws = web.WebSocketResponse(
+        heartbeat=hub.config.timeouts.heartbeat_s,
+        # Frames up to 4x the limit reach the codec and get a typed
+        # message_too_large error; beyond that aiohttp closes (1009) rather
+        # than buffer an unbounded frame.
+        max_msg_size=4 * limits.max_message_bytes,
+    )
+    await ws.prepare(request)
+    connection = (
+        hub_agent_connection(limits) if kind is PeerKind.AGENT else hub_client_connection(limits)
+    )
+    peer = await _handshake(hub, ws, connection, kind)
+    if peer is None:
+        return ws
+    hub.peers.add(peer)
+    try:
+        await _receive_loop(hub, ws, peer)
+    finally:
+        hub.peers.discard(peer)
+        _leave(hub, peer)
+        await peer.close()
+        if not ws.closed:
+            await ws.close()
+    return ws
+
+
+async def _handshake(
+    hub: Hub, ws: web.WebSocketResponse, connection: HubConnection[Any], kind: PeerKind
+) -> Peer | None:
+    try:
+        msg = await ws.receive(timeout=hub.config.timeouts.handshake_s)
+    except TimeoutError:
+        await _refuse(
+            ws,
+            Error(code=ErrorCode.HELLO_EXPECTED, message="no hello within the handshake timeout"),
+            CloseCode.HANDSHAKE_TIMEOUT,
+        )
+        return None
+    if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+        return None
+    result = connection.receive(msg.data)
+    if isinstance(result, Refused):
+        await _refuse(ws, result.error, result.close or CloseCode.HELLO_EXPECTED)
+        return None
+    hello = result.message
+    frame = _frame(msg.data)
+    if isinstance(hello, AgentHello):
+        try:
+            hub.registry.check_hello(hello)
+        except Conflict as exc:
+            await _refuse(
+                ws, Error(code=ErrorCode.DUPLICATE_ID, message=str(exc)), CloseCode.DUPLICATE_AGENT
+            )
+            return None
+        name = hello.agent_id
+    else:
+        assert isinstance(hello, ClientHello)
+        suffix = f"/{hello.name}" if hello.name else ""
+        name = f"client-{next(_client_numbers)}{suffix}"
+    peer = Peer(kind, name, ws, connection, queue_frames=hub.config.limits.client_queue_frames)
+    peer.start()
+    hub.router.log("in", name, _redacted(hello), _redacted_frame(hello, frame))
+    hub.router.send(
+        peer,
+        Welcome(
+            protocol=PROTOCOL_VERSION,
+            hub=hub.config.name,
+            session=uuid.uuid4().hex,
+            server_time=hub.clock(),
+        ),
+    )
+    if isinstance(hello, AgentHello):
+        await _join_agent(hub, peer, hello)
+    _log.info("peer connected", extra={"peer": name, "kind": str(kind)})
+    return peer
+
+
+async def _join_agent(hub: Hub, peer: Peer, hello: AgentHello) -> None:
+    previous = hub.registry.agents.get(hello.agent_id)
+    if previous is not None:
+        # The same agent again: most often a Pi that rebooted before the hub
+        # noticed its old connection died. The newer connection wins.
+        _log.warning("agent reconnected; closing its old connection", extra={"agent": peer.name})
+        _leave(hub, previous.peer, reason="replaced by a newer connection")
+        await previous.peer.ws.close(code=CloseCode.DUPLICATE_AGENT, message=b"replaced")
+    for instrument_id in hub.registry.add_agent(peer, hello, hub.clock()):
+        hub.router.instrument_added(instrument_id)
+    for info in hello.instruments:
+        hub.router.publish_status(Status(instrument=info.id, state="online", ts=hub.clock()))
+
+
+async def _receive_loop(hub: Hub, ws: web.WebSocketResponse, peer: Peer) -> None:
+    async for msg in ws:
+        if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+            continue
+        result = peer.connection.receive(msg.data)
+        if isinstance(result, Refused):
+            hub.router.log("in", peer.name, result.error, _frame(msg.data)[:4096])
+            hub.router.send(peer, result.error)
+            if result.close is not None:
+                await ws.close(code=result.close)
+                return
+            continue
+        assert isinstance(result, Received)
+        ctx = Context(
+            registry=hub.registry,
+            router=hub.router,
+            store=hub.store,
+            clock=hub.clock,
+            peer=peer,
+            frame=_frame(msg.data),
+        )
+        try:
+            await dispatch(ctx, result.message)
+        except Exception:
+            _log.exception("handler failed", extra={"peer": peer.name})
+            hub.router.send(
+                peer, Error(code=ErrorCode.INTERNAL_ERROR, message="the hub failed to handle this")
+            )
+
+
+def _leave(hub: Hub, peer: Peer, reason: str = "agent disconnected") -> None:
+    """Undo everything a peer's presence set up; idempotent."""
+    hub.router.remove_peer(peer)
+    if peer.kind is not PeerKind.AGENT:
+        return
+    offline = hub.registry.remove_agent(peer.name, peer, reason)
+    hub.router.fail_commands_of(
+        peer.name, ErrorCode.AGENT_DISCONNECTED, f"agent {peer.name!r}: {reason}"
+    )
+    now = hub.clock()
+    for instrument_id in offline:
+        hub.router.publish_status(
+            Status(instrument=instrument_id, state="offline", ts=now, reason=reason)
+        )
+    if offline:
+        _log.info("agent left", extra={"agent": peer.name, "reason": reason})
+
+
+async def _refuse(ws: web.WebSocketResponse, error: Error, close: CloseCode) -> None:
+    with contextlib.suppress(ConnectionError, RuntimeError):
+        await ws.send_frame(encode(error), WSMsgType.TEXT)
+        await ws.close(code=close, message=error.code.encode())
+
+
+def _frame(data: str | bytes) -> bytes:
+    return data.encode() if isinstance(data, str) else data
+
+
+def _redacted(hello: AgentHello | ClientHello) -> AgentHello | ClientHello:
+    return msgspec.structs.replace(hello, token="***") if hello.token else hello
+
+
+def _redacted_frame(hello: AgentHello | ClientHello, frame: bytes) -> bytes:
+    # Credentials never reach the traffic log.
+    return encode(_redacted(hello)) if hello.token else frame
