@@ -61,9 +61,11 @@ def instrument(id_: str, commands: tuple[str, ...] = ("tare",)) -> dict[str, Any
 @asynccontextmanager
 async def raw_peer(url: str, path: str) -> AsyncIterator[RawPeer]:
     """Open a raw WebSocket to `path` on the hub at `url`."""
-    async with aiohttp.ClientSession() as session:
-        async with session.ws_connect(url.replace("http", "ws", 1) + path) as ws:
-            yield RawPeer(ws)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(url.replace("http", "ws", 1) + path) as ws,
+    ):
+        yield RawPeer(ws)
 
 
 @asynccontextmanager

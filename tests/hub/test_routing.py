@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
+import msgspec
 import pytest
 
 from kleinmaelzung.hub import RunningHub
@@ -226,8 +227,6 @@ async def test_resent_samples_are_logged_once_and_acknowledged(hub: RunningHub) 
             seqs = (await agent.receive_type("ack"))["seqs"]
     await hub.hub.store.flush()
     entries = await hub.hub.store.query(instrument="balance", limit=100)
-    import msgspec
-
     logged = [
         s["seq"]
         for e in entries
