@@ -1,0 +1,221 @@
+"""Every message survives encode/decode, and no input can crash a decoder."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import msgspec
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kleinmaelzung.protocol import (
+    ALL_MESSAGE_TYPES,
+    Ack,
+    AgentHello,
+    Channel,
+    ClientHello,
+    Command,
+    CommandArg,
+    CommandSpec,
+    Data,
+    Error,
+    ErrorCode,
+    ErrorInfo,
+    InstrumentInfo,
+    InstrumentList,
+    InstrumentRecord,
+    Invalid,
+    Limits,
+    ListInstruments,
+    Reply,
+    Sample,
+    Status,
+    Subscribe,
+    Subscribed,
+    Unsubscribe,
+    Welcome,
+    agent_decoder,
+    any_decoder,
+    client_decoder,
+    encode,
+    hub_to_agent_decoder,
+    hub_to_client_decoder,
+)
+
+KILN = InstrumentInfo(
+    id="kiln-air",
+    kind="kiln-controller",
+    channels=[Channel(name="temperature", unit="°C")],
+    commands=[
+        CommandSpec(
+            name="set_setpoint",
+            description="Set the air setpoint",
+            args=[CommandArg(name="value", type="float", minimum=0, maximum=250)],
+        )
+    ],
+    poll_interval_s=1.0,
+)
+
+EXAMPLES: list[Any] = [
+    AgentHello(protocol=1, agent_id="malthouse-pi-1", instruments=[KILN], token="t", run="ab"),
+    ClientHello(protocol=1, name="notebook"),
+    Welcome(protocol=1, hub="kmz-hub", session="s1", server_time=1.7e9),
+    Data(
+        samples=[
+            Sample(instrument="kiln-air", seq=0, ts=1.7e9, values={"temperature": 64.5}),
+            Sample(instrument="balance", seq=7, ts=1.7e9, values={"mass": 12.3, "stable": True}),
+        ]
+    ),
+    Status(instrument="kiln-air", state="faulted", ts=1.7e9, reason="no answer within 1.0 s"),
+    Command(id="1", instrument="kiln-air", name="set_setpoint", args={"value": 80.0}),
+    Reply(id="1", ok=True, result={"setpoint": 80.0}),
+    Reply(id="2", ok=False, error=ErrorInfo(code="command_timeout", message="late")),
+    Ack(seqs={"kiln-air": 41}),
+    Subscribe(id="1", patterns=["kiln-*", "balance"]),
+    Unsubscribe(id="2", patterns=["kiln-*"]),
+    Subscribed(id="1", patterns=["kiln-*"], instruments=["kiln-air"]),
+    ListInstruments(id="3"),
+    InstrumentList(
+        id="3",
+        instruments=[
+            InstrumentRecord(id="kiln-air", kind="kiln-controller", agent="pi", state="online")
+        ],
+    ),
+    Error(code="invalid_json", message="not valid JSON", id=None),
+]
+
+
+def test_examples_cover_every_message_type() -> None:
+    assert {type(m) for m in EXAMPLES} == set(ALL_MESSAGE_TYPES)
+
+
+@pytest.mark.parametrize("message", EXAMPLES, ids=lambda m: type(m).__name__)
+def test_round_trip(message: Any) -> None:
+    frame = encode(message)
+    assert json.loads(frame)["type"] == type(message).__struct_config__.tag
+    assert any_decoder().decode(frame) == message
+
+
+@pytest.mark.parametrize(
+    ("decoder", "accepted", "refused"),
+    [
+        (agent_decoder(), [AgentHello, Data, Status, Reply, Error], [Command, Subscribe]),
+        (
+            client_decoder(),
+            [ClientHello, Subscribe, Unsubscribe, ListInstruments, Command],
+            [Data, Reply, AgentHello],
+        ),
+        (hub_to_agent_decoder(), [Welcome, Command, Ack, Error], [Data, Subscribe]),
+        (
+            hub_to_client_decoder(),
+            [Welcome, Data, Status, Reply, Subscribed, InstrumentList, Error],
+            [Command, Ack],
+        ),
+    ],
+)
+def test_each_direction_accepts_only_its_messages(
+    decoder: Any, accepted: list[type[Any]], refused: list[type[Any]]
+) -> None:
+    for message in EXAMPLES:
+        result = decoder.decode(encode(message))
+        if type(message) in accepted:
+            assert result == message
+        elif type(message) in refused:
+            assert isinstance(result, Invalid)
+            assert result.error.code == ErrorCode.UNKNOWN_TYPE
+
+
+@pytest.mark.parametrize(
+    ("frame", "code", "where"),
+    [
+        (b"", "invalid_json", "JSON"),
+        (b'{"type": "subscribe", "id": "1", "patterns": ["ok", 3]', "invalid_json", "JSON"),
+        (b'{"id": "7"}', "invalid_message", "'type'"),
+        (b'{"type": 5}', "unknown_type", "5"),
+        (b'{"type": "subscribe", "id": "7", "patterns": []}', "invalid_message", "patterns"),
+        (
+            b'{"type": "command", "id": "7", "instrument": "kiln-air", "name": "Set Point"}',
+            "invalid_message",
+            "$.name",
+        ),
+        (
+            b'{"type": "command", "id": "7", "instrument": "kiln-air", "name": "x",'
+            b' "timeout_s": 0}',
+            "invalid_message",
+            "$.timeout_s",
+        ),
+        (
+            b'{"type": "subscribe", "id": "7", "patterns": ["*"], "extra": 1}',
+            "invalid_message",
+            "extra",
+        ),
+    ],
+)
+def test_bad_input_gives_a_typed_error_that_says_where(frame: bytes, code: str, where: str) -> None:
+    result = client_decoder().decode(frame)
+    assert isinstance(result, Invalid)
+    assert result.error.code == code
+    assert where in result.error.message
+
+
+def test_error_carries_the_request_id_when_it_can_be_read() -> None:
+    result = client_decoder().decode(b'{"type": "subscribe", "id": "r-9", "patterns": "kiln"}')
+    assert isinstance(result, Invalid)
+    assert result.error.id == "r-9"
+
+
+def test_oversized_frame_is_refused_before_parsing() -> None:
+    decoder = client_decoder(Limits(max_message_bytes=64))
+    result = decoder.decode(b'{"type": "list_instruments", "id": "' + b"x" * 100 + b'"}')
+    assert isinstance(result, Invalid)
+    assert result.error.code == "message_too_large"
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+_tags = st.sampled_from([t.__struct_config__.tag for t in ALL_MESSAGE_TYPES] + ["x", ""])
+_message_like = st.fixed_dictionaries(
+    {"type": _tags},
+    optional={
+        "id": _json_values,
+        "patterns": _json_values,
+        "samples": _json_values,
+        "instrument": _json_values,
+        "protocol": _json_values,
+        "name": _json_values,
+    },
+)
+DECODERS = [agent_decoder(), client_decoder(), hub_to_agent_decoder(), hub_to_client_decoder()]
+
+
+def _check(frame: bytes) -> None:
+    for decoder in DECODERS:
+        result = decoder.decode(frame)
+        if isinstance(result, Invalid):
+            assert result.error.code in set(ErrorCode)
+            assert result.error.message
+        else:
+            assert isinstance(result, msgspec.Struct)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=512))
+def test_arbitrary_bytes_never_crash(frame: bytes) -> None:
+    _check(frame)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(_json_values)
+def test_arbitrary_json_never_crashes(value: Any) -> None:
+    _check(msgspec.json.encode(value))
+
+
+@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@given(_message_like)
+def test_message_shaped_json_never_crashes(value: dict[str, Any]) -> None:
+    _check(msgspec.json.encode(value))
