@@ -70,7 +70,11 @@ async def raw_peer(url: str, path: str) -> AsyncIterator[RawPeer]:
 
 @asynccontextmanager
 async def raw_agent(
-    url: str, agent_id: str, instruments: list[dict[str, Any]], run: str = "r1"
+    url: str,
+    agent_id: str,
+    instruments: list[dict[str, Any]],
+    run: str = "r1",
+    token_: str | None = None,
 ) -> AsyncIterator[RawPeer]:
     """A raw agent that has completed its handshake."""
     async with raw_peer(url, "/ws/agent") as peer:
@@ -81,6 +85,7 @@ async def raw_agent(
                 "agent_id": agent_id,
                 "instruments": instruments,
                 "run": run,
+                "token": token_,
             }
         )
         welcome = await peer.receive()

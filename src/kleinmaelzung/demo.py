@@ -1,0 +1,113 @@
+"""`kmz demo`: a micro-malting lab in one command: hub, simulated instruments on ptys, agent."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import shutil
+import signal
+import sys
+from pathlib import Path
+
+from .agent import AgentConfig, InstrumentConfig, run_agent
+from .hub import HubConfig, start_hub
+from .sim import Simulator
+
+#: (instrument id, profile, poll interval in s, description) of the demo lab.
+DEMO_LAB: tuple[tuple[str, str, float, str], ...] = (
+    ("steep-water", "kmz-thermometer", 2.0, "Steeping tank water temperature"),
+    ("germ-chamber", "kmz-hygrometer", 2.0, "Germination chamber air"),
+    ("kiln-air", "kmz-kiln", 0.5, "Kiln air temperature and setpoint"),
+    ("balance", "mt-sics-balance", 0.5, "Balance for moisture determination"),
+)
+
+
+def demo_agent_config(hub_url: str, paths: dict[str, str]) -> AgentConfig:
+    """The demo agent's config, wired to the simulator's tty paths."""
+    return AgentConfig(
+        hub=hub_url,
+        agent_id="malthouse-pi-1",
+        instruments=[
+            InstrumentConfig(
+                id=instrument_id,
+                profile=profile,
+                port=paths[instrument_id],
+                poll_interval_s=poll_s,
+                description=description,
+            )
+            for instrument_id, profile, poll_s, description in DEMO_LAB
+        ],
+    )
+
+
+def _kmz_command() -> str:
+    """How the user should type `kmz` in another terminal."""
+    ours = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] else None
+    found = shutil.which("kmz")
+    if ours is not None and found is not None and Path(found).resolve() == ours:
+        return "kmz"
+    candidate = Path(sys.executable).parent / "kmz"
+    if candidate.exists():
+        with contextlib.suppress(ValueError):
+            return str(candidate.relative_to(Path.cwd()))
+        return str(candidate)
+    return "kmz"
+
+
+def _banner(url: str, data_dir: Path, paths: dict[str, str]) -> str:
+    kmz = _kmz_command()
+    hub_flag = "" if url == "http://127.0.0.1:8765" else f" --hub {url}"
+    lines = [
+        "Kleinmaelzung demo: a micro-malting lab",
+        f"  hub        {url}   (open it in a browser)",
+        f"  data       {data_dir / 'traffic.sqlite3'}",
+        "  instruments (simulated, on pseudo-terminals):",
+        *(f"    {i:<13} {paths[i]}" for i, *_ in DEMO_LAB),
+        "",
+        "Try, in another terminal:",
+        f"  {kmz} instruments{hub_flag}",
+        f"  {kmz} watch kiln-air --count 5 --json{hub_flag}",
+        f"  {kmz} send balance tare{hub_flag}",
+        f"  {kmz} send kiln-air set_setpoint value=80{hub_flag}",
+        f"  {kmz} log --limit 10{hub_flag}",
+        "",
+        "Ctrl-C stops everything.",
+    ]
+    return "\n".join(lines)
+
+
+async def _run(host: str, port: int, data_dir: Path) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        hub = await start_hub(HubConfig(host=host, port=port, data_dir=data_dir))
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            print(
+                f"kmz demo: port {port} on {host} is in use. Is a demo or hub already running? "
+                "Stop it, or pick another port with --port.",
+                file=sys.stderr,
+            )
+            return 1
+        raise
+    try:
+        with Simulator() as simulator:
+            print(_banner(hub.url, data_dir, simulator.paths), flush=True)
+            config = demo_agent_config(hub.url, simulator.paths)
+            agent = asyncio.create_task(run_agent(config, stop=stop))
+            await stop.wait()
+            print("\nstopping ...", file=sys.stderr, flush=True)
+            await agent
+    finally:
+        await hub.stop()
+    return 0
+
+
+def run_demo(*, host: str = "127.0.0.1", port: int = 8765, data_dir: Path | None = None) -> int:
+    """Run the demo in the foreground until Ctrl-C; return the exit status."""
+    data_dir = data_dir or Path(os.environ.get("KMZ_DATA", "kmz-data"))
+    return asyncio.run(_run(host, port, data_dir))
