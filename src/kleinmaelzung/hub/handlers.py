@@ -176,6 +176,8 @@ async def agent_status(ctx: Context, message: Status) -> None:
         )
         return
     entry = ctx.registry.instruments[message.instrument]
+    if (entry.state, entry.reason) == (message.state, message.reason):
+        return  # an agent repeats every status after a reconnect: nothing changed
     entry.state = message.state
     entry.reason = message.reason
     ctx.router.publish_status(message)

@@ -135,10 +135,16 @@ async def _join_agent(hub: Hub, peer: Peer, hello: AgentHello) -> None:
         _log.warning("agent reconnected; closing its old connection", extra={"agent": peer.name})
         _leave(hub, previous.peer, reason="replaced by a newer connection")
         await previous.peer.ws.close(code=CloseCode.DUPLICATE_AGENT, message=b"replaced")
+    before = {
+        info.id: (entry.state, entry.reason)
+        for info in hello.instruments
+        if (entry := hub.registry.instruments.get(info.id)) is not None
+    }
     for instrument_id in hub.registry.add_agent(peer, hello, hub.clock()):
         hub.router.instrument_added(instrument_id)
     for info in hello.instruments:
-        hub.router.publish_status(Status(instrument=info.id, state="online", ts=hub.clock()))
+        if before.get(info.id) != ("online", ""):
+            hub.router.publish_status(Status(instrument=info.id, state="online", ts=hub.clock()))
 
 
 async def _receive_loop(hub: Hub, ws: web.WebSocketResponse, peer: Peer) -> None:

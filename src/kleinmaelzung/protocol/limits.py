@@ -9,7 +9,7 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     """Sizes that bound memory per connection and per message."""
 
     max_message_bytes: int = 1 << 20
-    max_samples_per_data: int = 10_000
+    max_samples_per_data: int = 1000
     max_subscriptions: int = 1024
     max_pending_commands: int = 64
     #: Frames queued for one slow client before the oldest data is dropped.

@@ -1,0 +1,167 @@
+"""AgentConfig: the hub to talk to and the instruments to serve, from TOML.
+
+Every error names the file, the key and what was expected, because the reader
+stands next to the Pi, not the source.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+
+from ..protocol import is_instrument_id
+from ..transport import base_url
+from .errors import ConfigError
+
+_ID = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
+
+
+class InstrumentConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One instrument: which driver, which port, how often to read it."""
+
+    id: Annotated[str, msgspec.Meta(pattern=_ID)]
+    port: str
+    profile: str = ""
+    driver: str = "serial_line"
+    baudrate: Annotated[int, msgspec.Meta(gt=0)] | None = None
+    poll_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+    reply_timeout_s: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    description: str = ""
+
+
+class AgentConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The whole agent config."""
+
+    hub: str
+    agent_id: Annotated[str, msgspec.Meta(pattern=_ID)]
+    instruments: list[InstrumentConfig]
+    token: str | None = None
+
+
+#: What a user should write, by key, for messages that say "expected ...".
+_HINTS = {
+    "baudrate": "an integer such as 9600",
+    "poll_interval_s": "a number of seconds greater than 0, such as 1.0",
+    "reply_timeout_s": "a number of seconds greater than 0, such as 1.0",
+    "id": "a lower-case id such as \"kiln-air\" (a-z, 0-9, '-', '_', '.')",
+    "agent_id": "a lower-case id such as \"malthouse-pi-1\" (a-z, 0-9, '-', '_', '.')",
+    "port": 'a device path such as "/dev/ttyUSB0"',
+    "hub": 'a URL such as "http://hub.lab:8765"',
+    "instruments": "a list of [[instruments]] tables",
+}
+_AT = re.compile(r"^(?P<what>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+
+
+def load_config(path: str | os.PathLike[str]) -> AgentConfig:
+    """Read and check an agent config file; raise ConfigError saying what is wrong where."""
+    path = Path(path)
+    name = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot read the file: {exc.strerror or exc}") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{name}: not valid TOML: {exc}") from None
+    return parse_config(raw, source=name)
+
+
+def parse_config(raw: dict[str, Any], *, source: str = "agent config") -> AgentConfig:
+    """Check a decoded config mapping; raise ConfigError naming `source` and the key."""
+    try:
+        config = msgspec.convert(raw, AgentConfig)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(_explain(source, raw, str(exc))) from None
+    check_config(config, source=source)
+    return config
+
+
+def check_config(config: AgentConfig, *, source: str = "agent config") -> None:
+    """The checks beyond shape: hub URL, unique ids, known drivers, usable profiles."""
+    from .drivers.discovery import find_driver
+
+    try:
+        base_url(config.hub)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: hub: {exc}") from None
+    if not config.instruments:
+        raise ConfigError(f"{source}: instruments: at least one [[instruments]] table is needed")
+    seen: dict[str, int] = {}
+    for index, instrument in enumerate(config.instruments):
+        where = f"{source}: instruments[{index}]"
+        if not is_instrument_id(instrument.id):
+            raise ConfigError(f"{where}.id: expected {_HINTS['id']}, got {instrument.id!r}")
+        if instrument.id in seen:
+            first = seen[instrument.id]
+            raise ConfigError(
+                f"{where}.id: {instrument.id!r} is already used by instruments[{first}]"
+            )
+        seen[instrument.id] = index
+        try:
+            driver = find_driver(instrument.driver)
+        except KeyError as exc:
+            raise ConfigError(f"{where}.driver: {exc.args[0]}") from None
+        try:
+            driver.check_config(instrument)
+        except ValueError as exc:
+            raise ConfigError(f"{where}.{_key_of(exc)}: {exc}") from None
+
+
+def _key_of(exc: ValueError) -> str:
+    key = getattr(exc, "key", None)
+    return key if isinstance(key, str) else "profile"
+
+
+def _explain(source: str, raw: dict[str, Any], message: str) -> str:
+    match = _AT.match(message)
+    assert match is not None  # the pattern matches any text
+    what, path = match["what"], match["path"] or ""
+    dotted = path.lstrip(".")
+    key = re.sub(r"\[\d+\]", "", dotted.rsplit(".", 1)[-1]) if dotted else ""
+    got = _value_at(raw, path)
+    if what.startswith("Object contains unknown field"):
+        field = what.split("`")[1] if "`" in what else "?"
+        where = f"{dotted}.{field}" if dotted else field
+        return f"{source}: {where}: unknown key (a typo?)"
+    if what.startswith("Object missing required field"):
+        field = what.split("`")[1] if "`" in what else "?"
+        where = f"{dotted}.{field}" if dotted else field
+        hint = _HINTS.get(field)
+        return f"{source}: {where}: required key is missing" + (
+            f"; expected {hint}" if hint else ""
+        )
+    hint = _HINTS.get(key)
+    expected = f"expected {hint}" if hint else what[0].lower() + what[1:]
+    shown = f", got {_show(got)}" if got is not _MISSING else ""
+    return f"{source}: {dotted or '(top level)'}: {expected}{shown}"
+
+
+_MISSING = object()
+
+
+def _value_at(raw: Any, path: str) -> Any:
+    value = raw
+    for name, index in re.findall(r"\.([A-Za-z_][\w-]*)|\[(\d+)\]", path):
+        try:
+            value = value[name] if name else value[int(index)]
+        except (KeyError, IndexError, TypeError):
+            return _MISSING
+    return value
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value)

@@ -1,0 +1,291 @@
+"""A generic driver for instruments that speak a line protocol on a serial port.
+
+The instrument's I/O is a declaration, a profile in TOML (see `profiles/`):
+serial settings, a poll query with a regex whose named groups are channels,
+and commands with a send template and an expected-reply regex.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, NoReturn
+
+import msgspec
+import serial
+import serial_asyncio_fast
+
+from ...protocol import Channel, CommandArg, CommandSpec, InstrumentInfo, Value
+from ..config import InstrumentConfig
+from ..errors import InstrumentError, NoAnswer, PortError
+
+_MAX_LINE = 4096
+
+
+class ChannelSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One channel: a named group of the poll pattern."""
+
+    name: str
+    unit: str = ""
+    type: Literal["float", "bool", "str"] = "float"
+    true_value: str = ""
+    description: str = ""
+
+
+class PollSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How to take a reading."""
+
+    query: str
+    pattern: str
+
+
+class LineCommand(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One command: what to send and what answer means success."""
+
+    name: str
+    send: str
+    expect: str
+    description: str = ""
+    args: list[CommandArg] = []
+    timeout_s: float | None = None
+
+
+class Profile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A line instrument, declared."""
+
+    name: str
+    kind: str
+    poll: PollSpec
+    channels: list[ChannelSpec]
+    description: str = ""
+    baudrate: int = 9600
+    line_ending: str = "\r\n"
+    reply_timeout_s: float = 1.0
+    identify: str = ""
+    error: str = ""
+    errors: dict[str, str] = {}
+    commands: list[LineCommand] = []
+
+
+def builtin_profiles() -> list[str]:
+    """Names of the profiles that ship with the agent."""
+    folder = resources.files(__package__).joinpath("profiles")
+    return sorted(
+        p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml")
+    )
+
+
+def load_profile(name_or_path: str) -> Profile:
+    """A built-in profile by name, or a profile file by path; ValueError says what is wrong."""
+    if name_or_path.endswith(".toml") or "/" in name_or_path:
+        source = name_or_path
+        try:
+            text = Path(name_or_path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ValueError(f"cannot read profile file {name_or_path!r}: {exc.strerror}") from None
+    else:
+        resource = resources.files(__package__).joinpath("profiles", f"{name_or_path}.toml")
+        if not resource.is_file():
+            raise ValueError(
+                f"unknown profile {name_or_path!r}; built in: {', '.join(builtin_profiles())}"
+                " (or give the path of a .toml profile)"
+            )
+        source, text = f"profile {name_or_path}", resource.read_text(encoding="utf-8")
+    try:
+        profile = msgspec.convert(tomllib.loads(text), Profile)
+    except (tomllib.TOMLDecodeError, msgspec.ValidationError) as exc:
+        raise ValueError(f"{source}: {exc}") from None
+    _check_profile(profile, source)
+    return profile
+
+
+def _check_profile(profile: Profile, source: str) -> None:
+    try:
+        poll = re.compile(profile.poll.pattern)
+        for command in profile.commands:
+            re.compile(command.expect)
+        if profile.error:
+            re.compile(profile.error)
+    except re.error as exc:
+        raise ValueError(f"{source}: bad regular expression: {exc}") from None
+    missing = {c.name for c in profile.channels} - set(poll.groupindex)
+    if missing:
+        raise ValueError(
+            f"{source}: poll.pattern has no named group for channel(s) {', '.join(sorted(missing))}"
+        )
+
+
+class _Lines(asyncio.Protocol):
+    """Collects lines from the serial transport; remembers when the port is lost."""
+
+    def __init__(self) -> None:
+        self.lines: asyncio.Queue[str] = asyncio.Queue()
+        self.lost: BaseException | None = None
+        self.closed = asyncio.Event()
+        self._buffer = bytearray()
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        while b"\n" in self._buffer:
+            raw, _, rest = self._buffer.partition(b"\n")
+            self._buffer = bytearray(rest)
+            self.lines.put_nowait(raw.decode("ascii", errors="replace").strip("\r\0 "))
+        if len(self._buffer) > _MAX_LINE:
+            self._buffer.clear()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = exc or ConnectionError("port closed")
+        self.closed.set()
+
+    def flush(self) -> None:
+        """Forget stale input: late answers and line noise from before this exchange."""
+        self._buffer.clear()
+        while not self.lines.empty():
+            self.lines.get_nowait()
+
+
+class SerialLineDriver:
+    """A line-protocol instrument on a serial port, driven by its profile."""
+
+    def __init__(self, config: InstrumentConfig) -> None:
+        self.config = config
+        self.profile = load_profile(config.profile)
+        self._poll = re.compile(self.profile.poll.pattern)
+        self._error = re.compile(self.profile.error) if self.profile.error else None
+        self._commands = {c.name: (c, re.compile(c.expect)) for c in self.profile.commands}
+        self._transport: asyncio.BaseTransport | None = None
+        self._lines: _Lines | None = None
+        self._timeout = config.reply_timeout_s or self.profile.reply_timeout_s
+
+    @staticmethod
+    def check_config(config: InstrumentConfig) -> None:
+        """Raise ValueError if the profile is missing or broken."""
+        if not config.profile:
+            raise ValueError(
+                f"the serial_line driver needs a profile; built in: {', '.join(builtin_profiles())}"
+            )
+        load_profile(config.profile)
+
+    def info(self) -> InstrumentInfo:
+        """Channels and commands as declared by the profile."""
+        return InstrumentInfo(
+            id=self.config.id,
+            kind=self.profile.kind,
+            description=self.config.description or self.profile.description,
+            channels=[
+                Channel(name=c.name, unit=c.unit, description=c.description)
+                for c in self.profile.channels
+            ],
+            commands=[
+                CommandSpec(name=c.name, description=c.description, args=c.args)
+                for c in self.profile.commands
+            ],
+            poll_interval_s=self.config.poll_interval_s,
+        )
+
+    async def open(self) -> None:
+        """Open the serial port."""
+        await self.close()
+        loop = asyncio.get_running_loop()
+        try:
+            transport, lines = await serial_asyncio_fast.create_serial_connection(
+                loop,
+                _Lines,
+                self.config.port,
+                baudrate=self.config.baudrate or self.profile.baudrate,
+            )
+        except (serial.SerialException, OSError, ValueError) as exc:
+            raise PortError(f"cannot open {self.config.port}: {_reason(exc)}") from None
+        assert isinstance(lines, _Lines)
+        self._transport, self._lines = transport, lines
+
+    async def close(self) -> None:
+        """Close the serial port; idempotent."""
+        transport, lines = self._transport, self._lines
+        self._transport = self._lines = None
+        if transport is not None and lines is not None:
+            transport.close()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(lines.closed.wait(), 1.0)
+
+    async def read(self) -> dict[str, Value]:
+        """Send the poll query and parse the answer into channel values."""
+        answer = await self._exchange(self.profile.poll.query, self._timeout)
+        match = self._poll.match(answer)
+        if match is None:
+            self._raise_instrument_error(
+                answer, f"unexpected answer to {self.profile.poll.query!r}"
+            )
+        values: dict[str, Value] = {}
+        for channel in self.profile.channels:
+            text = match[channel.name]
+            if channel.type == "float":
+                values[channel.name] = float(text)
+            elif channel.type == "bool":
+                values[channel.name] = text == channel.true_value
+            else:
+                values[channel.name] = text
+        return values
+
+    async def execute(self, name: str, args: dict[str, Any]) -> Any:
+        """Send a command and check its answer; the result is the answer's named groups."""
+        command, expect = self._commands[name]
+        try:
+            line = command.send.format(**args)
+        except (KeyError, ValueError, IndexError) as exc:
+            raise InstrumentError(f"cannot format {command.send!r} with {args}: {exc}") from None
+        answer = await self._exchange(line, command.timeout_s or self._timeout)
+        match = expect.match(answer)
+        if match is None:
+            self._raise_instrument_error(answer, f"unexpected answer to {line!r}")
+        result = {k: _number(v) for k, v in match.groupdict().items() if v is not None}
+        return result or dict(args)
+
+    def _raise_instrument_error(self, answer: str, fallback: str) -> NoReturn:
+        known = self.profile.errors.get(answer)
+        if known is not None:
+            raise InstrumentError(f"{known} (instrument answered {answer!r})")
+        if self._error is not None and self._error.match(answer):
+            raise InstrumentError(f"instrument answered {answer!r}")
+        raise InstrumentError(f"{fallback}: {answer!r}")
+
+    async def _exchange(self, line: str, timeout_s: float) -> str:
+        transport, lines = self._transport, self._lines
+        if transport is None or lines is None or transport.is_closing():
+            raise PortError(f"{self.config.port} is not open")
+        if lines.lost is not None:
+            raise PortError(f"{self.config.port} was lost: {_reason(lines.lost)}")
+        lines.flush()
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write((line + self.profile.line_ending).encode("ascii"))
+        get = asyncio.ensure_future(lines.lines.get())
+        closed = asyncio.ensure_future(lines.closed.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {get, closed}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for task in (get, closed):
+                task.cancel()
+        if get in done:
+            return get.result()
+        if closed in done:
+            raise PortError(f"{self.config.port} was lost: {_reason(lines.lost)}")
+        raise NoAnswer(f"no answer to {line!r} within {timeout_s:g} s")
+
+
+def _number(text: str) -> float | str:
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _reason(exc: BaseException | None) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,183 @@
+"""Polls each instrument, stamps its samples, runs commands one at a time per port."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..protocol import (
+    Command,
+    CommandSpec,
+    ErrorCode,
+    ErrorInfo,
+    InstrumentState,
+    Reply,
+    Sample,
+    Status,
+)
+from ..transport import backoff_delays
+from .config import InstrumentConfig
+from .drivers.base import Driver
+from .errors import DriverError, NoAnswer, PortError
+from .outbox import Outbox
+
+_log = logging.getLogger(__name__)
+
+
+class InstrumentRunner:
+    """One instrument: keeps its port open, polls it, and serialises access to it."""
+
+    def __init__(
+        self,
+        config: InstrumentConfig,
+        driver: Driver,
+        outbox: Outbox,
+        on_status: Callable[[Status], None],
+        *,
+        reopen_max_s: float = 10.0,
+    ) -> None:
+        self.config = config
+        self.driver = driver
+        self.info = driver.info()
+        # Optimistic until the first exchange says otherwise: the hub shows an
+        # instrument online while its agent is connected, and a failure to
+        # open or read turns it faulted, with the reason, within one poll.
+        self.state: InstrumentState = "online"
+        self.reason = ""
+        self._outbox = outbox
+        self._on_status = on_status
+        self._seq = 0
+        self._open = False
+        # One exchange at a time on a port: a command waits for the current
+        # poll to finish, never longer.
+        self._lock = asyncio.Lock()
+        self._reopen_max_s = reopen_max_s
+        self._commands: dict[str, CommandSpec] = {c.name: c for c in self.info.commands}
+
+    def status(self) -> Status:
+        """The instrument's current state as a message."""
+        return Status(
+            instrument=self.config.id, state=self.state, ts=time.time(), reason=self.reason
+        )
+
+    async def run(self) -> None:
+        """Open, poll forever, reopen when the port goes away."""
+        log = {"instrument": self.config.id}
+        try:
+            while True:
+                await self._open_port()
+                interval = self.config.poll_interval_s
+                next_poll = time.monotonic()
+                while self._open:
+                    await self._poll_once()
+                    # Fixed-rate schedule on the monotonic clock; a late poll
+                    # does not make every later one late too.
+                    next_poll += interval
+                    delay = next_poll - time.monotonic()
+                    if delay < 0:
+                        next_poll = time.monotonic()
+                        delay = 0
+                    await asyncio.sleep(delay)
+                _log.info("port lost, reopening", extra=log)
+        finally:
+            await self.driver.close()
+
+    async def _open_port(self) -> None:
+        delays = backoff_delays(initial_s=0.5, maximum_s=self._reopen_max_s)
+        while True:
+            async with self._lock:
+                try:
+                    await self.driver.open()
+                except PortError as exc:
+                    self._set_state("faulted", str(exc))
+                else:
+                    self._open = True
+                    return
+            await asyncio.sleep(next(delays))
+
+    async def _poll_once(self) -> None:
+        async with self._lock:
+            try:
+                values = await self.driver.read()
+            except PortError as exc:
+                self._open = False
+                await self.driver.close()
+                self._set_state("faulted", str(exc))
+                return
+            except DriverError as exc:
+                self._set_state("faulted", str(exc))
+                return
+        sample = Sample(instrument=self.config.id, seq=self._seq, ts=time.time(), values=values)
+        self._seq += 1
+        self._outbox.put(sample)
+        self._set_state("online", "")
+
+    async def execute(self, command: Command) -> Reply:
+        """Run a command from the hub and answer it; never raises."""
+        spec = self._commands.get(command.name)
+        if spec is None:
+            return _error(
+                command,
+                ErrorCode.UNKNOWN_COMMAND,
+                f"{self.config.id} has no command {command.name!r}; "
+                f"it accepts: {', '.join(sorted(self._commands)) or 'none'}",
+            )
+        problem = check_arguments(spec, command.args)
+        if problem is not None:
+            return _error(command, ErrorCode.INVALID_ARGUMENTS, problem)
+        try:
+            async with asyncio.timeout(command.timeout_s):
+                async with self._lock:
+                    if not self._open:
+                        raise PortError(f"{self.config.port} is not open ({self.reason})")
+                    result = await self.driver.execute(command.name, dict(command.args))
+        except TimeoutError:
+            return _error(
+                command, ErrorCode.COMMAND_TIMEOUT, f"no answer within {command.timeout_s:g} s"
+            )
+        except NoAnswer as exc:
+            return _error(command, ErrorCode.COMMAND_TIMEOUT, str(exc))
+        except DriverError as exc:
+            return _error(command, exc.code, str(exc))
+        return Reply(id=command.id, ok=True, result=result)
+
+    def _set_state(self, state: InstrumentState, reason: str) -> None:
+        if (state, reason) == (self.state, self.reason):
+            return
+        log = {"instrument": self.config.id, "state": state, "reason": reason}
+        (_log.warning if state != "online" else _log.info)("instrument state", extra=log)
+        self.state, self.reason = state, reason
+        self._on_status(self.status())
+
+
+def check_arguments(spec: CommandSpec, args: dict[str, Any]) -> str | None:
+    """Say what is wrong with a command's arguments, or None if they fit its spec."""
+    declared = {a.name: a for a in spec.args}
+    extra = sorted(set(args) - set(declared))
+    if extra:
+        accepted = ", ".join(declared) or "no arguments"
+        return f"{spec.name} takes {accepted}; unexpected: {', '.join(extra)}"
+    for name, arg in declared.items():
+        if name not in args:
+            return f"{spec.name} needs argument {name!r} ({arg.type})"
+        value = args[name]
+        ok = {
+            "float": isinstance(value, int | float) and not isinstance(value, bool),
+            "int": isinstance(value, int) and not isinstance(value, bool),
+            "str": isinstance(value, str),
+            "bool": isinstance(value, bool),
+        }[arg.type]
+        if not ok:
+            return f"argument {name!r} must be {arg.type}, got {value!r}"
+        if arg.minimum is not None and value < arg.minimum:
+            return f"argument {name!r} must be at least {arg.minimum:g}, got {value!r}"
+        if arg.maximum is not None and value > arg.maximum:
+            return f"argument {name!r} must be at most {arg.maximum:g}, got {value!r}"
+    return None
+
+
+def _error(command: Command, code: ErrorCode, message: str) -> Reply:
+    return Reply(id=command.id, ok=False, error=ErrorInfo(code=code, message=message))
