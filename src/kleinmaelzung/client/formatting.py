@@ -1,0 +1,122 @@
+"""How the CLI shows samples, statuses, instruments and log entries (pure functions)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import msgspec
+
+from ..protocol import InstrumentRecord, Sample, Status
+from .log import LogEntry
+
+
+def clock(ts: float) -> str:
+    """A local wall-clock time with milliseconds: 12:03:04.123."""
+    return time.strftime("%H:%M:%S", time.localtime(ts)) + f".{int(ts % 1 * 1000):03d}"
+
+
+def format_value(value: float | bool | str, unit: str = "") -> str:
+    """One channel value, with its unit when it has one."""
+    if isinstance(value, bool):
+        text = "yes" if value else "no"
+    elif isinstance(value, float):
+        text = (
+            f"{value:.6g}"
+            if abs(value) >= 1e6 or (value and abs(value) < 1e-3)
+            else f"{value:.3f}".rstrip("0").rstrip(".")
+        )
+    else:
+        text = str(value)
+    return f"{text} {unit}" if unit else text
+
+
+def format_sample(sample: Sample, units: dict[str, dict[str, str]] | None = None) -> str:
+    """A human line: time, instrument, channel=value unit ..."""
+    channel_units = (units or {}).get(sample.instrument, {})
+    values = "  ".join(
+        f"{name}={format_value(value, channel_units.get(name, ''))}"
+        for name, value in sample.values.items()
+    )
+    return f"{clock(sample.ts)}  {sample.instrument}  {values}"
+
+
+def sample_json(sample: Sample) -> str:
+    """One JSON object per line, as `kmz watch --json` prints."""
+    return msgspec.json.encode(sample).decode()
+
+
+def format_status(status: Status) -> str:
+    """A status change as a line."""
+    reason = f" ({status.reason})" if status.reason else ""
+    return f"{clock(status.ts)}  {status.instrument}  is {status.state}{reason}"
+
+
+def units_of(records: list[InstrumentRecord]) -> dict[str, dict[str, str]]:
+    """Channel units by instrument and channel."""
+    return {r.id: {c.name: c.unit for c in r.channels} for r in records}
+
+
+def ago(seconds: float | None) -> str:
+    """A compact 'how long ago'."""
+    if seconds is None:
+        return "never"
+    if seconds < 60:
+        return f"{seconds:.0f} s ago"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min ago"
+    if seconds < 86400:
+        return f"{seconds / 3600:.1f} h ago"
+    return f"{seconds / 86400:.1f} d ago"
+
+
+def format_instruments(records: list[InstrumentRecord], now: float) -> str:
+    """A table of instruments with state, agent, last seen and channels."""
+    if not records:
+        return "no instruments (is an agent connected?)"
+    header = ("INSTRUMENT", "KIND", "STATE", "AGENT", "LAST SEEN", "CHANNELS")
+    rows = [header]
+    for r in records:
+        state = r.state + (f" ({r.reason})" if r.reason else "")
+        seen = ago(None if r.last_seen is None else max(0.0, now - r.last_seen))
+        channels = ", ".join(f"{c.name} [{c.unit}]" if c.unit else c.name for c in r.channels)
+        rows.append((r.id, r.kind, state, r.agent, seen, channels))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1]
+        for row in rows
+    )
+
+
+def format_log_entry(entry: LogEntry, width: int = 100) -> str:
+    """One traffic-log line: time, direction, peer, instrument, type, compact message."""
+    arrow = "<-" if entry.direction == "in" else "->"
+    body = msgspec.json.encode(entry.message).decode()
+    if len(body) > width:
+        body = body[: width - 1] + "…"
+    instrument = entry.instrument or "-"
+    return f"{clock(entry.ts)}  {arrow} {entry.peer:<20} {instrument:<14} {entry.type:<16} {body}"
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """KEY=VALUE: the value as JSON when it parses (80, true, "x"), else as a string."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise ValueError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        value: Any = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        value = raw
+    return key, value
+
+
+def format_result(result: Any) -> str:
+    """A command result for humans: `ok` and the result, if any."""
+    if result in (None, {}, []):
+        return "ok"
+    if isinstance(result, dict):
+        return "ok  " + "  ".join(
+            f"{k}={format_value(v) if isinstance(v, float | bool | str) else v}"
+            for k, v in result.items()
+        )
+    return f"ok  {result}"
