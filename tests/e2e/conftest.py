@@ -48,10 +48,12 @@ class Lab:
     def wait_all_online(self) -> None:
         """Wait until every instrument is online at the hub."""
         wait_until(
-            lambda: True
-            if all(r.get("state") == "online" for r in self.instruments().values())
-            and len(self.instruments()) == len(INSTRUMENTS)
-            else None,
+            lambda: (
+                True
+                if all(r.get("state") == "online" for r in self.instruments().values())
+                and len(self.instruments()) == len(INSTRUMENTS)
+                else None
+            ),
             "all instruments online",
             20.0,
             self.hub,
@@ -95,8 +97,15 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
         config = tmp_path / "agent.toml"
         url = f"http://127.0.0.1:{port}"
         write_agent_config(config, url, paths)
-        lab = Lab(tmp_path, url, port, sim, hub, Process("agent", ["agent", str(config)], tmp_path),
-                  config)
+        lab = Lab(
+            tmp_path,
+            url,
+            port,
+            sim,
+            hub,
+            Process("agent", ["agent", str(config)], tmp_path),
+            config,
+        )
         started.append(lab.agent)
         lab.wait_all_online()
         yield lab

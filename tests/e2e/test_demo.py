@@ -26,10 +26,14 @@ def test_demo_runs_the_lab_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     demo = Process("demo", ["demo", "--port", str(port), "--data", str(tmp_path / "d")], tmp_path)
     try:
         wait_until(
-            lambda: True
-            if len([r for r in get_json(url + "/api/instruments") or [] if r["state"] == "online"])
-            == 4
-            else None,
+            lambda: (
+                True
+                if len(
+                    [r for r in get_json(url + "/api/instruments") or [] if r["state"] == "online"]
+                )
+                == 4
+                else None
+            ),
             "four online instruments",
             30.0,
             demo,
