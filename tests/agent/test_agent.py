@@ -190,5 +190,6 @@ async def test_hub_restart_loses_nothing(sim: Simulator, tmp_path: Path) -> None
 
 
 async def _until(condition: object) -> None:
-    while not condition():  # type: ignore[operator]
-        await asyncio.sleep(0.01)  # re-check interval of a deadline-bounded wait
+    """Re-check a condition on the agent's counters; callers bound it with wait_for."""
+    while not condition():  # type: ignore[operator]  # noqa: ASYNC110 - no event exists for it
+        await asyncio.sleep(0.01)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import subprocess
 import sys
@@ -36,7 +37,7 @@ async def test_subscribed_client_gets_readings_in_order_and_the_other_none(lab: 
         seqs = [s.seq for s in samples]
         assert seqs == list(range(seqs[0], seqs[0] + 10)), "readings missing or out of order"
         assert all(15 < s.values["temperature"] < 260 for s in samples)  # type: ignore[operator]
-        assert all(a.ts <= b.ts for a, b in zip(samples, samples[1:], strict=False))
+        assert all(a.ts <= b.ts for a, b in itertools.pairwise(samples))
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(anext(bystander), 0.5)
 
