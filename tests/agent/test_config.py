@@ -65,7 +65,7 @@ def test_example_config_in_the_repository_loads() -> None:
         ),
         (
             ('profile = "kmz-kiln"', 'profile = "kmz-klin"'),
-            "instruments[0].profile: unknown profile 'kmz-klin'; built in: kmz-hygrometer, kmz-kiln",
+            "instruments[0].profile: unknown profile 'kmz-klin'; built in: kmz-hygrometer",
         ),
         (
             ('port = "/dev/ttyUSB1"', 'port = "/dev/ttyUSB1"\nspeed = 1'),
