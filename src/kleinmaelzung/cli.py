@@ -97,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
 def _cmd_hub(args: argparse.Namespace) -> int:
     from .hub import serve_hub
 
+    print(
+        f"kmz hub on http://{args.host}:{args.port}  (data in {args.data}); Ctrl-C stops it",
+        flush=True,
+    )
     serve_hub(host=args.host, port=args.port, data_dir=args.data)
     return EXIT_OK
 
@@ -144,7 +148,13 @@ def _cmd_sim(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(host=args.host, port=args.port, data_dir=args.data)
+    def say(text: str) -> None:
+        print(text, flush=True)
+
+    def complain(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    return run_demo(host=args.host, port=args.port, data_dir=args.data, say=say, complain=complain)
 
 
 def _hub_url(args: argparse.Namespace) -> str:

@@ -5,15 +5,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import logging
 import os
 import shutil
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from .agent import AgentConfig, InstrumentConfig, run_agent
 from .hub import HubConfig, start_hub
 from .sim import Simulator
+
+Say = Callable[[str], None]
+_log = logging.getLogger(__name__)
 
 #: (instrument id, profile, poll interval in s, description) of the demo lab.
 DEMO_LAB: tuple[tuple[str, str, float, str], ...] = (
@@ -78,7 +83,7 @@ def _banner(url: str, data_dir: Path, paths: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
-async def _run(host: str, port: int, data_dir: Path) -> int:
+async def _run(host: str, port: int, data_dir: Path, say: Say, complain: Say) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -87,27 +92,33 @@ async def _run(host: str, port: int, data_dir: Path) -> int:
         hub = await start_hub(HubConfig(host=host, port=port, data_dir=data_dir))
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
-            print(
+            complain(
                 f"kmz demo: port {port} on {host} is in use. Is a demo or hub already running? "
-                "Stop it, or pick another port with --port.",
-                file=sys.stderr,
+                "Stop it, or pick another port with --port."
             )
             return 1
         raise
     try:
         with Simulator() as simulator:
-            print(_banner(hub.url, data_dir, simulator.paths), flush=True)
+            say(_banner(hub.url, data_dir, simulator.paths))
             config = demo_agent_config(hub.url, simulator.paths)
             agent = asyncio.create_task(run_agent(config, stop=stop))
             await stop.wait()
-            print("\nstopping ...", file=sys.stderr, flush=True)
+            complain("stopping ...")
             await agent
     finally:
         await hub.stop()
     return 0
 
 
-def run_demo(*, host: str = "127.0.0.1", port: int = 8765, data_dir: Path | None = None) -> int:
+def run_demo(
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    data_dir: Path | None = None,
+    say: Say = _log.info,
+    complain: Say = _log.warning,
+) -> int:
     """Run the demo in the foreground until Ctrl-C; return the exit status."""
     data_dir = data_dir or Path(os.environ.get("KMZ_DATA", "kmz-data"))
-    return asyncio.run(_run(host, port, data_dir))
+    return asyncio.run(_run(host, port, data_dir, say, complain))

@@ -129,7 +129,7 @@ async def run_hub(
 def serve_hub(*, host: str, port: int, data_dir: Path) -> None:
     """Run a hub in the foreground until Ctrl-C or SIGTERM (`kmz hub`)."""
     config = HubConfig(host=host, port=port, data_dir=data_dir)
-    print(f"kmz hub listening on http://{host}:{port}  (data in {data_dir})", flush=True)
+    _log.info("listening", extra={"url": f"http://{host}:{port}", "data": str(data_dir)})
     web.run_app(
         create_app(config=config),
         host=host,

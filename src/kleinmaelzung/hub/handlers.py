@@ -186,7 +186,7 @@ async def agent_status(ctx: Context, message: Status) -> None:
 @handles(PeerKind.AGENT, Reply)
 async def agent_reply(ctx: Context, message: Reply) -> None:
     """Route a command's reply back to the client that asked."""
-    log_in(ctx, message)
+    log_in(ctx, message, ctx.router.pending_instrument(message.id))
     if not ctx.router.complete_command(ctx.peer, message):
         _log.info("late or unknown reply", extra={"agent": ctx.peer.name, "id": message.id})
 

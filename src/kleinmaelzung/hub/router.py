@@ -248,6 +248,11 @@ class Router:
         )
         return True
 
+    def pending_instrument(self, hub_id: str) -> str | None:
+        """The instrument a command in flight was sent to."""
+        pending = self._pending.get(hub_id)
+        return pending.instrument if pending is not None else None
+
     def fail_commands_of(self, agent_name: str, code: ErrorCode, message: str) -> None:
         """Fail every command in flight to an agent (it disconnected)."""
         for hub_id, pending in list(self._pending.items()):
