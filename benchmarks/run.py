@@ -1,0 +1,236 @@
+"""Benchmark the hub against Mosquitto-WS and NATS-WS in the same run, and the agent's footprint.
+
+    python benchmarks/run.py [--quick] [--json FILE] [--scenarios S1,S2] [--servers hub,nats]
+
+Each scenario runs against a fresh server pinned to CPU 0, with the load
+generator pinned to CPU 1. Figures vary by +-30 % between runs on shared
+machines: compare within one run, which is what the ratio column does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+
+import servers  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One load shape."""
+
+    name: str
+    pubs: int
+    subs: int
+    rate: float  # frames per second per publisher; 0 = max
+    what: str
+
+
+SCENARIOS = {
+    "S1": Scenario("S1", 10, 10, 0, "10 publishers -> 10 subscribers of all, max rate"),
+    "S2": Scenario("S2", 200, 5, 10, "200 publishers x 10/s -> 5 subscribers (latency)"),
+    "S2x": Scenario("S2x", 200, 5, 50, "S2 at 5x the rate: 50,000 deliveries/s"),
+    "S3": Scenario("S3", 1, 1, 0, "1 publisher -> 1 subscriber, max rate"),
+    "C5000": Scenario("C5000", 1, 5000, 0, "5,000 idle subscribers, one instrument each"),
+    "AGENT": Scenario("AGENT", 20, 0, 10, "agent with 20 instruments at 10 Hz"),
+}
+#: Samples per frame in the batched variant of the hub.
+BATCH = 20
+TARGETS = {
+    ("S1", "deliveries_per_s"): "hub >= mosquitto",
+    ("S1", "samples_per_s"): "hub-batched >= nats deliveries",
+    ("S2", "p99_ms"): "<= 1 ms and <= best peer",
+    ("S2x", "p99_ms"): "<= 2 ms and <= best peer",
+    ("C5000", "kb_per_conn"): "< 50 KB",
+    ("AGENT", "cpu_pct"): "< 10 % of a core",
+    ("AGENT", "rss_mb"): "< 60 MB",
+}
+
+
+def loadgen(server: servers.Server, scenario: Scenario, args: argparse.Namespace,
+            batch: int = 1) -> dict[str, Any]:
+    """Run the load generator once against a running server."""
+    pin = ["taskset", "-c", args.loadgen_cpus] if args.loadgen_cpus and shutil.which("taskset") else []
+    command = [
+        *pin, sys.executable, str(HERE / "loadgen.py"), "--protocol", server.protocol,
+        "--url", server.url, "--pubs", str(scenario.pubs), "--subs", str(scenario.subs),
+        "--rate", str(scenario.rate), "--batch", str(batch), "--server-pid", str(server.pid),
+        "--warmup", str(args.warmup), "--duration", str(args.duration),
+    ]
+    if scenario.name == "C5000":
+        command.append("--hold")
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"load generator failed:\n{done.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def run_network(scenario: Scenario, server_name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """One network scenario against one server: metric records."""
+    batch = BATCH if server_name == "hub-batched" else 1
+    with servers.start(server_name, args.server_cpus) as server:
+        result = loadgen(server, scenario, args, batch)
+        health = server.health()
+    rows = []
+    if scenario.name == "C5000":
+        metrics = {k: result[k] for k in ("kb_per_conn", "rss_mb", "lost")}
+    else:
+        throughput = "samples_per_s" if batch > 1 else "deliveries_per_s"
+        metrics = {
+            throughput: result["deliveries_per_s"], "p50_ms": result["p50_ms"],
+            "p99_ms": result["p99_ms"], "lost": result["lost"],
+            "cpu_pct": result["server_cpu_pct"],
+        }
+        if health is not None:
+            metrics["log_backlog"] = health["log_backlog"]
+    for metric, value in metrics.items():
+        if value is not None:
+            rows.append({"scenario": scenario.name, "server": server_name, "metric": metric,
+                         "value": round(float(value), 3)})
+    extra = {k: result.get(k) for k in ("gaps", "out_of_order", "disconnects", "loadgen_cpu_pct",
+                                         "max_ms")}
+    print(f"  {scenario.name:<6} {server_name:<12} {json.dumps(metrics)}  {json.dumps(extra)}",
+          file=sys.stderr, flush=True)
+    return rows
+
+
+def run_agent_footprint(scenario: Scenario, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """An agent serving 20 simulated instruments at 10 Hz: its CPU and memory."""
+    ids = [f"t{i:02d}" for i in range(1, scenario.pubs + 1)]
+    with tempfile.TemporaryDirectory(prefix="kmz-bench-agent-") as folder, \
+            servers.start("hub", args.server_cpus) as hub:
+        paths_file = Path(folder) / "ptys.json"
+        sim = subprocess.Popen(
+            [sys.executable, "-m", "kleinmaelzung.cli", "sim", "--paths-file", str(paths_file), *ids],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        agent = None
+        try:
+            deadline = time.monotonic() + 15
+            while not paths_file.exists():
+                if time.monotonic() > deadline:
+                    raise RuntimeError("simulator did not start")
+                time.sleep(0.05)
+            paths = json.loads(paths_file.read_text())
+            config = Path(folder) / "agent.toml"
+            lines = [f'hub = "{hub.http}"', 'agent_id = "bench-pi"']
+            for instrument in ids:
+                lines += ["[[instruments]]", f'id = "{instrument}"', 'profile = "kmz-thermometer"',
+                          f'port = "{paths[instrument]}"', f"poll_interval_s = {1 / scenario.rate}"]
+            config.write_text("\n".join(lines) + "\n")
+            pin = ["taskset", "-c", args.loadgen_cpus] if args.loadgen_cpus else []
+            env = {**os.environ, "PYTHONASYNCIODEBUG": ""}
+            agent = subprocess.Popen(
+                [*pin, sys.executable, "-m", "kleinmaelzung.cli", "agent", str(config)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+            )
+            time.sleep(args.warmup + 2)  # start-up: imports, ports, handshake
+            before = _cpu_seconds(agent.pid)
+            time.sleep(args.duration)
+            cpu = 100 * (_cpu_seconds(agent.pid) - before) / args.duration
+            rss = _rss_mb(agent.pid)
+            health = hub.health() or {}
+        finally:
+            for process in (agent, sim):
+                if process is not None:
+                    process.terminate()
+                    process.wait(timeout=10)
+    rows = [
+        {"scenario": "AGENT", "server": "hub", "metric": "cpu_pct", "value": round(cpu, 2)},
+        {"scenario": "AGENT", "server": "hub", "metric": "rss_mb", "value": round(rss, 1)},
+        {"scenario": "AGENT", "server": "hub", "metric": "log_backlog",
+         "value": float(health.get("log_backlog", -1))},  # type: ignore[arg-type]
+    ]
+    print(f"  AGENT  hub          cpu={cpu:.1f}% rss={rss:.1f} MB", file=sys.stderr, flush=True)
+    return rows
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def table(rows: list[dict[str, Any]], server_names: list[str]) -> str:
+    """Figures by scenario and metric, one column per server, and hub vs best peer."""
+    values: dict[tuple[str, str], dict[str, float]] = {}
+    for row in rows:
+        values.setdefault((row["scenario"], row["metric"]), {})[row["server"]] = row["value"]
+    header = ["scenario", "metric", *server_names, "hub/best peer", "target"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for (scenario, metric), by_server in values.items():
+        peers = [by_server[p] for p in ("mosquitto", "nats") if p in by_server]
+        ours = by_server.get("hub-batched" if metric == "samples_per_s" else "hub")
+        ratio = ""
+        if peers and ours is not None and metric in ("deliveries_per_s", "samples_per_s"):
+            ratio = f"{ours / max(peers):.2f}"
+        elif peers and ours is not None and metric in ("p50_ms", "p99_ms", "kb_per_conn"):
+            best = min(peers)
+            ratio = f"{ours / best:.2f} (lower is better)" if best else ""
+        cells = [f"{by_server[s]:,.3g}" if s in by_server else "" for s in server_names]
+        lines.append("| " + " | ".join([scenario, metric, *cells, ratio,
+                                        TARGETS.get((scenario, metric), "")]) + " |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    """Run the chosen scenarios against the chosen servers and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="short windows: all in a few minutes")
+    parser.add_argument("--json", type=Path, help="write one JSON object per figure to FILE")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--servers", default="hub,hub-batched,mosquitto,nats")
+    parser.add_argument("--server-cpus", default="0")
+    parser.add_argument("--loadgen-cpus", default="1")
+    args = parser.parse_args()
+    args.warmup, args.duration = (1.0, 4.0) if args.quick else (2.0, 10.0)
+    wanted = [s for s in args.servers.split(",") if s]
+    missing = [s for s in wanted if not servers.available(s)]
+    if missing:
+        print(f"not installed, skipped: {', '.join(missing)} "
+              "(apt-get install mosquitto nats-server)", file=sys.stderr)
+    server_names = [s for s in wanted if s not in missing]
+    rows: list[dict[str, Any]] = []
+    started = time.monotonic()
+    for name in args.scenarios.split(","):
+        scenario = SCENARIOS[name]
+        if name == "AGENT":
+            if "hub" in server_names:
+                rows += run_agent_footprint(scenario, args)
+            continue
+        for server in server_names:
+            if server == "hub-batched" and name not in ("S1", "S3"):
+                continue
+            rows += run_network(scenario, server, args)
+    print(table(rows, server_names))
+    print(f"\n{len(rows)} figures in {time.monotonic() - started:.0f} s "
+          f"(window {args.duration:g} s per run; server on CPU {args.server_cpus}, "
+          f"load generator on CPU {args.loadgen_cpus})")
+    if args.json:
+        with args.json.open("w") as out:
+            for row in rows:
+                out.write(json.dumps(row) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
