@@ -17,6 +17,8 @@ class LogEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     instrument: str | None
     type: str
     message: dict[str, Any]
+    #: For inbound data: the clients it was forwarded to.
+    delivered_to: str | None = None
 
 
 class LogPage(msgspec.Struct, frozen=True):

@@ -130,22 +130,21 @@ async def agent_data(ctx: Context, message: Data) -> None:
     by_instrument: dict[str, list[Sample]] = {}
     for sample in accepted:
         by_instrument.setdefault(sample.instrument, []).append(sample)
-    untouched = len(accepted) == len(message.samples)
+    single = len(accepted) == len(message.samples) and len(by_instrument) == 1
+    delivered = ctx.router.publish_samples(accepted, ctx.frame if single else None)
     for instrument, samples in by_instrument.items():
-        frame = ctx.frame if untouched and len(by_instrument) == 1 else _encode_data(samples)
         ctx.store.append(
             Record(
                 ts=now,
                 direction="in",
                 peer=ctx.peer.name,
                 type="data",
-                message=frame,
+                message=ctx.frame if single else _encode_data(samples),
                 instrument=instrument,
+                delivered_to=delivered.get(instrument),
                 ack=(ctx.peer.name, {instrument: samples[-1].seq}),
             )
         )
-    single = ctx.frame if untouched and len(by_instrument) == 1 else None
-    ctx.router.publish_samples(accepted, single)
 
 
 def _encode_data(samples: list[Sample]) -> bytes:

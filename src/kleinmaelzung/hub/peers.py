@@ -1,10 +1,17 @@
-"""One connected agent or client: its socket, its bounded send queue, its writer task."""
+"""One connected agent or client: its socket, its bounded send buffer, its writer task.
+
+Samples waiting for the same client are coalesced into one `data` frame when
+the writer gets to them: under load a client gets fewer, larger frames (one
+system call instead of hundreds), and at low rates each sample still leaves
+at once, so batching adds no delay.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -13,9 +20,12 @@ from ..protocol import HubConnection, PeerKind
 
 _log = logging.getLogger(__name__)
 
+_DATA_HEAD = b'{"type":"data","samples":['
+_DATA_TAIL = b"]}"
+
 
 class Peer:
-    """A connection as the hub's services see it: a name and a non-blocking `send`."""
+    """A connection as the hub's services see it: a name and non-blocking sends."""
 
     def __init__(
         self,
@@ -30,56 +40,90 @@ class Peer:
         self.name = name
         self.ws = ws
         self.connection = connection
-        #: Data frames dropped because this peer did not keep up.
+        #: Sample batches dropped because this peer did not keep up.
         self.missed = 0
-        self._queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=queue_frames)
+        self._limit = queue_frames
+        # Items in send order: (True, JSON array of samples) or (False, a frame).
+        self._items: deque[tuple[bool, bytes]] = deque()
+        self._data_items = 0
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._writer: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        """Start the task that drains the send queue into the socket."""
+        """Start the task that drains the send buffer into the socket."""
         self._writer = asyncio.create_task(self._write(), name=f"kmz-writer-{self.name}")
 
-    def send(self, frame: bytes, *, droppable: bool = False) -> bool:
-        """Queue one encoded frame; return False if it was dropped (queue full)."""
-        try:
-            self._queue.put_nowait(frame)
-            return True
-        except asyncio.QueueFull:
-            if droppable:
-                self.missed += 1
-                if self.missed == 1 or self.missed % 1000 == 0:
-                    _log.warning(
-                        "slow peer, dropping data", extra={"peer": self.name, "missed": self.missed}
-                    )
-                return False
-            # Replies and status must not be lost silently: make room by
-            # dropping the oldest queued frame instead.
-            with contextlib.suppress(asyncio.QueueEmpty):
-                self._queue.get_nowait()
-                self.missed += 1
-            self._queue.put_nowait(frame)
-            return True
+    def send(self, frame: bytes) -> None:
+        """Queue one encoded message; never dropped for being slow."""
+        self._items.append((False, frame))
+        self._kick()
+
+    def send_samples(self, samples_array: bytes) -> None:
+        """Queue samples (an encoded JSON array); the oldest go first if the peer lags."""
+        if self._data_items >= self._limit:
+            self._drop_oldest_data()
+        self._items.append((True, samples_array))
+        self._data_items += 1
+        self._kick()
 
     async def close(self) -> None:
         """Send what is queued (briefly), then stop the writer."""
         if self._writer is None:
             return
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._queue.join(), timeout=1.0)
+            await asyncio.wait_for(self._idle.wait(), timeout=1.0)
         self._writer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._writer
 
+    def _kick(self) -> None:
+        self._idle.clear()
+        self._wake.set()
+
+    def _drop_oldest_data(self) -> None:
+        for index, (is_data, _) in enumerate(self._items):
+            if is_data:
+                del self._items[index]
+                self._data_items -= 1
+                self.missed += 1
+                if self.missed == 1 or self.missed % 1000 == 0:
+                    _log.warning(
+                        "slow peer, dropping data", extra={"peer": self.name, "missed": self.missed}
+                    )
+                return
+
+    def _frames(self) -> list[bytes]:
+        """Take everything queued; consecutive sample arrays become one data frame."""
+        frames: list[bytes] = []
+        run: list[bytes] = []
+        for is_data, payload in self._items:
+            if is_data:
+                run.append(payload[1:-1])
+                continue
+            if run:
+                frames.append(_DATA_HEAD + b",".join(run) + _DATA_TAIL)
+                run = []
+            frames.append(payload)
+        if run:
+            frames.append(_DATA_HEAD + b",".join(run) + _DATA_TAIL)
+        self._items.clear()
+        self._data_items = 0
+        return frames
+
     async def _write(self) -> None:
         while True:
-            frame = await self._queue.get()
-            try:
-                if not self.ws.closed:
-                    await self.ws.send_frame(frame, WSMsgType.TEXT)
-            except (ConnectionError, RuntimeError) as exc:
-                _log.info("send failed", extra={"peer": self.name, "error": str(exc)})
-            finally:
-                self._queue.task_done()
+            await self._wake.wait()
+            self._wake.clear()
+            while self._items:
+                for frame in self._frames():
+                    try:
+                        if not self.ws.closed:
+                            await self.ws.send_frame(frame, WSMsgType.TEXT)
+                    except (ConnectionError, RuntimeError) as exc:
+                        _log.info("send failed", extra={"peer": self.name, "error": str(exc)})
+            self._idle.set()
 
     def __repr__(self) -> str:
         return f"<Peer {self.kind} {self.name}>"

@@ -23,6 +23,7 @@ class _LogEntryOut(msgspec.Struct):
     instrument: str | None
     type: str
     message: msgspec.Raw
+    delivered_to: str | None
 
 
 def _json(payload: object, status: int = 200) -> web.Response:
@@ -82,6 +83,7 @@ async def traffic_log(request: web.Request) -> web.Response:
                     instrument=e.instrument,
                     type=e.type,
                     message=msgspec.Raw(e.message),
+                    delivered_to=e.delivered_to,
                 )
                 for e in entries
             ]

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 from ..protocol import (
     Command,
-    Data,
     ErrorCode,
     ErrorInfo,
     Message,
@@ -24,6 +23,7 @@ from ..protocol import (
     Sample,
     Status,
     encode,
+    encode_samples,
     is_literal,
     matches,
 )
@@ -53,6 +53,7 @@ class Router:
         self._wildcards: dict[str, set[Peer]] = defaultdict(set)
         self._pending: dict[str, _Pending] = {}
         self._ids = itertools.count(1)
+        self._recipient_names: dict[str, str] = {}
 
     # --- sending and logging -------------------------------------------------
 
@@ -86,6 +87,7 @@ class Router:
 
     def subscribe(self, peer: Peer, patterns: Iterable[str], known: Iterable[str]) -> list[str]:
         """Add patterns for a peer; return the known instruments it now receives."""
+        self._recipient_names.clear()
         active = self._patterns.setdefault(peer, set())
         known = list(known)
         for pattern in patterns:
@@ -101,6 +103,7 @@ class Router:
 
     def unsubscribe(self, peer: Peer, patterns: Iterable[str], known: Iterable[str]) -> list[str]:
         """Remove patterns of a peer; return the known instruments it still receives."""
+        self._recipient_names.clear()
         active = self._patterns.get(peer, set())
         for pattern in patterns:
             active.discard(pattern)
@@ -127,12 +130,14 @@ class Router:
 
     def instrument_added(self, instrument_id: str) -> None:
         """Route a new instrument to every wildcard pattern that matches it."""
+        self._recipient_names.clear()
         for pattern, peers in self._wildcards.items():
             if matches(pattern, instrument_id):
                 self._by_instrument[instrument_id].update(peers)
 
     def remove_peer(self, peer: Peer) -> None:
         """Forget a disconnected peer's subscriptions and its commands in flight."""
+        self._recipient_names.clear()
         for pattern in self._patterns.pop(peer, ()):
             holders = self._wildcards.get(pattern)
             if holders is not None:
@@ -150,20 +155,27 @@ class Router:
 
     # --- fan-out ---------------------------------------------------------------
 
-    def publish_samples(self, samples: Sequence[Sample], frame: bytes | None = None) -> None:
-        """Send samples to their subscribers, one encoding per distinct recipient set.
+    def publish_samples(
+        self, samples: Sequence[Sample], frame: bytes | None = None
+    ) -> dict[str, str]:
+        """Send samples to their subscribers; return the recipients per instrument.
 
-        `frame` is the agent's original encoding of exactly these samples, when
-        they all belong to one instrument: it is forwarded as is.
+        One encoding per distinct recipient set. `frame` is the agent's original
+        encoding of exactly these samples; when they all belong to one
+        instrument its samples array is forwarded as is.
         """
         if not samples:
-            return
+            return {}
         first = samples[0].instrument
-        if frame is not None and all(s.instrument == first for s in samples):
+        if all(s.instrument == first for s in samples):
             subscribers = self._by_instrument.get(first)
-            if subscribers:
-                self._fan_out(subscribers, frame, first)
-            return
+            if not subscribers:
+                return {}
+            array = _samples_array(frame) if frame is not None else None
+            array = array or encode_samples(samples)
+            for peer in subscribers:
+                peer.send_samples(array)
+            return {first: self._recipients(first, subscribers)}
         by_peer: dict[Peer, list[Sample]] = defaultdict(list)
         for sample in samples:
             for peer in self._by_instrument.get(sample.instrument, ()):
@@ -173,9 +185,14 @@ class Router:
             key = tuple(id(s) for s in peer_samples)
             groups.setdefault(key, (peer_samples, []))[1].append(peer)
         for group_samples, peers in groups.values():
-            instruments = {s.instrument for s in group_samples}
-            instrument = instruments.pop() if len(instruments) == 1 else None
-            self._fan_out(peers, encode(Data(samples=group_samples)), instrument)
+            array = encode_samples(group_samples)
+            for peer in peers:
+                peer.send_samples(array)
+        return {
+            instrument: self._recipients(instrument, self._by_instrument[instrument])
+            for instrument in {s.instrument for s in samples}
+            if self._by_instrument.get(instrument)
+        }
 
     def publish_status(self, status: Status) -> None:
         """Send an instrument's status change to its subscribers."""
@@ -195,20 +212,13 @@ class Router:
             for peer in subscribers:
                 peer.send(frame)
 
-    def _fan_out(self, peers: Iterable[Peer], frame: bytes, instrument: str | None) -> None:
-        peers = list(peers)
-        self._store.append(
-            Record(
-                ts=self._clock(),
-                direction="out",
-                peer=_recipients(peers),
-                type="data",
-                message=frame,
-                instrument=instrument,
-            )
-        )
-        for peer in peers:
-            peer.send(frame, droppable=True)
+    def _recipients(self, instrument: str, peers: Iterable[Peer]) -> str:
+        # Cached per instrument: naming the recipients is per message, while
+        # subscriptions change rarely (every change clears the cache).
+        names = self._recipient_names.get(instrument)
+        if names is None:
+            names = self._recipient_names[instrument] = _recipients(peers)
+        return names
 
     # --- commands ------------------------------------------------------------------
 
@@ -285,6 +295,17 @@ class Router:
 
 def _failed(command_id: str, code: ErrorCode, message: str) -> Reply:
     return Reply(id=command_id, ok=False, error=ErrorInfo(code=code, message=message))
+
+
+_DATA_HEAD = b'{"type":"data","samples":['
+_DATA_TAIL = b"]}"
+
+
+def _samples_array(frame: bytes) -> bytes | None:
+    """The samples array of a data frame as msgspec encodes it, or None if laid out otherwise."""
+    if frame.startswith(_DATA_HEAD) and frame.endswith(_DATA_TAIL):
+        return frame[len(_DATA_HEAD) - 1 : -len(_DATA_TAIL) + 1]
+    return None
 
 
 def _recipients(peers: Iterable[Peer]) -> str:

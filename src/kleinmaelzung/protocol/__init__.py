@@ -7,6 +7,7 @@ from .codec import (
     any_decoder,
     client_decoder,
     encode,
+    encode_samples,
     hub_to_agent_decoder,
     hub_to_client_decoder,
 )
@@ -113,6 +114,7 @@ __all__ = [
     "client_connection",
     "client_decoder",
     "encode",
+    "encode_samples",
     "hub_agent_connection",
     "hub_client_connection",
     "hub_to_agent_decoder",

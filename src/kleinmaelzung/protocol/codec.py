@@ -6,6 +6,7 @@ kind of wrong it was and whose message says where (msgspec's JSON path).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Generic, NamedTuple, TypeVar
 
 import msgspec
@@ -20,6 +21,7 @@ from .messages import (
     HubToAgentMessage,
     HubToClientMessage,
     Message,
+    Sample,
 )
 
 T = TypeVar("T")
@@ -48,6 +50,11 @@ TAGS: dict[str, type[msgspec.Struct]] = {str(t.__struct_config__.tag): t for t i
 def encode(message: msgspec.Struct) -> bytes:
     """Encode one message to JSON bytes."""
     return _encoder.encode(message)
+
+
+def encode_samples(samples: Sequence[Sample]) -> bytes:
+    """Encode samples as a JSON array, the body of a `data` message's `samples`."""
+    return _encoder.encode(samples)
 
 
 class Decoder(Generic[T]):

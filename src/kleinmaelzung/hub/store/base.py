@@ -19,6 +19,9 @@ class Record:
     type: str
     message: bytes
     instrument: str | None = None
+    #: For inbound data: who it was forwarded to. Data going out is recorded
+    #: here, on the row of the samples, rather than as a copy per delivery.
+    delivered_to: str | None = None
     #: For inbound data: the agent and the highest seq per instrument in this
     #: record, acknowledged to the agent once the record is committed.
     ack: tuple[str, Mapping[str, int]] | None = field(default=None, compare=False)
@@ -35,6 +38,7 @@ class LogEntry:
     instrument: str | None
     type: str
     message: bytes
+    delivered_to: str | None = None
 
 
 #: Called (on the event loop) with {agent_id: {instrument: seq}} after a commit.

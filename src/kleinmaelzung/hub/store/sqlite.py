@@ -23,10 +23,13 @@ CREATE TABLE IF NOT EXISTS traffic (
     peer TEXT NOT NULL,
     instrument TEXT,
     type TEXT NOT NULL,
-    message TEXT NOT NULL
+    message TEXT NOT NULL,
+    delivered_to TEXT
 );
 CREATE INDEX IF NOT EXISTS traffic_instrument ON traffic (instrument, id);
 """
+#: Bumped with every schema change; `_migrate` brings older files up to date.
+SCHEMA_VERSION = 2
 
 #: Rows per transaction at most; larger backlogs commit in several batches.
 _BATCH_ROWS = 5000
@@ -103,7 +106,10 @@ class SqliteStore:
     def _query(self, instrument: str | None, limit: int) -> list[LogEntry]:
         connection = sqlite3.connect(self.path)
         try:
-            sql = "SELECT id, ts, direction, peer, instrument, type, message FROM traffic"
+            sql = (
+                "SELECT id, ts, direction, peer, instrument, type, message, delivered_to"
+                " FROM traffic"
+            )
             params: tuple[object, ...] = ()
             if instrument is not None:
                 sql += " WHERE instrument = ?"
@@ -121,6 +127,7 @@ class SqliteStore:
                 instrument=row[4],
                 type=row[5],
                 message=row[6].encode(),
+                delivered_to=row[7],
             )
             for row in rows
         ]
@@ -135,6 +142,7 @@ class SqliteStore:
             # agent (which then forgets the samples) is a promise we keep.
             connection.execute("PRAGMA synchronous=FULL")
             connection.executescript(_SCHEMA)
+            _migrate(connection)
         except Exception as exc:
             ready.set_exception(exc)
             return
@@ -172,14 +180,15 @@ class SqliteStore:
 
     def _commit(self, connection: sqlite3.Connection, batch: list[Record]) -> None:
         rows = [
-            (r.ts, r.direction, r.peer, r.instrument, r.type, r.message.decode()) for r in batch
+            (r.ts, r.direction, r.peer, r.instrument, r.type, r.message.decode(), r.delivered_to)
+            for r in batch
         ]
         while True:
             try:
                 connection.execute("BEGIN")
                 connection.executemany(
-                    "INSERT INTO traffic (ts, direction, peer, instrument, type, message)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO traffic (ts, direction, peer, instrument, type, message,"
+                    " delivered_to) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     rows,
                 )
                 connection.execute("COMMIT")
@@ -206,3 +215,13 @@ class SqliteStore:
             # RuntimeError: the loop has closed, nobody is left to acknowledge.
             with contextlib.suppress(RuntimeError):
                 self._loop.call_soon_threadsafe(self._on_committed, acks)
+
+
+def _migrate(connection: sqlite3.Connection) -> None:
+    """Bring a traffic log written by an older hub up to SCHEMA_VERSION."""
+    (version,) = connection.execute("PRAGMA user_version").fetchone()
+    columns = {row[1] for row in connection.execute("PRAGMA table_info(traffic)")}
+    if "delivered_to" not in columns:  # version 1 logged every delivery as its own row
+        connection.execute("ALTER TABLE traffic ADD COLUMN delivered_to TEXT")
+    if version < SCHEMA_VERSION:
+        connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
