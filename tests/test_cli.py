@@ -1,24 +1,84 @@
-"""The kmz command as a user runs it: help, usage errors, an unreachable hub."""
+"""The kmz command as a user runs it: a subprocess against a real hub fed by a raw agent."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import re
+import signal
 import socket
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 import pytest
 
+from kleinmaelzung.hub import RunningHub
+
+from .client.agent_peer import (
+    RawPeer,
+    answer_commands,
+    instrument,
+    publish,
+    publish_until,
+    raw_agent,
+)
+
 SUBCOMMANDS = ["hub", "agent", "sim", "demo", "instruments", "watch", "send", "log"]
+KMZ = [sys.executable, "-m", "kleinmaelzung.cli"]
+DEADLINE_S = 30.0
 
 
 def kmz(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run kmz to completion; only for commands that need no hub in this event loop."""
     return subprocess.run(
-        [sys.executable, "-m", "kleinmaelzung.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
+        [*KMZ, *args], capture_output=True, text=True, timeout=DEADLINE_S, check=False
     )
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+async def kmz_async(*args: str) -> Result:
+    """Run kmz without blocking the event loop the hub fixture serves on."""
+    process = await asyncio.create_subprocess_exec(
+        *KMZ, *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), DEADLINE_S)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode is not None
+    return Result(process.returncode, out.decode(), err.decode())
+
+
+def unused_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+@asynccontextmanager
+async def lab(hub: RunningHub) -> AsyncIterator[RawPeer]:
+    """A raw agent with a balance (tare works, zero fails) and a kiln."""
+    instruments = [instrument("balance", ("tare", "zero")), instrument("kiln-air")]
+    async with raw_agent(hub.url, "pi", instruments) as agent:
+        player = asyncio.create_task(answer_commands(agent))
+        try:
+            yield agent
+        finally:
+            player.cancel()
+
+
+# --- without a hub ---------------------------------------------------------------
 
 
 @pytest.mark.parametrize("command", SUBCOMMANDS)
@@ -34,23 +94,147 @@ def test_no_subcommand_is_a_usage_error() -> None:
     assert "COMMAND" in result.stderr
 
 
-def test_unreachable_hub_exits_3_and_says_where_it_looked() -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    result = kmz("send", "balance", "tare", "--hub", f"http://127.0.0.1:{port}")
+def test_importing_the_cli_loads_no_web_stack() -> None:
+    code = "import kleinmaelzung.cli, sys; assert 'aiohttp' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=DEADLINE_S)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("send", "balance", "tare"), ("instruments",), ("watch", "kiln-*"), ("log",)],
+)
+def test_unreachable_hub_exits_3_and_says_where_it_looked(args: tuple[str, ...]) -> None:
+    url = unused_url()
+    result = kmz(*args, "--hub", url)
     assert result.returncode == 3
-    assert f"127.0.0.1:{port}" in result.stderr
+    assert url.removeprefix("http://") in result.stderr
     assert "kmz demo" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
-def test_bad_key_value_is_a_usage_error() -> None:
-    result = kmz("send", "kiln-air", "set_setpoint", "80", "--hub", "http://127.0.0.1:9")
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("send", "kiln-air", "set_setpoint", "80"), "expected KEY=VALUE, got '80'"),
+        (("send", "Kiln", "tare"), "not an instrument id: 'Kiln'"),
+        (("send", "kiln-air", "tare", "--timeout", "0"), "--timeout"),
+        (("watch", "Kiln*"), "not an instrument id or pattern: Kiln*"),
+        (("watch", "kiln-air", "--count", "0"), "must be at least 1"),
+        (("log", "--instrument", "A B"), "not an instrument id"),
+        (("instruments", "--hub", "ftp://x"), "hub URL must start with"),
+    ],
+)
+def test_usage_errors_exit_2(args: tuple[str, ...], message: str) -> None:
+    result = kmz(*args, *(() if "--hub" in args else ("--hub", "http://127.0.0.1:9")))
     assert result.returncode == 2
-    assert "expected KEY=VALUE, got '80'" in result.stderr
+    assert message in result.stderr
 
 
-def test_agent_config_error_exits_2_naming_the_file(tmp_path: object) -> None:
+def test_agent_config_error_exits_2_naming_the_file() -> None:
     result = kmz("agent", "/nonexistent/agent.toml")
     assert result.returncode == 2
     assert "/nonexistent/agent.toml: cannot read the file" in result.stderr
+
+
+# --- against a hub ---------------------------------------------------------------
+
+
+async def test_watch_json_prints_one_sample_per_line(hub: RunningHub) -> None:
+    async with lab(hub) as agent:
+        watch = asyncio.ensure_future(
+            kmz_async("watch", "kiln-*", "--count", "3", "--json", "--hub", hub.url)
+        )
+        await publish_until(agent, "kiln-air", watch)
+        result = watch.result()
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(lines) == 3
+    assert all(set(line) == {"instrument", "seq", "ts", "values"} for line in lines)
+    assert {line["instrument"] for line in lines} == {"kiln-air"}
+    seqs = [line["seq"] for line in lines]
+    assert seqs == list(range(seqs[0], seqs[0] + 3))
+    assert "kiln-air  is online" in result.stderr  # status lines keep off stdout
+
+
+async def test_watch_shows_values_with_units(hub: RunningHub) -> None:
+    async with lab(hub) as agent:
+        watch = asyncio.ensure_future(
+            kmz_async("watch", "balance", "--count", "2", "--hub", hub.url)
+        )
+        await publish_until(agent, "balance", watch)
+        result = watch.result()
+    assert result.returncode == 0, result.stderr
+    status, *samples = result.stdout.splitlines()
+    assert status.endswith("  balance  is online")  # the state when the watch began
+    assert len(samples) == 2
+    for line in samples:
+        assert re.fullmatch(r"\d\d:\d\d:\d\d\.\d{3}  balance  mass=\d+\.00 g", line), line
+
+
+async def test_watch_waits_for_a_pattern_and_ctrl_c_exits_130_quietly(hub: RunningHub) -> None:
+    process = await asyncio.create_subprocess_exec(
+        *KMZ, "watch", "nothing-*", "--hub", hub.url, stderr=subprocess.PIPE
+    )
+    try:
+        assert process.stderr is not None
+        line = await asyncio.wait_for(process.stderr.readline(), DEADLINE_S)
+        assert b"no instrument matches 'nothing-*' now" in line
+        process.send_signal(signal.SIGINT)
+        rest = await asyncio.wait_for(process.stderr.read(), DEADLINE_S)
+        assert await process.wait() == 130
+        assert rest == b""
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def test_send_prints_ok_or_the_error(hub: RunningHub) -> None:
+    async with lab(hub):
+        ok = await kmz_async("send", "balance", "tare", "--hub", hub.url)
+        as_json = await kmz_async(
+            "send", "balance", "tare", "force=true", "--json", "--hub", hub.url
+        )
+        failed = await kmz_async("send", "balance", "zero", "--hub", hub.url)
+        unknown = await kmz_async("send", "scale", "tare", "--hub", hub.url)
+    assert (ok.returncode, ok.stdout) == (0, "ok  tare=1.50\n")
+    assert (as_json.returncode, json.loads(as_json.stdout)) == (
+        0,
+        {"ok": True, "result": {"tare": 1.5}},
+    )
+    assert (failed.returncode, failed.stderr) == (1, "error [instrument_error]: not stable\n")
+    assert unknown.returncode == 1
+    assert unknown.stderr.startswith("error [unknown_instrument]: ")
+
+
+async def test_instruments_as_json_and_as_a_table(hub: RunningHub) -> None:
+    async with lab(hub):
+        as_json = await kmz_async("instruments", "--json", "--hub", hub.url)
+        table = await kmz_async("instruments", "--hub", hub.url)
+    assert as_json.returncode == 0, as_json.stderr
+    records = json.loads(as_json.stdout)
+    assert sorted((r["id"], r["state"], r["agent"]) for r in records) == [
+        ("balance", "online", "pi"),
+        ("kiln-air", "online", "pi"),
+    ]
+    header, *rows = table.stdout.splitlines()
+    assert header.split()[:4] == ["INSTRUMENT", "KIND", "STATE", "AGENT"]
+    assert len(rows) == 2 and "mass [g]" in rows[0]
+
+
+async def test_log_json_shows_the_traffic(hub: RunningHub) -> None:
+    async with lab(hub) as agent:
+        await publish(agent, "balance", 0)
+        await kmz_async("send", "balance", "tare", "--hub", hub.url)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while True:  # the hub commits its log in batches
+        result = await kmz_async("log", "--json", "--limit", "50", "--hub", hub.url)
+        assert result.returncode == 0, result.stderr
+        types = {entry["type"] for entry in json.loads(result.stdout)}
+        if {"command", "reply", "data"} <= types or loop.time() > deadline:
+            break
+    assert {"agent_hello", "command", "reply", "data"} <= types
+    human = await kmz_async("log", "--instrument", "balance", "--hub", hub.url)
+    assert human.returncode == 0
+    assert any(" data " in line and "balance" in line for line in human.stdout.splitlines())

@@ -1,7 +1,7 @@
 """`kmz`: one command for hub, agent, simulator, demo and the clients. Only this module prints.
 
 Imports are lazy: `kmz agent` on a Pi never loads the hub's stack, and
-`kmz --help` loads nothing but argparse.
+`import kleinmaelzung.cli` loads nothing but the standard library.
 """
 
 from __future__ import annotations
@@ -9,12 +9,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import sys
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 EXIT_OK, EXIT_ERROR_REPLY, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+class _UsageError(Exception):
+    """A command line that parsed but makes no sense; exits 2."""
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _hub_option(parser: argparse.ArgumentParser) -> None:
@@ -47,8 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--paths-file", default=None, help="write {instrument: tty path} JSON here")
 
     demo = commands.add_parser("demo", help="run hub, simulated malting lab and agent together")
-    demo.add_argument("--host", default="127.0.0.1")
-    demo.add_argument("--port", type=int, default=8765)
+    demo.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    demo.add_argument("--port", type=int, default=8765, help="port (default 8765)")
     demo.add_argument("--data", type=Path, default=None, help="data directory (default kmz-data)")
 
     instruments = commands.add_parser("instruments", help="list instruments and their state")
@@ -57,50 +68,65 @@ def _parser() -> argparse.ArgumentParser:
 
     watch = commands.add_parser("watch", help="print live readings")
     watch.add_argument("patterns", nargs="+", metavar="INSTRUMENT_OR_PATTERN")
-    watch.add_argument("--count", type=int, default=None, help="stop after N readings")
+    watch.add_argument("--count", type=_positive_int, default=None, help="stop after N readings")
     watch.add_argument("--json", action="store_true", help="one JSON object per line")
     _hub_option(watch)
 
     send = commands.add_parser("send", help="send a command to an instrument")
     send.add_argument("instrument")
     send.add_argument("name", metavar="COMMAND")
-    send.add_argument("args", nargs="*", metavar="KEY=VALUE")
+    send.add_argument("args", nargs="*", metavar="KEY=VALUE", help="values are JSON if they parse")
     send.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
     send.add_argument("--json", action="store_true", help="print the reply as JSON")
     _hub_option(send)
 
     log = commands.add_parser("log", help="print the newest traffic-log entries")
-    log.add_argument("--instrument", default=None)
-    log.add_argument("--limit", type=int, default=20)
-    log.add_argument("--json", action="store_true", help="print a JSON array")
+    log.add_argument("--instrument", default=None, help="only this instrument's traffic")
+    log.add_argument("--limit", type=_positive_int, default=20, help="entries (default 20)")
+    log.add_argument("--json", action="store_true", help="print a JSON array, newest first")
     _hub_option(log)
     return parser
+
+
+class _LogFormatter(logging.Formatter):
+    """Appends a record's `extra` fields as key=value, so structured logs stay readable."""
+
+    _standard = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        extra = " ".join(f"{k}={v}" for k, v in vars(record).items() if k not in self._standard)
+        return f"{line}  {extra}" if extra else line
+
+
+def _configure_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LogFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run `kmz`; return the exit status."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    if args.command not in ("hub", "agent", "demo") and not args.verbose:
-        logging.getLogger().setLevel(logging.WARNING)
-    handler = globals()[f"_cmd_{args.command}"]
+    _configure_logging(args.verbose)
+    handler: Callable[[argparse.Namespace], int] = globals()[f"_cmd_{args.command}"]
     try:
-        return int(handler(args))
+        return handler(args)
+    except _UsageError as exc:
+        print(f"kmz {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+
+
+# --- servers -------------------------------------------------------------------
 
 
 def _cmd_hub(args: argparse.Namespace) -> int:
     from .hub import serve_hub
 
-    print(
-        f"kmz hub on http://{args.host}:{args.port}  (data in {args.data}); Ctrl-C stops it",
-        flush=True,
-    )
+    print(f"kmz hub on http://{args.host}:{args.port}  (data in {args.data}); Ctrl-C stops it")
+    sys.stdout.flush()
     serve_hub(host=args.host, port=args.port, data_dir=args.data)
     return EXIT_OK
 
@@ -113,18 +139,19 @@ def _cmd_agent(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"kmz agent: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    asyncio.run(_until_signal(lambda stop: run_agent(config, stop=stop)))
+
+    async def run() -> None:
+        import signal
+
+        # SIGTERM (systemd) and Ctrl-C both end the agent cleanly, outbox flushed.
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await run_agent(config, stop=stop)
+
+    asyncio.run(run())
     return EXIT_OK
-
-
-async def _until_signal(start: Any) -> None:
-    import signal
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    await start(stop)
 
 
 def _cmd_sim(args: argparse.Namespace) -> int:
@@ -157,28 +184,52 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(host=args.host, port=args.port, data_dir=args.data, say=say, complain=complain)
 
 
+# --- clients -------------------------------------------------------------------
+
+
 def _hub_url(args: argparse.Namespace) -> str:
-    from .transport import default_hub_url
+    from .transport import base_url, default_hub_url
 
-    return str(args.hub or default_hub_url())
+    url = str(args.hub or default_hub_url())
+    try:
+        return base_url(url)
+    except ValueError as exc:
+        raise _UsageError(str(exc)) from None
 
 
-def _client_command(coroutine: Any, url: str) -> int:
-    """Run a client coroutine, turning connection failures into a clear message."""
-    from .client import HandshakeError, HubUnreachable
+def _run_client(name: str, coroutine: Coroutine[Any, Any, int]) -> int:
+    """Run a client command, turning the client's exceptions into messages and exit codes."""
+    from .client import (
+        CommandError,
+        ConnectionLost,
+        HandshakeError,
+        HubUnreachable,
+        KmzError,
+        RequestError,
+        RequestTimeout,
+    )
 
     try:
-        return int(asyncio.run(coroutine))
+        return asyncio.run(coroutine)
     except HubUnreachable as exc:
         print(
-            f"kmz: {exc}\nIs the hub running? `kmz demo` starts a local one; "
+            f"kmz {name}: {exc}\nIs the hub running? `kmz demo` starts a local one; "
             "--hub or $KMZ_HUB choose another.",
             file=sys.stderr,
         )
         return EXIT_UNREACHABLE
-    except HandshakeError as exc:
-        print(f"kmz: the hub at {url} refused the connection: {exc}", file=sys.stderr)
+    except (HandshakeError, ConnectionLost) as exc:
+        print(f"kmz {name}: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
+    except (CommandError, RequestError) as exc:
+        print(f"error [{exc.code}]: {exc.message}", file=sys.stderr)
+        return EXIT_ERROR_REPLY
+    except RequestTimeout as exc:
+        print(f"error [timeout]: {exc}", file=sys.stderr)
+        return EXIT_ERROR_REPLY
+    except KmzError as exc:
+        print(f"kmz {name}: {exc}", file=sys.stderr)
+        return EXIT_ERROR_REPLY
 
 
 def _cmd_instruments(args: argparse.Namespace) -> int:
@@ -200,48 +251,50 @@ def _cmd_instruments(args: argparse.Namespace) -> int:
             print(format_instruments(records, time.time()))
         return EXIT_OK
 
-    return _client_command(run(), url)
+    return _run_client("instruments", run())
 
 
 def _cmd_watch(args: argparse.Namespace) -> int:
-    from .client import Client, ConnectionLost, Sample
+    from .client import Client, Sample
     from .client.formatting import format_sample, format_status, sample_json, units_of
+    from .protocol import is_pattern, matching
 
+    bad = [p for p in args.patterns if not is_pattern(p)]
+    if bad:
+        raise _UsageError(f"not an instrument id or pattern: {' '.join(bad)}")
     url = _hub_url(args)
+    status_out = sys.stderr if args.json else sys.stdout  # stdout stays pure samples
 
     async def run() -> int:
+        # Reconnects by itself: a watch outlives a hub restart.
         async with Client(url, name="kmz-watch", reconnect=True) as client:
-            units = units_of(await client.instruments())
-            subscription = await client.subscribe(*args.patterns, status=True)
-            if not subscription.instruments:
-                print(
-                    f"kmz watch: no instrument matches {' '.join(args.patterns)} yet; "
-                    "waiting for one to appear",
-                    file=sys.stderr,
-                )
+            records = await client.instruments()
+            units = units_of(records)
+            for pattern in args.patterns:
+                if not matching(pattern, [r.id for r in records]):
+                    print(
+                        f"kmz watch: no instrument matches {pattern!r} now; waiting for one",
+                        file=sys.stderr,
+                        flush=True,
+                    )
             seen = 0
-            try:
-                async for event in subscription:
-                    if isinstance(event, Sample):
-                        print(
-                            sample_json(event) if args.json else format_sample(event, units),
-                            flush=True,
-                        )
-                        seen += 1
-                        if args.count is not None and seen >= args.count:
-                            break
-                    else:
-                        print(
-                            format_status(event),
-                            file=sys.stderr if args.json else sys.stdout,
-                            flush=True,
-                        )
-            except ConnectionLost as exc:
-                print(f"kmz watch: {exc}", file=sys.stderr)
-                return EXIT_UNREACHABLE
+            async for event in client.subscribe(*args.patterns, status=True):
+                if not isinstance(event, Sample):
+                    print(format_status(event), file=status_out, flush=True)
+                    continue
+                if args.json:
+                    print(sample_json(event), flush=True)
+                else:
+                    if event.instrument not in units:  # appeared after we started
+                        units.update(units_of(await client.instruments()))
+                        units.setdefault(event.instrument, {})
+                    print(format_sample(event, units), flush=True)
+                seen += 1
+                if args.count is not None and seen >= args.count:
+                    break
         return EXIT_OK
 
-    return _client_command(run(), url)
+    return _run_client("watch", run())
 
 
 def _cmd_send(args: argparse.Namespace) -> int:
@@ -249,13 +302,17 @@ def _cmd_send(args: argparse.Namespace) -> int:
 
     from .client import Client, CommandError
     from .client.formatting import format_result, parse_assignment
+    from .protocol import Timeouts, is_instrument_id
 
-    url = _hub_url(args)
+    if not is_instrument_id(args.instrument):
+        raise _UsageError(f"not an instrument id: {args.instrument!r}")
+    if not 0 < args.timeout <= Timeouts().command_max_s:
+        raise _UsageError(f"--timeout must be more than 0 and at most {Timeouts().command_max_s:g}")
     try:
         kwargs = dict(parse_assignment(a) for a in args.args)
     except ValueError as exc:
-        print(f"kmz send: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        raise _UsageError(str(exc)) from None
+    url = _hub_url(args)
 
     async def run() -> int:
         async with Client(url, name="kmz-send") as client:
@@ -275,23 +332,22 @@ def _cmd_send(args: argparse.Namespace) -> int:
             print(format_result(result))
         return EXIT_OK
 
-    return _client_command(run(), url)
+    return _run_client("send", run())
 
 
 def _cmd_log(args: argparse.Namespace) -> int:
     import msgspec
 
-    from .client import RequestError, fetch_log
+    from .client import fetch_log
     from .client.formatting import format_log_entry
+    from .protocol import is_instrument_id
 
+    if args.instrument is not None and not is_instrument_id(args.instrument):
+        raise _UsageError(f"not an instrument id: {args.instrument!r}")
     url = _hub_url(args)
 
     async def run() -> int:
-        try:
-            entries = await fetch_log(url, instrument=args.instrument, limit=args.limit)
-        except RequestError as exc:
-            print(f"kmz log: {exc}", file=sys.stderr)
-            return EXIT_USAGE
+        entries = await fetch_log(url, instrument=args.instrument, limit=args.limit)
         if args.json:
             print(msgspec.json.encode(entries).decode())
         else:
@@ -299,9 +355,8 @@ def _cmd_log(args: argparse.Namespace) -> int:
                 print(format_log_entry(entry))
         return EXIT_OK
 
-    return _client_command(run(), url)
+    return _run_client("log", run())
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     raise SystemExit(main())

@@ -1,62 +1,31 @@
-"""The client library against a real hub, fed by a raw agent peer."""
+"""The async client against a real hub, fed by a raw agent: subscriptions and commands."""
 
 from __future__ import annotations
 
 import asyncio
-import socket
-from pathlib import Path
 
 import pytest
 
-import kleinmaelzung.client.aio as aio
-from kleinmaelzung.client import (
-    Client,
-    CommandError,
-    ConnectionLost,
-    HandshakeError,
-    HubUnreachable,
-    Sample,
-    Status,
-    SyncClient,
-)
-from kleinmaelzung.hub import HubConfig, RunningHub, start_hub
+from kleinmaelzung.client import Client, CommandError, Sample, Status, Subscription
+from kleinmaelzung.hub import RunningHub
+from kleinmaelzung.protocol import Limits
 
-from ..hub.peers import RawPeer, instrument, raw_agent
+from .agent_peer import answer_commands, instrument, publish, raw_agent, raw_client
 
 DEADLINE_S = 5.0
+KILN_AND_BALANCE = [instrument("kiln-air"), instrument("balance")]
 
 
-async def publish(agent: RawPeer, instrument_id: str, *seqs: int) -> None:
-    await agent.send(
-        {
-            "type": "data",
-            "samples": [
-                {"instrument": instrument_id, "seq": s, "ts": 100.0 + s, "values": {"mass": s}}
-                for s in seqs
-            ],
-        }
-    )
-
-
-async def answer_commands(agent: RawPeer) -> None:
-    """Play the instrument: tare succeeds, zero fails."""
-    while True:
-        command = await agent.receive_type("command", timeout=60)
-        if command["name"] == "tare":
-            reply = {"type": "reply", "id": command["id"], "ok": True, "result": {"tare": 1.5}}
-        else:
-            reply = {
-                "type": "reply",
-                "id": command["id"],
-                "ok": False,
-                "error": {"code": "instrument_error", "message": "not stable"},
-            }
-        await agent.send(reply)
+async def next_sample(subscription: Subscription) -> Sample:
+    """The next event, within a deadline, which must be a sample."""
+    event = await asyncio.wait_for(anext(subscription), DEADLINE_S)
+    assert isinstance(event, Sample), event
+    return event
 
 
 async def test_subscription_gets_matching_samples_in_order(hub: RunningHub) -> None:
     async with (
-        raw_agent(hub.url, "pi", [instrument("kiln-air"), instrument("balance")]) as agent,
+        raw_agent(hub.url, "pi", KILN_AND_BALANCE) as agent,
         Client(hub.url, name="t") as client,
     ):
         subscription = await client.subscribe("kiln-*")
@@ -64,16 +33,46 @@ async def test_subscription_gets_matching_samples_in_order(hub: RunningHub) -> N
         for seq in range(3):
             await publish(agent, "balance", seq)
             await publish(agent, "kiln-air", seq)
-        received = [await asyncio.wait_for(anext(subscription), DEADLINE_S) for _ in range(3)]
+        received = [await next_sample(subscription) for _ in range(3)]
         assert [(s.instrument, s.seq) for s in received] == [("kiln-air", i) for i in range(3)]
-        assert all(isinstance(s, Sample) for s in received)
+
+
+async def test_iterating_without_await_subscribes_on_first_use(hub: RunningHub) -> None:
+    async with raw_agent(hub.url, "pi", KILN_AND_BALANCE) as agent, Client(hub.url) as client:
+        got: list[Sample | Status] = []
+
+        async def consume() -> None:
+            async for event in client.subscribe("balance"):
+                got.append(event)
+                return
+
+        consumer = asyncio.create_task(consume())
+        seq = 0
+        while not consumer.done():  # publish until the lazy subscription has caught one
+            await publish(agent, "balance", seq)
+            seq += 1
+            await asyncio.wait([consumer], timeout=0.05)
+        await consumer
+        assert isinstance(got[0], Sample) and got[0].instrument == "balance"
+
+
+async def test_a_client_without_subscription_gets_no_data(hub: RunningHub) -> None:
+    async with (
+        raw_agent(hub.url, "pi", KILN_AND_BALANCE) as agent,
+        raw_client(hub.url, "idle") as idle,
+        Client(hub.url) as client,
+    ):
+        subscription = await client.subscribe("*")
+        await publish(agent, "kiln-air", 0)
+        assert (await asyncio.wait_for(anext(subscription), DEADLINE_S)).instrument == "kiln-air"
+        # The hub keeps each peer's frames in order: data routed to the idle
+        # client would arrive before the answer to a request sent now.
+        await idle.send({"type": "list_instruments", "id": "1"})
+        assert (await idle.receive())["type"] == "instrument_list"
 
 
 async def test_two_subscriptions_on_one_connection_each_get_their_own(hub: RunningHub) -> None:
-    async with (
-        raw_agent(hub.url, "pi", [instrument("kiln-air"), instrument("balance")]) as agent,
-        Client(hub.url) as client,
-    ):
+    async with raw_agent(hub.url, "pi", KILN_AND_BALANCE) as agent, Client(hub.url) as client:
         kiln = await client.subscribe("kiln-air")
         everything = await client.subscribe("*")
         await publish(agent, "balance", 0)
@@ -84,27 +83,36 @@ async def test_two_subscriptions_on_one_connection_each_get_their_own(hub: Runni
         assert [first.instrument, second.instrument] == ["balance", "kiln-air"]
         await kiln.close()
         await publish(agent, "kiln-air", 1)
-        assert (await asyncio.wait_for(anext(everything), DEADLINE_S)).seq == 1
+        assert (await next_sample(everything)).seq == 1
 
 
-async def test_commands_and_their_errors(hub: RunningHub) -> None:
+async def test_closing_a_subscription_ends_a_waiting_consumer(hub: RunningHub) -> None:
+    async with Client(hub.url) as client:
+        subscription = await client.subscribe("kiln-*")
+
+        async def consume() -> list[Sample | Status]:
+            return [event async for event in subscription]
+
+        consumer = asyncio.create_task(consume())
+        await asyncio.sleep(0)  # let it start waiting
+        await subscription.close()
+        assert await asyncio.wait_for(consumer, DEADLINE_S) == []
+
+
+async def test_a_slow_consumer_misses_the_oldest_and_is_told(hub: RunningHub) -> None:
     async with (
-        raw_agent(hub.url, "pi", [instrument("balance", ("tare", "zero"))]) as agent,
-        Client(hub.url) as client,
+        raw_agent(hub.url, "pi", KILN_AND_BALANCE) as agent,
+        Client(hub.url, limits=Limits(client_queue_frames=8)) as client,
     ):
-        player = asyncio.create_task(answer_commands(agent))
-        try:
-            assert await client.command("balance", "tare") == {"tare": 1.5}
-            with pytest.raises(CommandError) as info:
-                await client.command("balance", "zero")
-            assert (info.value.code, info.value.message) == ("instrument_error", "not stable")
-            with pytest.raises(CommandError) as info:
-                await client.command("scale", "tare")
-            assert info.value.code == "unknown_instrument"
-            records = await client.instruments()
-            assert [(r.id, r.state, r.agent) for r in records] == [("balance", "online", "pi")]
-        finally:
-            player.cancel()
+        subscription = await client.subscribe("balance")
+        await publish(agent, "balance", *range(40))  # one frame, queued all at once
+        seqs: list[int] = []
+        while not seqs or seqs[-1] != 39:
+            event = await asyncio.wait_for(anext(subscription), DEADLINE_S)
+            assert isinstance(event, Sample)
+            seqs.append(event.seq)
+        assert seqs == list(range(32, 40))
+        assert subscription.missed == 32
 
 
 async def test_status_events_when_the_agent_leaves(hub: RunningHub) -> None:
@@ -118,47 +126,43 @@ async def test_status_events_when_the_agent_leaves(hub: RunningHub) -> None:
         assert (offline.state, offline.reason) == ("offline", "agent disconnected")
 
 
-async def test_hub_going_away_ends_subscriptions_with_connection_lost(tmp_path: Path) -> None:
-    running = await start_hub(HubConfig(port=0, data_dir=tmp_path / "h"))
-    client = Client(running.url)
-    await client.connect()
-    subscription = await client.subscribe("*")
-    await running.stop()
-    with pytest.raises(ConnectionLost):
-        await asyncio.wait_for(anext(subscription), DEADLINE_S)
-    await client.close()
+async def test_bad_patterns_are_refused_before_sending(hub: RunningHub) -> None:
+    async with Client(hub.url) as client:
+        with pytest.raises(ValueError, match="'Kiln'"):
+            client.subscribe("Kiln")
+        with pytest.raises(ValueError, match="at least one"):
+            client.subscribe()
 
 
-async def test_unreachable_hub_fails_fast_with_the_url() -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    with pytest.raises(HubUnreachable, match=f"127.0.0.1:{port}/ws/client"):
-        await asyncio.wait_for(Client(f"http://127.0.0.1:{port}").connect(), DEADLINE_S)
+async def test_commands_and_their_errors(hub: RunningHub) -> None:
+    async with (
+        raw_agent(hub.url, "pi", [instrument("balance", ("tare", "zero", "wait"))]) as agent,
+        Client(hub.url) as client,
+    ):
+        player = asyncio.create_task(answer_commands(agent))
+        try:
+            assert await client.command("balance", "tare") == {"tare": 1.5}
+            with pytest.raises(CommandError) as info:
+                await client.command("balance", "zero")
+            assert (info.value.code, info.value.message) == ("instrument_error", "not stable")
+            assert (info.value.instrument, info.value.name) == ("balance", "zero")
+            with pytest.raises(CommandError) as info:
+                await client.command("scale", "tare")
+            assert info.value.code == "unknown_instrument"
+            with pytest.raises(CommandError) as info:
+                await client.command("balance", "wait", timeout_s=0.3)
+            assert info.value.code == "command_timeout"
+            with pytest.raises(ValueError, match="timeout_s"):
+                await client.command("balance", "tare", timeout_s=0)
+        finally:
+            player.cancel()
 
 
-async def test_refused_handshake_raises(hub: RunningHub, monkeypatch: pytest.MonkeyPatch) -> None:
-    # A client from the future: the hub refuses its protocol version.
-    monkeypatch.setattr(aio, "PROTOCOL_VERSION", 99)
-    with pytest.raises(HandshakeError) as info:
-        await Client(hub.url).connect()
-    assert info.value.code == "unsupported_protocol"
-
-
-async def test_sync_client_in_a_thread(hub: RunningHub) -> None:
-    async with raw_agent(hub.url, "pi", [instrument("balance")]) as agent:
-
-        def script() -> list[int]:
-            with SyncClient(hub.url) as client:
-                assert [r.id for r in client.instruments()] == ["balance"]
-                return [s.seq for s in client.subscribe("balance", count=3)]  # type: ignore[union-attr]
-
-        job = asyncio.create_task(asyncio.to_thread(script))
-        seq = 0
-        while not job.done():
-            await publish(agent, "balance", seq)
-            seq += 1
-            await asyncio.wait([job], timeout=0.05)
-        seqs = await job
-        assert len(seqs) == 3
-        assert seqs == list(range(seqs[0], seqs[0] + 3))
+async def test_instruments_lists_what_agents_announced(hub: RunningHub) -> None:
+    async with raw_agent(hub.url, "pi", KILN_AND_BALANCE), Client(hub.url) as client:
+        records = await client.instruments()
+        assert sorted((r.id, r.state, r.agent) for r in records) == [
+            ("balance", "online", "pi"),
+            ("kiln-air", "online", "pi"),
+        ]
+        assert records[0].channels[0].unit == "g"

@@ -1,4 +1,10 @@
-"""The async client: subscribe to live data, send commands, list instruments."""
+"""The async client: subscribe to live data, send commands, list instruments.
+
+One reader task per connection feeds frames to the protocol's sans-I/O
+`PeerConnection` and routes what comes out: answers to the request waiting on
+their correlation id, samples and status changes to every subscription whose
+patterns match.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +12,11 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import AsyncIterator, Generator
+from collections.abc import Coroutine
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
-import msgspec
 
 from ..protocol import (
     PROTOCOL_VERSION,
@@ -23,14 +28,16 @@ from ..protocol import (
     Error,
     ErrorCode,
     HandshakeError,
+    HubToClientMessage,
     InstrumentList,
     InstrumentRecord,
-    KmzError,
     Limits,
     ListInstruments,
+    PeerConnection,
+    ProtocolError,
     Received,
+    Refused,
     Reply,
-    Sample,
     Status,
     Subscribe,
     Subscribed,
@@ -38,102 +45,34 @@ from ..protocol import (
     Unsubscribe,
     client_connection,
     encode,
-    matches,
+    is_instrument_id,
+    is_pattern,
 )
 from ..transport import CLIENT_PATH, backoff_delays, base_url, websocket_url
-from .log import LogEntry, LogPage
+from .errors import ConnectionLost, HubUnreachable, RequestError, RequestTimeout
+from .subscription import Subscription
 
 _log = logging.getLogger(__name__)
 
-Event = Sample | Status
+#: Deadline for requests the hub answers by itself (subscribe, list instruments).
+REQUEST_TIMEOUT_S = 10.0
+#: A command may take its own timeout at the instrument; the hub then answers
+#: `command_timeout`. The slack covers the trip to and from the hub.
+COMMAND_SLACK_S = 2.0
 
-
-class ConnectionLost(KmzError):
-    """The connection to the hub ended while something was waiting on it."""
-
-
-class HubUnreachable(KmzError):
-    """The hub could not be reached at all."""
-
-
-class RequestError(KmzError):
-    """The hub refused a request (subscribe, list) with an error code."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-
-
-class _End:
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
-
-
-class Subscription:
-    """Live samples (and, with status=True, status changes) of matching instruments.
-
-    Iterate with `async for`. A consumer that falls behind loses the oldest
-    events first; `missed` counts them.
-    """
-
-    def __init__(self, client: Client, patterns: tuple[str, ...], status: bool, size: int) -> None:
-        self.patterns = patterns
-        self.status = status
-        #: Instruments matched when the hub confirmed the subscription.
-        self.instruments: list[str] = []
-        self.missed = 0
-        self._client = client
-        self._queue: asyncio.Queue[Event | _End] = asyncio.Queue(maxsize=size)
-        self._started = False
-        self._closed = False
-
-    def wants(self, instrument: str) -> bool:
-        """Whether events of `instrument` belong to this subscription."""
-        return any(matches(p, instrument) for p in self.patterns)
-
-    def put(self, event: Event | _End) -> None:
-        """Queue an event, dropping the oldest if the consumer is behind."""
-        if self._queue.full():
-            with contextlib.suppress(asyncio.QueueEmpty):
-                self._queue.get_nowait()
-                self.missed += 1
-        self._queue.put_nowait(event)
-
-    async def start(self) -> Subscription:
-        """Ask the hub for the subscription (done by the first iteration anyway)."""
-        if not self._started:
-            self._started = True
-            self._client._subscriptions.append(self)
-            self.instruments = await self._client._subscribe(self.patterns)
-        return self
-
-    def __await__(self) -> Generator[Any, None, Subscription]:
-        return self.start().__await__()
-
-    def __aiter__(self) -> AsyncIterator[Event]:
-        return self
-
-    async def __anext__(self) -> Event:
-        await self.start()
-        if self._closed:
-            raise StopAsyncIteration
-        event = await self._queue.get()
-        if isinstance(event, _End):
-            self._closed = True
-            raise event.error
-        return event
-
-    async def close(self) -> None:
-        """Stop receiving; the hub forgets patterns no other subscription uses."""
-        if self in self._client._subscriptions:
-            self._client._subscriptions.remove(self)
-            await self._client._unsubscribe(self.patterns)
-        self._closed = True
+_Answer = TypeVar("_Answer", Reply, Subscribed, InstrumentList)
+_Request = Subscribe | Unsubscribe | ListInstruments | Command
 
 
 class Client:
-    """A connection to the hub, as `async with Client(url) as hub:`."""
+    """A connection to the hub, used as `async with Client(url) as hub:`.
+
+    If the connection drops, waiting requests raise `ConnectionLost`, and so do
+    subscriptions once they have yielded what had arrived. With
+    `reconnect=True` the client instead reconnects with jittered backoff and
+    subscribes again; samples sent while it was away are missed, not replayed.
+    The first connection is never retried: `connect()` raises `HubUnreachable`.
+    """
 
     def __init__(
         self,
@@ -145,6 +84,7 @@ class Client:
         limits: Limits | None = None,
         timeouts: Timeouts | None = None,
     ) -> None:
+        #: The hub's base URL, http(s)://host:port.
         self.url = base_url(url)
         self.name = name
         self._token = token
@@ -152,11 +92,13 @@ class Client:
         self._limits = limits or Limits()
         self._timeouts = timeouts or Timeouts()
         self._ids = itertools.count(1)
-        self._pending: dict[str, asyncio.Future[Any]] = {}
+        self._pending: dict[str, asyncio.Future[HubToClientMessage]] = {}
         self._subscriptions: list[Subscription] = []
         self._session: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._connection: PeerConnection[HubToClientMessage] | None = None
         self._reader: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
 
     async def __aenter__(self) -> Client:
@@ -171,50 +113,73 @@ class Client:
     ) -> None:
         await self.close()
 
+    @property
+    def connected(self) -> bool:
+        """Whether the connection to the hub is open right now."""
+        return self._ws is not None and not self._ws.closed
+
     async def connect(self) -> None:
-        """Open the connection and complete the handshake."""
+        """Open the connection and complete the handshake; raise if either fails."""
+        if self._session is not None:
+            raise RuntimeError("this client is already connected")
+        self._closing = False
         self._session = aiohttp.ClientSession()
         try:
             await self._open()
         except BaseException:
             await self._session.close()
+            self._session = None
             raise
-        self._reader = asyncio.create_task(self._read_forever(), name="kmz-client-reader")
+        self._reader = asyncio.create_task(self._read_forever(), name=f"kmz-client {self.url}")
 
     async def close(self) -> None:
-        """Close the connection; waiting iterators and requests end with ConnectionLost."""
+        """Close the connection: waiting requests raise ConnectionLost, subscriptions stop."""
         self._closing = True
+        for task in [*self._tasks, *([self._reader] if self._reader else [])]:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._reader = None
         if self._ws is not None:
             await self._ws.close()
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
-        self._fail_all(ConnectionLost("client closed"), end_subscriptions=True)
+        self._fail_pending("the client was closed")
+        self._end_subscriptions(None)
         if self._session is not None:
             await self._session.close()
+            self._session = None
 
     def subscribe(self, *patterns: str, status: bool = False) -> Subscription:
-        """Live samples of instruments matching the glob patterns (`kiln-*`)."""
+        """Live samples of instruments matching the ids or glob patterns (`kiln-*`)."""
         if not patterns:
             raise ValueError("subscribe() needs at least one instrument id or pattern")
-        return Subscription(self, patterns, status, self._limits.client_queue_frames * 8)
+        bad = [p for p in patterns if not is_pattern(p)]
+        if bad:
+            raise ValueError(f"not an instrument id or pattern: {', '.join(map(repr, bad))}")
+        return Subscription(
+            self, patterns, status=status, queue_size=self._limits.client_queue_frames
+        )
 
     async def command(
-        self, instrument: str, command: str, /, *, timeout_s: float = 5.0, **args: Any
+        self, instrument: str, command: str, /, *, timeout_s: float | None = None, **args: Any
     ) -> Any:
         """Run a command on an instrument; return its result or raise CommandError."""
-        request_id = self._next_id()
+        timeout_s = self._timeouts.command_default_s if timeout_s is None else timeout_s
+        if not is_instrument_id(instrument):
+            raise ValueError(f"not an instrument id: {instrument!r}")
+        if not 0 < timeout_s <= self._timeouts.command_max_s:
+            raise ValueError(f"timeout_s must be in (0, {self._timeouts.command_max_s:g}]")
         message = Command(
-            id=request_id, instrument=instrument, name=command, args=args, timeout_s=timeout_s
+            id=self._next_id(), instrument=instrument, name=command, args=args, timeout_s=timeout_s
         )
-        reply = await self._request(message, timeout_s + 2.0)
-        assert isinstance(reply, Reply)
+        try:
+            reply = await self._request(message, Reply, timeout_s + COMMAND_SLACK_S)
+        except RequestError as exc:  # refused by the hub before reaching the instrument
+            raise CommandError(exc.code, exc.message, instrument=instrument, name=command) from None
         if not reply.ok:
             error = reply.error
             raise CommandError(
-                error.code if error else "internal_error",
-                error.message if error else "failed without an error description",
+                error.code if error else ErrorCode.INTERNAL_ERROR,
+                error.message if error else "failed without saying why",
                 instrument=instrument,
                 name=command,
             )
@@ -222,157 +187,228 @@ class Client:
 
     async def instruments(self) -> list[InstrumentRecord]:
         """Every instrument the hub knows, with its state."""
-        answer = await self._request(ListInstruments(id=self._next_id()), 10.0)
-        assert isinstance(answer, InstrumentList)
+        answer = await self._request(
+            ListInstruments(id=self._next_id()), InstrumentList, REQUEST_TIMEOUT_S
+        )
         return answer.instruments
 
-    # --- internals -----------------------------------------------------------
+    # --- connection ----------------------------------------------------------
 
     def _next_id(self) -> str:
         return str(next(self._ids))
 
     async def _open(self) -> None:
+        """Connect and shake hands; on success the new socket replaces the old one."""
         assert self._session is not None
         url = websocket_url(self.url, CLIENT_PATH)
+        deadline_s = self._timeouts.handshake_s
         try:
-            self._ws = await self._session.ws_connect(
-                url,
-                heartbeat=self._timeouts.heartbeat_s,
-                max_msg_size=4 * self._limits.max_message_bytes,
-                timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
-            )
+            async with asyncio.timeout(deadline_s):
+                ws = await self._session.ws_connect(
+                    url,
+                    heartbeat=self._timeouts.heartbeat_s,
+                    max_msg_size=4 * self._limits.max_message_bytes,
+                    timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
+                )
+        except TimeoutError:
+            raise HubUnreachable(
+                f"no answer from the hub at {url} within {deadline_s:g} s"
+            ) from None
         except (aiohttp.ClientError, OSError) as exc:
             raise HubUnreachable(f"cannot reach the hub at {url}: {exc}") from None
-        self._connection = client_connection(self._limits)
-        await self._ws.send_bytes(
-            encode(ClientHello(protocol=PROTOCOL_VERSION, token=self._token, name=self.name))
-        )
+        connection = client_connection(self._limits)
         try:
-            msg = await self._ws.receive(timeout=self._timeouts.handshake_s)
+            hello = ClientHello(protocol=PROTOCOL_VERSION, token=self._token, name=self.name)
+            await ws.send_frame(encode(hello), aiohttp.WSMsgType.TEXT)
+            msg = await ws.receive(timeout=deadline_s)
+            if msg.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+                raise ConnectionLost(f"the hub at {url} closed the connection during the handshake")
+            connection.receive(msg.data)  # raises HandshakeError unless it is a welcome
         except TimeoutError:
+            await ws.close()
             raise HandshakeError(
                 ErrorCode.HELLO_EXPECTED,
-                "no welcome from the hub in time",
+                f"no welcome from the hub at {url} within {deadline_s:g} s",
                 CloseCode.HANDSHAKE_TIMEOUT,
             ) from None
-        if msg.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
-            raise ConnectionLost(
-                f"the hub closed the connection during the handshake ({msg.type.name})"
-            )
-        self._connection.receive(msg.data)  # raises HandshakeError if refused
+        except BaseException:
+            await ws.close()
+            raise
+        self._ws, self._connection = ws, connection
 
     async def _read_forever(self) -> None:
-        while True:
-            assert self._ws is not None
-            async for msg in self._ws:
-                if msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
-                    self._dispatch(self._connection.receive(msg.data))
-            if self._closing:
-                return
-            lost = ConnectionLost(f"connection to the hub at {self.url} was lost")
-            self._fail_all(lost, end_subscriptions=not self._reconnect)
-            if not self._reconnect:
-                return
-            await self._reconnect_loop()
+        try:
+            while await self._read_until_closed():
+                if not self._reconnect:
+                    return
+                await self._reconnect_with_backoff()
+        except Exception:  # a bug here must not leave requests waiting forever
+            _log.exception("client reader failed", extra={"url": self.url})
+            self._fail_pending("the client's reader failed; see the log")
+            self._end_subscriptions("the client's reader failed; see the log")
 
-    async def _reconnect_loop(self) -> None:
-        for delay in backoff_delays(maximum_s=self._timeouts.reconnect_max_s):
-            await asyncio.sleep(delay)
+    async def _read_until_closed(self) -> bool:
+        """Dispatch frames until the socket closes; return whether that was unexpected."""
+        assert self._ws is not None and self._connection is not None
+        ws, connection = self._ws, self._connection
+        async for msg in ws:
+            if msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+                self._dispatch(connection.receive(msg.data))
+        if self._closing:
+            return False
+        code = ws.close_code
+        why = f" (close code {code}{_close_name(code)})" if code is not None else ""
+        reason = f"the connection to the hub at {self.url} was lost{why}"
+        _log.warning("connection lost", extra={"url": self.url, "close_code": code})
+        self._fail_pending(reason)
+        if not self._reconnect:
+            self._end_subscriptions(reason)
+        return True
+
+    async def _reconnect_with_backoff(self) -> None:
+        for delay_s in backoff_delays(maximum_s=self._timeouts.reconnect_max_s):
+            await asyncio.sleep(delay_s)
             try:
                 await self._open()
-            except (TimeoutError, HubUnreachable, HandshakeError, ConnectionLost) as exc:
+            except (HubUnreachable, ConnectionLost, ProtocolError) as exc:
                 _log.info("reconnect failed", extra={"url": self.url, "error": str(exc)})
                 continue
             _log.info("reconnected", extra={"url": self.url})
-            patterns = sorted({p for s in self._subscriptions for p in s.patterns})
-            if patterns:
-                # Not awaited through _request: this task is the reader.
-                await self._send(Subscribe(id=self._next_id(), patterns=patterns))
+            if self._subscriptions:
+                # Not awaited here: this task must go on reading to get the answer.
+                self._spawn(self._subscribe_again())
             return
 
-    def _dispatch(self, result: object) -> None:
-        if not isinstance(result, Received):
-            _log.warning("unreadable frame from the hub", extra={"detail": str(result)})
+    async def _subscribe_again(self) -> None:
+        patterns = sorted({p for s in self._subscriptions for p in s.patterns})
+        try:
+            answer = await self._request(
+                Subscribe(id=self._next_id(), patterns=patterns), Subscribed, REQUEST_TIMEOUT_S
+            )
+        except ConnectionLost:
+            return  # the next reconnect tries again
+        except (RequestTimeout, RequestError, ProtocolError) as exc:
+            # Connected but not subscribed would be silent forever: start over.
+            _log.warning("subscribing again failed", extra={"url": self.url, "error": str(exc)})
+            if self._ws is not None:
+                await self._ws.close()
+            return
+        for subscription in self._subscriptions:
+            subscription.instruments = [i for i in answer.instruments if subscription.wants(i)]
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- routing -------------------------------------------------------------
+
+    def _dispatch(self, result: Received[HubToClientMessage] | Refused) -> None:
+        if isinstance(result, Refused):
+            error = result.error
+            _log.warning(
+                "unreadable message from the hub",
+                extra={"url": self.url, "code": error.code, "detail": error.message},
+            )
             return
         message = result.message
         if isinstance(message, Data):
             for sample in message.samples:
                 for subscription in self._subscriptions:
                     if subscription.wants(sample.instrument):
-                        subscription.put(sample)
+                        subscription._deliver(sample)
         elif isinstance(message, Status):
             for subscription in self._subscriptions:
                 if subscription.status and subscription.wants(message.instrument):
-                    subscription.put(message)
+                    subscription._deliver(message)
         elif isinstance(message, Reply | Subscribed | InstrumentList | Error):
-            future = self._pending.pop(message.id or "", None)
-            if future is not None and not future.done():
-                future.set_result(message)
+            future = self._pending.pop(message.id, None) if message.id else None
+            if future is not None:
+                if not future.done():
+                    future.set_result(message)
             elif isinstance(message, Error):
                 _log.warning(
-                    "hub reported an error", extra={"code": message.code, "detail": message.message}
+                    "hub reported an error",
+                    extra={"url": self.url, "code": message.code, "detail": message.message},
                 )
+            else:  # the answer to a request that gave up waiting
+                _log.debug("late answer", extra={"url": self.url, "id": message.id})
+        else:
+            _log.debug("ignored message", extra={"url": self.url, "type": type(message).__name__})
 
-    async def _send(self, message: msgspec.Struct) -> None:
-        if self._ws is None or self._ws.closed:
+    async def _request(
+        self, message: _Request, expected: type[_Answer], timeout_s: float
+    ) -> _Answer:
+        """Send a request and wait for the answer with its correlation id."""
+        ws = self._ws
+        if ws is None or ws.closed:
             raise ConnectionLost(f"not connected to the hub at {self.url}")
-        await self._ws.send_frame(encode(message), aiohttp.WSMsgType.TEXT)
-
-    async def _request(self, message: Any, timeout_s: float) -> Any:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[HubToClientMessage] = asyncio.get_running_loop().create_future()
         self._pending[message.id] = future
+        kind = message.__struct_config__.tag
         try:
-            await self._send(message)
-            answer = await asyncio.wait_for(future, timeout_s)
+            await ws.send_frame(encode(message), aiohttp.WSMsgType.TEXT)
+            async with asyncio.timeout(timeout_s):
+                answer = await future
+        except TimeoutError:
+            raise RequestTimeout(
+                f"no answer from the hub at {self.url} to {kind} within {timeout_s:g} s"
+            ) from None
+        except (aiohttp.ClientError, ConnectionError) as exc:  # the socket closed under us
+            raise ConnectionLost(
+                f"the connection to the hub at {self.url} was lost: {exc}"
+            ) from None
         finally:
             self._pending.pop(message.id, None)
         if isinstance(answer, Error):
-            if isinstance(message, Command):
-                raise CommandError(
-                    answer.code, answer.message, instrument=message.instrument, name=message.name
-                )
             raise RequestError(answer.code, answer.message)
+        if not isinstance(answer, expected):
+            raise ProtocolError(
+                ErrorCode.UNEXPECTED_MESSAGE,
+                f"the hub answered {kind} with {answer.__struct_config__.tag}",
+            )
         return answer
 
-    async def _subscribe(self, patterns: tuple[str, ...]) -> list[str]:
-        answer = await self._request(Subscribe(id=self._next_id(), patterns=list(patterns)), 10.0)
-        assert isinstance(answer, Subscribed)
-        return [i for i in answer.instruments if any(matches(p, i) for p in patterns)]
-
-    async def _unsubscribe(self, patterns: tuple[str, ...]) -> None:
-        still_used = {p for s in self._subscriptions for p in s.patterns}
-        unused = [p for p in patterns if p not in still_used]
-        if unused and self._ws is not None and not self._ws.closed:
-            await self._request(Unsubscribe(id=self._next_id(), patterns=unused), 10.0)
-
-    def _fail_all(self, error: BaseException, *, end_subscriptions: bool) -> None:
-        for future in self._pending.values():
+    def _fail_pending(self, reason: str) -> None:
+        pending, self._pending = self._pending, {}
+        for future in pending.values():
             if not future.done():
-                future.set_exception(error)
-        self._pending.clear()
-        if end_subscriptions:
-            for subscription in self._subscriptions:
-                subscription.put(_End(error))
+                future.set_exception(ConnectionLost(reason))
+
+    def _end_subscriptions(self, reason: str | None) -> None:
+        subscriptions, self._subscriptions = self._subscriptions, []
+        for subscription in subscriptions:
+            subscription._end(None if reason is None else ConnectionLost(reason))
+
+    # --- called by Subscription ----------------------------------------------
+
+    async def _start_subscription(self, subscription: Subscription) -> list[str]:
+        # Listed before asking, so no sample sent right after the answer is lost.
+        if subscription not in self._subscriptions:
+            self._subscriptions.append(subscription)
+        request = Subscribe(id=self._next_id(), patterns=list(subscription.patterns))
+        try:
+            answer = await self._request(request, Subscribed, REQUEST_TIMEOUT_S)
+        except BaseException:
+            with contextlib.suppress(ValueError):
+                self._subscriptions.remove(subscription)
+            raise
+        return [i for i in answer.instruments if subscription.wants(i)]
+
+    async def _end_subscription(self, subscription: Subscription) -> None:
+        with contextlib.suppress(ValueError):
+            self._subscriptions.remove(subscription)
+        still_used = {p for s in self._subscriptions for p in s.patterns}
+        unused = sorted(set(subscription.patterns) - still_used)
+        if unused and self.connected:
+            request = Unsubscribe(id=self._next_id(), patterns=unused)
+            # Best effort: a hub that is gone has forgotten the patterns anyway.
+            with contextlib.suppress(ConnectionLost, RequestTimeout):
+                await self._request(request, Subscribed, REQUEST_TIMEOUT_S)
 
 
-async def fetch_log(url: str, *, instrument: str | None = None, limit: int = 20) -> list[LogEntry]:
-    """The newest traffic-log entries from the hub's HTTP API, newest first."""
-    params: dict[str, str] = {"limit": str(limit)}
-    if instrument:
-        params["instrument"] = instrument
-    endpoint = base_url(url) + "/api/log"
+def _close_name(code: int) -> str:
     try:
-        async with (
-            aiohttp.ClientSession() as session,
-            session.get(endpoint, params=params) as response,
-        ):
-            body = await response.read()
-            if response.status != 200:
-                problem = msgspec.json.decode(body) if body.startswith(b"{") else {}
-                raise RequestError(
-                    problem.get("code", f"http_{response.status}"),
-                    problem.get("message", body.decode(errors="replace")),
-                )
-    except (aiohttp.ClientError, OSError) as exc:
-        raise HubUnreachable(f"cannot reach the hub at {endpoint}: {exc}") from None
-    return msgspec.json.decode(body, type=LogPage).entries
+        return " " + CloseCode(code).name.lower().replace("_", " ")
+    except ValueError:
+        return ""

@@ -21,11 +21,13 @@ def format_value(value: float | bool | str, unit: str = "") -> str:
     if isinstance(value, bool):
         text = "yes" if value else "no"
     elif isinstance(value, float):
-        text = (
-            f"{value:.6g}"
-            if abs(value) >= 1e6 or (value and abs(value) < 1e-3)
-            else f"{value:.3f}".rstrip("0").rstrip(".")
-        )
+        if abs(value) >= 1e6 or (value and abs(value) < 1e-3):
+            text = f"{value:.6g}"
+        else:
+            # Two or three decimals: columns of a live watch stay put, and a
+            # balance's milligrams survive.
+            text = f"{value:.3f}"
+            text = text[:-1] if text.endswith("0") else text
     else:
         text = str(value)
     return f"{text} {unit}" if unit else text

@@ -1,10 +1,15 @@
-"""The traffic log as the hub's HTTP API returns it."""
+"""The hub's traffic log, read over its HTTP API (`GET /api/log`)."""
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
+import aiohttp
 import msgspec
+
+from ..protocol import ErrorCode, ProtocolError
+from ..transport import base_url
+from .errors import HubUnreachable, RequestError
 
 
 class LogEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -21,7 +26,48 @@ class LogEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     delivered_to: str | None = None
 
 
-class LogPage(msgspec.Struct, frozen=True):
-    """`GET /api/log`: entries, newest first."""
-
+class _LogPage(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     entries: list[LogEntry]
+
+
+class _Problem(msgspec.Struct, frozen=True):
+    code: str
+    message: str
+
+
+_page_decoder = msgspec.json.Decoder(_LogPage)
+_problem_decoder = msgspec.json.Decoder(_Problem)
+
+
+async def fetch_log(
+    url: str, *, instrument: str | None = None, limit: int = 20, timeout_s: float = 10.0
+) -> list[LogEntry]:
+    """The newest traffic-log entries from the hub at `url`, newest first."""
+    endpoint = base_url(url) + "/api/log"
+    params = {"limit": str(limit)}
+    if instrument is not None:
+        params["instrument"] = instrument
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session,
+            session.get(endpoint, params=params) as response,
+        ):
+            status, body = response.status, await response.read()
+    except TimeoutError:
+        raise HubUnreachable(
+            f"no answer from the hub at {endpoint} within {timeout_s:g} s"
+        ) from None
+    except (aiohttp.ClientError, OSError) as exc:
+        raise HubUnreachable(f"cannot reach the hub at {endpoint}: {exc}") from None
+    if status != 200:
+        try:
+            problem = _problem_decoder.decode(body)
+        except msgspec.DecodeError:
+            problem = _Problem(f"http_{status}", body[:200].decode(errors="replace"))
+        raise RequestError(problem.code, problem.message)
+    try:
+        return _page_decoder.decode(body).entries
+    except msgspec.DecodeError as exc:  # includes ValidationError: a hub of another version
+        raise ProtocolError(
+            ErrorCode.INVALID_MESSAGE, f"unexpected answer from {endpoint}: {exc}"
+        ) from None

@@ -8,8 +8,9 @@ from collections.abc import Coroutine, Iterator
 from types import TracebackType
 from typing import Any, TypeVar
 
-from ..protocol import InstrumentRecord, Sample, Status
+from ..protocol import InstrumentRecord, Limits, Status, Timeouts
 from .aio import Client
+from .subscription import Event, Subscription
 
 T = TypeVar("T")
 
@@ -17,18 +18,30 @@ T = TypeVar("T")
 class SyncClient:
     """`with SyncClient(url) as hub:` then `hub.command(...)`, `for s in hub.subscribe(...)`.
 
-    The async client runs on a private event loop in a background thread, so
-    this works inside Jupyter, whose own loop is already running.
+    The async `Client` runs on a private event loop in a background thread, so
+    this works in plain scripts and inside Jupyter, whose own loop is already
+    running. Options are those of `Client`.
     """
 
-    def __init__(self, url: str, **options: Any) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        name: str = "",
+        token: str | None = None,
+        reconnect: bool = False,
+        limits: Limits | None = None,
+        timeouts: Timeouts | None = None,
+    ) -> None:
+        # Built first: a bad URL raises here, before there is a thread to stop.
+        self._client = Client(
+            url, name=name, token=token, reconnect=reconnect, limits=limits, timeouts=timeouts
+        )
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="kmz-sync", daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="kmz-sync-client", daemon=True
+        )
         self._thread.start()
-        self._client = Client(url, **options)
-
-    def _call(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
 
     def __enter__(self) -> SyncClient:
         self.connect()
@@ -42,21 +55,30 @@ class SyncClient:
     ) -> None:
         self.close()
 
+    @property
+    def url(self) -> str:
+        """The hub's base URL."""
+        return self._client.url
+
     def connect(self) -> None:
-        """Connect and complete the handshake."""
-        self._call(self._client.connect())
+        """Connect and complete the handshake; on failure the background thread stops."""
+        try:
+            self._call(self._client.connect())
+        except BaseException:
+            self._stop_loop()
+            raise
 
     def close(self) -> None:
-        """Close the connection and stop the background loop."""
+        """Close the connection and stop the background thread."""
+        if self._loop.is_closed():
+            return
         try:
-            self._call(self._client.close(), timeout=10)
+            self._call(self._client.close(), timeout_s=15)
         finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=10)
-            self._loop.close()
+            self._stop_loop()
 
     def command(
-        self, instrument: str, command: str, /, *, timeout_s: float = 5.0, **args: Any
+        self, instrument: str, command: str, /, *, timeout_s: float | None = None, **args: Any
     ) -> Any:
         """Run a command; return its result or raise CommandError."""
         return self._call(self._client.command(instrument, command, timeout_s=timeout_s, **args))
@@ -70,21 +92,55 @@ class SyncClient:
         *patterns: str,
         count: int | None = None,
         status: bool = False,
-        timeout: float | None = None,
-    ) -> Iterator[Sample | Status]:
-        """Yield live events of matching instruments; stop after `count` samples if given."""
+        timeout_s: float | None = None,
+    ) -> Iterator[Event]:
+        """Yield live events of matching instruments; stop after `count` samples if given.
 
-        async def make() -> Any:
+        The subscription starts at this call; `timeout_s` bounds the wait for
+        each event (TimeoutError).
+        """
+
+        async def start() -> Subscription:
             return await self._client.subscribe(*patterns, status=status)
 
-        subscription = self._call(make())
-        seen = 0
+        subscription = self._call(start())
+        return self._iterate(subscription, count, timeout_s)
+
+    def _iterate(
+        self, subscription: Subscription, count: int | None, timeout_s: float | None
+    ) -> Iterator[Event]:
+        samples = 0
         try:
-            while count is None or seen < count:
-                event = self._call(subscription.__anext__(), timeout)
-                if isinstance(event, Sample):
-                    seen += 1
+            while count is None or samples < count:
+                try:
+                    event = self._call(subscription.__anext__(), timeout_s)
+                except StopAsyncIteration:
+                    return
+                if not isinstance(event, Status):
+                    samples += 1
                 yield event
         finally:
-            if not self._loop.is_closed() and self._loop.is_running():
-                self._call(subscription.close(), timeout=10)
+            if self._thread.is_alive():
+                self._call(subscription.close(), timeout_s=15)
+
+    def _call(self, coroutine: Coroutine[Any, Any, T], timeout_s: float | None = None) -> T:
+        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        try:
+            return future.result(timeout_s)
+        except TimeoutError:
+            if future.done():  # the coroutine's own timeout, e.g. RequestTimeout
+                raise
+            future.cancel()
+            raise TimeoutError(
+                f"nothing from the hub at {self.url} within {timeout_s:g} s"
+            ) from None
+        except BaseException:
+            # Ctrl-C in the caller's thread: do not leave the coroutine running.
+            future.cancel()
+            raise
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=15)
+        if not self._thread.is_alive():
+            self._loop.close()

@@ -1,0 +1,36 @@
+"""What can go wrong for a client, as exceptions::
+
+KmzError
+├── HubUnreachable       no connection to the hub at all (refused, no route, not a hub)
+├── ConnectionLost       the connection ended while something waited on it
+├── RequestTimeout       the hub did not answer a request in time (also a TimeoutError)
+├── RequestError         the hub refused a request (subscribe, list, log) with a code
+├── CommandError         a command came back with ok=false (from `protocol`)
+└── ProtocolError        the hub sent something we cannot accept (from `protocol`)
+    └── HandshakeError   ... in answer to our hello, e.g. `unsupported_protocol`
+"""
+
+from __future__ import annotations
+
+from ..protocol import KmzError
+
+
+class HubUnreachable(KmzError):
+    """The hub could not be reached; the message names the URL that was tried."""
+
+
+class ConnectionLost(KmzError):
+    """The connection to the hub ended while a request or a subscription waited on it."""
+
+
+class RequestTimeout(KmzError, TimeoutError):
+    """The hub did not answer a request before its deadline."""
+
+
+class RequestError(KmzError):
+    """The hub refused a request with an error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message

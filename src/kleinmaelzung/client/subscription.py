@@ -1,0 +1,119 @@
+"""One consumer's live events: a bounded queue that drops the oldest when it overflows."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Generator
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Protocol
+
+from ..protocol import Sample, Status, matches
+
+Event = Sample | Status
+"""What a subscription yields: samples, and status changes when asked for."""
+
+
+class _Owner(Protocol):
+    """The client side a subscription needs: tell the hub it starts and ends."""
+
+    async def _start_subscription(self, subscription: Subscription) -> list[str]: ...
+
+    async def _end_subscription(self, subscription: Subscription) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _End:
+    """Queued last: `error` is raised to the consumer, or None to stop iterating."""
+
+    error: BaseException | None
+
+
+class Subscription:
+    """Live samples (and, with status=True, status changes) of matching instruments.
+
+    Iterate with `async for`, or `await` it first to know which instruments
+    matched. A consumer that falls behind loses the oldest events first, so
+    what it sees stays current; `missed` counts what it lost. Events of one
+    instrument arrive in the order the hub sent them.
+    """
+
+    def __init__(
+        self, owner: _Owner, patterns: tuple[str, ...], *, status: bool, queue_size: int
+    ) -> None:
+        self.patterns = patterns
+        self.status = status
+        #: Instruments the patterns matched when the hub confirmed the subscription.
+        self.instruments: list[str] = []
+        #: Events dropped because the consumer fell behind.
+        self.missed = 0
+        self._owner = owner
+        self._queue: asyncio.Queue[Event | _End] = asyncio.Queue(maxsize=queue_size)
+        # Matching is a glob per pattern; remember the answer per instrument.
+        self._wanted: dict[str, bool] = {}
+        self._started = False
+        self._closed = False
+
+    def wants(self, instrument: str) -> bool:
+        """Tell whether events of `instrument` belong to this subscription."""
+        wanted = self._wanted.get(instrument)
+        if wanted is None:
+            wanted = self._wanted[instrument] = any(matches(p, instrument) for p in self.patterns)
+        return wanted
+
+    async def start(self) -> Subscription:
+        """Ask the hub for the subscription; the first iteration does this anyway."""
+        if not self._started and not self._closed:
+            self.instruments = await self._owner._start_subscription(self)
+            self._started = True
+        return self
+
+    def __await__(self) -> Generator[Any, None, Subscription]:
+        return self.start().__await__()
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self
+
+    async def __anext__(self) -> Event:
+        if self._closed:
+            raise StopAsyncIteration
+        await self.start()
+        event = await self._queue.get()
+        if isinstance(event, _End):
+            self._closed = True
+            if event.error is None:
+                raise StopAsyncIteration
+            raise event.error
+        return event
+
+    async def close(self) -> None:
+        """Stop receiving; a consumer waiting in `async for` stops too."""
+        if self._closed:
+            return
+        self._closed = True
+        self._deliver(_End(None))
+        await self._owner._end_subscription(self)
+
+    async def __aenter__(self) -> Subscription:
+        return await self.start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def _deliver(self, event: Event | _End) -> None:
+        """Queue an event, dropping the oldest if the consumer is behind (called by the client)."""
+        if self._queue.full():
+            with contextlib.suppress(asyncio.QueueEmpty):
+                self._queue.get_nowait()
+                self.missed += 1
+        self._queue.put_nowait(event)
+
+    def _end(self, error: BaseException | None) -> None:
+        """End after the queued events, raising `error` if given (called by the client)."""
+        self._deliver(_End(error))

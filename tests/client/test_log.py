@@ -1,0 +1,61 @@
+"""Reading the hub's traffic log over its HTTP API."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable
+
+import pytest
+
+from kleinmaelzung.client import Client, HubUnreachable, LogEntry, RequestError, fetch_log
+from kleinmaelzung.hub import RunningHub
+
+from .agent_peer import instrument, publish, raw_agent
+
+
+async def logged_soon(
+    url: str, condition: Callable[[list[LogEntry]], bool], deadline_s: float = 5.0
+) -> list[LogEntry]:
+    """The newest 50 entries, once they satisfy `condition` (polled until a deadline)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + deadline_s
+    while not condition(entries := await fetch_log(url, limit=50)):
+        if loop.time() > deadline:
+            raise AssertionError(f"log never satisfied the condition: {entries}")
+        await asyncio.sleep(0.02)
+    return entries
+
+
+async def test_log_entries_newest_first_and_by_instrument(hub: RunningHub) -> None:
+    async with (
+        raw_agent(hub.url, "pi", [instrument("balance"), instrument("kiln-air")]) as agent,
+        Client(hub.url, name="reader") as client,
+    ):
+        await publish(agent, "kiln-air", 0)
+        await publish(agent, "balance", 0)
+        await client.instruments()
+    expected = {"agent_hello", "client_hello", "data", "list_instruments"}
+    # The hub commits its log in batches, from a writer thread.
+    entries = await logged_soon(hub.url, lambda es: expected <= {e.type for e in es})
+    assert [e.id for e in entries] == sorted((e.id for e in entries), reverse=True)
+    balance = await fetch_log(hub.url, instrument="balance", limit=50)
+    data = [e for e in balance if e.type == "data"]
+    assert data and all(e.instrument == "balance" for e in data)
+    assert data[0].direction == "in" and data[0].peer == "pi"
+    assert data[0].message["samples"][0]["instrument"] == "balance"
+    assert len(await fetch_log(hub.url, limit=1)) == 1
+
+
+async def test_a_refused_query_raises_with_the_code(hub: RunningHub) -> None:
+    with pytest.raises(RequestError) as info:
+        await fetch_log(hub.url, limit=0)
+    assert info.value.code == "invalid_arguments"
+
+
+async def test_unreachable_hub() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(HubUnreachable, match=f"127.0.0.1:{port}/api/log"):
+        await fetch_log(f"http://127.0.0.1:{port}")
