@@ -6,7 +6,7 @@ import aiohttp
 
 from kleinmaelzung.hub import RunningHub
 
-from .peers import instrument, raw_agent
+from .peers import instrument, raw_agent, raw_client
 
 
 async def test_health_instruments_log_and_status_page(hub: RunningHub) -> None:
@@ -50,3 +50,14 @@ async def test_bad_log_parameters(hub: RunningHub) -> None:
                 assert response.status == 400
                 body = await response.json()
             assert body["code"] == code
+
+
+async def test_refused_input_is_logged_as_text_and_the_log_stays_json(hub: RunningHub) -> None:
+    async with raw_client(hub.url) as client:
+        await client.send("{not json")
+        assert (await client.receive_type("error"))["code"] == "invalid_json"
+    await hub.hub.store.flush()
+    async with aiohttp.ClientSession() as http, http.get(hub.url + "/api/log") as response:
+        entries = (await response.json())["entries"]
+    refused = next(e for e in entries if e["direction"] == "in" and e["type"] == "error")
+    assert refused["message"].startswith("{not json")

@@ -153,7 +153,7 @@ async def _receive_loop(hub: Hub, ws: web.WebSocketResponse, peer: Peer) -> None
             continue
         result = peer.connection.receive(msg.data)
         if isinstance(result, Refused):
-            hub.router.log("in", peer.name, result.error, _frame(msg.data)[:4096])
+            hub.router.log("in", peer.name, result.error, _refused_frame(msg.data))
             hub.router.send(peer, result.error)
             if result.close is not None:
                 await ws.close(code=result.close)
@@ -203,6 +203,13 @@ async def _refuse(ws: web.WebSocketResponse, error: Error, close: CloseCode) -> 
 
 def _frame(data: str | bytes) -> bytes:
     return data.encode() if isinstance(data, str) else data
+
+
+def _refused_frame(data: str | bytes) -> bytes:
+    # Refused input need not be JSON, but every logged message must be: keep
+    # its first 4 KiB as a JSON string, so the log and /api/log stay readable.
+    text = data if isinstance(data, str) else data.decode("utf-8", errors="replace")
+    return msgspec.json.encode(text[:4096])
 
 
 def _redacted(hello: AgentHello | ClientHello) -> AgentHello | ClientHello:
