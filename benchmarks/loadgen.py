@@ -22,8 +22,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import picows  # noqa: E402
-from protocols import PROTOCOLS, Protocol  # noqa: E402
+import contextlib
+
+import picows
+from protocols import PROTOCOLS, Protocol
 
 
 class _Stats:
@@ -59,8 +61,11 @@ class _Connection(picows.WSListener):  # type: ignore[misc]
         self.stats.disconnects += 1
 
     def on_ws_frame(self, transport: Any, frame: Any) -> None:
-        if frame.msg_type not in (picows.WSMsgType.TEXT, picows.WSMsgType.BINARY,
-                                  picows.WSMsgType.CONTINUATION):
+        if frame.msg_type not in (
+            picows.WSMsgType.TEXT,
+            picows.WSMsgType.BINARY,
+            picows.WSMsgType.CONTINUATION,
+        ):
             return
         triples = self.protocol.feed(frame.get_payload_as_bytes())
         for reply in self.protocol.replies:
@@ -94,15 +99,18 @@ class _Connection(picows.WSListener):  # type: ignore[misc]
 async def _connect(url: str, protocol: Protocol, stats: _Stats, sub_index: int) -> _Connection:
     headers = {"Sec-WebSocket-Protocol": protocol.subprotocol} if protocol.subprotocol else None
     _, connection = await picows.ws_connect(
-        lambda: _Connection(protocol, stats, sub_index), url + protocol.path,
-        extra_headers=headers, websocket_handshake_timeout=30,
+        lambda: _Connection(protocol, stats, sub_index),
+        url + protocol.path,
+        extra_headers=headers,
+        websocket_handshake_timeout=30,
     )
     await asyncio.wait_for(connection.ready.wait(), 30)
     return connection
 
 
-async def _publish_max(pubs: list[_Connection], stats: _Stats, window: int, batch: int,
-                       stop: float) -> list[int]:
+async def _publish_max(
+    pubs: list[_Connection], stats: _Stats, window: int, batch: int, stop: float
+) -> list[int]:
     sent = [0] * len(pubs)
     while time.monotonic() < stop:
         stats.progress.clear()
@@ -110,15 +118,14 @@ async def _publish_max(pubs: list[_Connection], stats: _Stats, window: int, batc
         for index, connection in enumerate(pubs):
             acked = min(row[index] for row in stats.received) + 1 if stats.subs else sent[index]
             while sent[index] - acked < window:
-                connection.transport.send(connection.message_type,
-                                          connection.protocol.publish(sent[index]))
+                connection.transport.send(
+                    connection.message_type, connection.protocol.publish(sent[index])
+                )
                 sent[index] += batch
                 busy = True
         if not busy:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stats.progress.wait(), 0.5)
-            except TimeoutError:
-                pass
         else:
             await asyncio.sleep(0)
     return sent
@@ -134,8 +141,9 @@ async def _publish_rate(pubs: list[_Connection], rate: float, batch: int, stop: 
         for index, connection in enumerate(pubs):
             due = int((now - start - offsets[index]) / period) + 1
             while sent[index] // batch < due:
-                connection.transport.send(connection.message_type,
-                                          connection.protocol.publish(sent[index]))
+                connection.transport.send(
+                    connection.message_type, connection.protocol.publish(sent[index])
+                )
                 sent[index] += batch
         await asyncio.sleep(0.001)
     return sent
@@ -176,10 +184,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     expected = sum(sent) * args.subs
     while sum(stats.counts) < expected and time.monotonic() < deadline:
         stats.progress.clear()
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stats.progress.wait(), 0.2)
-        except TimeoutError:
-            pass
     latencies = sorted(stats.latency_ns)
     result = {
         "deliveries_per_s": sum(stats.window_counts) / args.duration,
@@ -191,7 +197,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "p50_ms": _percentile(latencies, 0.50),
         "p99_ms": _percentile(latencies, 0.99),
         "max_ms": latencies[-1] / 1e6 if latencies else None,
-        "server_cpu_pct": None if cpu_before is None or cpu_after is None
+        "server_cpu_pct": None
+        if cpu_before is None or cpu_after is None
         else 100 * (cpu_after - cpu_before) / args.duration,
         "loadgen_cpu_pct": None,
     }
@@ -208,21 +215,25 @@ async def hold(args: argparse.Namespace) -> dict[str, Any]:
     rss_before = _rss_kb(args.server_pid)
     subs = []
     for start in range(0, args.subs, 200):
-        subs += await asyncio.gather(*(
-            _connect(args.url, protocol_class("sub", i, topic="i0" if args.protocol == "hub" else "0"),
-                     stats, i)
-            for i in range(start, min(args.subs, start + 200))
-        ))
+        subs += await asyncio.gather(
+            *(
+                _connect(
+                    args.url,
+                    protocol_class("sub", i, topic="i0" if args.protocol == "hub" else "0"),
+                    stats,
+                    i,
+                )
+                for i in range(start, min(args.subs, start + 200))
+            )
+        )
     await asyncio.sleep(1.0)  # let the server settle its buffers before measuring memory
     rss_after = _rss_kb(args.server_pid)
     publisher.transport.send(publisher.message_type, publisher.protocol.publish(0))
     deadline = time.monotonic() + 10
     while sum(stats.counts) < args.subs and time.monotonic() < deadline:
         stats.progress.clear()
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stats.progress.wait(), 0.5)
-        except TimeoutError:
-            pass
     for connection in [*subs, publisher]:
         connection.transport.disconnect()
     return {
@@ -271,15 +282,15 @@ def main() -> None:
     parser.add_argument("--server-pid", type=int, required=True)
     parser.add_argument("--hold", action="store_true", help="the idle-connections scenario")
     args = parser.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     import uvloop
 
     started = time.process_time()
     result = uvloop.run(hold(args) if args.hold else run(args))
     if not args.hold:
-        result["loadgen_cpu_pct"] = 100 * (time.process_time() - started) / (
-            args.warmup + args.duration + args.drain
+        result["loadgen_cpu_pct"] = (
+            100 * (time.process_time() - started) / (args.warmup + args.duration + args.drain)
         )
     print(json.dumps(result))
 

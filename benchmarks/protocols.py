@@ -77,8 +77,11 @@ class Hub(Protocol):
     def hello(self) -> list[bytes]:
         if self.role == "pub":
             hello = {
-                "type": "agent_hello", "protocol": 1, "agent_id": f"bench-{self.index}",
-                "run": "bench", "instruments": [{"id": self.instrument, "kind": "bench"}],
+                "type": "agent_hello",
+                "protocol": 1,
+                "agent_id": f"bench-{self.index}",
+                "run": "bench",
+                "instruments": [{"id": self.instrument, "kind": "bench"}],
             }
             return [msgspec.json.encode(hello)]
         return [
@@ -89,7 +92,7 @@ class Hub(Protocol):
     def publish(self, seq: int) -> bytes:
         ts = repr(time.time()).encode()
         samples = b",".join(
-            self._prefix + b"%d,\"ts\":%s,\"values\":{\"v\":1.5,\"w\":20.25}}" % (s, ts)
+            self._prefix + b'%d,"ts":%s,"values":{"v":1.5,"w":20.25}}' % (s, ts)
             for s in range(seq, seq + self.batch)
         )
         return b'{"type":"data","samples":[' + samples + b"]}"

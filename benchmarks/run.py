@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,18 +57,41 @@ TARGETS = {
     ("C5000", "kb_per_conn"): "< 50 KB",
     ("AGENT", "cpu_pct"): "< 10 % of a core",
     ("AGENT", "rss_mb"): "< 60 MB",
+    ("AGENT", "samples_per_s"): "= 20 x 10 Hz = 200",
 }
 
 
-def loadgen(server: servers.Server, scenario: Scenario, args: argparse.Namespace,
-            batch: int = 1) -> dict[str, Any]:
+def loadgen(
+    server: servers.Server, scenario: Scenario, args: argparse.Namespace, batch: int = 1
+) -> dict[str, Any]:
     """Run the load generator once against a running server."""
-    pin = ["taskset", "-c", args.loadgen_cpus] if args.loadgen_cpus and shutil.which("taskset") else []
+    pin = (
+        ["taskset", "-c", args.loadgen_cpus]
+        if args.loadgen_cpus and shutil.which("taskset")
+        else []
+    )
     command = [
-        *pin, sys.executable, str(HERE / "loadgen.py"), "--protocol", server.protocol,
-        "--url", server.url, "--pubs", str(scenario.pubs), "--subs", str(scenario.subs),
-        "--rate", str(scenario.rate), "--batch", str(batch), "--server-pid", str(server.pid),
-        "--warmup", str(args.warmup), "--duration", str(args.duration),
+        *pin,
+        sys.executable,
+        str(HERE / "loadgen.py"),
+        "--protocol",
+        server.protocol,
+        "--url",
+        server.url,
+        "--pubs",
+        str(scenario.pubs),
+        "--subs",
+        str(scenario.subs),
+        "--rate",
+        str(scenario.rate),
+        "--batch",
+        str(batch),
+        "--server-pid",
+        str(server.pid),
+        "--warmup",
+        str(args.warmup),
+        "--duration",
+        str(args.duration),
     ]
     if scenario.name == "C5000":
         command.append("--hold")
@@ -78,7 +102,9 @@ def loadgen(server: servers.Server, scenario: Scenario, args: argparse.Namespace
     return result
 
 
-def run_network(scenario: Scenario, server_name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+def run_network(
+    scenario: Scenario, server_name: str, args: argparse.Namespace
+) -> list[dict[str, Any]]:
     """One network scenario against one server: metric records."""
     batch = BATCH if server_name == "hub-batched" else 1
     with servers.start(server_name, args.server_cpus) as server:
@@ -90,32 +116,56 @@ def run_network(scenario: Scenario, server_name: str, args: argparse.Namespace) 
     else:
         throughput = "samples_per_s" if batch > 1 else "deliveries_per_s"
         metrics = {
-            throughput: result["deliveries_per_s"], "p50_ms": result["p50_ms"],
-            "p99_ms": result["p99_ms"], "lost": result["lost"],
+            throughput: result["deliveries_per_s"],
+            "p50_ms": result["p50_ms"],
+            "p99_ms": result["p99_ms"],
+            "lost": result["lost"],
             "cpu_pct": result["server_cpu_pct"],
         }
         if health is not None:
             metrics["log_backlog"] = health["log_backlog"]
     for metric, value in metrics.items():
         if value is not None:
-            rows.append({"scenario": scenario.name, "server": server_name, "metric": metric,
-                         "value": round(float(value), 3)})
-    extra = {k: result.get(k) for k in ("gaps", "out_of_order", "disconnects", "loadgen_cpu_pct",
-                                         "max_ms")}
-    print(f"  {scenario.name:<6} {server_name:<12} {json.dumps(metrics)}  {json.dumps(extra)}",
-          file=sys.stderr, flush=True)
+            rows.append(
+                {
+                    "scenario": scenario.name,
+                    "server": server_name,
+                    "metric": metric,
+                    "value": round(float(value), 3),
+                }
+            )
+    extra = {
+        k: result.get(k)
+        for k in ("gaps", "out_of_order", "disconnects", "loadgen_cpu_pct", "max_ms")
+    }
+    print(
+        f"  {scenario.name:<6} {server_name:<12} {json.dumps(metrics)}  {json.dumps(extra)}",
+        file=sys.stderr,
+        flush=True,
+    )
     return rows
 
 
 def run_agent_footprint(scenario: Scenario, args: argparse.Namespace) -> list[dict[str, Any]]:
     """An agent serving 20 simulated instruments at 10 Hz: its CPU and memory."""
     ids = [f"t{i:02d}" for i in range(1, scenario.pubs + 1)]
-    with tempfile.TemporaryDirectory(prefix="kmz-bench-agent-") as folder, \
-            servers.start("hub", args.server_cpus) as hub:
+    with (
+        tempfile.TemporaryDirectory(prefix="kmz-bench-agent-") as folder,
+        servers.start("hub", args.server_cpus) as hub,
+    ):
         paths_file = Path(folder) / "ptys.json"
         sim = subprocess.Popen(
-            [sys.executable, "-m", "kleinmaelzung.cli", "sim", "--paths-file", str(paths_file), *ids],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                sys.executable,
+                "-m",
+                "kleinmaelzung.cli",
+                "sim",
+                "--paths-file",
+                str(paths_file),
+                *ids,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         agent = None
         try:
@@ -128,21 +178,30 @@ def run_agent_footprint(scenario: Scenario, args: argparse.Namespace) -> list[di
             config = Path(folder) / "agent.toml"
             lines = [f'hub = "{hub.http}"', 'agent_id = "bench-pi"']
             for instrument in ids:
-                lines += ["[[instruments]]", f'id = "{instrument}"', 'profile = "kmz-thermometer"',
-                          f'port = "{paths[instrument]}"', f"poll_interval_s = {1 / scenario.rate}"]
+                lines += [
+                    "[[instruments]]",
+                    f'id = "{instrument}"',
+                    'profile = "kmz-thermometer"',
+                    f'port = "{paths[instrument]}"',
+                    f"poll_interval_s = {1 / scenario.rate}",
+                ]
             config.write_text("\n".join(lines) + "\n")
             pin = ["taskset", "-c", args.loadgen_cpus] if args.loadgen_cpus else []
             env = {**os.environ, "PYTHONASYNCIODEBUG": ""}
             agent = subprocess.Popen(
                 [*pin, sys.executable, "-m", "kleinmaelzung.cli", "agent", str(config)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                env=env,
             )
             time.sleep(args.warmup + 2)  # start-up: imports, ports, handshake
-            before = _cpu_seconds(agent.pid)
+            before, since = _cpu_seconds(agent.pid), time.time()
             time.sleep(args.duration)
             cpu = 100 * (_cpu_seconds(agent.pid) - before) / args.duration
             rss = _rss_mb(agent.pid)
             health = hub.health() or {}
+            # A stalled agent would look cheap: count what reached the hub's log.
+            rate = _logged_samples(hub.http or "", since, since + args.duration) / args.duration
         finally:
             for process in (agent, sim):
                 if process is not None:
@@ -151,11 +210,33 @@ def run_agent_footprint(scenario: Scenario, args: argparse.Namespace) -> list[di
     rows = [
         {"scenario": "AGENT", "server": "hub", "metric": "cpu_pct", "value": round(cpu, 2)},
         {"scenario": "AGENT", "server": "hub", "metric": "rss_mb", "value": round(rss, 1)},
-        {"scenario": "AGENT", "server": "hub", "metric": "log_backlog",
-         "value": float(health.get("log_backlog", -1))},  # type: ignore[arg-type]
+        {"scenario": "AGENT", "server": "hub", "metric": "samples_per_s", "value": round(rate, 1)},
+        {
+            "scenario": "AGENT",
+            "server": "hub",
+            "metric": "log_backlog",
+            "value": float(health.get("log_backlog", -1)),
+        },  # type: ignore[arg-type]
     ]
-    print(f"  AGENT  hub          cpu={cpu:.1f}% rss={rss:.1f} MB", file=sys.stderr, flush=True)
+    print(
+        f"  AGENT  hub          cpu={cpu:.1f}% rss={rss:.1f} MB samples/s={rate:.0f}"
+        f" (expected {scenario.pubs * scenario.rate:.0f})",
+        file=sys.stderr,
+        flush=True,
+    )
     return rows
+
+
+def _logged_samples(hub_http: str, start: float, end: float) -> int:
+    """Samples the hub logged as received with a hub timestamp in [start, end)."""
+    url = f"{hub_http}/api/log?limit=10000"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        entries = json.loads(response.read())["entries"]
+    return sum(
+        len(e["message"]["samples"])
+        for e in entries
+        if e["type"] == "data" and e["direction"] == "in" and start <= e["ts"] < end
+    )
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -187,14 +268,19 @@ def table(rows: list[dict[str, Any]], server_names: list[str]) -> str:
             best = min(peers)
             ratio = f"{ours / best:.2f} (lower is better)" if best else ""
         cells = [f"{by_server[s]:,.3g}" if s in by_server else "" for s in server_names]
-        lines.append("| " + " | ".join([scenario, metric, *cells, ratio,
-                                        TARGETS.get((scenario, metric), "")]) + " |")
+        lines.append(
+            "| "
+            + " | ".join([scenario, metric, *cells, ratio, TARGETS.get((scenario, metric), "")])
+            + " |"
+        )
     return "\n".join(lines)
 
 
 def main() -> int:
     """Run the chosen scenarios against the chosen servers and print the table."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="short windows: all in a few minutes")
     parser.add_argument("--json", type=Path, help="write one JSON object per figure to FILE")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
@@ -202,12 +288,24 @@ def main() -> int:
     parser.add_argument("--server-cpus", default="0")
     parser.add_argument("--loadgen-cpus", default="1")
     args = parser.parse_args()
+    try:
+        import picows  # noqa: F401
+        import uvloop  # noqa: F401
+    except ImportError as exc:
+        print(
+            f"benchmarks/run.py needs the bench extra ({exc.name} is missing):\n"
+            "    scripts/bench ...   or   pip install -e '.[bench]'",
+            file=sys.stderr,
+        )
+        return 2
     args.warmup, args.duration = (1.0, 4.0) if args.quick else (2.0, 10.0)
     wanted = [s for s in args.servers.split(",") if s]
     missing = [s for s in wanted if not servers.available(s)]
     if missing:
-        print(f"not installed, skipped: {', '.join(missing)} "
-              "(apt-get install mosquitto nats-server)", file=sys.stderr)
+        print(
+            f"not installed, skipped: {', '.join(missing)} (apt-get install mosquitto nats-server)",
+            file=sys.stderr,
+        )
     server_names = [s for s in wanted if s not in missing]
     rows: list[dict[str, Any]] = []
     started = time.monotonic()
@@ -222,9 +320,11 @@ def main() -> int:
                 continue
             rows += run_network(scenario, server, args)
     print(table(rows, server_names))
-    print(f"\n{len(rows)} figures in {time.monotonic() - started:.0f} s "
-          f"(window {args.duration:g} s per run; server on CPU {args.server_cpus}, "
-          f"load generator on CPU {args.loadgen_cpus})")
+    print(
+        f"\n{len(rows)} figures in {time.monotonic() - started:.0f} s "
+        f"(window {args.duration:g} s per run; server on CPU {args.server_cpus}, "
+        f"load generator on CPU {args.loadgen_cpus})"
+    )
     if args.json:
         with args.json.open("w") as out:
             for row in rows:

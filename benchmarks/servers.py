@@ -50,7 +50,7 @@ def free_port() -> int:
 
 
 def _raise_file_limit() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
@@ -81,8 +81,16 @@ def start(name: str, cpus: str) -> Iterator[Server]:
     with tempfile.TemporaryDirectory(prefix=f"kmz-bench-{name}-") as folder:
         http = None
         if name.startswith("hub"):
-            command = [sys.executable, "-m", "kleinmaelzung.cli", "hub", "--port", str(port),
-                       "--data", folder]
+            command = [
+                sys.executable,
+                "-m",
+                "kleinmaelzung.cli",
+                "hub",
+                "--port",
+                str(port),
+                "--data",
+                folder,
+            ]
             protocol, http = "hub", f"http://127.0.0.1:{port}"
         elif name == "mosquitto":
             config = Path(folder) / "mosquitto.conf"
@@ -106,8 +114,11 @@ def start(name: str, cpus: str) -> Iterator[Server]:
             raise ValueError(f"unknown server {name!r}")
         env = {**os.environ, "PYTHONASYNCIODEBUG": ""}
         process = subprocess.Popen(
-            [*pin, *command], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            preexec_fn=_raise_file_limit, env=env,
+            [*pin, *command],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=_raise_file_limit,
+            env=env,
         )
         try:
             _wait_for_port(port, process)
