@@ -71,3 +71,24 @@ async def test_close_commits_everything_queued(tmp_path: Path) -> None:
     await reopened.open()
     assert len(await reopened.query(limit=5000)) == 1000
     await reopened.close()
+
+
+async def test_agents_wait_while_the_log_is_behind_and_nothing_is_lost(tmp_path: Path) -> None:
+    path = tmp_path / "t.sqlite3"
+    store = SqliteStore(path, high_water_rows=100, low_water_rows=10)
+    await store.open()
+    # Another process holding the write lock: the writer cannot commit.
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    for i in range(500):
+        store.append(record(i))
+    waiting = asyncio.create_task(store.wait_for_room())
+    done, _ = await asyncio.wait({waiting}, timeout=0.3)
+    assert not done, "the hub must stop reading agents while the log is behind"
+    blocker.execute("COMMIT")
+    blocker.close()
+    await asyncio.wait_for(waiting, 5)
+    assert store.backlog < 10
+    await store.flush()
+    assert len(await store.query(limit=1000)) == 500
+    await store.close()

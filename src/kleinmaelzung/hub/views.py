@@ -175,6 +175,9 @@ async def _receive_loop(hub: Hub, ws: web.WebSocketResponse, peer: Peer) -> None
             hub.router.send(
                 peer, Error(code=ErrorCode.INTERNAL_ERROR, message="the hub failed to handle this")
             )
+        if peer.kind is PeerKind.AGENT:
+            # Not reading is the backpressure: the agent keeps what is unacknowledged.
+            await hub.store.wait_for_room()
 
 
 def _leave(hub: Hub, peer: Peer, reason: str = "agent disconnected") -> None:

@@ -57,6 +57,9 @@ class Store(Protocol):
     async def flush(self) -> None:
         """Wait until everything appended so far is committed."""
 
+    async def wait_for_room(self) -> None:
+        """Return at once unless the backlog is over high water; then wait for low water."""
+
     async def close(self) -> None:
         """Commit what is queued and release the backend."""
 
