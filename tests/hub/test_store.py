@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 from pathlib import Path
 
@@ -92,3 +93,20 @@ async def test_agents_wait_while_the_log_is_behind_and_nothing_is_lost(tmp_path:
     await store.flush()
     assert len(await store.query(limit=1000)) == 500
     await store.close()
+
+
+async def test_last_logged_seq_per_run_survives_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "t.sqlite3"
+    store = SqliteStore(path)
+    await store.open()
+    for i in range(5):
+        store.append(dataclasses.replace(record(i, ack=True), run="run-a"))
+    store.append(dataclasses.replace(record(7, "balance", ack=True), run="run-a"))
+    store.append(dataclasses.replace(record(3, "balance", ack=True), run="run-b"))
+    await store.close()
+    reopened = SqliteStore(path)
+    await reopened.open()
+    # The balance's newest run is b: seqs of run a no longer say anything about it.
+    assert await reopened.last_seqs("run-a", ["kiln-air", "balance", "other"]) == {"kiln-air": 4}
+    assert await reopened.last_seqs("run-b", ["balance"]) == {"balance": 3}
+    await reopened.close()

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from ..protocol import Ack, CloseCode
 from . import rest, views
+from .acks import AckGatherer
 from .config import HubConfig
 from .registry import Registry
 from .router import Router
@@ -34,12 +35,14 @@ def create_app(
     app = web.Application()
     hub_ref: list[Hub] = []
 
-    def on_committed(acks: dict[str, dict[str, int]]) -> None:
+    def send_ack(agent_id: str, seqs: dict[str, int]) -> None:
         hub = hub_ref[0]
-        for agent_id, seqs in acks.items():
-            entry = hub.registry.agents.get(agent_id)
-            if entry is not None:
-                hub.router.send(entry.peer, Ack(seqs=seqs))
+        entry = hub.registry.agents.get(agent_id)
+        if entry is not None:
+            hub.router.send(entry.peer, Ack(seqs=seqs))
+
+    gatherer = AckGatherer(send_ack)
+    on_committed = gatherer.committed
 
     owned_store = store is None
     if store is None:
@@ -61,6 +64,10 @@ def create_app(
             await store.open()
         _log.info("hub started", extra={"data": str(config.data_dir)})
         yield
+        # Acknowledge what is committed before the agents go, so that they
+        # need not send it again to the next hub.
+        await store.flush()
+        gatherer.flush()
         for peer in list(hub.peers):
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await peer.ws.close(code=CloseCode.GOING_AWAY, message=b"hub shutting down")

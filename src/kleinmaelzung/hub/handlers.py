@@ -143,6 +143,7 @@ async def agent_data(ctx: Context, message: Data) -> None:
                 instrument=instrument,
                 delivered_to=delivered.get(instrument),
                 ack=(ctx.peer.name, {instrument: samples[-1].seq}),
+                run=ctx.registry.instruments[instrument].run,
             )
         )
 

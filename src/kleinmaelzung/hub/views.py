@@ -109,6 +109,8 @@ async def _handshake(
         assert isinstance(hello, ClientHello)
         suffix = f"/{hello.name}" if hello.name else ""
         name = f"client-{next(_client_numbers)}{suffix}"
+    # Before the welcome: once welcomed, the agent's instruments must be known.
+    logged = await _logged_seqs(hub, hello) if isinstance(hello, AgentHello) else {}
     peer = Peer(kind, name, ws, connection, queue_frames=hub.config.limits.client_queue_frames)
     peer.start()
     hub.router.log("in", name, _redacted(hello), _redacted_frame(hello, frame))
@@ -122,12 +124,25 @@ async def _handshake(
         ),
     )
     if isinstance(hello, AgentHello):
-        await _join_agent(hub, peer, hello)
+        await _join_agent(hub, peer, hello, logged)
     _log.info("peer connected", extra={"peer": name, "kind": str(kind)})
     return peer
 
 
-async def _join_agent(hub: Hub, peer: Peer, hello: AgentHello) -> None:
+async def _logged_seqs(hub: Hub, hello: AgentHello) -> dict[str, int]:
+    """What the traffic log holds of this agent run, for instruments the hub has forgotten."""
+    # A hub that restarted remembers nothing of this run but what it logged:
+    # samples the agent sends again (unacknowledged when the hub went away)
+    # must be recognised as already logged.
+    unknown = [
+        info.id
+        for info in hello.instruments
+        if (entry := hub.registry.instruments.get(info.id)) is None or entry.run != hello.run
+    ]
+    return await hub.store.last_seqs(hello.run, unknown) if hello.run and unknown else {}
+
+
+async def _join_agent(hub: Hub, peer: Peer, hello: AgentHello, logged: dict[str, int]) -> None:
     previous = hub.registry.agents.get(hello.agent_id)
     if previous is not None:
         # The same agent again: most often a Pi that rebooted before the hub
@@ -142,6 +157,9 @@ async def _join_agent(hub: Hub, peer: Peer, hello: AgentHello) -> None:
     }
     for instrument_id in hub.registry.add_agent(peer, hello, hub.clock()):
         hub.router.instrument_added(instrument_id)
+    for instrument_id, seq in logged.items():
+        entry = hub.registry.instruments[instrument_id]
+        entry.last_seq = max(entry.last_seq, seq)
     for info in hello.instruments:
         if before.get(info.id) != ("online", ""):
             hub.router.publish_status(Status(instrument=info.id, state="online", ts=hub.clock()))

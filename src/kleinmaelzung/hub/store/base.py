@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -25,6 +25,9 @@ class Record:
     #: For inbound data: the agent and the highest seq per instrument in this
     #: record, acknowledged to the agent once the record is committed.
     ack: tuple[str, Mapping[str, int]] | None = field(default=None, compare=False)
+    #: For inbound data: the agent's run, so that after a restart the hub knows
+    #: which seqs of that run it has already logged (`Store.last_seqs`).
+    run: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +59,9 @@ class Store(Protocol):
 
     async def flush(self) -> None:
         """Wait until everything appended so far is committed."""
+
+    async def last_seqs(self, run: str, instruments: Iterable[str]) -> dict[str, int]:
+        """The highest committed seq of each instrument in this agent run."""
 
     async def wait_for_room(self) -> None:
         """Return at once unless the backlog is over high water; then wait for low water."""

@@ -11,6 +11,7 @@ import queue
 import sqlite3
 import sys
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 
 from .base import LogEntry, OnCommitted, Record
@@ -29,9 +30,20 @@ CREATE TABLE IF NOT EXISTS traffic (
     delivered_to TEXT
 );
 CREATE INDEX IF NOT EXISTS traffic_instrument ON traffic (instrument, id);
+-- The newest logged seq per instrument and its agent run, committed with the
+-- rows: samples an agent sends again after a hub restart are not logged twice.
+CREATE TABLE IF NOT EXISTS instrument_seq (
+    instrument TEXT PRIMARY KEY,
+    run TEXT NOT NULL,
+    seq INTEGER NOT NULL
+);
+"""
+_UPSERT_SEQ = """
+INSERT INTO instrument_seq (instrument, run, seq) VALUES (?, ?, ?)
+ON CONFLICT (instrument) DO UPDATE SET run = excluded.run, seq = excluded.seq
 """
 #: Bumped with every schema change; `_migrate` brings older files up to date.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: Rows per transaction at most; larger backlogs commit in several batches.
 _BATCH_ROWS = 5000
@@ -140,6 +152,21 @@ class SqliteStore:
         self._queue.put(_Stop())
         await asyncio.to_thread(self._thread.join)
 
+    async def last_seqs(self, run: str, instruments: Iterable[str]) -> dict[str, int]:
+        """The highest committed seq of each instrument in this agent run."""
+        return await asyncio.to_thread(self._last_seqs, run, list(instruments))
+
+    def _last_seqs(self, run: str, instruments: list[str]) -> dict[str, int]:
+        connection = sqlite3.connect(self.path)
+        try:
+            rows = connection.execute(
+                "SELECT instrument, seq FROM instrument_seq WHERE run = ?", (run,)
+            ).fetchall()
+        finally:
+            connection.close()
+        wanted = set(instruments)
+        return {instrument: seq for instrument, seq in rows if instrument in wanted}
+
     async def query(self, *, instrument: str | None = None, limit: int = 100) -> list[LogEntry]:
         """Return the newest entries, newest first."""
         return await asyncio.to_thread(self._query, instrument, limit)
@@ -225,6 +252,12 @@ class SqliteStore:
             (r.ts, r.direction, r.peer, r.instrument, r.type, r.message.decode(), r.delivered_to)
             for r in batch
         ]
+        newest: dict[str, tuple[str, int]] = {}
+        for r in batch:
+            if r.run and r.ack is not None:
+                for instrument, seq in r.ack[1].items():
+                    newest[instrument] = (r.run, seq)
+        seq_rows = [(instrument, run, seq) for instrument, (run, seq) in newest.items()]
         while True:
             try:
                 connection.execute("BEGIN")
@@ -233,6 +266,7 @@ class SqliteStore:
                     " delivered_to) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     rows,
                 )
+                connection.executemany(_UPSERT_SEQ, seq_rows)
                 connection.execute("COMMIT")
                 break
             except sqlite3.OperationalError:
