@@ -94,3 +94,22 @@ def test_agent_hello_round_trips_through_the_hub_machine() -> None:
     connection = hub_agent_connection()
     assert connection.receive(encode(hello)) == Received(hello)
     assert connection.hello == hello
+
+
+def test_data_with_too_many_samples_is_refused_whole_and_the_connection_stays() -> None:
+    connection = hub_agent_connection(Limits(max_samples_per_data=3))
+    hello = b'{"type": "agent_hello", "protocol": 1, "agent_id": "pi-1", "instruments": []}'
+    assert isinstance(connection.receive(hello), Received)
+
+    def data(n: int) -> bytes:
+        samples = ",".join(
+            f'{{"instrument": "t", "seq": {i}, "ts": 1.0, "values": {{"x": 1}}}}' for i in range(n)
+        )
+        return f'{{"type": "data", "samples": [{samples}]}}'.encode()
+
+    assert isinstance(connection.receive(data(3)), Received)
+    refused = connection.receive(data(4))
+    assert isinstance(refused, Refused)
+    assert refused.error.code == "message_too_large"
+    assert "at most 3 samples" in refused.error.message and "has 4" in refused.error.message
+    assert refused.close is None and connection.state is State.OPEN

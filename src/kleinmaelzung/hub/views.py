@@ -73,6 +73,8 @@ async def _serve(request: web.Request, kind: PeerKind) -> web.WebSocketResponse:
         await peer.close()
         if not ws.closed:
             await ws.close()
+        if kind is PeerKind.CLIENT:
+            _log.info("peer left", extra={"peer": peer.name, "close_code": ws.close_code})
     return ws
 
 

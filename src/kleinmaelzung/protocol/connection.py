@@ -27,6 +27,7 @@ from .messages import (
     AgentHello,
     ClientHello,
     Command,
+    Data,
     Error,
     Welcome,
 )
@@ -108,6 +109,14 @@ class HubConnection(Generic[M]):
         if isinstance(message, hello_type):
             return Refused(
                 Error(code=ErrorCode.UNEXPECTED_MESSAGE, message="hello was already received")
+            )
+        if isinstance(message, Data) and len(message.samples) > self._limits.max_samples_per_data:
+            return Refused(
+                Error(
+                    code=ErrorCode.MESSAGE_TOO_LARGE,
+                    message=f"a data message carries at most {self._limits.max_samples_per_data} "
+                    f"samples; this one has {len(message.samples)} (none were accepted)",
+                )
             )
         if isinstance(message, Command):
             refusal = self._begin_command(message.id)
