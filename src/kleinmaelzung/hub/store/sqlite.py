@@ -125,10 +125,12 @@ class SqliteStore:
             return
         # Throttled first, backlog checked second: the writer decrements
         # first and checks second, so one of the two sees the other.
+        first = not self._throttled
         self._throttled = True
         self._room.clear()
         if self._pending > self._high_water and not self._closed:
-            _log.warning("traffic log behind; pausing agents", extra={"backlog": self._pending})
+            if first:  # once per pause, not once per agent
+                _log.warning("traffic log behind; pausing agents", extra={"backlog": self._pending})
             await self._room.wait()
         self._throttled = False
 
