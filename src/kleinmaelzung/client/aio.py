@@ -49,7 +49,7 @@ from ..protocol import (
     is_pattern,
 )
 from ..transport import CLIENT_PATH, backoff_delays, base_url, websocket_url
-from .errors import ConnectionLost, HubUnreachable, RequestError, RequestTimeout
+from .errors import ConnectionLost, HubUnreachable, RequestError, RequestTimeout, reaching
 from .subscription import Subscription
 
 _log = logging.getLogger(__name__)
@@ -202,7 +202,7 @@ class Client:
         assert self._session is not None
         url = websocket_url(self.url, CLIENT_PATH)
         deadline_s = self._timeouts.handshake_s
-        try:
+        with reaching(url, deadline_s):
             async with asyncio.timeout(deadline_s):
                 ws = await self._session.ws_connect(
                     url,
@@ -210,12 +210,6 @@ class Client:
                     max_msg_size=4 * self._limits.max_message_bytes,
                     timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
                 )
-        except TimeoutError:
-            raise HubUnreachable(
-                f"no answer from the hub at {url} within {deadline_s:g} s"
-            ) from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise HubUnreachable(f"cannot reach the hub at {url}: {exc}") from None
         connection = client_connection(self._limits)
         try:
             hello = ClientHello(protocol=PROTOCOL_VERSION, token=self._token, name=self.name)

@@ -12,6 +12,11 @@ KmzError
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
+import aiohttp
+
 from ..protocol import KmzError
 
 
@@ -34,3 +39,14 @@ class RequestError(KmzError):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+
+
+@contextlib.contextmanager
+def reaching(url: str, timeout_s: float) -> Iterator[None]:
+    """Turn a failure to reach the hub at `url` into a HubUnreachable that names it."""
+    try:
+        yield
+    except TimeoutError:
+        raise HubUnreachable(f"no answer from the hub at {url} within {timeout_s:g} s") from None
+    except (aiohttp.ClientError, OSError) as exc:
+        raise HubUnreachable(f"cannot reach the hub at {url}: {exc}") from None

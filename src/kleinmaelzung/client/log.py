@@ -9,7 +9,7 @@ import msgspec
 
 from ..protocol import ErrorCode, ProtocolError
 from ..transport import base_url
-from .errors import HubUnreachable, RequestError
+from .errors import RequestError, reaching
 
 
 class LogEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -47,18 +47,12 @@ async def fetch_log(
     params = {"limit": str(limit)}
     if instrument is not None:
         params["instrument"] = instrument
-    try:
+    with reaching(endpoint, timeout_s):
         async with (
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session,
             session.get(endpoint, params=params) as response,
         ):
             status, body = response.status, await response.read()
-    except TimeoutError:
-        raise HubUnreachable(
-            f"no answer from the hub at {endpoint} within {timeout_s:g} s"
-        ) from None
-    except (aiohttp.ClientError, OSError) as exc:
-        raise HubUnreachable(f"cannot reach the hub at {endpoint}: {exc}") from None
     if status != 200:
         try:
             problem = _problem_decoder.decode(body)

@@ -254,11 +254,20 @@ class SqliteStore:
             (r.ts, r.direction, r.peer, r.instrument, r.type, r.message.decode(), r.delivered_to)
             for r in batch
         ]
+        # One pass for both: what to acknowledge after the commit, and the
+        # newest seq per instrument run to commit with the rows.
+        acks: dict[str, dict[str, int]] = {}
         newest: dict[str, tuple[str, int]] = {}
-        for r in batch:
-            if r.run and r.ack is not None:
-                for instrument, seq in r.ack[1].items():
-                    newest[instrument] = (r.run, seq)
+        for record in batch:
+            if record.ack is None:
+                continue
+            agent, seqs = record.ack
+            agent_acks = acks.setdefault(agent, {})
+            for instrument, seq in seqs.items():
+                if seq > agent_acks.get(instrument, -1):
+                    agent_acks[instrument] = seq
+                if record.run:
+                    newest[instrument] = (record.run, seq)
         seq_rows = [(instrument, run, seq) for instrument, (run, seq) in newest.items()]
         while True:
             try:
@@ -284,14 +293,6 @@ class SqliteStore:
             with contextlib.suppress(RuntimeError):
                 self._loop.call_soon_threadsafe(self._make_room)
         self.committed_rows += len(batch)
-        acks: dict[str, dict[str, int]] = {}
-        for record in batch:
-            if record.ack is not None:
-                agent, seqs = record.ack
-                agent_acks = acks.setdefault(agent, {})
-                for instrument, seq in seqs.items():
-                    if seq > agent_acks.get(instrument, -1):
-                        agent_acks[instrument] = seq
         if acks and self._on_committed is not None and self._loop is not None:
             # RuntimeError: the loop has closed, nobody is left to acknowledge.
             with contextlib.suppress(RuntimeError):
