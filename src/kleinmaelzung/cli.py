@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 EXIT_OK, EXIT_ERROR_REPLY, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_FAILED = 1  # a server command (agent, demo) could not start or run on
 
 
 class _UsageError(Exception):
@@ -132,10 +133,16 @@ def _cmd_hub(args: argparse.Namespace) -> int:
 
 
 def _cmd_agent(args: argparse.Namespace) -> int:
-    from .agent import ConfigError, load_config, run_agent
+    from .agent import AgentError, ConfigError, MissingExtra, load_config, load_drivers, run_agent
 
     try:
+        # Before the config: without the extra no config can be right, and the
+        # install line is the one thing to tell.
+        load_drivers()
         config = load_config(args.config)
+    except MissingExtra as exc:
+        print(f"kmz agent {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except ConfigError as exc:
         print(f"kmz agent: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -150,7 +157,11 @@ def _cmd_agent(args: argparse.Namespace) -> int:
             loop.add_signal_handler(signum, stop.set)
         await run_agent(config, stop=stop)
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    except AgentError as exc:
+        print(f"kmz agent: stopped: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_OK
 
 

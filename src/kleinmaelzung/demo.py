@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from .agent import AgentConfig, InstrumentConfig, run_agent
+from .agent import Agent, AgentConfig, AgentError, InstrumentConfig, MissingExtra, load_drivers
 from .hub import HubConfig, start_hub
 from .sim import Simulator
 
@@ -83,7 +83,35 @@ def _banner(url: str, data_dir: Path, paths: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
+class _AgentEnded(Exception):
+    """The demo's agent returned although nobody asked it to stop."""
+
+
+async def _serve_agent(agent: Agent, stop: asyncio.Event) -> None:
+    await agent.run(stop)
+    if not stop.is_set():
+        raise _AgentEnded("the agent ended by itself")
+
+
+def _reasons(group: ExceptionGroup[Exception]) -> str:
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop(0)
+        if isinstance(exc, BaseExceptionGroup):
+            pending.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    return "; ".join(f"{type(exc).__name__}: {exc}" for exc in leaves)
+
+
 async def _run(host: str, port: int, data_dir: Path, say: Say, complain: Say) -> int:
+    try:
+        # Before the hub and the banner: without its agent the demo must not look healthy.
+        load_drivers()
+    except MissingExtra as exc:
+        complain(f"kmz demo {exc}")
+        return 1
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -100,12 +128,24 @@ async def _run(host: str, port: int, data_dir: Path, say: Say, complain: Say) ->
         raise
     try:
         with Simulator() as simulator:
+            try:
+                # Built before the banner, so a config the agent refuses never gets one.
+                agent = Agent(demo_agent_config(hub.url, simulator.paths))
+            except AgentError as exc:
+                complain(f"kmz demo: the agent cannot start: {exc}")
+                return 1
             say(_banner(hub.url, data_dir, simulator.paths))
-            config = demo_agent_config(hub.url, simulator.paths)
-            agent = asyncio.create_task(run_agent(config, stop=stop))
-            await stop.wait()
-            complain("stopping ...")
-            await agent
+            try:
+                # The demo lives as long as its agent: if the agent's task fails,
+                # the group cancels the wait below and the demo ends with the reason.
+                async with asyncio.TaskGroup() as tasks:
+                    tasks.create_task(_serve_agent(agent, stop), name="kmz-demo-agent")
+                    await stop.wait()
+                    complain("stopping ...")
+            except ExceptionGroup as group:
+                _log.debug("demo agent failed", exc_info=group)
+                complain(f"kmz demo: the agent stopped, so the demo stops: {_reasons(group)}")
+                return 1
     finally:
         await hub.stop()
     return 0

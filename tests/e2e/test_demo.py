@@ -61,3 +61,40 @@ def test_demo_runs_the_lab_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
         assert (tmp_path / "d" / "traffic.sqlite3").exists()
     finally:
         demo.stop()
+
+
+# The fault: the agent's task fails a moment after the demo started, as a bug or
+# a lost resource would make it. Everything else (hub, simulator, CLI) is real.
+_AGENT_DIES = """
+import asyncio, sys
+from kleinmaelzung.agent import Agent
+
+async def run_then_fail(self, stop=None):
+    await asyncio.sleep(1.0)
+    raise RuntimeError("injected: the agent broke")
+
+Agent.run = run_then_fail
+from kleinmaelzung.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_demo_stops_at_once_with_the_reason_when_its_agent_dies(tmp_path: Path) -> None:
+    port = free_port()
+    args = ["demo", "--port", str(port), "--data", str(tmp_path / "d")]
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", _AGENT_DIES, *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"the demo ran on without its agent:\n{exc.stderr!r}") from None
+    assert result.returncode == 1, result.stderr
+    assert "the agent stopped" in result.stderr
+    assert "RuntimeError: injected: the agent broke" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert get_json(f"http://127.0.0.1:{port}/api/health") is None

@@ -2,6 +2,7 @@
 
 from .agent import Agent, run_agent
 from .config import AgentConfig, InstrumentConfig, load_config, parse_config
+from .drivers.discovery import MissingExtra, load_drivers
 from .errors import AgentError, ConfigError, DriverError, InstrumentError, NoAnswer, PortError
 from .outbox import Outbox
 
@@ -13,10 +14,12 @@ __all__ = [
     "DriverError",
     "InstrumentConfig",
     "InstrumentError",
+    "MissingExtra",
     "NoAnswer",
     "Outbox",
     "PortError",
     "load_config",
+    "load_drivers",
     "parse_config",
     "run_agent",
 ]
