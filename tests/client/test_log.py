@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 from collections.abc import Callable
 
+import msgspec
 import pytest
 
 from kleinmaelzung.client import Client, HubUnreachable, LogEntry, RequestError, fetch_log
 from kleinmaelzung.hub import RunningHub
 
-from .agent_peer import instrument, publish, raw_agent
+from ..test_cli import kmz_async
+from .agent_peer import instrument, publish, raw_agent, raw_client
 
 
 async def logged_soon(
@@ -43,7 +46,7 @@ async def test_log_entries_newest_first_and_by_instrument(hub: RunningHub) -> No
     data = [e for e in balance if e.type == "data"]
     assert data and all(e.instrument == "balance" for e in data)
     assert data[0].direction == "in" and data[0].peer == "pi"
-    assert data[0].message["samples"][0]["instrument"] == "balance"
+    assert data[0].message_object()["samples"][0]["instrument"] == "balance"
     assert len(await fetch_log(hub.url, limit=1)) == 1
 
 
@@ -59,3 +62,34 @@ async def test_unreachable_hub() -> None:
         port = sock.getsockname()[1]
     with pytest.raises(HubUnreachable, match=f"127.0.0.1:{port}/api/log"):
         await fetch_log(f"http://127.0.0.1:{port}")
+
+
+async def test_a_refused_frame_leaves_the_log_readable(hub: RunningHub) -> None:
+    """Defect 2: one refused frame made fetch_log and `kmz log` fail for everyone."""
+    typo = {
+        "type": "command",
+        "id": "c1",
+        "instrument": "kiln-air",
+        "name": "set-setpoint",  # a typo: names take underscores
+        "args": {"value": 80},
+    }
+    async with raw_client(hub.url, name="typist") as client:
+        await client.send(typo)
+        assert (await client.receive_type("error"))["code"] == "invalid_message"
+
+    def refused_is_logged(entries: list[LogEntry]) -> bool:
+        return any(
+            e.peer.endswith("/typist") and b"set-setpoint" in bytes(e.message) for e in entries
+        )
+
+    entries = await logged_soon(hub.url, refused_is_logged)
+    (refused,) = [e for e in entries if e.direction == "in" and b"set-setpoint" in bytes(e.message)]
+    assert refused.peer.endswith("/typist")  # the hub numbers its clients
+    msgspec.json.decode(refused.message)  # whatever its kind, still valid JSON
+    # The command line reads the same page: as JSON and as lines for people.
+    as_json = await kmz_async("log", "--json", "--limit", "50", "--hub", hub.url)
+    assert as_json.returncode == 0, as_json.stderr
+    assert any("set-setpoint" in json.dumps(e["message"]) for e in json.loads(as_json.stdout))
+    as_lines = await kmz_async("log", "--limit", "50", "--hub", hub.url)
+    assert as_lines.returncode == 0, as_lines.stderr
+    assert any("typist" in line and "set-setpoint" in line for line in as_lines.stdout.splitlines())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import aiohttp
+import pytest
 
 from kleinmaelzung.hub import RunningHub
 
@@ -36,7 +37,7 @@ async def test_credentials_never_reach_the_log(hub: RunningHub) -> None:
     await hub.hub.store.flush()
     entries = await hub.hub.store.query(limit=50)
     assert entries
-    assert not any(b"s3cret" in e.message for e in entries)
+    assert not any(b"s3cret" in bytes(e.message) for e in entries)
 
 
 async def test_bad_log_parameters(hub: RunningHub) -> None:
@@ -52,12 +53,21 @@ async def test_bad_log_parameters(hub: RunningHub) -> None:
             assert body["code"] == code
 
 
-async def test_refused_input_is_logged_as_text_and_the_log_stays_json(hub: RunningHub) -> None:
+@pytest.mark.xfail(
+    strict=True, reason="until hub/views.py logs refused input with refused_entry_message"
+)
+async def test_refused_input_is_logged_under_its_own_type_as_a_json_object(
+    hub: RunningHub,
+) -> None:
     async with raw_client(hub.url) as client:
-        await client.send("{not json")
+        await client.send("{not json \xff")
         assert (await client.receive_type("error"))["code"] == "invalid_json"
     await hub.hub.store.flush()
     async with aiohttp.ClientSession() as http, http.get(hub.url + "/api/log") as response:
         entries = (await response.json())["entries"]
-    refused = next(e for e in entries if e["direction"] == "in" and e["type"] == "error")
-    assert refused["message"].startswith("{not json")
+    refused = next(e for e in entries if e["direction"] == "in" and e["type"] == "refused")
+    assert refused["message"]["error"]["code"] == "invalid_json"
+    assert refused["message"]["frame"] == "{not json \xff"
+    # The hub's answer is logged too, as the error it is.
+    answer = next(e for e in entries if e["direction"] == "out" and e["type"] == "error")
+    assert answer["message"]["code"] == "invalid_json"

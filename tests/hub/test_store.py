@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import sqlite3
 from pathlib import Path
+
+import pytest
 
 from kleinmaelzung.hub import Record, SqliteStore
 
@@ -110,3 +113,27 @@ async def test_last_logged_seq_per_run_survives_a_restart(tmp_path: Path) -> Non
     assert await reopened.last_seqs("run-a", ["kiln-air", "balance", "other"]) == {"kiln-air": 4}
     assert await reopened.last_seqs("run-b", ["balance"]) == {"balance": 3}
     await reopened.close()
+
+
+async def test_a_row_sqlite_cannot_store_is_dropped_and_the_writer_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Defect 8: any error but OperationalError ended the writer; flush() then hung."""
+    store = SqliteStore(tmp_path / "t.sqlite3")
+    await store.open()
+    store.append(record(0))
+    # A bug elsewhere in the hub: a peer name that is not text makes sqlite3
+    # raise InterfaceError (ProgrammingError on newer Pythons) for that row.
+    store.append(dataclasses.replace(record(1), peer=["not", "text"]))  # type: ignore[arg-type]
+    store.append(record(2))
+    await asyncio.wait_for(store.flush(), 5)
+    assert [e.ts for e in await store.query(limit=10)] == [1002.0, 1000.0]
+    assert store.dropped_rows == 1
+    assert store.backlog == 0
+    dropped = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert dropped and "kiln-air" in dropped[0].getMessage() + str(dropped[0].__dict__)
+    # The writer still works for what comes next.
+    store.append(record(3))
+    await asyncio.wait_for(store.flush(), 5)
+    assert len(await store.query(limit=10)) == 3
+    await asyncio.wait_for(store.close(), 5)

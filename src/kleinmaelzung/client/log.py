@@ -1,33 +1,20 @@
-"""The hub's traffic log, read over its HTTP API (`GET /api/log`)."""
+"""The hub's traffic log, read over its HTTP API (`GET /api/log`).
+
+Entries are `protocol.LogEntry`: each message is raw JSON, decoded further
+with `LogEntry.decode_message`, `message_object` or `refusal`.
+"""
 
 from __future__ import annotations
-
-from typing import Any, Literal
 
 import aiohttp
 import msgspec
 
-from ..protocol import ErrorCode, ProtocolError
+from ..protocol import ErrorCode, LogEntry, LogPage, ProtocolError
 from ..transport import base_url
 from .errors import RequestError, reaching
 
-
-class LogEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """One logged message; `message` is the message object as it crossed the wire."""
-
-    id: int
-    ts: float
-    direction: Literal["in", "out"]
-    peer: str
-    instrument: str | None
-    type: str
-    message: dict[str, Any]
-    #: For inbound data: the clients it was forwarded to.
-    delivered_to: str | None = None
-
-
-class _LogPage(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    entries: list[LogEntry]
+# LogEntry is protocol's, re-exported here for `client` and its formatting.
+__all__ = ["LogEntry", "fetch_log"]
 
 
 class _Problem(msgspec.Struct, frozen=True):
@@ -35,7 +22,7 @@ class _Problem(msgspec.Struct, frozen=True):
     message: str
 
 
-_page_decoder = msgspec.json.Decoder(_LogPage)
+_page_decoder = msgspec.json.Decoder(LogPage)
 _problem_decoder = msgspec.json.Decoder(_Problem)
 
 

@@ -9,21 +9,10 @@ import msgspec
 from aiohttp import web
 
 from .. import __version__
-from ..protocol import PeerKind, is_instrument_id
+from ..protocol import LogPage, PeerKind, is_instrument_id
 from .services import HUB_KEY
 
 MAX_LOG_LIMIT = 10_000
-
-
-class _LogEntryOut(msgspec.Struct):
-    id: int
-    ts: float
-    direction: str
-    peer: str
-    instrument: str | None
-    type: str
-    message: msgspec.Raw
-    delivered_to: str | None
 
 
 def _json(payload: object, status: int = 200) -> web.Response:
@@ -72,23 +61,7 @@ async def traffic_log(request: web.Request) -> web.Response:
     if not 1 <= limit <= MAX_LOG_LIMIT:
         return _bad_request("invalid_arguments", f"limit must be 1..{MAX_LOG_LIMIT}, got {limit}")
     entries = await hub.store.query(instrument=instrument, limit=limit)
-    return _json(
-        {
-            "entries": [
-                _LogEntryOut(
-                    id=e.id,
-                    ts=e.ts,
-                    direction=e.direction,
-                    peer=e.peer,
-                    instrument=e.instrument,
-                    type=e.type,
-                    message=msgspec.Raw(e.message),
-                    delivered_to=e.delivered_to,
-                )
-                for e in entries
-            ]
-        }
-    )
+    return _json(LogPage(entries=entries))
 
 
 _PAGE = """<!doctype html>

@@ -25,6 +25,14 @@ from .connection import (
 )
 from .errors import CloseCode, CommandError, ErrorCode, HandshakeError, KmzError, ProtocolError
 from .limits import Limits, Timeouts
+from .log import (
+    REFUSED,
+    REFUSED_FRAME_BYTES,
+    LogEntry,
+    LogPage,
+    RefusedInput,
+    refused_entry_message,
+)
 from .messages import (
     ALL_MESSAGE_TYPES,
     PROTOCOL_VERSION,
@@ -63,6 +71,8 @@ from .topics import is_instrument_id, is_literal, is_pattern, matches, matching
 __all__ = [
     "ALL_MESSAGE_TYPES",
     "PROTOCOL_VERSION",
+    "REFUSED",
+    "REFUSED_FRAME_BYTES",
     "SUPPORTED_PROTOCOLS",
     "Ack",
     "AgentHello",
@@ -92,12 +102,15 @@ __all__ = [
     "KmzError",
     "Limits",
     "ListInstruments",
+    "LogEntry",
+    "LogPage",
     "Message",
     "PeerConnection",
     "PeerKind",
     "ProtocolError",
     "Received",
     "Refused",
+    "RefusedInput",
     "Reply",
     "Sample",
     "State",
@@ -124,4 +137,5 @@ __all__ = [
     "is_pattern",
     "matches",
     "matching",
+    "refused_entry_message",
 ]

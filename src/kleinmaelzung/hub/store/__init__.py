@@ -1,6 +1,27 @@
 """The traffic log: every message in and out, durable, queryable."""
 
-from .base import Direction, LogEntry, OnCommitted, Record, Store
+from ...protocol import LogEntry
+from .base import (
+    Direction,
+    KnownInstrument,
+    OnCommitted,
+    Record,
+    Store,
+    StoreClosed,
+    StoreError,
+    WriterFailed,
+)
 from .sqlite import SqliteStore
 
-__all__ = ["Direction", "LogEntry", "OnCommitted", "Record", "SqliteStore", "Store"]
+__all__ = [
+    "Direction",
+    "KnownInstrument",
+    "LogEntry",
+    "OnCommitted",
+    "Record",
+    "SqliteStore",
+    "Store",
+    "StoreClosed",
+    "StoreError",
+    "WriterFailed",
+]

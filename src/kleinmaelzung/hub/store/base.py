@@ -6,6 +6,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from ...protocol import InstrumentInfo, LogEntry
+
 Direction = Literal["in", "out"]
 
 
@@ -31,17 +33,30 @@ class Record:
 
 
 @dataclass(frozen=True, slots=True)
-class LogEntry:
-    """A record read back from the log."""
+class KnownInstrument:
+    """An instrument the hub has seen, remembered across restarts."""
 
-    id: int
-    ts: float
-    direction: Direction
-    peer: str
-    instrument: str | None
-    type: str
-    message: bytes
-    delivered_to: str | None = None
+    info: InstrumentInfo
+    agent: str
+    #: Hub time of its newest logged reading; None if it never sent one.
+    last_seen: float | None = None
+
+    @property
+    def id(self) -> str:
+        """The instrument's id."""
+        return self.info.id
+
+
+class StoreError(Exception):
+    """The traffic log cannot do what was asked."""
+
+
+class StoreClosed(StoreError):
+    """The traffic log was used after `close()`."""
+
+
+class WriterFailed(StoreError):
+    """The traffic log's writer stopped; nothing more will be committed."""
 
 
 #: Called (on the event loop) with {agent_id: {instrument: seq}} after a commit.
@@ -52,13 +67,30 @@ class Store(Protocol):
     """A durable, append-only traffic log."""
 
     def append(self, record: Record) -> None:
-        """Queue a record for writing; never blocks the event loop."""
+        """Queue a record for writing; never blocks the event loop.
+
+        Raises `StoreClosed` after `close()`, `WriterFailed` once the writer stopped.
+        """
 
     async def query(self, *, instrument: str | None = None, limit: int = 100) -> list[LogEntry]:
         """Return the newest entries, newest first."""
 
+    def save_instrument(
+        self, info: InstrumentInfo, agent: str, last_seen: float | None = None
+    ) -> None:
+        """Queue remembering an instrument (committed with the next batch); never blocks."""
+
+    def forget_instrument(self, instrument_id: str) -> None:
+        """Queue forgetting a remembered instrument; its logged traffic stays."""
+
+    async def load_instruments(self) -> list[KnownInstrument]:
+        """Every remembered instrument, sorted by id, with its newest reading's time."""
+
     async def flush(self) -> None:
-        """Wait until everything appended so far is committed."""
+        """Wait until everything appended so far is committed (or dropped as unwritable).
+
+        Raises `WriterFailed` promptly if the writer stopped.
+        """
 
     async def last_seqs(self, run: str, instruments: Iterable[str]) -> dict[str, int]:
         """The highest committed seq of each instrument in this agent run."""
@@ -67,7 +99,7 @@ class Store(Protocol):
         """Return at once unless the backlog is over high water; then wait for low water."""
 
     async def close(self) -> None:
-        """Commit what is queued and release the backend."""
+        """Commit what is queued and release the backend; `WriterFailed` if it stopped."""
 
     @property
     def backlog(self) -> int:

@@ -1,0 +1,142 @@
+"""The SQLite traffic log's schema, and the migration of files written by older hubs.
+
+Versions (``PRAGMA user_version``):
+
+1 (stored as 0)  ``traffic`` without ``delivered_to``: every delivery was its own row.
+2  ``traffic.delivered_to``: inbound data names its recipients on its own row.
+3  ``instrument_seq``: the newest logged seq per instrument and agent run.
+4  ``known_instrument``: the instruments the hub has seen, kept across restarts;
+   seeded from the ``agent_hello`` rows already in the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+
+import msgspec
+
+from ...protocol import InstrumentInfo
+
+_log = logging.getLogger(__name__)
+
+#: Bumped with every schema change; `migrate` brings older files up to date.
+SCHEMA_VERSION = 4
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS traffic (
+    id INTEGER PRIMARY KEY,
+    ts REAL NOT NULL,
+    direction TEXT NOT NULL CHECK (direction IN ('in', 'out')),
+    peer TEXT NOT NULL,
+    instrument TEXT,
+    type TEXT NOT NULL,
+    message TEXT NOT NULL,
+    delivered_to TEXT
+);
+CREATE INDEX IF NOT EXISTS traffic_instrument ON traffic (instrument, id);
+-- The newest logged seq per instrument and its agent run, committed with the
+-- rows: samples an agent sends again after a hub restart are not logged twice.
+CREATE TABLE IF NOT EXISTS instrument_seq (
+    instrument TEXT PRIMARY KEY,
+    run TEXT NOT NULL,
+    seq INTEGER NOT NULL
+);
+-- Every instrument the hub has seen, so that after a restart it can list
+-- those whose agent is down as offline rather than not at all.
+CREATE TABLE IF NOT EXISTS known_instrument (
+    id TEXT PRIMARY KEY,
+    agent TEXT NOT NULL,
+    info TEXT NOT NULL,  -- InstrumentInfo as JSON, as the agent announced it
+    last_seen REAL       -- hub time of its newest reading; NULL if none yet
+);
+"""
+
+INSERT_TRAFFIC = (
+    "INSERT INTO traffic (ts, direction, peer, instrument, type, message, delivered_to)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+UPSERT_SEQ = """
+INSERT INTO instrument_seq (instrument, run, seq) VALUES (?, ?, ?)
+ON CONFLICT (instrument) DO UPDATE SET run = excluded.run, seq = excluded.seq
+"""
+# A save without a time keeps the stored one: announcing is not a reading.
+UPSERT_INSTRUMENT = """
+INSERT INTO known_instrument (id, agent, info, last_seen) VALUES (?, ?, ?, ?)
+ON CONFLICT (id) DO UPDATE SET agent = excluded.agent, info = excluded.info,
+    last_seen = coalesce(excluded.last_seen, known_instrument.last_seen)
+"""
+DELETE_INSTRUMENT = "DELETE FROM known_instrument WHERE id = ?"
+SELECT_INSTRUMENTS = "SELECT id, agent, info, last_seen FROM known_instrument ORDER BY id"
+# Walks the traffic_instrument index backwards from the newest row of the
+# instrument: a data row is usually among the first few.
+NEWEST_READING = (
+    "SELECT ts FROM traffic WHERE instrument = ? AND direction = 'in' AND type = 'data'"
+    " ORDER BY id DESC LIMIT 1"
+)
+
+
+def create(connection: sqlite3.Connection) -> None:
+    """Create what is missing and bring an older file up to SCHEMA_VERSION."""
+    connection.executescript(SCHEMA)
+    migrate(connection)
+
+
+def migrate(connection: sqlite3.Connection) -> None:
+    """Bring a traffic log written by an older hub up to SCHEMA_VERSION.
+
+    Tables new in a version are made by `SCHEMA` (``IF NOT EXISTS``); this adds
+    columns and fills new tables from what the log already holds.
+    """
+    (version,) = connection.execute("PRAGMA user_version").fetchone()
+    if version >= SCHEMA_VERSION:
+        return
+    columns = {row[1] for row in connection.execute("PRAGMA table_info(traffic)")}
+    connection.execute("BEGIN")
+    try:
+        if "delivered_to" not in columns:  # version 1 logged every delivery as its own row
+            connection.execute("ALTER TABLE traffic ADD COLUMN delivered_to TEXT")
+        if version < 4:
+            _remember_announced_instruments(connection)
+        connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        connection.execute("COMMIT")
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+
+
+class _Hello(msgspec.Struct):
+    """The part of a logged agent_hello that names instruments; lenient on purpose."""
+
+    agent_id: str
+    instruments: list[msgspec.Raw] = []
+
+
+_hello_decoder = msgspec.json.Decoder(_Hello)
+_info_decoder = msgspec.json.Decoder(InstrumentInfo)
+
+
+def _remember_announced_instruments(connection: sqlite3.Connection) -> None:
+    # One pass over the log's hellos, oldest first, so the newest announcement
+    # of each instrument wins. It reads the whole table once (no index on
+    # type): a one-time cost of the upgrade to version 4.
+    remembered = 0
+    hellos = connection.execute(
+        "SELECT message FROM traffic WHERE direction = 'in' AND type = 'agent_hello' ORDER BY id"
+    )
+    for (message,) in hellos:
+        try:
+            hello = _hello_decoder.decode(message)
+        except msgspec.DecodeError:
+            continue
+        for raw in hello.instruments:
+            try:
+                info = _info_decoder.decode(raw)
+            except msgspec.DecodeError:
+                continue  # announced under another protocol version
+            connection.execute(
+                UPSERT_INSTRUMENT, (info.id, hello.agent_id, bytes(raw).decode(), None)
+            )
+            remembered += 1
+    if remembered:
+        _log.info("traffic log upgraded", extra={"announcements": remembered})

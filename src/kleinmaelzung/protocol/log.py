@@ -1,0 +1,101 @@
+"""The traffic-log entry as it crosses the wire (`GET /api/log`), and how refused input is kept.
+
+One definition for the hub that serves the log and the clients that read it.
+An entry's `message` is raw JSON, embedded as it was logged: a reader never
+fails on an entry whose message it does not know, and decodes it further only
+if it wants to (`LogEntry.decode_message`, `LogEntry.message_object`).
+
+Input the hub refuses is logged under its own type, `refused`, with a message
+that is a JSON object like any other (`RefusedInput`), however broken the
+refused bytes were.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+from .codec import Invalid, any_decoder
+from .limits import Limits
+from .messages import Error, ErrorInfo, Message
+
+#: The `type` of a log entry that records input the hub refused.
+REFUSED = "refused"
+#: How much of a refused frame the log keeps, in bytes of the frame.
+REFUSED_FRAME_BYTES = 4096
+
+LogDirection = Literal["in", "out"]
+
+
+class RefusedInput(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The message of a `refused` log entry: why, and what was refused."""
+
+    #: The error the hub answered with.
+    error: ErrorInfo
+    #: The start of the refused frame as text (invalid UTF-8 replaced).
+    frame: str
+    #: The size of the whole refused frame; more than `frame` holds when cut.
+    frame_bytes: int
+
+
+class LogEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One traffic-log entry; `message` is the logged message as raw JSON."""
+
+    id: int
+    ts: float
+    direction: LogDirection
+    #: The sender of an inbound message, the recipient of an outbound one;
+    #: several recipients of one status are listed comma-separated.
+    peer: str
+    instrument: str | None
+    type: str
+    message: msgspec.Raw
+    #: For inbound data: the clients it was forwarded to, comma-separated.
+    delivered_to: str | None = None
+
+    def decode_message(self) -> Message | Invalid:
+        """The message as a protocol message, or `Invalid` (say, a `refused` entry)."""
+        return _message_decoder.decode(bytes(self.message))
+
+    def message_object(self) -> dict[str, Any]:
+        """The message as plain Python objects.
+
+        Hubs before schema version 4 logged refused input as a JSON string
+        under type `error`: such a message comes back as ``{"frame": text}``.
+        """
+        value = msgspec.json.decode(self.message)
+        return value if isinstance(value, dict) else {"frame": value}
+
+    def refusal(self) -> RefusedInput | None:
+        """For a `refused` entry, why and what was refused; None for any other."""
+        if self.type != REFUSED:
+            return None
+        try:
+            return _refused_decoder.decode(self.message)
+        except msgspec.DecodeError:
+            return None
+
+
+class LogPage(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The body of a `GET /api/log` answer: entries newest first."""
+
+    entries: list[LogEntry]
+
+
+def refused_entry_message(error: Error, frame: bytes | str) -> bytes:
+    """The JSON message to log for a refused frame: a `RefusedInput` object."""
+    data = frame.encode() if isinstance(frame, str) else frame
+    # Cut bytes, then decode: a character split at the cut becomes U+FFFD,
+    # so the logged text is always valid, whatever the peer sent.
+    text = data[:REFUSED_FRAME_BYTES].decode("utf-8", errors="replace")
+    refused = RefusedInput(
+        error=ErrorInfo(code=error.code, message=error.message), frame=text, frame_bytes=len(data)
+    )
+    return _encoder.encode(refused)
+
+
+_encoder = msgspec.json.Encoder()
+_refused_decoder = msgspec.json.Decoder(RefusedInput)
+# The hub logs what it sends too, which may exceed what it accepts from peers.
+_message_decoder = any_decoder(Limits(max_message_bytes=1 << 31))
