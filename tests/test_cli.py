@@ -12,6 +12,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -88,6 +89,32 @@ def test_every_subcommand_has_help(command: str) -> None:
     assert result.stdout.startswith(f"usage: kmz {command}")
 
 
+def test_version() -> None:
+    from kleinmaelzung import __version__
+
+    result = kmz("--version")
+    assert (result.returncode, result.stdout) == (0, f"kmz {__version__}\n")
+
+
+@pytest.mark.parametrize("command", ["hub", "demo"])
+def test_help_shows_the_default_data_folder(command: str) -> None:
+    result = kmz(command, "--help")
+    assert result.returncode == 0
+    assert "kmz-data" in " ".join(result.stdout.split())  # argparse may wrap the line
+
+
+def test_git_ignores_the_default_data_folder() -> None:
+    root = Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    result = subprocess.run(
+        ["git", "-C", str(root), "check-ignore", "-q", "kmz-data/traffic.sqlite3"],
+        timeout=DEADLINE_S,
+        check=False,
+    )
+    assert result.returncode == 0, "kmz-data/ (the default data folder) is not in .gitignore"
+
+
 def test_no_subcommand_is_a_usage_error() -> None:
     result = kmz()
     assert result.returncode == 2
@@ -117,6 +144,13 @@ def test_unreachable_hub_exits_3_and_says_where_it_looked(args: tuple[str, ...])
     [
         (("send", "kiln-air", "set_setpoint", "80"), "expected KEY=VALUE, got '80'"),
         (("send", "Kiln", "tare"), "not an instrument id: 'Kiln'"),
+        (
+            ("send", "kiln-air", "set-setpoint", "value=80"),
+            "command name 'set-setpoint' is not valid: a name is a lowercase letter followed by"
+            " up to 31 lowercase letters, digits or '_' (did you mean set_setpoint?)",
+        ),
+        (("send", "kiln-air", "Tare"), "command name 'Tare' is not valid: a name is a lowercase"),
+        (("send", "kiln-air", "2x"), "command name '2x' is not valid"),
         (("send", "kiln-air", "tare", "--timeout", "0"), "--timeout"),
         (("watch", "Kiln*"), "not an instrument id or pattern: Kiln*"),
         (("watch", "kiln-air", "--count", "0"), "must be at least 1"),

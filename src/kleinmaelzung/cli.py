@@ -14,6 +14,8 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+from . import __version__
+
 EXIT_OK, EXIT_ERROR_REPLY, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_FAILED = 1  # a server command (agent, demo) could not start or run on
 
@@ -43,12 +45,19 @@ def _parser() -> argparse.ArgumentParser:
         prog="kmz", description="Kleinmaelzung: connect lab instruments to the people who use them."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    parser.add_argument("--version", action="version", version=f"kmz {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     hub = commands.add_parser("hub", help="run the hub")
     hub.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     hub.add_argument("--port", type=int, default=8765, help="port (default 8765)")
-    hub.add_argument("--data", type=Path, default=Path("kmz-data"), help="data directory")
+    hub.add_argument(
+        "--data",
+        type=Path,
+        default=Path("kmz-data"),
+        metavar="DIR",
+        help="folder for the traffic log (default kmz-data, in the current folder)",
+    )
 
     agent = commands.add_parser("agent", help="run an agent from its config file")
     agent.add_argument("config", type=Path, metavar="CONFIG.toml")
@@ -61,7 +70,13 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="run hub, simulated malting lab and agent together")
     demo.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     demo.add_argument("--port", type=int, default=8765, help="port (default 8765)")
-    demo.add_argument("--data", type=Path, default=None, help="data directory (default kmz-data)")
+    demo.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="folder for the traffic log (default $KMZ_DATA, else kmz-data in the current folder)",
+    )
 
     instruments = commands.add_parser("instruments", help="list instruments and their state")
     instruments.add_argument("--json", action="store_true", help="print JSON")
@@ -314,9 +329,16 @@ def _cmd_send(args: argparse.Namespace) -> int:
     from .client import Client, CommandError
     from .client.formatting import format_result, parse_assignment
     from .protocol import Timeouts, is_instrument_id
+    from .protocol.topics import NAME_RULE, is_name
 
     if not is_instrument_id(args.instrument):
         raise _UsageError(f"not an instrument id: {args.instrument!r}")
+    if not is_name(args.name):
+        # Checked here, not at the hub: the hub's answer names a JSON path the
+        # user never typed.
+        guess = _name_like(args.name)
+        hint = f" (did you mean {guess}?)" if guess else ""
+        raise _UsageError(f"command name {args.name!r} is not valid: a name is {NAME_RULE}{hint}")
     if not 0 < args.timeout <= Timeouts().command_max_s:
         raise _UsageError(f"--timeout must be more than 0 and at most {Timeouts().command_max_s:g}")
     try:
@@ -344,6 +366,16 @@ def _cmd_send(args: argparse.Namespace) -> int:
         return EXIT_OK
 
     return _run_client("send", run())
+
+
+def _name_like(text: str) -> str | None:
+    """A valid command name close to `text` (`set-setpoint` -> `set_setpoint`), if any."""
+    import re
+
+    from .protocol.topics import is_name
+
+    guess = re.sub(r"[^a-z0-9_]+", "_", text.strip().lower()).strip("_")
+    return guess if guess != text and is_name(guess) else None
 
 
 def _cmd_log(args: argparse.Namespace) -> int:

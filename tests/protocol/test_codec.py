@@ -20,6 +20,7 @@ from kleinmaelzung.protocol import (
     CommandArg,
     CommandSpec,
     Data,
+    Decoder,
     Error,
     ErrorCode,
     ErrorInfo,
@@ -43,6 +44,7 @@ from kleinmaelzung.protocol import (
     hub_to_agent_decoder,
     hub_to_client_decoder,
 )
+from kleinmaelzung.protocol.codec import PATTERN_RULES
 
 KILN = InstrumentInfo(
     id="kiln-air",
@@ -160,6 +162,74 @@ def test_bad_input_gives_a_typed_error_that_says_where(frame: bytes, code: str, 
     assert where in result.error.message
 
 
+@pytest.mark.parametrize(
+    ("decoder", "frame", "path", "words"),
+    [
+        (
+            client_decoder(),
+            b'{"type": "command", "id": "7", "instrument": "kiln-air", "name": "set-setpoint"}',
+            "`$.name`",
+            "'set-setpoint' is not a valid command name; a command name is a lowercase letter",
+        ),
+        (
+            client_decoder(),
+            b'{"type": "command", "id": "7", "instrument": "Kiln Air", "name": "tare"}',
+            "`$.instrument`",
+            "'Kiln Air' is not a valid instrument id; an instrument id is a lowercase letter or",
+        ),
+        (
+            client_decoder(),
+            b'{"type": "subscribe", "id": "7", "patterns": ["kiln-*", "kiln/air"]}',
+            "`$.patterns[1]`",
+            "'kiln/air' is not a valid pattern; a pattern is 1 to 64 lowercase letters",
+        ),
+        (
+            agent_decoder(),
+            b'{"type": "agent_hello", "protocol": 1, "agent_id": "pi", "instruments":'
+            b' [{"id": "kiln", "kind": "k", "channels": [{"name": "Temp"}]}]}',
+            "`$.instruments[0].channels[0].name`",
+            "'Temp' is not a valid channel name; a channel name is a lowercase letter",
+        ),
+        (
+            agent_decoder(),
+            b'{"type": "agent_hello", "protocol": 1, "agent_id": "Pi 1", "instruments": []}',
+            "`$.agent_id`",
+            "'Pi 1' is not a valid agent id",
+        ),
+    ],
+)
+def test_a_name_that_breaks_its_pattern_is_explained_in_words(
+    decoder: Decoder[Any], frame: bytes, path: str, words: str
+) -> None:
+    result = decoder.decode(frame)
+    assert isinstance(result, Invalid)
+    assert result.error.code == ErrorCode.INVALID_MESSAGE
+    assert path in result.error.message
+    assert words in result.error.message
+    assert "regex" not in result.error.message
+
+
+def test_every_pattern_in_the_schema_has_an_explanation() -> None:
+    """A new Meta(pattern=...) in messages.py needs words in codec.py, or users see a regex."""
+    _, components = msgspec.json.schema_components(ALL_MESSAGE_TYPES)
+    found: set[str] = set()
+
+    def collect(node: Any) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("pattern"), str):
+                found.add(node["pattern"])
+            for value in node.values():
+                collect(value)
+        elif isinstance(node, list):
+            for value in node:
+                collect(value)
+
+    collect(components)
+    assert found
+    missing = sorted(found - set(PATTERN_RULES))
+    assert not missing, f"no words in codec.PATTERN_RULES for {missing}"
+
+
 def test_error_carries_the_request_id_when_it_can_be_read() -> None:
     result = client_decoder().decode(b'{"type": "subscribe", "id": "r-9", "patterns": "kiln"}')
     assert isinstance(result, Invalid)
@@ -219,3 +289,31 @@ def test_arbitrary_json_never_crashes(value: Any) -> None:
 @given(_message_like)
 def test_message_shaped_json_never_crashes(value: dict[str, Any]) -> None:
     _check(msgspec.json.encode(value))
+
+
+_names = st.text(max_size=80) | st.from_regex(r"[a-zA-Z0-9_.*?/ -]{0,70}", fullmatch=True)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(instrument=_names, name=_names, pattern=_names, channel=_names)
+def test_any_name_gives_a_message_or_words_not_a_regex(
+    instrument: str, name: str, pattern: str, channel: str
+) -> None:
+    command = {"type": "command", "id": "7", "instrument": instrument, "name": name}
+    subscribe = {"type": "subscribe", "id": "7", "patterns": [pattern]}
+    hello = {
+        "type": "agent_hello",
+        "protocol": 1,
+        "agent_id": instrument,
+        "instruments": [{"id": "kiln", "kind": "k", "channels": [{"name": channel}]}],
+    }
+    for decoder, value in [
+        (client_decoder(), command),
+        (client_decoder(), subscribe),
+        (agent_decoder(), hello),
+    ]:
+        result = decoder.decode(msgspec.json.encode(value))
+        if isinstance(result, Invalid):
+            assert result.error.code == ErrorCode.INVALID_MESSAGE
+            assert "regex" not in result.error.message
+            assert "`$." in result.error.message  # still says where

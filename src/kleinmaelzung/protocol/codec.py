@@ -6,8 +6,9 @@ kind of wrong it was and whose message says where (msgspec's JSON path).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar, get_args
 
 import msgspec
 
@@ -15,14 +16,20 @@ from .errors import ErrorCode
 from .limits import Limits
 from .messages import (
     ALL_MESSAGE_TYPES,
+    AgentId,
     AgentMessage,
+    ChannelName,
     ClientMessage,
+    CommandName,
     Error,
     HubToAgentMessage,
     HubToClientMessage,
+    InstrumentId,
     Message,
+    Pattern,
     Sample,
 )
+from .topics import ID_RULE, NAME_RULE, PATTERN_RULE
 
 T = TypeVar("T")
 
@@ -45,6 +52,50 @@ class _Probe(msgspec.Struct):
 
 _probe_decoder = msgspec.json.Decoder(_Probe)
 TAGS: dict[str, type[msgspec.Struct]] = {str(t.__struct_config__.tag): t for t in ALL_MESSAGE_TYPES}
+
+
+class _Rule(NamedTuple):
+    """What kind of string must match a pattern, and the pattern in words."""
+
+    kind: str  # "id", "pattern" or "name"; the JSON path refines it (`_what`)
+    words: str
+
+
+def _regex_of(annotated: Any) -> str:
+    """The regex of an `Annotated[str, msgspec.Meta(pattern=...)]` from messages.py."""
+    for meta in get_args(annotated)[1:]:
+        if isinstance(meta, msgspec.Meta) and meta.pattern is not None:
+            return meta.pattern
+    raise TypeError(f"{annotated} has no pattern")
+
+
+#: Each pattern of the schema in words, by regex, so that a user reads "a command
+#: name is a lowercase letter ..." instead of msgspec's "Expected `str` matching
+#: regex ...". The regexes come from the message types, never copied; a test
+#: fails when the schema gains a pattern this table lacks.
+PATTERN_RULES: dict[str, _Rule] = {
+    _regex_of(InstrumentId): _Rule("id", ID_RULE),
+    _regex_of(AgentId): _Rule("id", ID_RULE),
+    _regex_of(Pattern): _Rule("pattern", PATTERN_RULE),
+    _regex_of(CommandName): _Rule("name", NAME_RULE),
+    _regex_of(ChannelName): _Rule("name", NAME_RULE),
+}
+
+
+def _pattern_errors() -> dict[str, str]:
+    """msgspec's own text for a string that breaks each pattern, to its regex."""
+    errors: dict[str, str] = {}
+    for annotated in (InstrumentId, AgentId, Pattern, CommandName, ChannelName):
+        try:
+            msgspec.convert("", type=annotated)  # every pattern of ours refuses ""
+        except msgspec.ValidationError as exc:
+            errors[str(exc)] = _regex_of(annotated)
+    return errors
+
+
+_PATTERN_ERRORS = _pattern_errors()
+_AT = re.compile(r"^(?P<what>.*) - at `(?P<path>\$[^`]*)`$")
+_PATH_STEP = re.compile(r"\.(?P<key>[A-Za-z_][A-Za-z0-9_]*)|\[(?P<index>\d+)\]")
 
 
 def encode(message: msgspec.Struct) -> bytes:
@@ -88,7 +139,7 @@ class Decoder(Generic[T]):
         try:
             # msgspec validates while it parses, so a type error can be found
             # before a syntax error further on; check the syntax first.
-            msgspec.json.decode(data)
+            parsed = msgspec.json.decode(data)
         except msgspec.DecodeError as exc:
             return Error(code=ErrorCode.INVALID_JSON, message=f"not valid JSON: {exc}")
         try:
@@ -114,9 +165,59 @@ class Decoder(Generic[T]):
             )
         return Error(
             code=ErrorCode.INVALID_MESSAGE,
-            message=f"invalid {probe.type!r} message: {detail}",
+            message=f"invalid {probe.type!r} message: {_in_words(detail, parsed)}",
             id=request_id,
         )
+
+
+def _in_words(detail: str, parsed: Any) -> str:
+    """msgspec's `detail`, with a broken pattern said in words; the JSON path stays."""
+    located = _AT.match(detail)
+    regex = _PATTERN_ERRORS.get(located["what"]) if located else None
+    if located is None or regex is None:
+        return detail
+    path = located["path"]
+    kind, rule = PATTERN_RULES[regex]
+    what = _what(kind, path)
+    value = _value_at(parsed, path)
+    shown = f"{value[:70]!r}{'...' if len(value) > 70 else ''}" if isinstance(value, str) else "it"
+    article = "an" if what[0] in "aeiou" else "a"
+    return f"at `{path}`: {shown} is not a valid {what}; {article} {what} is {rule}"
+
+
+def _what(kind: str, path: str) -> str:
+    """Name what broke a pattern; one regex serves several fields, the path says which."""
+    steps = path.split(".")
+    owner = steps[-2] if len(steps) >= 2 else ""
+    if kind == "id":
+        return "agent id" if steps[-1] == "agent_id" else "instrument id"
+    if kind == "name":
+        if owner.startswith("channels["):
+            return "channel name"
+        if owner.startswith("args["):
+            return "argument name"
+        return "command name"
+    return kind
+
+
+def _value_at(parsed: Any, path: str) -> Any:
+    """The JSON value at a msgspec path such as `$.instruments[0].name`, or None."""
+    value = parsed
+    position = 1  # after "$"
+    for step in _PATH_STEP.finditer(path, 1):
+        if step.start() != position:
+            return None
+        position = step.end()
+        if step["key"] is not None:
+            if not isinstance(value, dict) or step["key"] not in value:
+                return None
+            value = value[step["key"]]
+        else:
+            index = int(step["index"])
+            if not isinstance(value, list) or index >= len(value):
+                return None
+            value = value[index]
+    return value if position == len(path) else None
 
 
 def _in_union(t: type[msgspec.Struct], union: Any) -> bool:

@@ -7,14 +7,37 @@ import re
 from collections.abc import Iterable
 from functools import lru_cache
 
-_ID = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
-_PATTERN = re.compile(r"^[a-z0-9_.*?\[\]!-]{1,64}$")
+#: Instrument and agent ids. Ids appear in URLs, file names, log columns and
+#: glob patterns, so they keep to a conservative alphabet.
+ID_REGEX = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
+ID_RULE = (
+    "a lowercase letter or digit followed by up to 63 lowercase letters, digits, '_', '.' or '-'"
+)
+#: Subscription patterns: globs over ids.
+PATTERN_REGEX = r"^[a-z0-9_.*?\[\]!-]{1,64}$"
+PATTERN_RULE = (
+    "1 to 64 lowercase letters, digits, '_', '.' or '-', "
+    "with the wildcards '*' (any run), '?' (one character), '[...]' (one of a set) "
+    "and '[!...]' (none of a set)"
+)
+#: Command, channel and argument names: identifiers, so drivers can map them to methods.
+NAME_REGEX = r"^[a-z][a-z0-9_]{0,31}$"
+NAME_RULE = "a lowercase letter followed by up to 31 lowercase letters, digits or '_'"
+
+_ID = re.compile(ID_REGEX)
+_PATTERN = re.compile(PATTERN_REGEX)
+_NAME = re.compile(NAME_REGEX)
 _WILDCARDS = frozenset("*?[")
 
 
 def is_instrument_id(text: str) -> bool:
     """Tell whether `text` is a valid instrument id."""
     return _ID.match(text) is not None
+
+
+def is_name(text: str) -> bool:
+    """Tell whether `text` is a valid command, channel or argument name."""
+    return _NAME.match(text) is not None
 
 
 def is_pattern(text: str) -> bool:
