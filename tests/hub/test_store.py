@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from kleinmaelzung.hub import Record, SqliteStore
+from kleinmaelzung.hub.store import StoreClosed, WriterFailed
+from kleinmaelzung.hub.store.sqlite import SCHEMA_VERSION
+from kleinmaelzung.protocol import Channel, InstrumentInfo
 
 
 def record(i: int, instrument: str = "kiln-air", ack: bool = False) -> Record:
@@ -137,3 +142,193 @@ async def test_a_row_sqlite_cannot_store_is_dropped_and_the_writer_goes_on(
     await asyncio.wait_for(store.flush(), 5)
     assert len(await store.query(limit=10)) == 3
     await asyncio.wait_for(store.close(), 5)
+
+
+class _WriterBug(BaseException):
+    """What no handler in the writer expects: stands for a bug in the writer itself."""
+
+
+class _CrashingStore(SqliteStore):
+    """A store whose writer thread dies on its first batch."""
+
+    def _write_batch(self, connection: sqlite3.Connection, batch: list[Any]) -> None:
+        raise _WriterBug("a bug in the writer")
+
+
+async def test_a_dead_writer_fails_flush_close_and_append_at_once(tmp_path: Path) -> None:
+    store = _CrashingStore(tmp_path / "t.sqlite3")
+    await store.open()
+    store.append(record(0))
+    with pytest.raises(WriterFailed, match="a bug in the writer"):
+        await asyncio.wait_for(store.flush(), 5)
+    with pytest.raises(WriterFailed):
+        store.append(record(1))
+    with pytest.raises(WriterFailed):
+        await asyncio.wait_for(store.flush(), 5)
+    with pytest.raises(WriterFailed):
+        await asyncio.wait_for(store.close(), 5)
+
+
+async def test_a_flush_given_up_by_its_caller_does_not_stop_the_writer(tmp_path: Path) -> None:
+    path = tmp_path / "t.sqlite3"
+    store = SqliteStore(path)
+    await store.open()
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # the writer cannot commit for now
+    store.append(record(0))
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(store.flush(), 0.2)  # cancels the flush
+    blocker.execute("COMMIT")
+    blocker.close()
+    store.append(record(1))
+    await asyncio.wait_for(store.flush(), 10)
+    assert len(await store.query(limit=10)) == 2
+    await asyncio.wait_for(store.close(), 5)
+
+
+# --- known instruments (the hub remembers what it has seen) -----------------------
+
+
+def info(id_: str, kind: str = "balance") -> InstrumentInfo:
+    return InstrumentInfo(id=id_, kind=kind, channels=[Channel(name="mass", unit="g")])
+
+
+async def test_known_instruments_survive_a_restart_and_can_be_forgotten(tmp_path: Path) -> None:
+    path = tmp_path / "t.sqlite3"
+    store = SqliteStore(path)
+    await store.open()
+    store.save_instrument(info("balance"), "pi-1")
+    store.save_instrument(info("kiln-air", "kiln"), "pi-1")
+    store.save_instrument(info("ghost"), "pi-2")
+    store.append(dataclasses.replace(record(5, "kiln-air"), ts=1234.5))  # a reading
+    store.forget_instrument("ghost")
+    await store.close()
+    reopened = SqliteStore(path)
+    await reopened.open()
+    known = await reopened.load_instruments()
+    assert [(k.id, k.agent, k.last_seen) for k in known] == [
+        ("balance", "pi-1", None),  # announced, never read: no last_seen
+        ("kiln-air", "pi-1", 1234.5),
+    ]
+    assert known[1].info == info("kiln-air", "kiln")
+    # Announced again by another agent: the newest announcement wins, and
+    # announcing does not erase a time the hub saved.
+    reopened.save_instrument(info("balance"), "pi-3", last_seen=2000.0)
+    reopened.save_instrument(info("balance", "scale"), "pi-3")
+    await reopened.flush()
+    (balance, _) = await reopened.load_instruments()
+    assert (balance.agent, balance.info.kind, balance.last_seen) == ("pi-3", "scale", 2000.0)
+    await reopened.close()
+
+
+async def test_saving_an_instrument_waits_for_nothing_but_commits_with_the_next_batch(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "t.sqlite3"
+    store = SqliteStore(path)
+    await store.open()
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # the writer cannot commit for now
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    store.save_instrument(info("balance"), "pi-1")
+    store.forget_instrument("kiln-air")
+    assert loop.time() - started < 0.05  # queued, not written on the loop
+    assert store.backlog == 0  # not traffic: never pauses agents
+    blocker.execute("COMMIT")
+    blocker.close()
+    await asyncio.wait_for(store.flush(), 10)
+    assert [k.id for k in await store.load_instruments()] == ["balance"]
+    await store.close()
+    with pytest.raises(StoreClosed):
+        store.save_instrument(info("balance"), "pi-1")
+
+
+# --- files written by older hubs --------------------------------------------------
+
+_V1 = """
+CREATE TABLE traffic (
+    id INTEGER PRIMARY KEY,
+    ts REAL NOT NULL,
+    direction TEXT NOT NULL CHECK (direction IN ('in', 'out')),
+    peer TEXT NOT NULL,
+    instrument TEXT,
+    type TEXT NOT NULL,
+    message TEXT NOT NULL
+);
+CREATE INDEX traffic_instrument ON traffic (instrument, id);
+"""
+_V2 = _V1.replace("message TEXT NOT NULL\n", "message TEXT NOT NULL,\n    delivered_to TEXT\n")
+_V3 = (
+    _V2
+    + "CREATE TABLE instrument_seq (instrument TEXT PRIMARY KEY, run TEXT NOT NULL,"
+    + " seq INTEGER NOT NULL);\n"
+)
+_HELLO = (
+    '{"type":"agent_hello","protocol":1,"agent_id":"pi-1","run":"r1","instruments":'
+    '[{"id":"balance","kind":"balance","channels":[{"name":"mass","unit":"g"}]},'
+    '{"id":"kiln-air","kind":"kiln"}]}'
+)
+_DATA = (
+    '{"type":"data","samples":[{"instrument":"balance","seq":7,"ts":99.0,"values":{"mass":1.5}}]}'
+)
+
+
+def write_old_log(path: Path, version: int) -> None:
+    """A traffic log as a hub of `version` left it: a hello, a reading, a refused frame."""
+    script = {1: _V1, 2: _V2, 3: _V3}[version]
+    with contextlib.closing(sqlite3.connect(path)) as connection, connection:
+        connection.executescript(script)
+        if version > 1:  # version 1 never set it
+            connection.execute(f"PRAGMA user_version = {version}")
+        rows = [
+            (10.0, "in", "pi-1", None, "agent_hello", _HELLO),
+            (11.0, "in", "pi-1", "balance", "data", _DATA),
+            # How hubs before version 4 logged refused input: a JSON string.
+            (12.0, "in", "client-1/typist", None, "error", '"{not json"'),
+        ]
+        connection.executemany(
+            "INSERT INTO traffic (ts, direction, peer, instrument, type, message)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+        if version == 3:
+            connection.execute("INSERT INTO instrument_seq VALUES ('balance', 'r1', 7)")
+
+
+@pytest.mark.parametrize("version", [1, 2, 3])
+async def test_a_log_of_an_older_hub_is_upgraded_in_place(tmp_path: Path, version: int) -> None:
+    path = tmp_path / "old.sqlite3"
+    write_old_log(path, version)
+    store = SqliteStore(path)
+    await store.open()
+    old = await store.query(limit=10)
+    assert [e.type for e in old] == ["error", "data", "agent_hello"]
+    assert old[0].message_object() == {"frame": "{not json"}  # still readable
+    assert old[1].message_object()["samples"][0]["seq"] == 7
+    # The instruments the old log announced are remembered, with their newest reading.
+    known = await store.load_instruments()
+    assert [(k.id, k.agent, k.last_seen) for k in known] == [
+        ("balance", "pi-1", 11.0),
+        ("kiln-air", "pi-1", None),
+    ]
+    assert known[0].info.channels == [Channel(name="mass", unit="g")]
+    if version == 3:
+        assert await store.last_seqs("r1", ["balance"]) == {"balance": 7}
+    # New rows and features work on the upgraded file.
+    store.append(dataclasses.replace(record(20, "balance"), delivered_to="client-2/watch"))
+    store.forget_instrument("kiln-air")
+    await store.flush()
+    (newest, *_) = await store.query(limit=1)
+    assert (newest.ts, newest.delivered_to) == (1020.0, "client-2/watch")
+    assert [k.id for k in await store.load_instruments()] == ["balance"]
+    await store.close()
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        (user_version,) = connection.execute("PRAGMA user_version").fetchone()
+    assert user_version == SCHEMA_VERSION == 4
+    # Opening again changes nothing: the upgrade ran once.
+    again = SqliteStore(path)
+    await again.open()
+    assert [k.id for k in await again.load_instruments()] == ["balance"]
+    assert len(await again.query(limit=10)) == 4
+    await again.close()

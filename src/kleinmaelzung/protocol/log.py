@@ -85,7 +85,8 @@ class LogPage(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 def refused_entry_message(error: Error, frame: bytes | str) -> bytes:
     """The JSON message to log for a refused frame: a `RefusedInput` object."""
-    data = frame.encode() if isinstance(frame, str) else frame
+    # surrogatepass: a lone surrogate cannot fail here; it becomes U+FFFD below.
+    data = frame.encode("utf-8", "surrogatepass") if isinstance(frame, str) else frame
     # Cut bytes, then decode: a character split at the cut becomes U+FFFD,
     # so the logged text is always valid, whatever the peer sent.
     text = data[:REFUSED_FRAME_BYTES].decode("utf-8", errors="replace")
