@@ -151,7 +151,9 @@ async def test_commands_and_their_errors(hub: RunningHub) -> None:
             assert info.value.code == "unknown_instrument"
             with pytest.raises(CommandError) as info:
                 await client.command("balance", "wait", timeout_s=0.3)
-            assert info.value.code == "command_timeout"
+            # The agent never answered: it may have run the command.
+            assert info.value.code == "outcome_unknown"
+            assert "may have run" in info.value.message
             with pytest.raises(ValueError, match="timeout_s"):
                 await client.command("balance", "tare", timeout_s=0)
         finally:

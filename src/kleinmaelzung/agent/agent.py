@@ -12,6 +12,7 @@ from .config import AgentConfig, check_config
 from .drivers.discovery import find_driver
 from .link import Link
 from .outbox import Outbox
+from .permit import Permit
 from .runner import InstrumentRunner
 
 _log = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ class Agent:
     def _on_status(self, status: Status) -> None:
         self.link.send_status(status)
 
-    async def _execute(self, command: Command) -> Reply:
+    async def _execute(self, command: Command, permit: Permit) -> Reply:
         runner = self.runners.get(command.instrument)
         if runner is None:
             return Reply(
@@ -83,7 +84,7 @@ class Agent:
                     message=f"this agent has no instrument {command.instrument!r}",
                 ),
             )
-        return await runner.execute(command)
+        return await runner.execute(command, permit)
 
 
 async def run_agent(config: AgentConfig, *, stop: asyncio.Event | None = None) -> None:

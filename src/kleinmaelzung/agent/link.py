@@ -21,6 +21,7 @@ from ..protocol import (
     ErrorCode,
     ErrorInfo,
     HandshakeError,
+    HubClock,
     InstrumentInfo,
     Limits,
     Received,
@@ -30,8 +31,9 @@ from ..protocol import (
     agent_connection,
     encode,
 )
-from ..transport import AGENT_PATH, backoff_delays, websocket_url
+from ..transport import AGENT_PATH, SocketPeek, backoff_delays, websocket_url
 from .outbox import Outbox
+from .permit import Permit
 
 _log = logging.getLogger(__name__)
 
@@ -49,7 +51,7 @@ class Link:
         instruments: Sequence[InstrumentInfo],
         outbox: Outbox,
         statuses: Callable[[], list[Status]],
-        execute: Callable[[Command], Awaitable[Reply]],
+        execute: Callable[[Command, Permit], Awaitable[Reply]],
         limits: Limits | None = None,
         timeouts: Timeouts | None = None,
     ) -> None:
@@ -114,7 +116,14 @@ class Link:
             msg = await ws.receive(timeout=self._timeouts.handshake_s)
             if msg.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
                 raise ConnectionError(f"hub closed during the handshake ({msg.type.name})")
-            connection.receive(msg.data)  # raises HandshakeError unless it is a welcome
+            welcome = connection.receive(msg.data)  # raises HandshakeError unless a welcome
+            clock = HubClock()
+            if isinstance(welcome, Received) and welcome.message.clock is not None:
+                clock.observe(welcome.message.clock, time.monotonic())
+            # Commands check this before they start: a command read from a
+            # connection that has since closed must not run.
+            live = [True]
+            peek = SocketPeek(ws.get_extra_info("socket"))
             self._ws = ws
             self.sessions += 1
             self.connected.set()
@@ -126,8 +135,10 @@ class Link:
             try:
                 async for msg in ws:
                     if msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
-                        self._handle(connection.receive(msg.data))
+                        self._handle(connection.receive(msg.data), clock, live, peek)
             finally:
+                live[0] = False
+                peek.close()
                 self.connected.clear()
                 self._ws = None
                 sender.cancel()
@@ -135,25 +146,27 @@ class Link:
                     await sender
                 _log.info("disconnected from hub", extra={"unacked": len(self._outbox)})
 
-    def _handle(self, result: object) -> None:
+    def _handle(self, result: object, clock: HubClock, live: list[bool], peek: SocketPeek) -> None:
         if not isinstance(result, Received):
             _log.warning("unreadable frame from hub", extra={"detail": str(result)})
             return
         message = result.message
         if isinstance(message, Ack):
+            if message.clock is not None:
+                clock.observe(message.clock, time.monotonic())
             self._outbox.acknowledge(message.seqs)
         elif isinstance(message, Command):
-            self._spawn(self._run_command(message))
+            self._spawn(self._run_command(message, _permit(message, clock, live, peek)))
         elif isinstance(message, Error):
             _log.warning(
                 "hub reported an error", extra={"code": message.code, "detail": message.message}
             )
 
-    async def _run_command(self, command: Command) -> None:
+    async def _run_command(self, command: Command, permit: Permit) -> None:
         log = {"instrument": command.instrument, "id": command.id, "command": command.name}
         _log.info("command", extra=log)
         try:
-            reply = await self._execute(command)
+            reply = await self._execute(command, permit)
         except Exception as exc:
             _log.exception("command failed", extra=log)
             reply = Reply(
@@ -161,6 +174,8 @@ class Link:
                 ok=False,
                 error=ErrorInfo(code=ErrorCode.INTERNAL_ERROR, message=f"agent error: {exc}"),
             )
+        # On whatever connection is current: if the hub's still waiting (the
+        # agent reconnected before the deadline), the client gets the outcome.
         await self._send(reply)
 
     async def _send_samples(self, ws: aiohttp.ClientWebSocketResponse) -> None:
@@ -182,3 +197,22 @@ class Link:
         task = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _permit(command: Command, clock: HubClock, live: list[bool], peek: SocketPeek) -> Permit:
+    """When a command received now must no longer start."""
+    deadline = command.deadline
+    if deadline is not None and clock.synchronised:
+        return Permit(
+            remaining_s=lambda: clock.remaining(deadline, time.monotonic()),
+            live=lambda: live[0],
+            socket_state=peek.state,
+        )
+    # A hub that sends no deadline: the best the agent can do is count from
+    # the moment it read the command.
+    local_deadline = time.monotonic() + command.timeout_s
+    return Permit(
+        remaining_s=lambda: local_deadline - time.monotonic(),
+        live=lambda: live[0],
+        socket_state=peek.state,
+    )

@@ -23,6 +23,7 @@ from .config import InstrumentConfig
 from .drivers.base import Driver
 from .errors import DriverError, NoAnswer, PortError
 from .outbox import Outbox
+from .permit import ALWAYS, Permit
 
 _log = logging.getLogger(__name__)
 
@@ -115,8 +116,12 @@ class InstrumentRunner:
         self._outbox.put(sample)
         self._set_state("online", "")
 
-    async def execute(self, command: Command) -> Reply:
-        """Run a command from the hub and answer it; never raises."""
+    async def execute(self, command: Command, permit: Permit = ALWAYS) -> Reply:
+        """Run a command from the hub and answer it; never raises.
+
+        The command starts only if `permit` allows it once the port is free,
+        and the whole exchange ends by its deadline.
+        """
         spec = self._commands.get(command.name)
         if spec is None:
             return _error(
@@ -128,21 +133,39 @@ class InstrumentRunner:
         problem = check_arguments(spec, command.args)
         if problem is not None:
             return _error(command, ErrorCode.INVALID_ARGUMENTS, problem)
+        refusal = await permit.refusal()
+        if refusal is not None:
+            return self._not_run(command, *refusal)
+        started = False
+        limit_s = min(command.timeout_s, permit.remaining_s())
         try:
-            async with asyncio.timeout(command.timeout_s):
-                async with self._lock:
-                    if not self._open:
-                        raise PortError(f"{self.config.port} is not open ({self.reason})")
-                    result = await self.driver.execute(command.name, dict(command.args))
+            async with asyncio.timeout(limit_s), self._lock:
+                # Checked again once the port is ours: the wait may have been long.
+                refusal = await permit.refusal()
+                if refusal is not None:
+                    return self._not_run(command, *refusal)
+                if not self._open:
+                    raise PortError(f"{self.config.port} is not open ({self.reason})")
+                started = True
+                result = await self.driver.execute(command.name, dict(command.args))
         except TimeoutError:
-            return _error(
-                command, ErrorCode.COMMAND_TIMEOUT, f"no answer within {command.timeout_s:g} s"
-            )
+            if not started:
+                return self._not_run(
+                    command,
+                    ErrorCode.DEADLINE_EXCEEDED,
+                    "not run: its deadline passed while the port was busy",
+                )
+            return _error(command, ErrorCode.COMMAND_TIMEOUT, f"no answer within {limit_s:.3g} s")
         except NoAnswer as exc:
             return _error(command, ErrorCode.COMMAND_TIMEOUT, str(exc))
         except DriverError as exc:
             return _error(command, exc.code, str(exc))
         return Reply(id=command.id, ok=True, result=result)
+
+    def _not_run(self, command: Command, code: ErrorCode, why: str) -> Reply:
+        log = {"instrument": self.config.id, "id": command.id, "command": command.name}
+        _log.warning("command not run", extra={**log, "why": why})
+        return _error(command, code, why)
 
     def _set_state(self, state: InstrumentState, reason: str) -> None:
         if (state, reason) == (self.state, self.reason):

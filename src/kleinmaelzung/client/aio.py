@@ -340,15 +340,27 @@ class Client:
         future: asyncio.Future[HubToClientMessage] = asyncio.get_running_loop().create_future()
         self._pending[message.id] = future
         kind = message.__struct_config__.tag
+        sent = False
         try:
             await ws.send_frame(encode(message), aiohttp.WSMsgType.TEXT)
+            sent = True
             async with asyncio.timeout(timeout_s):
                 answer = await future
         except TimeoutError:
+            if isinstance(message, Command):
+                raise _outcome_unknown(message, f"no answer within {timeout_s:g} s") from None
             raise RequestTimeout(
                 f"no answer from the hub at {self.url} to {kind} within {timeout_s:g} s"
             ) from None
-        except (aiohttp.ClientError, ConnectionError) as exc:  # the socket closed under us
+        except (aiohttp.ClientError, ConnectionError, ConnectionLost) as exc:
+            # The socket closed under us. A command that left may have reached
+            # the instrument: its outcome is unknown, not a failure.
+            if sent and isinstance(message, Command):
+                raise _outcome_unknown(
+                    message, f"the connection to the hub at {self.url} was lost"
+                ) from None
+            if isinstance(exc, ConnectionLost):
+                raise
             raise ConnectionLost(
                 f"the connection to the hub at {self.url} was lost: {exc}"
             ) from None
@@ -399,6 +411,16 @@ class Client:
             # Best effort: a hub that is gone has forgotten the patterns anyway.
             with contextlib.suppress(ConnectionLost, RequestTimeout):
                 await self._request(request, Subscribed, REQUEST_TIMEOUT_S)
+
+
+def _outcome_unknown(command: Command, what: str) -> CommandError:
+    return CommandError(
+        ErrorCode.OUTCOME_UNKNOWN,
+        f"{what} after the command was sent: it may have run, and it will not start "
+        f"after its deadline ({command.timeout_s:g} s after it was sent)",
+        instrument=command.instrument,
+        name=command.name,
+    )
 
 
 def _close_name(code: int) -> str:

@@ -39,7 +39,7 @@ def create_app(
         hub = hub_ref[0]
         entry = hub.registry.agents.get(agent_id)
         if entry is not None:
-            hub.router.send(entry.peer, Ack(seqs=seqs))
+            hub.router.send(entry.peer, Ack(seqs=seqs, clock=hub.router.monotonic()))
 
     gatherer = AckGatherer(send_ack)
     on_committed = gatherer.committed

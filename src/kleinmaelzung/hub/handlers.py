@@ -157,7 +157,7 @@ async def _ack_duplicates(ctx: Context, seqs: dict[str, int]) -> None:
     # acknowledge them once that queue is committed, or the agent would keep
     # them forever.
     await ctx.store.flush()
-    ctx.router.send(ctx.peer, Ack(seqs=seqs))
+    ctx.router.send(ctx.peer, Ack(seqs=seqs, clock=ctx.router.monotonic()))
 
 
 @handles(PeerKind.AGENT, Status)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import secrets
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -33,6 +35,12 @@ from .store import Direction, Record, Store
 _log = logging.getLogger(__name__)
 
 
+#: Seconds the hub waits past a command's deadline for the agent's reply: the
+#: agent does not start a command after its deadline and bounds the run by it,
+#: so a reply later than this means the agent went silent or away.
+DEADLINE_GRACE_S = 1.0
+
+
 @dataclass
 class _Pending:
     client: Peer
@@ -40,19 +48,31 @@ class _Pending:
     agent: str
     instrument: str
     timer: asyncio.TimerHandle
+    #: Why the agent went away with this command in flight, if it did.
+    agent_left: str | None = None
 
 
 class Router:
     """Delivers data and status to subscribers and commands to agents, and logs it all."""
 
-    def __init__(self, store: Store, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        clock: Callable[[], float],
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._store = store
         self._clock = clock
+        #: The clock of command deadlines, sent to agents in welcome and ack.
+        self.monotonic = monotonic
         self._by_instrument: dict[str, set[Peer]] = defaultdict(set)
         self._patterns: dict[Peer, set[str]] = {}
         self._wildcards: dict[str, set[Peer]] = defaultdict(set)
         self._pending: dict[str, _Pending] = {}
         self._ids = itertools.count(1)
+        # Command ids unique across hub restarts: a reply that an agent sends
+        # late, to the next hub process, must not match a new command.
+        self._id_prefix = secrets.token_hex(4)
         self._recipient_names: dict[str, str] = {}
 
     # --- sending and logging -------------------------------------------------
@@ -223,12 +243,13 @@ class Router:
     # --- commands ------------------------------------------------------------------
 
     def forward_command(self, client: Peer, command: Command, agent: Peer) -> None:
-        """Send a client's command to the owning agent under a hub-wide id."""
-        hub_id = f"c{next(self._ids)}"
+        """Send a client's command to the owning agent under a hub-wide id, with its deadline."""
+        hub_id = f"{self._id_prefix}.{next(self._ids)}"
         loop = asyncio.get_running_loop()
-        # The agent times out at timeout_s and says so; the hub's own deadline
-        # is a little later, for an agent that went silent.
-        timer = loop.call_later(command.timeout_s + 1.0, self._expire, hub_id)
+        deadline = self.monotonic() + command.timeout_s
+        # The agent starts the command only before its deadline and ends it
+        # by then; the hub waits a little longer for the reply to travel.
+        timer = loop.call_later(command.timeout_s + DEADLINE_GRACE_S, self._expire, hub_id)
         self._pending[hub_id] = _Pending(
             client=client,
             client_id=command.id,
@@ -242,6 +263,7 @@ class Router:
             name=command.name,
             args=command.args,
             timeout_s=command.timeout_s,
+            deadline=deadline,
         )
         self.send(agent, forwarded, instrument=command.instrument)
 
@@ -263,13 +285,18 @@ class Router:
         pending = self._pending.get(hub_id)
         return pending.instrument if pending is not None else None
 
-    def fail_commands_of(self, agent_name: str, code: ErrorCode, message: str) -> None:
-        """Fail every command in flight to an agent (it disconnected)."""
-        for hub_id, pending in list(self._pending.items()):
-            if pending.agent == agent_name:
-                del self._pending[hub_id]
-                pending.timer.cancel()
-                self._answer(pending, _failed(pending.client_id, code, message))
+    def agent_left(self, agent_name: str, reason: str) -> None:
+        """Note that an agent went away with commands in flight.
+
+        They are not answered now: the agent may have run them, or may still
+        read them from its socket buffer and run them before their deadline
+        (it cannot know at once that its connection is gone). Each is answered
+        at its deadline, `outcome_unknown`, unless the agent comes back and
+        replies first.
+        """
+        for pending in self._pending.values():
+            if pending.agent == agent_name and pending.agent_left is None:
+                pending.agent_left = reason
 
     def reply_error(self, client: Peer, command: Command, code: ErrorCode, message: str) -> None:
         """Answer a command at once with an error reply."""
@@ -278,15 +305,20 @@ class Router:
 
     def _expire(self, hub_id: str) -> None:
         pending = self._pending.pop(hub_id, None)
-        if pending is not None:
-            self._answer(
-                pending,
-                _failed(
-                    pending.client_id,
-                    ErrorCode.COMMAND_TIMEOUT,
-                    f"no reply from agent {pending.agent!r} in time",
-                ),
-            )
+        if pending is None:
+            return
+        if pending.agent_left is not None:
+            what = f"agent {pending.agent!r} went away ({pending.agent_left}) after it was sent"
+        else:
+            what = f"no reply from agent {pending.agent!r} by the command's deadline"
+        self._answer(
+            pending,
+            _failed(
+                pending.client_id,
+                ErrorCode.OUTCOME_UNKNOWN,
+                f"{what}: the command may have run; it will not run any more",
+            ),
+        )
 
     def _answer(self, pending: _Pending, reply: Reply) -> None:
         pending.client.connection.complete_command(pending.client_id)

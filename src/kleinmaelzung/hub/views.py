@@ -123,6 +123,7 @@ async def _handshake(
             hub=hub.config.name,
             session=uuid.uuid4().hex,
             server_time=hub.clock(),
+            clock=hub.router.monotonic(),
         ),
     )
     if isinstance(hello, AgentHello):
@@ -206,9 +207,7 @@ def _leave(hub: Hub, peer: Peer, reason: str = "agent disconnected") -> None:
     if peer.kind is not PeerKind.AGENT:
         return
     offline = hub.registry.remove_agent(peer.name, peer, reason)
-    hub.router.fail_commands_of(
-        peer.name, ErrorCode.AGENT_DISCONNECTED, f"agent {peer.name!r}: {reason}"
-    )
+    hub.router.agent_left(peer.name, reason)
     now = hub.clock()
     for instrument_id in offline:
         hub.router.publish_status(

@@ -23,6 +23,7 @@ from .connection import (
     hub_agent_connection,
     hub_client_connection,
 )
+from .deadlines import HubClock
 from .errors import CloseCode, CommandError, ErrorCode, HandshakeError, KmzError, ProtocolError
 from .limits import Limits, Timeouts
 from .log import (
@@ -91,6 +92,7 @@ __all__ = [
     "ErrorCode",
     "ErrorInfo",
     "HandshakeError",
+    "HubClock",
     "HubConnection",
     "HubToAgentMessage",
     "HubToClientMessage",

@@ -37,11 +37,20 @@ class ErrorCode(enum.StrEnum):
     INSTRUMENT_OFFLINE = "instrument_offline"
     UNKNOWN_COMMAND = "unknown_command"
     INVALID_ARGUMENTS = "invalid_arguments"
+    #: The instrument did not answer in time; it may have acted.
     COMMAND_TIMEOUT = "command_timeout"
+    #: The command did not run: its deadline passed before it could start.
+    DEADLINE_EXCEEDED = "deadline_exceeded"
+    #: Nobody can say whether the command ran (the agent went silent or away,
+    #: or the client lost the hub after sending it); it cannot start after
+    #: its deadline.
+    OUTCOME_UNKNOWN = "outcome_unknown"
+    #: The command did not run: the agent's connection to the hub closed
+    #: before it could start.
+    AGENT_DISCONNECTED = "agent_disconnected"
     INSTRUMENT_BUSY = "instrument_busy"
     INSTRUMENT_ERROR = "instrument_error"
     INSTRUMENT_UNREACHABLE = "instrument_unreachable"
-    AGENT_DISCONNECTED = "agent_disconnected"
     TOO_MANY_PENDING = "too_many_pending"
     # Anything else: a bug on the side that reports it.
     INTERNAL_ERROR = "internal_error"

@@ -145,6 +145,9 @@ class Welcome(_Struct, frozen=True, tag="welcome"):
     hub: str
     session: str
     server_time: Timestamp
+    #: The hub's monotonic clock in seconds when it sent this; command
+    #: deadlines are on this clock (`deadlines.HubClock`).
+    clock: float | None = None
 
 
 class Data(_Struct, frozen=True, tag="data"):
@@ -170,6 +173,10 @@ class Command(_Struct, frozen=True, tag="command"):
     name: CommandName
     args: dict[str, Any] = {}
     timeout_s: Timeout = 5.0
+    #: Set by the hub on commands it forwards to an agent, on the clock of
+    #: its `welcome`: the agent must not start the command after it. A
+    #: client's value is replaced by the hub's.
+    deadline: float | None = None
 
 
 class Reply(_Struct, frozen=True, tag="reply"):
@@ -185,6 +192,8 @@ class Ack(_Struct, frozen=True, tag="ack"):
     """Hub to agent: samples up to these sequence numbers are durably logged."""
 
     seqs: dict[str, int]
+    #: The hub's monotonic clock when it sent this, as in `welcome`.
+    clock: float | None = None
 
 
 class Subscribe(_Struct, frozen=True, tag="subscribe"):

@@ -1,6 +1,7 @@
 """WebSocket plumbing shared by agent and client: URLs and reconnect delays."""
 
 from .backoff import backoff_delays
+from .liveness import SocketPeek, SocketState
 from .urls import (
     AGENT_PATH,
     CLIENT_PATH,
@@ -16,6 +17,8 @@ __all__ = [
     "CLIENT_PATH",
     "DEFAULT_HUB_URL",
     "DEFAULT_PORT",
+    "SocketPeek",
+    "SocketState",
     "backoff_delays",
     "base_url",
     "default_hub_url",
