@@ -135,8 +135,9 @@ async def test_a_row_sqlite_cannot_store_is_dropped_and_the_writer_goes_on(
     assert [e.ts for e in await store.query(limit=10)] == [1002.0, 1000.0]
     assert store.dropped_rows == 1
     assert store.backlog == 0
-    dropped = [r for r in caplog.records if r.levelno == logging.ERROR]
-    assert dropped and "kiln-air" in dropped[0].getMessage() + str(dropped[0].__dict__)
+    (dropped,) = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert dropped.getMessage() == "traffic log dropped what it cannot write"
+    assert "['not', 'text']" in dropped.dropped and "ts 1001.0" in dropped.dropped
     # The writer still works for what comes next.
     store.append(record(3))
     await asyncio.wait_for(store.flush(), 5)
@@ -151,7 +152,7 @@ class _WriterBug(BaseException):
 class _CrashingStore(SqliteStore):
     """A store whose writer thread dies on its first batch."""
 
-    def _write_batch(self, connection: sqlite3.Connection, batch: list[Any]) -> None:
+    def _write_batch(self, batch: list[Any], records: int) -> None:
         raise _WriterBug("a bug in the writer")
 
 
@@ -332,3 +333,24 @@ async def test_a_log_of_an_older_hub_is_upgraded_in_place(tmp_path: Path, versio
     assert [k.id for k in await again.load_instruments()] == ["balance"]
     assert len(await again.query(limit=10)) == 4
     await again.close()
+
+
+async def test_closing_gives_up_on_a_file_that_stays_locked(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "t.sqlite3"
+    store = SqliteStore(path)
+    await store.open()
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # say, someone left the sqlite3 shell in a transaction
+    try:
+        store.append(record(0, ack=True))
+        # Shutdown ends: the agent still holds the unacknowledged sample.
+        await asyncio.wait_for(store.close(), 10)
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert store.dropped_rows == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert "traffic log write failed; retrying" in errors
+    assert "traffic log dropped what it cannot write" in errors

@@ -1,9 +1,9 @@
 """The SQLite traffic log: one writer thread commits batches, readers use their own connections.
 
-The writer never stops on a bad batch: errors that may heal (a full disk, a
-locked file) are retried with backoff, and anything SQLite will never accept
-is found by halving the batch and dropped with an ERROR naming it. Should the
-thread end anyway, `flush`, `close`, `append` and `wait_for_room` raise
+The writer never stops on a bad batch (`writer.BatchWriter`): errors that may
+heal (a full disk, a locked file) are retried with backoff, and anything
+SQLite will never accept is found by halving the batch and dropped with an
+ERROR naming it. Should the thread end anyway, `flush`, `close`, `append` and `wait_for_room` raise
 `WriterFailed` at once rather than wait forever.
 """
 
@@ -18,9 +18,7 @@ import queue
 import sqlite3
 import sys
 import threading
-import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
@@ -28,6 +26,7 @@ import msgspec
 from ...protocol import InstrumentInfo, LogEntry
 from . import schema
 from .base import KnownInstrument, OnCommitted, Record, StoreClosed, WriterFailed
+from .writer import BatchWriter, ForgetInstrument, Item, SaveInstrument, acks, describe
 
 _log = logging.getLogger(__name__)
 
@@ -45,38 +44,8 @@ LOW_WATER_ROWS = 5_000
 #: page writing must not take the core from the loop while a sample waits to
 #: be forwarded. S2x p99 in benchmarks/run.py: 2.0-2.4 ms at 0, 1.1-1.4 at 10.
 WRITER_NICE = 10
-#: Retrying a write that failed in a way that may heal: the first delay,
-#: doubled per attempt up to the longest.
-RETRY_FIRST_S = 0.05
-RETRY_MAX_S = 5.0
-#: Once closing, how long a failing write is retried before its rows are
-#: given up (the agents still hold whatever was not acknowledged).
-CLOSE_GRACE_S = 2.0
 
 _info_decoder = msgspec.json.Decoder(InstrumentInfo)
-
-
-@dataclass(frozen=True, slots=True)
-class _SaveInstrument:
-    id: str
-    agent: str
-    info: str
-    last_seen: float | None
-
-    def describe(self) -> str:
-        return f"remembering instrument {self.id!r} of agent {self.agent!r}"
-
-
-@dataclass(frozen=True, slots=True)
-class _ForgetInstrument:
-    id: str
-
-    def describe(self) -> str:
-        return f"forgetting instrument {self.id!r}"
-
-
-#: What one transaction writes: log rows and changes to the known instruments.
-_Item = Record | _SaveInstrument | _ForgetInstrument
 
 
 class _Flush:
@@ -117,7 +86,7 @@ class SqliteStore:
         self._room = asyncio.Event()
         self._room.set()
         self._throttled = False
-        self._queue: queue.SimpleQueue[_Item | _Flush | _Stop] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Item | _Flush | _Stop] = queue.SimpleQueue()
         self._pending = 0
         self._pending_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -129,6 +98,7 @@ class SqliteStore:
         self._failure: str | None = None
         #: Flush markers the writer has taken from the queue but not resolved.
         self._held: list[_Flush] = []
+        self._writer: BatchWriter | None = None
         self.committed_rows = 0
         #: Rows dropped because SQLite refused them for good (see the ERROR log).
         self.dropped_rows = 0
@@ -161,13 +131,13 @@ class SqliteStore:
         """
         self._check_usable()
         self._queue.put(
-            _SaveInstrument(info.id, agent, msgspec.json.encode(info).decode(), last_seen)
+            SaveInstrument(info.id, agent, msgspec.json.encode(info).decode(), last_seen)
         )
 
     def forget_instrument(self, instrument_id: str) -> None:
         """Queue forgetting a remembered instrument; its logged traffic stays."""
         self._check_usable()
-        self._queue.put(_ForgetInstrument(instrument_id))
+        self._queue.put(ForgetInstrument(instrument_id))
 
     def _check_usable(self) -> None:
         if self._failure is not None:
@@ -305,7 +275,9 @@ class SqliteStore:
 
     def _run(self, ready: concurrent.futures.Future[None]) -> None:
         try:
-            connection = sqlite3.connect(self.path, isolation_level=None)
+            # timeout: how long SQLite itself waits for a lock held by another
+            # process; beyond that BatchWriter retries, and stops when closing.
+            connection = sqlite3.connect(self.path, isolation_level=None, timeout=1.0)
             connection.execute("PRAGMA journal_mode=WAL")
             # FULL: a committed batch survives power loss, so an Ack to the
             # agent (which then forgets the samples) is a promise we keep.
@@ -316,10 +288,11 @@ class SqliteStore:
             return
         ready.set_result(None)
         _yield_to_the_loop()
+        self._writer = BatchWriter(connection, self._closing)
         try:
-            self._write_forever(connection)
+            self._write_forever()
         except BaseException as exc:  # the thread's top: nothing above it would say
-            # A bug in the writer itself: every row error is handled below.
+            # A bug here: BatchWriter handles every error a batch can cause.
             _log.critical("traffic log writer stopped", exc_info=True)
             self._stop_for_good(f"traffic-log writer stopped: {exc!r}")
         finally:
@@ -343,9 +316,9 @@ class SqliteStore:
             with contextlib.suppress(RuntimeError):  # the loop has closed
                 self._loop.call_soon_threadsafe(self._make_room)
 
-    def _write_forever(self, connection: sqlite3.Connection) -> None:
+    def _write_forever(self) -> None:
         while True:
-            batch: list[_Item] = []
+            batch: list[Item] = []
             rows = 0
             stop = False
             item = self._queue.get()
@@ -364,143 +337,42 @@ class SqliteStore:
                 except queue.Empty:
                     break
             if batch:
-                self._write_batch(connection, batch)
+                self._write_batch(batch, rows)
             for marker in self._held:
                 marker.resolve()
             self._held.clear()
             if stop:
                 return
 
-    def _write_batch(self, connection: sqlite3.Connection, batch: list[_Item]) -> None:
-        dropped: list[_Item] = []
-        committed = self._write(connection, batch, dropped)
-        records = sum(isinstance(item, Record) for item in batch)
+    def _write_batch(self, batch: list[Item], records: int) -> None:
+        assert self._writer is not None
+        outcome = self._writer.write(batch)
         with self._pending_lock:
             self._pending -= records
         if self._throttled and self._pending < self._low_water and self._loop is not None:
             with contextlib.suppress(RuntimeError):
                 self._loop.call_soon_threadsafe(self._make_room)
-        if dropped:
-            self.dropped_rows += sum(isinstance(item, Record) for item in dropped)
+        committed = records
+        if outcome.dropped:
+            lost = sum(isinstance(item, Record) for item, _ in outcome.dropped)
+            committed -= lost
+            self.dropped_rows += lost
             _log.error(
                 "traffic log dropped what it cannot write",
                 extra={
-                    "count": len(dropped),
+                    "count": len(outcome.dropped),
                     "batch": len(batch),
-                    "dropped": "; ".join(_describe(item) for item in dropped[:10]),
+                    "dropped": "; ".join(
+                        f"{describe(item)} [{reason}]" for item, reason in outcome.dropped[:10]
+                    ),
                 },
             )
-        self.committed_rows += sum(isinstance(item, Record) for item in committed)
-        acks = _acks(committed)
-        if acks and self._on_committed is not None and self._loop is not None:
+        self.committed_rows += committed
+        ack = acks(outcome.committed)
+        if ack and self._on_committed is not None and self._loop is not None:
             # RuntimeError: the loop has closed, nobody is left to acknowledge.
             with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(self._on_committed, acks)
-
-    def _write(
-        self, connection: sqlite3.Connection, items: list[_Item], dropped: list[_Item]
-    ) -> list[_Item]:
-        """Commit `items`; return those committed, add those that never can be to `dropped`."""
-        attempt = 0
-        give_up_at: float | None = None
-        while True:
-            try:
-                _transact(connection, items)
-            except sqlite3.OperationalError as exc:
-                # A full disk, a locked or read-only file: it may heal, so keep
-                # the batch and retry; the agents keep unacknowledged samples
-                # and are paused once the backlog reaches high water.
-                attempt += 1
-                if self._closing.is_set():
-                    give_up_at = give_up_at or time.monotonic() + CLOSE_GRACE_S
-                    if time.monotonic() >= give_up_at:
-                        _log.error(
-                            "traffic log closed with rows unwritten",
-                            extra={"batch": len(items), "error": str(exc)},
-                        )
-                        dropped.extend(items)
-                        return []
-                delay = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** (attempt - 1))
-                if attempt & (attempt - 1) == 0:  # attempts 1, 2, 4, 8...: not a flood
-                    _log.error(
-                        "traffic log write failed; retrying",
-                        extra={"batch": len(items), "attempt": attempt, "error": str(exc)},
-                    )
-                self._closing.wait(delay)
-                continue
-            except Exception as exc:
-                # Not the file but the content: some item SQLite will never
-                # take (a bug upstream). Halve the batch until it is found, so
-                # that one bad row costs only itself, never the queue.
-                if len(items) == 1:
-                    _log.debug("item refused", extra={"error": repr(exc)})
-                    dropped.append(items[0])
-                    return []
-                middle = len(items) // 2
-                return self._write(connection, items[:middle], dropped) + self._write(
-                    connection, items[middle:], dropped
-                )
-            if attempt:
-                _log.warning("traffic log writes again", extra={"attempts": attempt})
-            return items
-
-
-def _transact(connection: sqlite3.Connection, items: list[_Item]) -> None:
-    """Write items in one transaction, or not at all."""
-    records = [item for item in items if isinstance(item, Record)]
-    rows = [
-        (r.ts, r.direction, r.peer, r.instrument, r.type, r.message.decode(), r.delivered_to)
-        for r in records
-    ]
-    try:
-        connection.execute("BEGIN")
-        connection.executemany(schema.INSERT_TRAFFIC, rows)
-        connection.executemany(schema.UPSERT_SEQ, _newest_seqs(records))
-        for item in items:
-            if isinstance(item, _SaveInstrument):
-                connection.execute(
-                    schema.UPSERT_INSTRUMENT, (item.id, item.agent, item.info, item.last_seen)
-                )
-            elif isinstance(item, _ForgetInstrument):
-                connection.execute(schema.DELETE_INSTRUMENT, (item.id,))
-        connection.execute("COMMIT")
-    except BaseException:
-        if connection.in_transaction:
-            with contextlib.suppress(sqlite3.Error):  # keep the first error, not this one
-                connection.execute("ROLLBACK")
-        raise
-
-
-def _newest_seqs(records: list[Record]) -> list[tuple[str, str, int]]:
-    """The newest seq per instrument run among records, to commit with them."""
-    newest: dict[str, tuple[str, int]] = {}
-    for record in records:
-        if record.ack is not None and record.run:
-            for instrument, seq in record.ack[1].items():
-                newest[instrument] = (record.run, seq)
-    return [(instrument, run, seq) for instrument, (run, seq) in newest.items()]
-
-
-def _acks(items: list[_Item]) -> dict[str, dict[str, int]]:
-    """What to acknowledge after a commit: the highest seq per agent and instrument."""
-    acks: dict[str, dict[str, int]] = {}
-    for item in items:
-        if isinstance(item, Record) and item.ack is not None:
-            agent, seqs = item.ack
-            agent_acks = acks.setdefault(agent, {})
-            for instrument, seq in seqs.items():
-                if seq > agent_acks.get(instrument, -1):
-                    agent_acks[instrument] = seq
-    return acks
-
-
-def _describe(item: _Item) -> str:
-    if isinstance(item, Record):
-        return (
-            f"{item.direction} {item.type} of {item.peer!r}"
-            f" (instrument {item.instrument!r}, ts {item.ts!r}): {item.message[:120]!r}"
-        )
-    return item.describe()
+                self._loop.call_soon_threadsafe(self._on_committed, ack)
 
 
 def _yield_to_the_loop() -> None:
