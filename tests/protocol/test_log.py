@@ -54,6 +54,7 @@ def test_an_entry_decodes_and_encodes_back_to_the_same_json() -> None:
     assert isinstance(message, Data) and message.samples[0].values == {"mass": 12.5}
     assert decoded.message_object()["samples"][0]["seq"] == 3
     assert decoded.refusal() is None
+    assert '"values":{"mass":12.5}' in repr(decoded)  # the JSON, not an address
 
 
 def test_a_page_holds_entries_of_types_the_reader_does_not_know() -> None:

@@ -54,6 +54,12 @@ class LogEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     #: For inbound data: the clients it was forwarded to, comma-separated.
     delivered_to: str | None = None
 
+    def __repr__(self) -> str:
+        # msgspec.Raw shows only its address: show the JSON instead.
+        shown = {name: repr(getattr(self, name)) for name in self.__struct_fields__}
+        shown["message"] = bytes(self.message).decode(errors="replace")
+        return "LogEntry(" + ", ".join(f"{k}={v}" for k, v in shown.items()) + ")"
+
     def decode_message(self) -> Message | Invalid:
         """The message as a protocol message, or `Invalid` (say, a `refused` entry)."""
         return _message_decoder.decode(bytes(self.message))
