@@ -1,9 +1,15 @@
-"""Polls each instrument, stamps its samples, runs commands one at a time per port."""
+"""Polls each instrument, stamps its samples, runs commands one at a time per port.
+
+Whatever a driver raises stays with its instrument: the instrument turns
+`faulted` with the reason, and the runner keeps polling (or reopening).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -17,15 +23,32 @@ from ..protocol import (
     Reply,
     Sample,
     Status,
+    Value,
 )
 from ..transport import backoff_delays
 from .config import InstrumentConfig
 from .drivers.base import Driver
-from .errors import DriverError, NoAnswer, PortError
+from .errors import DriverError, InstrumentError, NoAnswer, PortError
 from .outbox import Outbox
 from .permit import ALWAYS, Permit
 
 _log = logging.getLogger(__name__)
+
+#: Quoted text and numbers in a failure's message: the offending reading, an
+#: attempt number. They change from poll to poll while the fault does not.
+_VARIABLE_DETAIL = re.compile(
+    r"""'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?"""
+)
+
+#: Kinds of failure whose traceback a runner has logged; past this many it
+#: stops remembering new ones (and logs no more tracebacks).
+_MAX_TRACEBACK_KINDS = 32
+
+
+def fault_kind(exc: BaseException) -> str:
+    """What makes two failures the same fault: the exception's class and its message
+    with quoted text and numbers blanked out."""
+    return f"{type(exc).__name__}: {_VARIABLE_DETAIL.sub('…', str(exc))}"
 
 
 class InstrumentRunner:
@@ -48,6 +71,7 @@ class InstrumentRunner:
         # open or read turns it faulted, with the reason, within one poll.
         self.state: InstrumentState = "online"
         self.reason = ""
+        self._tracebacks_logged: set[str] = set()
         self._outbox = outbox
         self._on_status = on_status
         self._seq = 0
@@ -84,7 +108,8 @@ class InstrumentRunner:
                     await asyncio.sleep(delay)
                 _log.info("port lost, reopening", extra=log)
         finally:
-            await self.driver.close()
+            self._open = False
+            await self._close_driver()
 
     async def _open_port(self) -> None:
         delays = backoff_delays(initial_s=0.5, maximum_s=self._reopen_max_s)
@@ -92,8 +117,11 @@ class InstrumentRunner:
             async with self._lock:
                 try:
                     await self.driver.open()
-                except PortError as exc:
-                    self._set_state("faulted", str(exc))
+                except Exception as exc:
+                    # A library's own exception is retried like a PortError:
+                    # a port that is not there yet may well be there later.
+                    await self._close_driver()
+                    self._fault(exc)
                 else:
                     self._open = True
                     return
@@ -102,19 +130,29 @@ class InstrumentRunner:
     async def _poll_once(self) -> None:
         async with self._lock:
             try:
-                values = await self.driver.read()
+                values = check_values(await self.driver.read())
             except PortError as exc:
                 self._open = False
-                await self.driver.close()
-                self._set_state("faulted", str(exc))
+                await self._close_driver()
+                self._fault(exc)
                 return
-            except DriverError as exc:
-                self._set_state("faulted", str(exc))
+            except Exception as exc:
+                # Anything else, a driver's bug included, faults this
+                # instrument only. The port stays open: reopening a serial
+                # port can reset the device (DTR), and a driver whose port
+                # is gone says so with PortError.
+                self._fault(exc)
                 return
         sample = Sample(instrument=self.config.id, seq=self._seq, ts=time.time(), values=values)
         self._seq += 1
         self._outbox.put(sample)
-        self._set_state("online", "")
+        self._set_online()
+
+    async def _close_driver(self) -> None:
+        try:
+            await self.driver.close()
+        except Exception:
+            _log.exception("closing the driver failed", extra={"instrument": self.config.id})
 
     async def execute(self, command: Command, permit: Permit = ALWAYS) -> Reply:
         """Run a command from the hub and answer it; never raises.
@@ -160,6 +198,16 @@ class InstrumentRunner:
             return _error(command, ErrorCode.COMMAND_TIMEOUT, str(exc))
         except DriverError as exc:
             return _error(command, exc.code, str(exc))
+        except Exception as exc:
+            # internal_error, not instrument_error: the instrument reported
+            # nothing; our driver failed (a bug, or a library's exception it
+            # does not map), perhaps after the command went out.
+            self._log_unexpected(exc, "command failed in the driver", id=command.id)
+            return _error(
+                command,
+                ErrorCode.INTERNAL_ERROR,
+                f"driver error: {_describe(exc)}; the command may have reached the instrument",
+            )
         return Reply(id=command.id, ok=True, result=result)
 
     def _not_run(self, command: Command, code: ErrorCode, why: str) -> Reply:
@@ -167,13 +215,39 @@ class InstrumentRunner:
         _log.warning("command not run", extra={**log, "why": why})
         return _error(command, code, why)
 
-    def _set_state(self, state: InstrumentState, reason: str) -> None:
-        if (state, reason) == (self.state, self.reason):
+    def _set_online(self) -> None:
+        if self.state == "online":
             return
-        log = {"instrument": self.config.id, "state": state, "reason": reason}
-        (_log.warning if state != "online" else _log.info)("instrument state", extra=log)
-        self.state, self.reason = state, reason
+        _log.info("instrument online", extra={"instrument": self.config.id})
+        self.state, self.reason = "online", ""
         self._on_status(self.status())
+
+    def _fault(self, exc: Exception) -> None:
+        """Fault the instrument with the exception as the reason."""
+        expected = isinstance(exc, DriverError)
+        reason = str(exc) if expected else f"driver error: {_describe(exc)}"
+        if (self.state, self.reason) == ("faulted", reason):
+            return
+        if expected:
+            _log.warning(
+                "instrument faulted", extra={"instrument": self.config.id, "reason": reason}
+            )
+        else:
+            self._log_unexpected(exc, "instrument faulted by a driver error")
+        self.state, self.reason = "faulted", reason
+        self._on_status(self.status())
+
+    def _log_unexpected(self, exc: Exception, event: str, **extra: str) -> None:
+        """Log a driver's unexpected exception; its traceback only the first time."""
+        kind = fault_kind(exc)
+        first = kind not in self._tracebacks_logged
+        if first and len(self._tracebacks_logged) < _MAX_TRACEBACK_KINDS:
+            self._tracebacks_logged.add(kind)
+        _log.error(
+            event,
+            exc_info=exc if first else None,
+            extra={"instrument": self.config.id, "error": _describe(exc), **extra},
+        )
 
 
 def check_arguments(spec: CommandSpec, args: dict[str, Any]) -> str | None:
@@ -200,6 +274,28 @@ def check_arguments(spec: CommandSpec, args: dict[str, Any]) -> str | None:
         if arg.maximum is not None and value > arg.maximum:
             return f"argument {name!r} must be at most {arg.maximum:g}, got {value!r}"
     return None
+
+
+def check_values(values: object) -> dict[str, Value]:
+    """A driver's reading if the wire can carry it; InstrumentError otherwise.
+
+    Checked here so that one driver's bad value (None, NaN, an object) faults
+    its instrument instead of making the hub refuse a batch of everyone's
+    samples.
+    """
+    if not isinstance(values, dict):
+        raise InstrumentError(f"the driver returned {type(values).__name__}, not a reading")
+    for name, value in values.items():
+        ok = isinstance(value, bool | str) or (
+            isinstance(value, int | float) and math.isfinite(value)
+        )
+        if not isinstance(name, str) or not ok:
+            raise InstrumentError(f"channel {name!r}: cannot send {value!r}")
+    return values
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def _error(command: Command, code: ErrorCode, message: str) -> Reply:

@@ -1,0 +1,218 @@
+"""One instrument's failures stay with that instrument: a real agent, a real hub, real ptys.
+
+Issue 7, defect 7: a driver raising anything but a DriverError ended its
+runner, and the agent with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kleinmaelzung.agent import Agent, AgentConfig, InstrumentConfig
+from kleinmaelzung.agent.drivers.base import Driver
+from kleinmaelzung.agent.drivers.discovery import available_drivers
+from kleinmaelzung.hub import RunningHub
+from kleinmaelzung.protocol import Channel, CommandSpec, InstrumentInfo, Timeouts, Value
+from kleinmaelzung.sim import Simulator
+
+from ..hub.peers import RawPeer, raw_client
+
+DEADLINE_S = 10.0
+RUNNER_LOG = "kleinmaelzung.agent.runner"
+
+
+class BuggyDriver(Driver):
+    """A driver with a bug: its reads fail with a ValueError, as a number parse does.
+
+    Its port is its behaviour: "open-fails:N" makes the first N opens raise
+    OSError (a library's own exception, not a PortError).
+    """
+
+    def __init__(self, config: InstrumentConfig) -> None:
+        self.config = config
+        self.opens = 0
+        self.open_failures = int(config.port.split(":")[1]) if ":" in config.port else 0
+        self.reads = 0
+        self.closed = False
+
+    @staticmethod
+    def check_config(config: InstrumentConfig) -> None:
+        """Any config will do."""
+
+    def info(self) -> InstrumentInfo:
+        return InstrumentInfo(
+            id=self.config.id,
+            kind="buggy",
+            channels=[Channel(name="level")],
+            commands=[CommandSpec(name="poke")],
+        )
+
+    async def open(self) -> None:
+        self.opens += 1
+        self.closed = False
+        if self.opens <= self.open_failures:
+            raise OSError(f"library trouble on attempt {self.opens}")
+
+    async def read(self) -> dict[str, Value]:
+        self.reads += 1
+        raise ValueError(f"could not convert string to float: '#{self.reads}'")
+
+    async def execute(self, name: str, args: dict[str, Any]) -> Any:
+        raise KeyError(name)
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+@pytest.fixture
+def buggy_driver(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Register BuggyDriver as driver "buggy" for this test only."""
+    monkeypatch.setitem(available_drivers(), "buggy", BuggyDriver)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def sim() -> Iterator[Simulator]:
+    with Simulator(["kiln-air"], seed=7) as simulator:
+        yield simulator
+
+
+def kiln(sim: Simulator, poll_s: float = 0.05, profile: str = "kmz-kiln") -> InstrumentConfig:
+    return InstrumentConfig(
+        id="kiln-air",
+        profile=profile,
+        port=sim.paths["kiln-air"],
+        poll_interval_s=poll_s,
+        reply_timeout_s=0.3,
+    )
+
+
+@asynccontextmanager
+async def running(hub: RunningHub, *instruments: InstrumentConfig) -> AsyncIterator[Agent]:
+    """An agent serving `instruments` to the hub, connected; cancelled on exit."""
+    agent = Agent(
+        AgentConfig(hub=hub.url, agent_id="test-pi", instruments=list(instruments)),
+        timeouts=Timeouts(reconnect_max_s=0.5),
+    )
+    task = asyncio.create_task(agent.run())
+    connected = asyncio.ensure_future(agent.link.connected.wait())
+    try:
+        await asyncio.wait({task, connected}, timeout=DEADLINE_S, return_when="FIRST_COMPLETED")
+        if task.done():
+            task.result()  # the agent's own exception, if it had one
+            pytest.fail("the agent stopped by itself")
+        assert connected.done(), "the agent did not connect"
+        yield agent
+        assert not task.done(), "the agent stopped by itself"
+    finally:
+        connected.cancel()
+        task.cancel()
+        await asyncio.gather(task, connected, return_exceptions=True)
+
+
+async def subscribe(client: RawPeer, *patterns: str) -> None:
+    await client.send({"type": "subscribe", "id": "s", "patterns": list(patterns)})
+    await client.receive_type("subscribed")
+
+
+async def status_of(client: RawPeer, instrument: str, state: str) -> dict[str, Any]:
+    """The next status of `instrument` in `state`, skipping everything else."""
+    while True:
+        status = await client.receive_type("status", timeout=DEADLINE_S)
+        if (status["instrument"], status["state"]) == (instrument, state):
+            return status
+
+
+async def samples_of(client: RawPeer, instrument: str, count: int) -> list[dict[str, Any]]:
+    """The next `count` samples of `instrument`."""
+    samples: list[dict[str, Any]] = []
+    while len(samples) < count:
+        data = await client.receive_type("data", timeout=DEADLINE_S)
+        samples += [s for s in data["samples"] if s["instrument"] == instrument]
+    return samples
+
+
+async def test_a_driver_that_raises_faults_its_instrument_and_the_others_keep_going(
+    hub: RunningHub, sim: Simulator, buggy_driver: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, RUNNER_LOG)
+    buggy = InstrumentConfig(id="buggy", driver="buggy", port="none", poll_interval_s=0.02)
+    async with raw_client(hub.url) as client:
+        await subscribe(client, "*")
+        async with running(hub, kiln(sim), buggy) as agent:
+            status = await status_of(client, "buggy", "faulted")
+            assert "ValueError: could not convert string to float" in status["reason"]
+            runner = agent.runners["buggy"]
+            reads = runner.driver.reads  # type: ignore[attr-defined]
+            # The kiln keeps delivering while the buggy driver keeps failing.
+            await samples_of(client, "kiln-air", 20)
+            assert runner.driver.reads > reads + 10  # type: ignore[attr-defined]
+
+            # A command whose driver raises gets an answer, and polling goes on.
+            await client.send(
+                {"type": "command", "id": "c1", "instrument": "buggy", "name": "poke"}
+            )
+            reply = await client.receive_type("reply", timeout=DEADLINE_S)
+            assert (reply["ok"], reply["error"]["code"]) == (False, "internal_error")
+            assert "KeyError" in reply["error"]["message"]
+            assert "may have reached the instrument" in reply["error"]["message"]
+            reads = runner.driver.reads  # type: ignore[attr-defined]
+            await samples_of(client, "kiln-air", 5)
+            assert runner.driver.reads > reads  # type: ignore[attr-defined]
+            await client.send({"type": "list_instruments", "id": "l1"})
+            listed = await client.receive_type("instrument_list")
+            by_id = {i["id"]: i for i in listed["instruments"]}
+            assert by_id["buggy"]["state"] == "faulted"
+            assert "could not convert" in by_id["buggy"]["reason"]
+            assert by_id["kiln-air"]["state"] == "online"
+
+    # Each unexpected failure is logged once with its traceback, not once per poll.
+    tracebacks = [r for r in caplog.records if r.exc_info and r.name == RUNNER_LOG]
+    assert [r.exc_info[0] for r in tracebacks if r.exc_info] == [ValueError, KeyError]
+
+
+async def test_a_profile_whose_number_does_not_parse_faults_only_that_instrument(
+    hub: RunningHub, sim: Simulator, tmp_path: Path
+) -> None:
+    # The pattern captures "PV=25.00" as the temperature: float() raises ValueError.
+    profile = tmp_path / "bad-kiln.toml"
+    profile.write_text(
+        'name = "bad-kiln"\nkind = "kiln-controller"\n'
+        "[poll]\nquery = \"MEAS?\"\npattern = '^(?P<temperature>PV=[^,]+),.*$'\n"
+        '[[channels]]\nname = "temperature"\n',
+        encoding="utf-8",
+    )
+    with Simulator(["balance"], seed=3) as other:
+        balance = InstrumentConfig(
+            id="balance",
+            profile="mt-sics-balance",
+            port=other.paths["balance"],
+            poll_interval_s=0.05,
+        )
+        async with raw_client(hub.url) as client:
+            await subscribe(client, "*")
+            async with running(hub, kiln(sim, profile=str(profile)), balance):
+                status = await status_of(client, "kiln-air", "faulted")
+                assert "could not convert string to float: 'PV=" in status["reason"]
+                await samples_of(client, "balance", 10)
+
+
+async def test_a_driver_whose_open_raises_is_retried_with_backoff(
+    hub: RunningHub, sim: Simulator, buggy_driver: None
+) -> None:
+    buggy = InstrumentConfig(id="buggy", driver="buggy", port="open-fails:2", poll_interval_s=0.02)
+    async with raw_client(hub.url) as client:
+        await subscribe(client, "buggy")
+        async with running(hub, kiln(sim), buggy) as agent:
+            status = await status_of(client, "buggy", "faulted")
+            assert "OSError: library trouble on attempt 1" in status["reason"]
+            # Opened on the third attempt; then its reads fail.
+            while "could not convert" not in status["reason"]:
+                status = await status_of(client, "buggy", "faulted")
+            assert agent.runners["buggy"].driver.opens == 3  # type: ignore[attr-defined]
