@@ -1,25 +1,36 @@
 """One instrument's failures stay with that instrument: a real agent, a real hub, real ptys.
 
 Issue 7, defect 7: a driver raising anything but a DriverError ended its
-runner, and the agent with it.
+runner, and the agent with it. Defect 13: a fault whose reason carries the
+offending reading sent a new status on every poll (528 in 20 s at 20 Hz).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from kleinmaelzung.agent import Agent, AgentConfig, InstrumentConfig
+from kleinmaelzung.agent import (
+    Agent,
+    AgentConfig,
+    InstrumentConfig,
+    InstrumentError,
+    NoAnswer,
+    Outbox,
+    PortError,
+)
 from kleinmaelzung.agent.drivers.base import Driver
 from kleinmaelzung.agent.drivers.discovery import available_drivers
+from kleinmaelzung.agent.drivers.serial_line import SerialLineDriver
+from kleinmaelzung.agent.runner import InstrumentRunner, fault_kind
 from kleinmaelzung.hub import RunningHub
-from kleinmaelzung.protocol import Channel, CommandSpec, InstrumentInfo, Timeouts, Value
+from kleinmaelzung.protocol import Channel, CommandSpec, InstrumentInfo, Status, Timeouts, Value
 from kleinmaelzung.sim import Simulator
 
 from ..hub.peers import RawPeer, raw_client
@@ -216,3 +227,112 @@ async def test_a_driver_whose_open_raises_is_retried_with_backoff(
             while "could not convert" not in status["reason"]:
                 status = await status_of(client, "buggy", "faulted")
             assert agent.runners["buggy"].driver.opens == 3  # type: ignore[attr-defined]
+
+
+async def test_an_instrument_answering_garbage_sends_one_faulted_status(
+    hub: RunningHub, sim: Simulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, RUNNER_LOG)
+    async with raw_client(hub.url) as client:
+        await subscribe(client, "kiln-air")
+        async with running(hub, kiln(sim, poll_s=0.05)) as agent:  # 20 Hz
+            # Statuses sent on connecting come before the first sample.
+            await samples_of(client, "kiln-air", 1)
+            sim.set_garbled("kiln-air", True)
+            await asyncio.wait_for(until(lambda: len(garbage_seen(caplog)) >= 40), DEADLINE_S)
+            sim.set_garbled("kiln-air", False)
+            statuses = []
+            while not statuses or statuses[-1]["state"] != "online":
+                message = await client.receive(timeout=DEADLINE_S)
+                if message["type"] == "status":
+                    statuses.append(message)
+            # The reason's detail (the bad answer) changed on every poll.
+            assert len({r.reason for r in garbage_seen(caplog)}) > 10  # type: ignore[attr-defined]
+            assert [s["state"] for s in statuses] == ["faulted", "online"]
+            assert "unexpected answer to 'MEAS?'" in statuses[0]["reason"]
+            runner = agent.runners["kiln-air"]
+            assert runner.state == "online"
+    warnings = [r for r in caplog.records if r.name == RUNNER_LOG and r.levelno >= logging.WARNING]
+    assert [r.getMessage() for r in warnings] == ["instrument faulted"]
+
+
+async def test_a_lasting_fault_is_summarised_now_and_then_with_the_latest_detail(
+    sim: Simulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, RUNNER_LOG)
+    config = kiln(sim, poll_s=0.02)
+    statuses: list[Status] = []
+    runner = InstrumentRunner(
+        config, SerialLineDriver(config), Outbox(100), statuses.append, fault_summary_s=0.3
+    )
+    sim.set_garbled("kiln-air", True)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    task = asyncio.create_task(runner.run())
+    try:
+        await asyncio.wait_for(until(lambda: runner.fault_count >= 50), DEADLINE_S)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    elapsed = loop.time() - started
+    assert [s.state for s in statuses] == ["faulted"]
+    # The latest bad answer is kept for the next status the link sends (on reconnect).
+    assert runner.status().reason != statuses[0].reason
+    assert "unexpected answer to 'MEAS?'" in runner.status().reason
+    summaries = [
+        r
+        for r in caplog.records
+        if r.name == RUNNER_LOG and r.levelno == logging.WARNING and r.msg == "still faulted"
+    ]
+    assert 1 <= len(summaries) <= elapsed / 0.3 + 1
+    assert summaries[-1].failures > summaries[0].failures  # type: ignore[attr-defined]
+    assert len([r for r in caplog.records if r.msg == "still faulted"]) >= 49
+
+
+def bad_answer(answer: str) -> InstrumentError:
+    """What the serial_line driver raises for an answer its pattern does not match."""
+    return InstrumentError(f"unexpected answer to 'MEAS?': {answer!r}")
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "same"),
+    [
+        (  # the bad reading changes from poll to poll
+            bad_answer("!'lac_b[$!lez_" + 'x"y'),  # repr() escapes one kind of quote
+            bad_answer("!'lad_a,3.7e-5"),
+            True,
+        ),
+        (
+            ValueError("could not convert string to float: 'PV=25.01'"),
+            ValueError("could not convert string to float: 'PV=24.97'"),
+            True,
+        ),
+        (NoAnswer("no answer to 'MEAS?' within 0.3 s"), NoAnswer("no answer within 1e-3 s"), False),
+        (
+            InstrumentError("overload (instrument answered 'T +')"),
+            InstrumentError("underload (instrument answered 'T -')"),
+            False,
+        ),
+        (PortError("cannot open /dev/ttyUSB0"), InstrumentError("cannot open /dev/ttyUSB0"), False),
+        (OSError("library trouble on attempt 1"), OSError("library trouble on attempt 2"), True),
+    ],
+)
+def test_fault_kind_ignores_the_variable_detail_only(
+    first: Exception, second: Exception, same: bool
+) -> None:
+    assert (fault_kind(first) == fault_kind(second)) is same
+
+
+def garbage_seen(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    """The runner's log records of a garbled answer: one per poll."""
+    return [
+        r
+        for r in caplog.records
+        if r.name == RUNNER_LOG and "unexpected answer" in getattr(r, "reason", "")
+    ]
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Re-check a condition; callers bound it with wait_for."""
+    while not condition():  # noqa: ASYNC110 - log records come with no event
+        await asyncio.sleep(0.01)

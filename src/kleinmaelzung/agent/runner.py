@@ -34,6 +34,10 @@ from .permit import ALWAYS, Permit
 
 _log = logging.getLogger(__name__)
 
+#: How often an instrument that stays faulted is summarised at WARNING; each
+#: failed poll's detail is logged at DEBUG only.
+FAULT_SUMMARY_S = 60.0
+
 #: Quoted text and numbers in a failure's message: the offending reading, an
 #: attempt number. They change from poll to poll while the fault does not.
 _VARIABLE_DETAIL = re.compile(
@@ -47,7 +51,11 @@ _MAX_TRACEBACK_KINDS = 32
 
 def fault_kind(exc: BaseException) -> str:
     """What makes two failures the same fault: the exception's class and its message
-    with quoted text and numbers blanked out."""
+    with quoted text and numbers blanked out.
+
+    A status goes to the hub when the state or this kind changes, not when
+    only the reading inside the message does (issue 7, defect 13).
+    """
     return f"{type(exc).__name__}: {_VARIABLE_DETAIL.sub('…', str(exc))}"
 
 
@@ -62,6 +70,7 @@ class InstrumentRunner:
         on_status: Callable[[Status], None],
         *,
         reopen_max_s: float = 10.0,
+        fault_summary_s: float = FAULT_SUMMARY_S,
     ) -> None:
         self.config = config
         self.driver = driver
@@ -70,7 +79,15 @@ class InstrumentRunner:
         # instrument online while its agent is connected, and a failure to
         # open or read turns it faulted, with the reason, within one poll.
         self.state: InstrumentState = "online"
+        #: Why it is faulted, with the latest detail (the last bad reading):
+        #: refreshed on every failed poll, sent with every status.
         self.reason = ""
+        #: `fault_kind` of the current fault; "" while online.
+        self.fault_kind = ""
+        #: Failed polls or opens since the current fault began.
+        self.fault_count = 0
+        self._fault_summary_s = fault_summary_s
+        self._next_fault_summary = 0.0
         self._tracebacks_logged: set[str] = set()
         self._outbox = outbox
         self._on_status = on_status
@@ -218,23 +235,36 @@ class InstrumentRunner:
     def _set_online(self) -> None:
         if self.state == "online":
             return
-        _log.info("instrument online", extra={"instrument": self.config.id})
-        self.state, self.reason = "online", ""
+        _log.info(
+            "instrument online",
+            extra={"instrument": self.config.id, "after_failures": self.fault_count},
+        )
+        self.state, self.reason, self.fault_kind, self.fault_count = "online", "", "", 0
         self._on_status(self.status())
 
     def _fault(self, exc: Exception) -> None:
-        """Fault the instrument with the exception as the reason."""
+        """Fault the instrument; a status goes out only if the kind of fault is new."""
         expected = isinstance(exc, DriverError)
         reason = str(exc) if expected else f"driver error: {_describe(exc)}"
-        if (self.state, self.reason) == ("faulted", reason):
+        kind = fault_kind(exc)
+        now = time.monotonic()
+        log = {"instrument": self.config.id, "reason": reason}
+        if self.state == "faulted" and kind == self.fault_kind:
+            # The same fault again, perhaps with another bad reading: the
+            # hub learns the latest detail with the next status it gets.
+            self.reason = reason
+            self.fault_count += 1
+            _log.debug("still faulted", extra=log)
+            if now >= self._next_fault_summary:
+                self._next_fault_summary = now + self._fault_summary_s
+                _log.warning("still faulted", extra={**log, "failures": self.fault_count})
             return
         if expected:
-            _log.warning(
-                "instrument faulted", extra={"instrument": self.config.id, "reason": reason}
-            )
+            _log.warning("instrument faulted", extra=log)
         else:
             self._log_unexpected(exc, "instrument faulted by a driver error")
-        self.state, self.reason = "faulted", reason
+        self.state, self.reason, self.fault_kind, self.fault_count = "faulted", reason, kind, 1
+        self._next_fault_summary = now + self._fault_summary_s
         self._on_status(self.status())
 
     def _log_unexpected(self, exc: Exception, event: str, **extra: str) -> None:

@@ -25,6 +25,12 @@ from .instruments import Instrument, make_instrument
 DEMO_INSTRUMENTS: tuple[str, ...] = ("steep-water", "germ-chamber", "kiln-air", "balance")
 _TICK_S = 0.05
 _MAX_LINE = 256
+#: Line noise for `set_garbled`: each printable character rotated by 47 (ROT47),
+#: so a garbled answer changes whenever the real one does.
+_NOISE = str.maketrans(
+    "".join(chr(c) for c in range(33, 127)),
+    "".join(chr(33 + (c - 33 + 47) % 94) for c in range(33, 127)),
+)
 
 
 @dataclass
@@ -37,6 +43,7 @@ class _Port:
     buffer: bytearray = field(default_factory=bytearray)
     waiting: str | None = None  # a command the model has not answered yet
     silent: bool = False
+    garbled: bool = False
 
 
 class Simulator:
@@ -98,6 +105,11 @@ class Simulator:
         """Make an instrument ignore every command (a hung device), or answer again."""
         with self._lock:
             self._ports[instrument_id].silent = silent
+
+    def set_garbled(self, instrument_id: str, garbled: bool) -> None:
+        """Make an instrument answer line noise (a wrong baud rate, a bad cable), or not."""
+        with self._lock:
+            self._ports[instrument_id].garbled = garbled
 
     def unplug(self, instrument_id: str) -> None:
         """Close the instrument's pty, as if its USB adapter were pulled out."""
@@ -183,6 +195,8 @@ class Simulator:
         port.waiting = line if reply is None else None
         if reply is None:
             return
+        if port.garbled:
+            reply = reply.translate(_NOISE)
         with contextlib.suppress(BlockingIOError, OSError):
             # Nobody listening fills the pty buffer: drop, as a UART would.
             os.write(port.master, reply.encode("ascii") + b"\r\n")
