@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -10,7 +11,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from kleinmaelzung.agent import Agent, AgentConfig, InstrumentConfig
+from kleinmaelzung.agent import Agent, AgentConfig, AgentError, InstrumentConfig
+from kleinmaelzung.agent import link as link_module
 from kleinmaelzung.hub import HubConfig, RunningHub, start_hub
 from kleinmaelzung.protocol import Limits, Timeouts
 from kleinmaelzung.sim import Simulator
@@ -193,3 +195,134 @@ async def _until(condition: object) -> None:
     """Re-check a condition on the agent's counters; callers bound it with wait_for."""
     while not condition():  # type: ignore[operator]  # noqa: ASYNC110 - no event exists for it
         await asyncio.sleep(0.01)
+
+
+def open_fds(path: str) -> int:
+    """How many of this process's file descriptors are open on the tty behind `path`."""
+    target = os.path.realpath(path)
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            count += os.readlink(f"/proc/self/fd/{fd}") == target
+    return count
+
+
+async def logged_seqs(hub: RunningHub, instrument: str) -> list[int]:
+    """The seqs of `instrument`'s samples in the hub's traffic log, sorted."""
+    await hub.hub.store.flush()
+    entries = await hub.hub.store.query(instrument=instrument, limit=100_000)
+    return sorted(
+        s["seq"]
+        for e in entries
+        if e.direction == "in" and e.type == "data"
+        for s in msgspec.json.decode(e.message)["samples"]
+        if s["instrument"] == instrument
+    )
+
+
+async def test_stopping_delivers_what_is_pending_then_closes_the_ports(
+    hub: RunningHub, sim: Simulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    paths = sim.paths
+    before = {i: open_fds(p) for i, p in paths.items()}
+    agent = Agent(config(hub.url, paths["kiln-air"], paths["balance"], poll_s=0.01))
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    await asyncio.wait_for(agent.link.connected.wait(), DEADLINE_S)
+    await asyncio.wait_for(_until(lambda: agent.runners["kiln-air"]._seq > 20), DEADLINE_S)
+    assert {i: open_fds(p) for i, p in paths.items()} == {i: n + 1 for i, n in before.items()}
+    stop.set()
+    await asyncio.wait_for(task, DEADLINE_S)
+    # Every sample taken reached the hub's log: a stop loses nothing the hub could take.
+    made = agent.runners["kiln-air"]._seq
+    assert await logged_seqs(hub, "kiln-air") == list(range(made))
+    assert len(agent.outbox) == 0
+    assert "unacknowledged" not in caplog.text
+    assert {i: open_fds(p) for i, p in paths.items()} == before
+
+
+async def test_stopping_without_a_hub_says_what_is_discarded(
+    sim: Simulator, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    hub = await start_hub(HubConfig(host="127.0.0.1", port=0, data_dir=tmp_path / "hub"))
+    agent = Agent(
+        config(hub.url, sim.paths["kiln-air"], sim.paths["balance"]),
+        timeouts=Timeouts(reconnect_max_s=0.3),
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    try:
+        await asyncio.wait_for(agent.link.connected.wait(), DEADLINE_S)
+    finally:
+        await hub.stop()
+    gone_at = agent.runners["kiln-air"]._seq
+    await asyncio.wait_for(_until(lambda: agent.runners["kiln-air"]._seq > gone_at + 3), DEADLINE_S)
+    stop.set()
+    # No hub to deliver to: no waiting for one.
+    await asyncio.wait_for(task, 1.5)
+    [warning] = [r for r in caplog.records if "unacknowledged" in r.getMessage()]
+    assert warning.getMessage() == "stopping with unacknowledged samples: discarded"
+    assert warning.count == len(agent.outbox) > 0  # type: ignore[attr-defined]
+    assert "in memory" in warning.why  # type: ignore[attr-defined]
+
+
+class LinkGaveUp(AgentError):
+    """Stands for the link's permanent errors (another agent took our id, close 4003)."""
+
+
+async def test_a_link_that_gives_up_ends_the_agent_with_its_error_and_closes_the_ports(
+    hub: RunningHub, sim: Simulator
+) -> None:
+    paths = sim.paths
+    before = {i: open_fds(p) for i, p in paths.items()}
+    agent = Agent(config(hub.url, paths["kiln-air"], paths["balance"]))
+    give_up = asyncio.Event()
+    serve = agent.link.run
+
+    async def serve_then_give_up() -> None:
+        # The real link until told to give up, as it will when the hub says
+        # another agent took this id.
+        serving = asyncio.create_task(serve())
+        await give_up.wait()
+        serving.cancel()
+        await asyncio.gather(serving, return_exceptions=True)
+        raise LinkGaveUp("another agent connected as test-pi")
+
+    agent.link.run = serve_then_give_up  # type: ignore[method-assign]
+    task = asyncio.create_task(agent.run())
+    await asyncio.wait_for(agent.link.connected.wait(), DEADLINE_S)
+    await asyncio.wait_for(_until(lambda: agent.runners["balance"]._seq > 2), DEADLINE_S)
+    give_up.set()
+    with pytest.raises(LinkGaveUp, match="another agent"):
+        await asyncio.wait_for(task, 1.5)  # promptly, not after a poll or a backoff
+    assert {i: open_fds(p) for i, p in paths.items()} == before
+
+
+@pytest.mark.skipif(
+    not hasattr(link_module, "AgentReplaced"), reason="the link does not stop on close 4003 yet"
+)
+async def test_an_agent_replaced_by_another_with_its_id_stops(
+    hub: RunningHub, sim: Simulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    kiln, balance = sim.paths["kiln-air"], sim.paths["balance"]
+    before = open_fds(kiln)
+    first = Agent(config(hub.url, kiln, balance))
+    first_task = asyncio.create_task(first.run())
+    await asyncio.wait_for(first.link.connected.wait(), DEADLINE_S)
+    second = Agent(
+        AgentConfig(
+            hub=hub.url,
+            agent_id="test-pi",
+            instruments=[InstrumentConfig(id="balance-2", profile="mt-sics-balance", port=balance)],
+        )
+    )
+    second_task = asyncio.create_task(second.run())
+    try:
+        with pytest.raises(link_module.AgentReplaced):
+            await asyncio.wait_for(first_task, DEADLINE_S)
+        assert open_fds(kiln) == before
+        assert second.link.connected.is_set() and not second_task.done()
+    finally:
+        for task in (first_task, second_task):
+            task.cancel()
+        await asyncio.gather(first_task, second_task, return_exceptions=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 
@@ -16,6 +15,13 @@ from .permit import Permit
 from .runner import InstrumentRunner
 
 _log = logging.getLogger(__name__)
+
+#: On stop, how long the link may still deliver unacknowledged samples. The
+#: hub acknowledges every 0.25 s once committed, so a healthy hub needs well
+#: under a second; an unhealthy one costs this much of the stop.
+DRAIN_S = 2.0
+#: How often the drain looks at the outbox (it has no event for "empty").
+_DRAIN_CHECK_S = 0.02
 
 
 class Agent:
@@ -48,27 +54,62 @@ class Agent:
         )
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
-        """Run until `stop` is set or the task is cancelled; ports are closed on the way out."""
+        """Run until `stop` is set or the task is cancelled; ports are closed on the way out.
+
+        The runners and the link run in one task group: a runner never
+        raises (a driver's failure faults its instrument), so the one way to
+        end early is the link giving up for good (the hub replaced this agent,
+        say). Its exception ends `run`, unwrapped from the task group's
+        ExceptionGroup, after every port is closed.
+        """
         _log.info("agent starting", extra={"agent": self.config.agent_id, "hub": self.link.url})
-        tasks = [asyncio.create_task(r.run(), name=f"kmz-{i}") for i, r in self.runners.items()]
-        tasks.append(asyncio.create_task(self.link.run(), name="kmz-link"))
-        waiter = asyncio.create_task((stop or asyncio.Event()).wait())
         try:
-            done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                if task is not waiter and not task.cancelled() and task.exception():
-                    raise task.exception()  # type: ignore[misc]
+            async with asyncio.TaskGroup() as group:
+                runners = [
+                    group.create_task(r.run(), name=f"kmz-{i}") for i, r in self.runners.items()
+                ]
+                link = group.create_task(self.link.run(), name="kmz-link")
+                await (stop or asyncio.Event()).wait()
+                await self._stop(runners, link)
+        except ExceptionGroup as failed:
+            if len(failed.exceptions) == 1:
+                raise failed.exceptions[0] from None
+            raise
         finally:
-            for task in [waiter, *tasks]:
-                task.cancel()
-            for task in [waiter, *tasks]:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            if len(self.outbox):
-                _log.warning(
-                    "stopping with unacknowledged samples", extra={"count": len(self.outbox)}
-                )
+            self._report_unacknowledged()
             _log.info("agent stopped", extra={"agent": self.config.agent_id})
+
+    async def _stop(self, runners: list[asyncio.Task[None]], link: asyncio.Task[None]) -> None:
+        """Stop measuring (ports closed), let the link deliver what it can, then end it."""
+        for runner in runners:
+            runner.cancel()
+        if runners:
+            await asyncio.wait(runners)
+        # The outbox lives in memory: what the hub has not acknowledged when
+        # the link ends is gone. Give a connected link a moment to finish.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DRAIN_S
+        # Polled: the outbox has no event for "empty".
+        while self._delivering() and loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(_DRAIN_CHECK_S)
+        link.cancel()
+
+    def _delivering(self) -> bool:
+        return len(self.outbox) > 0 and self.link.connected.is_set()
+
+    def _report_unacknowledged(self) -> None:
+        unacknowledged = len(self.outbox)
+        if unacknowledged:
+            unsent = self.outbox.unsent
+            _log.warning(
+                "stopping with unacknowledged samples: discarded",
+                extra={
+                    "count": unacknowledged,
+                    "sent": unacknowledged - unsent,
+                    "unsent": unsent,
+                    "why": "the outbox is in memory; the hub may have logged the sent ones",
+                },
+            )
 
     def _on_status(self, status: Status) -> None:
         self.link.send_status(status)
