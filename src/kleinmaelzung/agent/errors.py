@@ -6,6 +6,10 @@ AgentError
     ├── PortError        the port cannot be opened, or vanished
     ├── NoAnswer         the instrument did not answer in time
     └── InstrumentError  the instrument answered with an error, or nonsense
+
+Anything else a driver raises is a bug in the driver (or a library exception
+it does not map): the runner faults that instrument with the exception as
+the reason and answers commands with `internal_error`; it never ends the agent.
 """
 
 from __future__ import annotations

@@ -13,6 +13,9 @@ class Driver(Protocol):
 
     Drivers know instruments, not the wire: they return channel values and
     results, and raise `DriverError`s; the runner makes messages of them.
+    Any other exception is taken for a driver bug: it faults the instrument
+    (a command gets `internal_error`) and is logged with its traceback once,
+    while the other instruments carry on.
     """
 
     def __init__(self, config: InstrumentConfig) -> None: ...
@@ -26,7 +29,7 @@ class Driver(Protocol):
         ...
 
     async def read(self) -> dict[str, Value]:
-        """Take one reading."""
+        """Take one reading: finite numbers, booleans or strings by channel name."""
         ...
 
     async def execute(self, name: str, args: dict[str, Any]) -> Any:
