@@ -226,9 +226,9 @@ async def test_watch_waits_for_a_pattern_and_ctrl_c_exits_130_quietly(hub: Runni
 async def test_send_prints_ok_or_the_error(hub: RunningHub) -> None:
     async with lab(hub):
         ok = await kmz_async("send", "balance", "tare", "--hub", hub.url)
-        as_json = await kmz_async(
-            "send", "balance", "tare", "force=true", "--json", "--hub", hub.url
-        )
+        as_json = await kmz_async("send", "balance", "tare", "--json", "--hub", hub.url)
+        # The hub checks arguments against the declaration before forwarding.
+        refused = await kmz_async("send", "balance", "tare", "force=true", "--hub", hub.url)
         failed = await kmz_async("send", "balance", "zero", "--hub", hub.url)
         unknown = await kmz_async("send", "scale", "tare", "--hub", hub.url)
     assert (ok.returncode, ok.stdout) == (0, "ok  tare=1.50\n")
@@ -237,6 +237,10 @@ async def test_send_prints_ok_or_the_error(hub: RunningHub) -> None:
         {"ok": True, "result": {"tare": 1.5}},
     )
     assert (failed.returncode, failed.stderr) == (1, "error [instrument_error]: not stable\n")
+    assert (refused.returncode, refused.stderr) == (
+        1,
+        "error [invalid_arguments]: tare takes no arguments; unexpected: force\n",
+    )
     assert unknown.returncode == 1
     assert unknown.stderr.startswith("error [unknown_instrument]: ")
 

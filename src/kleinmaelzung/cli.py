@@ -139,11 +139,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _cmd_hub(args: argparse.Namespace) -> int:
-    from .hub import serve_hub
+    from .hub import HubStartError, serve_hub
 
-    print(f"kmz hub on http://{args.host}:{args.port}  (data in {args.data}); Ctrl-C stops it")
-    sys.stdout.flush()
-    serve_hub(host=args.host, port=args.port, data_dir=args.data)
+    try:
+        serve_hub(
+            host=args.host,
+            port=args.port,
+            data_dir=args.data,
+            on_ready=lambda url: print(
+                f"kmz hub on {url}  (data in {args.data}); Ctrl-C stops it", flush=True
+            ),
+        )
+    except HubStartError as exc:
+        print(f"kmz hub: {exc}", file=sys.stderr)
+        return EXIT_ERROR_REPLY
     return EXIT_OK
 
 

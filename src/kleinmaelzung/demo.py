@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import os
 import shutil
@@ -14,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .agent import Agent, AgentConfig, AgentError, InstrumentConfig, MissingExtra, load_drivers
-from .hub import HubConfig, start_hub
+from .hub import HubConfig, HubStartError, start_hub
 from .sim import Simulator
 
 Say = Callable[[str], None]
@@ -118,14 +117,9 @@ async def _run(host: str, port: int, data_dir: Path, say: Say, complain: Say) ->
         loop.add_signal_handler(signum, stop.set)
     try:
         hub = await start_hub(HubConfig(host=host, port=port, data_dir=data_dir))
-    except OSError as exc:
-        if exc.errno == errno.EADDRINUSE:
-            complain(
-                f"kmz demo: port {port} on {host} is in use. Is a demo or hub already running? "
-                "Stop it, or pick another port with --port."
-            )
-            return 1
-        raise
+    except HubStartError as exc:
+        complain(f"kmz demo: {exc}")
+        return 1
     try:
         with Simulator() as simulator:
             try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import aiohttp
-import pytest
 
 from kleinmaelzung.hub import RunningHub
 
@@ -53,9 +52,6 @@ async def test_bad_log_parameters(hub: RunningHub) -> None:
             assert body["code"] == code
 
 
-@pytest.mark.xfail(
-    strict=True, reason="until hub/views.py logs refused input with refused_entry_message"
-)
 async def test_refused_input_is_logged_under_its_own_type_as_a_json_object(
     hub: RunningHub,
 ) -> None:

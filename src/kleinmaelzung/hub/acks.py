@@ -18,10 +18,12 @@ ACK_INTERVAL_S = 0.25
 
 
 class AckGatherer:
-    """Merges committed seqs per agent; each agent's Ack goes out on its own timer.
+    """Merges committed seqs per agent run; each run's Ack goes out on its own timer.
 
     One timer per agent, not one for all: the Acks of 200 agents would
     otherwise leave in one burst, and a sample behind that burst waits.
+    Keys are `traffic.ack_key`s (agent and run). An ack never names a lower
+    seq than an earlier one for the same run and instrument.
     """
 
     def __init__(
@@ -34,18 +36,26 @@ class AckGatherer:
         self._interval_s = interval_s
         self._pending: dict[str, dict[str, int]] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._sent: dict[str, dict[str, int]] = {}
 
     def committed(self, acks: dict[str, dict[str, int]]) -> None:
-        """Take the highest committed seq per agent and instrument (called on the loop)."""
-        for agent_id, seqs in acks.items():
-            merged = self._pending.setdefault(agent_id, {})
+        """Take the highest committed seq per agent run and instrument (called on the loop)."""
+        for key, seqs in acks.items():
+            sent = self._sent.get(key, {})
+            merged = self._pending.setdefault(key, {})
             for instrument, seq in seqs.items():
-                if seq > merged.get(instrument, -1):
+                if seq > merged.get(instrument, -1) and seq > sent.get(instrument, -1):
                     merged[instrument] = seq
-            if agent_id not in self._timers:
-                self._timers[agent_id] = asyncio.get_running_loop().call_later(
-                    self._interval_s, self._send_one, agent_id
+            if not merged:
+                del self._pending[key]
+            elif key not in self._timers:
+                self._timers[key] = asyncio.get_running_loop().call_later(
+                    self._interval_s, self._send_one, key
                 )
+
+    def forget(self, key: str) -> None:
+        """Drop the memory of what was sent to an agent run whose connection ended."""
+        self._sent.pop(key, None)
 
     def flush(self) -> None:
         """Send everything gathered now."""
@@ -58,4 +68,5 @@ class AckGatherer:
             timer.cancel()
         seqs = self._pending.pop(agent_id, None)
         if seqs:
+            self._sent.setdefault(agent_id, {}).update(seqs)
             self._send(agent_id, seqs)

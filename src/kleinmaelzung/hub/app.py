@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import errno
 import logging
+import secrets
+import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -16,13 +18,27 @@ from aiohttp import web
 from ..protocol import Ack, CloseCode
 from . import rest, views
 from .acks import AckGatherer
+from .commands import Commands
 from .config import HubConfig
+from .fanout import Fanout
+from .handlers import default_handlers
 from .registry import Registry
-from .router import Router
 from .services import HUB_KEY, Hub
-from .store import SqliteStore, Store
+from .store import SqliteStore, Store, StoreError
+from .subscriptions import Subscriptions
+from .traffic import TrafficLog, split_ack_key
 
 _log = logging.getLogger(__name__)
+
+#: Longest a shutdown waits for the log to commit before it closes peers
+#: anyway: what is not acknowledged stays with the agents.
+SHUTDOWN_FLUSH_S = 5.0
+#: Longest a shutdown waits for peers to take their close frame.
+SHUTDOWN_CLOSE_S = 2.0
+
+
+class HubStartError(Exception):
+    """The hub could not start: the message says what and where (a busy port, a bad address)."""
 
 
 def create_app(
@@ -30,58 +46,94 @@ def create_app(
     config: HubConfig,
     store: Store | None = None,
     clock: Callable[[], float] = time.time,
+    monotonic: Callable[[], float] = time.monotonic,
 ) -> web.Application:
-    """Build the hub's aiohttp application; the store opens when the app starts."""
+    """Build the hub's aiohttp application; the store opens when the app starts.
+
+    A `store` passed in must not be open yet: the app opens it, with the
+    hub's acknowledgements wired to its commits, and closes it at cleanup.
+    """
     app = web.Application()
-    hub_ref: list[Hub] = []
-
-    def send_ack(agent_id: str, seqs: dict[str, int]) -> None:
-        hub = hub_ref[0]
-        entry = hub.registry.agents.get(agent_id)
-        if entry is not None:
-            hub.router.send(entry.peer, Ack(seqs=seqs, clock=hub.router.monotonic()))
-
-    gatherer = AckGatherer(send_ack)
-    on_committed = gatherer.committed
-
-    owned_store = store is None
+    boot_id = secrets.token_hex(4)
+    subscriptions = Subscriptions()
+    acks_to: list[Callable[[str, dict[str, int]], None]] = []
+    gatherer = AckGatherer(lambda key, seqs: acks_to[0](key, seqs))
     if store is None:
-        store = SqliteStore(config.traffic_db, on_committed=on_committed)
-    router = Router(store, clock)
+        store = SqliteStore(config.traffic_db)
+    store.set_on_committed(gatherer.committed)
+    traffic = TrafficLog(store, clock)
+    fanout = Fanout(subscriptions, traffic, max_message_bytes=config.limits.max_hub_message_bytes)
     hub = Hub(
         config=config,
         store=store,
+        traffic=traffic,
         registry=Registry(),
-        router=router,
+        subscriptions=subscriptions,
+        fanout=fanout,
+        commands=Commands(fanout, boot_id=boot_id, monotonic=monotonic),
+        acks=gatherer,
+        handlers=default_handlers(),
         clock=clock,
-        started=time.monotonic(),
+        started=monotonic(),
+        boot_id=boot_id,
     )
-    hub_ref.append(hub)
+
+    def send_ack(key: str, seqs: dict[str, int]) -> None:
+        agent_id, run = split_ack_key(key)
+        entry = hub.registry.agents.get(agent_id)
+        # Only to the run whose samples were committed: a restarted agent
+        # counts from 0 again and would forget samples of its new run.
+        if entry is not None and entry.hello.run == run:
+            hub.fanout.send(entry.peer, Ack(seqs=seqs, clock=hub.commands.monotonic()))
+
+    acks_to.append(send_ack)
     app[HUB_KEY] = hub
-
-    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        if owned_store and isinstance(store, SqliteStore):
-            await store.open()
-        _log.info("hub started", extra={"data": str(config.data_dir)})
-        yield
-        # Acknowledge what is committed before the agents go, so that they
-        # need not send it again to the next hub.
-        await store.flush()
-        gatherer.flush()
-        for peer in list(hub.peers):
-            with contextlib.suppress(ConnectionError, RuntimeError):
-                await peer.ws.close(code=CloseCode.GOING_AWAY, message=b"hub shutting down")
-        await store.close()
-        _log.info("hub stopped")
-
-    app.cleanup_ctx.append(lifecycle)
+    app.cleanup_ctx.append(_lifecycle)
+    # Before aiohttp cuts the connections: acknowledge what is committed and
+    # close every peer with 1001, so agents need not resend it.
+    app.on_shutdown.append(_close_peers)
     app.router.add_get("/ws/agent", views.agent_endpoint)
     app.router.add_get("/ws/client", views.client_endpoint)
     app.router.add_get("/api/health", rest.health)
     app.router.add_get("/api/instruments", rest.instruments)
+    app.router.add_delete("/api/instruments/{instrument}", rest.forget_instrument)
     app.router.add_get("/api/log", rest.traffic_log)
     app.router.add_get("/", rest.status_page)
     return app
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    hub = app[HUB_KEY]
+    await hub.store.open()
+    for known in await hub.store.load_instruments():
+        hub.registry.remember(known.info, known.agent, known.last_seen)
+    yield
+    await hub.tasks.cancel_all()
+    try:
+        await hub.store.close()
+    except StoreError as exc:
+        _log.error("traffic log did not close cleanly", extra={"error": str(exc)})
+
+
+async def _close_peers(app: web.Application) -> None:
+    hub = app[HUB_KEY]
+    try:
+        await asyncio.wait_for(hub.store.flush(), SHUTDOWN_FLUSH_S)
+    except (TimeoutError, StoreError) as exc:
+        _log.error(
+            "traffic log not flushed at shutdown; agents keep what is unacknowledged",
+            extra={"error": str(exc) or type(exc).__name__},
+        )
+    hub.acks.flush()
+    peers = list(hub.peers)
+    if peers:
+        await asyncio.wait(
+            [
+                asyncio.ensure_future(p.disconnect(CloseCode.GOING_AWAY, "hub shutting down"))
+                for p in peers
+            ],
+            timeout=SHUTDOWN_CLOSE_S,
+        )
 
 
 @dataclass
@@ -102,20 +154,49 @@ class RunningHub:
         await self.runner.cleanup()
 
 
-async def start_hub(config: HubConfig, *, clock: Callable[[], float] = time.time) -> RunningHub:
-    """Start a hub in this event loop; port 0 picks a free port (see `.url`)."""
-    app = create_app(config=config, clock=clock)
+async def start_hub(
+    config: HubConfig,
+    *,
+    clock: Callable[[], float] = time.time,
+    store: Store | None = None,
+) -> RunningHub:
+    """Start a hub in this event loop; port 0 picks a free port (see `.url`).
+
+    Raises `HubStartError` if it cannot listen (the port is taken, the address
+    is not this machine's), with nothing left running.
+    """
+    app = create_app(config=config, clock=clock, store=store)
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise HubStartError(_why_not_listening(config, exc)) from None
     port = config.port
     # The bound socket tells the real port when 0 was asked for.
     sockets = getattr(site._server, "sockets", None)
     if sockets:
         port = sockets[0].getsockname()[1]
     host = f"[{config.host}]" if ":" in config.host else config.host
-    return RunningHub(url=f"http://{host}:{port}", app=app, runner=runner)
+    url = f"http://{host}:{port}"
+    _log.info("hub started", extra={"url": url, "data": str(config.data_dir)})
+    return RunningHub(url=url, app=app, runner=runner)
+
+
+def _why_not_listening(config: HubConfig, exc: OSError) -> str:
+    where = f"{config.host}:{config.port}"
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"port {config.port} on {config.host} is in use. Is a hub or demo already running? "
+            "Stop it, or pick another port with --port."
+        )
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"cannot listen on {where}: {config.host} is not an address of this machine"
+    if exc.errno == errno.EACCES:
+        return f"cannot listen on {where}: permission denied (ports below 1024 need privileges)"
+    return f"cannot listen on {where}: {exc.strerror or exc}"
 
 
 async def run_hub(
@@ -134,19 +215,30 @@ async def run_hub(
         await running.stop()
 
 
-def serve_hub(*, host: str, port: int, data_dir: Path) -> None:
-    """Run a hub in the foreground until Ctrl-C or SIGTERM (`kmz hub`)."""
+def serve_hub(
+    *,
+    host: str,
+    port: int,
+    data_dir: Path,
+    on_ready: Callable[[str], None] | None = None,
+) -> None:
+    """Run a hub in the foreground until Ctrl-C or SIGTERM (`kmz hub`).
+
+    Raises `HubStartError` if it cannot listen.
+    """
     config = HubConfig(host=host, port=port, data_dir=data_dir)
     # The traffic-log writer thread must not hold the GIL for the default
     # 5 ms while a sample waits to be forwarded: hand it over 10x sooner
     # (S2x p99 in benchmarks/run.py: 1.4-1.7 ms with this, 1.8-2.1 without).
     sys.setswitchinterval(0.0005)
-    _log.info("listening", extra={"url": f"http://{host}:{port}", "data": str(data_dir)})
-    web.run_app(
-        create_app(config=config),
-        host=host,
-        port=port,
-        access_log=None,
-        print=None,
-        shutdown_timeout=2.0,
-    )
+    asyncio.run(_serve_until_signalled(config, on_ready))
+
+
+async def _serve_until_signalled(config: HubConfig, on_ready: Callable[[str], None] | None) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    started = time.monotonic()
+    await run_hub(config, stop=stop, on_ready=on_ready)
+    _log.info("hub stopped", extra={"uptime_s": round(time.monotonic() - started, 1)})

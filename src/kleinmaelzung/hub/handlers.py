@@ -1,200 +1,366 @@
-"""One handler per message type that agents and clients send after their hello.
+"""One handler per message type, and the joining and leaving of peers.
 
 Handlers receive only messages that decoded and passed the connection's state
-machine; they call the hub's services (registry, router) and never the reverse.
+machine; they call the hub's services and never the reverse. The table of
+handlers belongs to each app (`default_handlers()` builds one), so two hubs
+in one process share nothing.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import msgspec
+from aiohttp import web
 
 from ..protocol import (
-    Ack,
+    PROTOCOL_VERSION,
+    AgentHello,
+    ClientHello,
+    CloseCode,
     Command,
     Data,
     Error,
     ErrorCode,
+    HubConnection,
     InstrumentList,
     ListInstruments,
     PeerKind,
     Reply,
-    Sample,
     Status,
     Subscribe,
     Subscribed,
     Unsubscribe,
+    Welcome,
+    check_arguments,
     encode,
 )
 from .peers import Peer
-from .registry import Registry
-from .router import Router
-from .store import Record, Store
+from .registry import Conflict
+from .traffic import ack_key
+
+if TYPE_CHECKING:
+    from .services import Hub
 
 _log = logging.getLogger(__name__)
+M = TypeVar("M")
 
 
 @dataclass
 class Context:
-    """What a handler may use: the services and the peer that sent the message."""
+    """What a handler may use: the hub's services and the peer that sent the message."""
 
-    registry: Registry
-    router: Router
-    store: Store
-    clock: Callable[[], float]
+    hub: Hub
     peer: Peer
     #: The frame exactly as received, for logging and forwarding without re-encoding.
     frame: bytes
 
+    def log_in(self, message: Any, instrument: str | None = None) -> None:
+        """Append the inbound message to the traffic log, as the bytes that arrived."""
+        self.hub.traffic.message("in", self.peer.name, message, self.frame, instrument)
+
+    def send(self, message: Any, *, instrument: str | None = None) -> None:
+        """Send a message back to the peer."""
+        self.hub.fanout.send(self.peer, message, instrument=instrument)
+
 
 Handler = Callable[[Context, Any], Awaitable[None]]
-_HANDLERS: dict[tuple[PeerKind, type[Any]], Handler] = {}
-_background: set[asyncio.Task[None]] = set()
-M = TypeVar("M")
 
 
-def handles(
-    kind: PeerKind, message_type: type[M]
-) -> Callable[[Callable[[Context, M], Awaitable[None]]], Callable[[Context, M], Awaitable[None]]]:
-    """Register a handler for one message type from one kind of peer."""
+class Handlers:
+    """Which handler serves which message type from which kind of peer."""
+
+    def __init__(self) -> None:
+        self._table: dict[tuple[PeerKind, type[Any]], Handler] = {}
 
     def register(
+        self,
+        kind: PeerKind,
+        message_type: type[M],
         handler: Callable[[Context, M], Awaitable[None]],
-    ) -> Callable[[Context, M], Awaitable[None]]:
-        _HANDLERS[(kind, message_type)] = handler
-        return handler
+    ) -> None:
+        """Serve `message_type` from peers of `kind` with `handler`."""
+        self._table[(kind, message_type)] = handler
 
-    return register
+    async def dispatch(self, ctx: Context, message: Any) -> None:
+        """Run the handler registered for this message from this kind of peer."""
+        handler = self._table.get((ctx.peer.kind, type(message)))
+        if handler is None:
+            tag = type(message).__struct_config__.tag
+            ctx.send(
+                Error(code=ErrorCode.UNEXPECTED_MESSAGE, message=f"{tag!r} is not accepted here")
+            )
+            return
+        await handler(ctx, message)
 
 
-async def dispatch(ctx: Context, message: Any) -> None:
-    """Run the handler registered for this message from this kind of peer."""
-    handler = _HANDLERS.get((ctx.peer.kind, type(message)))
-    if handler is None:
-        tag = type(message).__struct_config__.tag
-        ctx.router.send(
-            ctx.peer,
-            Error(code=ErrorCode.UNEXPECTED_MESSAGE, message=f"{tag!r} is not accepted here"),
+def default_handlers() -> Handlers:
+    """The handlers of a hub: every message agents and clients may send after their hello."""
+    handlers = Handlers()
+    handlers.register(PeerKind.AGENT, Data, agent_data)
+    handlers.register(PeerKind.AGENT, Status, agent_status)
+    handlers.register(PeerKind.AGENT, Reply, agent_reply)
+    handlers.register(PeerKind.AGENT, Error, agent_error)
+    handlers.register(PeerKind.CLIENT, Subscribe, client_subscribe)
+    handlers.register(PeerKind.CLIENT, Unsubscribe, client_unsubscribe)
+    handlers.register(PeerKind.CLIENT, ListInstruments, client_list)
+    handlers.register(PeerKind.CLIENT, Command, client_command)
+    return handlers
+
+
+# --- joining and leaving -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A hello the hub will not accept: send `error`, close with `close`."""
+
+    error: Error
+    close: CloseCode
+
+
+async def join(
+    hub: Hub,
+    ws: web.WebSocketResponse,
+    connection: HubConnection[Any],
+    hello: AgentHello | ClientHello,
+    frame: bytes,
+) -> Peer | Refusal:
+    """Welcome a peer whose hello was valid, or say why not."""
+    if isinstance(hello, AgentHello):
+        return await _join_agent(hub, ws, connection, hello, frame)
+    suffix = f"/{hello.name}" if hello.name else ""
+    name = f"client-{hub.boot_id}.{next(hub.client_numbers)}{suffix}"
+    peer = _welcome(hub, PeerKind.CLIENT, name, ws, connection, hello, frame)
+    _log.info("client joined", extra={"peer": name})
+    return peer
+
+
+async def _join_agent(
+    hub: Hub,
+    ws: web.WebSocketResponse,
+    connection: HubConnection[Any],
+    hello: AgentHello,
+    frame: bytes,
+) -> Peer | Refusal:
+    registry = hub.registry
+    try:
+        registry.check_hello(hello)
+    except Conflict as exc:
+        return Refusal(
+            Error(code=ErrorCode.DUPLICATE_ID, message=str(exc)), CloseCode.DUPLICATE_AGENT
         )
+    # A hub that restarted remembers nothing of this run but what it logged:
+    # samples the agent sends again (unacknowledged when the hub went away)
+    # must be recognised as already logged. Before the welcome: once
+    # welcomed, the agent sends them.
+    unknown = [
+        info.id
+        for info in hello.instruments
+        if (entry := registry.instruments.get(info.id)) is None or entry.run != hello.run
+    ]
+    logged = await hub.store.last_seqs(hello.run, unknown) if unknown else {}
+    peer = _welcome(hub, PeerKind.AGENT, hello.agent_id, ws, connection, hello, frame)
+    previous = registry.agents.get(hello.agent_id)
+    if previous is not None:
+        # The newer connection wins: most often a Pi that rebooted before the
+        # hub noticed its old connection died. If the old one is alive, two
+        # agents share an id: it is told so and stops (it does not take the
+        # id back, which would make them replace each other forever).
+        where = _remote(ws)
+        reason = f"replaced by a newer connection of agent {hello.agent_id!r} from {where}"
+        _log.warning("agent replaced", extra={"agent": hello.agent_id, "by": where})
+        old = previous.peer
+        hub.fanout.send(old, Error(code=ErrorCode.DUPLICATE_AGENT, message=reason))
+        leave(hub, old, reason="replaced by a newer connection")
+        hub.tasks.spawn(old.disconnect(CloseCode.DUPLICATE_AGENT, "replaced"), "kmz-replace")
+    before = {
+        info.id: (entry.state, entry.reason)
+        for info in hello.instruments
+        if (entry := registry.instruments.get(info.id)) is not None
+    }
+    for instrument_id in registry.add_agent(peer, hello):
+        hub.subscriptions.instrument_added(instrument_id)
+    registry.merge_logged_seqs(logged)
+    now = hub.clock()
+    for info in hello.instruments:
+        hub.traffic.remember_instrument(info, hello.agent_id, None)
+        if before.get(info.id) != ("online", ""):
+            hub.fanout.publish_status(Status(instrument=info.id, state="online", ts=now))
+    _log.info(
+        "agent joined", extra={"agent": hello.agent_id, "instruments": len(hello.instruments)}
+    )
+    return peer
+
+
+def _welcome(
+    hub: Hub,
+    kind: PeerKind,
+    name: str,
+    ws: web.WebSocketResponse,
+    connection: HubConnection[Any],
+    hello: AgentHello | ClientHello,
+    frame: bytes,
+) -> Peer:
+    peer = Peer(kind, name, ws, connection, queue_frames=hub.config.limits.client_queue_frames)
+    peer.start()
+    hub.peers.add(peer)
+    # Credentials never reach the traffic log.
+    if hello.token:
+        hello = msgspec.structs.replace(hello, token="***")
+        frame = encode(hello)
+    hub.traffic.message("in", name, hello, frame)
+    hub.fanout.send(
+        peer,
+        Welcome(
+            protocol=PROTOCOL_VERSION,
+            hub=hub.config.name,
+            session=f"{hub.boot_id}.{id(peer):x}",
+            server_time=hub.clock(),
+            clock=hub.commands.monotonic(),
+        ),
+    )
+    return peer
+
+
+def leave(hub: Hub, peer: Peer, reason: str = "agent disconnected") -> None:
+    """Undo everything a peer's presence set up; idempotent."""
+    hub.peers.discard(peer)
+    hub.subscriptions.remove_peer(peer)
+    if peer.kind is PeerKind.CLIENT:
+        hub.commands.client_left(peer)
         return
-    await handler(ctx, message)
+    entry = hub.registry.agents.get(peer.name)
+    run = entry.hello.run if entry is not None and entry.peer is peer else None
+    offline = hub.registry.remove_agent(peer.name, peer, reason)
+    if not offline and run is None:
+        return  # an older connection of an agent that has a newer one
+    hub.commands.agent_left(peer.name, reason)
+    if run is not None:
+        hub.acks.forget(ack_key(peer.name, run))
+    now = hub.clock()
+    for instrument_id in offline:
+        entry_ = hub.registry.instruments[instrument_id]
+        hub.traffic.remember_instrument(entry_.info, entry_.agent, entry_.last_seen)
+        hub.fanout.publish_status(
+            Status(instrument=instrument_id, state="offline", ts=now, reason=reason)
+        )
+    _log.info("agent left", extra={"agent": peer.name, "reason": reason})
 
 
-def log_in(ctx: Context, message: Any, instrument: str | None = None) -> None:
-    """Append an inbound message to the traffic log, as the bytes that arrived."""
-    ctx.router.log("in", ctx.peer.name, message, ctx.frame, instrument)
+def _remote(ws: web.WebSocketResponse) -> str:
+    peername = ws.get_extra_info("peername")
+    if isinstance(peername, tuple) and len(peername) >= 2:
+        return f"{peername[0]}:{peername[1]}"
+    return "an unknown address"
 
 
 # --- from agents -----------------------------------------------------------------
 
 
-@handles(PeerKind.AGENT, Data)
 async def agent_data(ctx: Context, message: Data) -> None:
     """Log new samples durably, acknowledge them after commit, fan them out."""
-    agent = ctx.registry.agents.get(ctx.peer.name)
+    hub = ctx.hub
+    agent = hub.registry.agents.get(ctx.peer.name)
     if agent is None or agent.peer is not ctx.peer:
-        return
-    accepted: list[Sample] = []
-    duplicates: dict[str, int] = {}
-    foreign: set[str] = set()
-    now = ctx.clock()
-    for sample in message.samples:
-        if sample.instrument not in agent.instruments:
-            foreign.add(sample.instrument)
-            continue
-        entry = ctx.registry.instruments[sample.instrument]
-        if sample.seq <= entry.last_seq:
-            duplicates[sample.instrument] = max(sample.seq, duplicates.get(sample.instrument, -1))
-            continue
-        entry.last_seq = sample.seq
-        entry.last_seen = now
-        accepted.append(sample)
-    if foreign:
-        ctx.router.send(
-            ctx.peer,
+        return  # a replaced connection: its agent resends on the new one
+    now = hub.clock()
+    result = hub.registry.accept(ctx.peer.name, message.samples, now)
+    if result.foreign:
+        ctx.send(
             Error(
                 code=ErrorCode.UNKNOWN_INSTRUMENT,
                 message="samples for instruments this agent did not announce were dropped: "
-                + ", ".join(sorted(foreign)),
-            ),
+                + ", ".join(sorted(result.foreign)),
+            )
         )
-    if duplicates:
-        task = asyncio.create_task(_ack_duplicates(ctx, duplicates))
-        _background.add(task)
-        task.add_done_callback(_background.discard)
+    run = agent.hello.run
+    if result.duplicates:
+        hub.tasks.spawn(
+            _ack_when_committed(hub, ack_key(ctx.peer.name, run), result.duplicates), "kmz-ack"
+        )
+    accepted = result.samples
     if not accepted:
         return
-    by_instrument: dict[str, list[Sample]] = {}
+    _note_undeclared_channels(ctx, accepted)
+    by_instrument: dict[str, list[Any]] = {}
     for sample in accepted:
         by_instrument.setdefault(sample.instrument, []).append(sample)
     single = len(accepted) == len(message.samples) and len(by_instrument) == 1
-    delivered = ctx.router.publish_samples(accepted, ctx.frame if single else None)
+    delivered = hub.fanout.publish_samples(accepted, ctx.frame if single else None)
     for instrument, samples in by_instrument.items():
-        ctx.store.append(
-            Record(
-                ts=now,
-                direction="in",
-                peer=ctx.peer.name,
-                type="data",
-                message=ctx.frame if single else _encode_data(samples),
-                instrument=instrument,
-                delivered_to=delivered.get(instrument),
-                ack=(ctx.peer.name, {instrument: samples[-1].seq}),
-                run=ctx.registry.instruments[instrument].run,
-            )
+        hub.traffic.samples(
+            agent=ctx.peer.name,
+            run=run,
+            instrument=instrument,
+            frame=ctx.frame if single else encode(Data(samples=samples)),
+            last_seq=samples[-1].seq,
+            delivered_to=delivered.get(instrument),
+            ts=now,
         )
 
 
-def _encode_data(samples: list[Sample]) -> bytes:
-    return encode(Data(samples=samples))
-
-
-async def _ack_duplicates(ctx: Context, seqs: dict[str, int]) -> None:
+async def _ack_when_committed(hub: Hub, key: str, seqs: dict[str, int]) -> None:
     # Resent samples were logged before, perhaps still in the write queue:
     # acknowledge them once that queue is committed, or the agent would keep
-    # them forever.
-    await ctx.store.flush()
-    ctx.router.send(ctx.peer, Ack(seqs=seqs, clock=ctx.router.monotonic()))
+    # them forever. The seqs are the newest accepted, so no ack goes back.
+    await hub.store.flush()
+    hub.acks.committed({key: seqs})
 
 
-@handles(PeerKind.AGENT, Status)
+def _note_undeclared_channels(ctx: Context, samples: list[Any]) -> None:
+    """Tell the agent, once per connection, about channels its instruments did not declare."""
+    registry = ctx.hub.registry
+    for sample in samples:
+        channels = registry.instruments[sample.instrument].info.channels
+        if not channels:
+            continue  # declared nothing: anything goes
+        declared = {c.name for c in channels}
+        for name in sample.values:
+            key = (sample.instrument, name)
+            if name not in declared and key not in ctx.peer.noted:
+                ctx.peer.noted.add(key)
+                ctx.send(
+                    Error(
+                        code=ErrorCode.INVALID_MESSAGE,
+                        message=f"instrument {sample.instrument!r} sent channel {name!r}, which "
+                        f"it did not declare (it declared: {', '.join(sorted(declared))}); "
+                        "logged and delivered anyway",
+                    )
+                )
+
+
 async def agent_status(ctx: Context, message: Status) -> None:
     """Record an instrument's new state and tell its subscribers."""
-    agent = ctx.registry.agents.get(ctx.peer.name)
-    log_in(ctx, message, message.instrument)
-    if agent is None or message.instrument not in agent.instruments:
-        ctx.router.send(
-            ctx.peer,
+    ctx.log_in(message, message.instrument)
+    agent = ctx.hub.registry.agents.get(ctx.peer.name)
+    if agent is None or agent.peer is not ctx.peer or message.instrument not in agent.instruments:
+        ctx.send(
             Error(
                 code=ErrorCode.UNKNOWN_INSTRUMENT,
                 message=f"status for instrument {message.instrument!r}, "
                 "which this agent did not announce",
-            ),
+            )
         )
         return
-    entry = ctx.registry.instruments[message.instrument]
-    if (entry.state, entry.reason) == (message.state, message.reason):
-        return  # an agent repeats every status after a reconnect: nothing changed
-    entry.state = message.state
-    entry.reason = message.reason
-    ctx.router.publish_status(message)
+    # An agent repeats every status after a reconnect: only changes go out.
+    if ctx.hub.registry.set_status(message.instrument, message.state, message.reason):
+        ctx.hub.fanout.publish_status(message)
 
 
-@handles(PeerKind.AGENT, Reply)
 async def agent_reply(ctx: Context, message: Reply) -> None:
     """Route a command's reply back to the client that asked."""
-    log_in(ctx, message, ctx.router.pending_instrument(message.id))
-    if not ctx.router.complete_command(ctx.peer, message):
+    ctx.log_in(message, ctx.hub.commands.instrument_of(message.id))
+    if not ctx.hub.commands.complete(ctx.peer, message):
         _log.info("late or unknown reply", extra={"agent": ctx.peer.name, "id": message.id})
 
 
-@handles(PeerKind.AGENT, Error)
 async def agent_error(ctx: Context, message: Error) -> None:
     """An agent reports a problem with something the hub sent: log it."""
-    log_in(ctx, message)
+    ctx.log_in(message)
     _log.warning(
         "agent reported an error",
         extra={"agent": ctx.peer.name, "code": message.code, "detail": message.message},
@@ -204,64 +370,61 @@ async def agent_error(ctx: Context, message: Error) -> None:
 # --- from clients ----------------------------------------------------------------
 
 
-@handles(PeerKind.CLIENT, Subscribe)
 async def client_subscribe(ctx: Context, message: Subscribe) -> None:
     """Subscribe, answer with what now matches, then send those instruments' states."""
-    log_in(ctx, message)
-    known = ctx.registry.instruments
-    matched = ctx.router.subscribe(ctx.peer, message.patterns, known)
-    ctx.router.send(
-        ctx.peer,
-        Subscribed(id=message.id, patterns=ctx.router.patterns(ctx.peer), instruments=matched),
+    ctx.log_in(message)
+    hub = ctx.hub
+    known = hub.registry.instruments
+    matched = hub.subscriptions.subscribe(ctx.peer, message.patterns, known)
+    ctx.send(
+        Subscribed(
+            id=message.id, patterns=hub.subscriptions.patterns(ctx.peer), instruments=matched
+        )
     )
+    now = hub.clock()
     for instrument_id in matched:
         entry = known[instrument_id]
-        ctx.router.send(
-            ctx.peer,
-            Status(
-                instrument=instrument_id,
-                state=entry.state,
-                ts=ctx.clock(),
-                reason=entry.reason,
-            ),
+        ctx.send(
+            Status(instrument=instrument_id, state=entry.state, ts=now, reason=entry.reason),
             instrument=instrument_id,
         )
 
 
-@handles(PeerKind.CLIENT, Unsubscribe)
 async def client_unsubscribe(ctx: Context, message: Unsubscribe) -> None:
-    """Remove patterns and answer with what remains."""
-    log_in(ctx, message)
-    remaining = ctx.router.unsubscribe(ctx.peer, message.patterns, ctx.registry.instruments)
-    ctx.router.send(
-        ctx.peer,
-        Subscribed(id=message.id, patterns=ctx.router.patterns(ctx.peer), instruments=remaining),
+    """Remove patterns (unknown ones are ignored) and answer with what remains."""
+    ctx.log_in(message)
+    hub = ctx.hub
+    remaining = hub.subscriptions.unsubscribe(ctx.peer, message.patterns, hub.registry.instruments)
+    ctx.send(
+        Subscribed(
+            id=message.id, patterns=hub.subscriptions.patterns(ctx.peer), instruments=remaining
+        )
     )
 
 
-@handles(PeerKind.CLIENT, ListInstruments)
 async def client_list(ctx: Context, message: ListInstruments) -> None:
     """Answer with every known instrument."""
-    log_in(ctx, message)
-    ctx.router.send(ctx.peer, InstrumentList(id=message.id, instruments=ctx.registry.records()))
+    ctx.log_in(message)
+    ctx.send(InstrumentList(id=message.id, instruments=ctx.hub.registry.records()))
 
 
-@handles(PeerKind.CLIENT, Command)
 async def client_command(ctx: Context, message: Command) -> None:
-    """Forward a command to the instrument's agent, or answer why it cannot go."""
-    log_in(ctx, message, message.instrument)
-    entry = ctx.registry.instruments.get(message.instrument)
+    """Forward a command to the instrument's agent, or answer at once why it cannot go."""
+    ctx.log_in(message, message.instrument)
+    hub = ctx.hub
+    entry = hub.registry.instruments.get(message.instrument)
+    refuse = hub.commands.refuse
     if entry is None:
-        ctx.router.reply_error(
+        refuse(
             ctx.peer,
             message,
             ErrorCode.UNKNOWN_INSTRUMENT,
             f"no instrument {message.instrument!r} is known to this hub",
         )
         return
-    agent = ctx.registry.owner(message.instrument)
+    agent = hub.registry.owner(message.instrument)
     if agent is None:
-        ctx.router.reply_error(
+        refuse(
             ctx.peer,
             message,
             ErrorCode.INSTRUMENT_OFFLINE,
@@ -269,14 +432,19 @@ async def client_command(ctx: Context, message: Command) -> None:
             + (f" ({entry.reason})" if entry.reason else ""),
         )
         return
-    known = {spec.name for spec in entry.info.commands}
-    if message.name not in known:
-        ctx.router.reply_error(
+    specs = {spec.name: spec for spec in entry.info.commands}
+    spec = specs.get(message.name)
+    if spec is None:
+        refuse(
             ctx.peer,
             message,
             ErrorCode.UNKNOWN_COMMAND,
             f"instrument {message.instrument!r} has no command {message.name!r}; "
-            f"it accepts: {', '.join(sorted(known)) or 'none'}",
+            f"it accepts: {', '.join(sorted(specs)) or 'none'}",
         )
         return
-    ctx.router.forward_command(ctx.peer, message, agent.peer)
+    problem = check_arguments(spec, message.args)
+    if problem is not None:
+        refuse(ctx.peer, message, ErrorCode.INVALID_ARGUMENTS, problem)
+        return
+    hub.commands.forward(ctx.peer, message, agent.peer)

@@ -16,12 +16,9 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from ..protocol import HubConnection, PeerKind
+from ..protocol import CloseCode, HubConnection, PeerKind, data_frame
 
 _log = logging.getLogger(__name__)
-
-_DATA_HEAD = b'{"type":"data","samples":['
-_DATA_TAIL = b"]}"
 
 
 class Peer:
@@ -42,6 +39,8 @@ class Peer:
         self.connection = connection
         #: Sample batches dropped because this peer did not keep up.
         self.missed = 0
+        #: (instrument, channel) pairs this agent was told it did not declare.
+        self.noted: set[tuple[str, str]] = set()
         self._limit = queue_frames
         # Items in send order: (True, JSON array of samples) or (False, a frame).
         self._items: deque[tuple[bool, bytes]] = deque()
@@ -74,9 +73,16 @@ class Peer:
             return
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._idle.wait(), timeout=1.0)
-        self._writer.cancel()
+        writer, self._writer = self._writer, None
+        writer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await self._writer
+            await writer
+
+    async def disconnect(self, code: CloseCode, reason: str) -> None:
+        """Send what is queued (briefly), then close the connection with `code`."""
+        await self.close()
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await self.ws.close(code=code, message=reason.encode()[:120])
 
     def _kick(self) -> None:
         self._idle.clear()
@@ -100,14 +106,14 @@ class Peer:
         run: list[bytes] = []
         for is_data, payload in self._items:
             if is_data:
-                run.append(payload[1:-1])
+                run.append(payload)
                 continue
             if run:
-                frames.append(_DATA_HEAD + b",".join(run) + _DATA_TAIL)
+                frames.append(data_frame(run))
                 run = []
             frames.append(payload)
         if run:
-            frames.append(_DATA_HEAD + b",".join(run) + _DATA_TAIL)
+            frames.append(data_frame(run))
         self._items.clear()
         self._data_items = 0
         return frames

@@ -1,21 +1,30 @@
-"""Which agents are connected, which instruments they serve, and each instrument's state."""
+"""Which agents are connected, which instruments the hub knows, and each one's state.
+
+The registry changes only through its methods; everyone else reads it
+through the read-only mappings `agents` and `instruments`.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from ..protocol import AgentHello, InstrumentInfo, InstrumentRecord, InstrumentState
+from ..protocol import AgentHello, InstrumentInfo, InstrumentRecord, InstrumentState, Sample
 from .peers import Peer
+
+#: Why an instrument remembered from before a hub restart is offline.
+NOT_SEEN_SINCE_START = "its agent has not connected since the hub started"
 
 
 @dataclass
 class InstrumentEntry:
-    """The hub's knowledge of one instrument; survives its agent's disconnects."""
+    """The hub's knowledge of one instrument; survives its agent's disconnects and hub restarts."""
 
     info: InstrumentInfo
     agent: str
     state: InstrumentState = "offline"
     reason: str = ""
+    #: Hub time of its newest reading; None until it sends one.
     last_seen: float | None = None
     #: Highest seq accepted in `run`; samples at or below it are duplicates.
     last_seq: int = -1
@@ -45,71 +54,148 @@ class AgentEntry:
     instruments: set[str] = field(default_factory=set)
 
 
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """What became of one data message's samples."""
+
+    #: New samples, in order, to log and deliver.
+    samples: list[Sample]
+    #: Instruments with samples already logged in this run: the newest
+    #: accepted seq of each, to acknowledge once what is queued is committed.
+    duplicates: dict[str, int]
+    #: Instruments the agent did not announce; their samples were dropped.
+    foreign: set[str]
+
+
 class Conflict(Exception):
-    """An agent announced an instrument another connected agent serves."""
+    """A hello that cannot be accepted as it is: it claims another connected agent's instrument."""
 
 
 class Registry:
-    """Agents and instruments; only handlers change it, through these methods."""
+    """Agents and instruments, changed only through these methods."""
 
     def __init__(self) -> None:
-        self.agents: dict[str, AgentEntry] = {}
-        self.instruments: dict[str, InstrumentEntry] = {}
+        self._agents: dict[str, AgentEntry] = {}
+        self._instruments: dict[str, InstrumentEntry] = {}
+
+    @property
+    def agents(self) -> Mapping[str, AgentEntry]:
+        """Connected agents by id."""
+        return self._agents
+
+    @property
+    def instruments(self) -> Mapping[str, InstrumentEntry]:
+        """Every known instrument by id, online or not."""
+        return self._instruments
+
+    def remember(self, info: InstrumentInfo, agent: str, last_seen: float | None) -> None:
+        """Know an instrument from before a restart: offline until its agent connects."""
+        if info.id not in self._instruments:
+            self._instruments[info.id] = InstrumentEntry(
+                info=info, agent=agent, reason=NOT_SEEN_SINCE_START, last_seen=last_seen
+            )
 
     def check_hello(self, hello: AgentHello) -> None:
         """Raise `Conflict` if the hello claims an instrument of another connected agent."""
         for info in hello.instruments:
-            entry = self.instruments.get(info.id)
-            if entry is not None and entry.agent != hello.agent_id and entry.agent in self.agents:
+            entry = self._instruments.get(info.id)
+            if entry is not None and entry.agent != hello.agent_id and entry.agent in self._agents:
                 raise Conflict(f"instrument {info.id!r} is already served by agent {entry.agent!r}")
         ids = [info.id for info in hello.instruments]
         duplicates = sorted({i for i in ids if ids.count(i) > 1})
         if duplicates:
             raise Conflict(f"instrument ids announced twice: {', '.join(duplicates)}")
 
-    def add_agent(self, peer: Peer, hello: AgentHello, now: float) -> list[str]:
+    def add_agent(self, peer: Peer, hello: AgentHello) -> list[str]:
         """Record a connected agent; return the ids of instruments new to the hub."""
         new: list[str] = []
         entry = AgentEntry(peer=peer, hello=hello)
         for info in hello.instruments:
-            known = self.instruments.get(info.id)
+            known = self._instruments.get(info.id)
             if known is None:
                 new.append(info.id)
                 known = InstrumentEntry(info=info, agent=hello.agent_id)
-                self.instruments[info.id] = known
+                self._instruments[info.id] = known
             known.info = info
             known.agent = hello.agent_id
             known.state = "online"
             known.reason = ""
-            known.last_seen = now
-            if known.run != hello.run or not hello.run:
+            if known.run != hello.run:
                 known.run = hello.run
                 known.last_seq = -1
             entry.instruments.add(info.id)
-        self.agents[hello.agent_id] = entry
+        self._agents[hello.agent_id] = entry
         return new
+
+    def merge_logged_seqs(self, logged: Mapping[str, int]) -> None:
+        """Take what the log holds of an agent's run: samples up to these seqs are duplicates."""
+        for instrument_id, seq in logged.items():
+            entry = self._instruments.get(instrument_id)
+            if entry is not None:
+                entry.last_seq = max(entry.last_seq, seq)
 
     def remove_agent(self, agent_id: str, peer: Peer, reason: str) -> list[str]:
         """Forget a disconnected agent; return the instruments that went offline."""
-        entry = self.agents.get(agent_id)
+        entry = self._agents.get(agent_id)
         if entry is None or entry.peer is not peer:
             return []  # already replaced by a newer connection of the same agent
-        del self.agents[agent_id]
+        del self._agents[agent_id]
         offline = []
         for instrument_id in sorted(entry.instruments):
-            instrument = self.instruments[instrument_id]
+            instrument = self._instruments[instrument_id]
             instrument.state = "offline"
             instrument.reason = reason
             offline.append(instrument_id)
         return offline
 
+    def accept(self, agent_id: str, samples: Sequence[Sample], now: float) -> Accepted:
+        """Sort an agent's samples into new ones, ones already logged, and foreign ones.
+
+        Within a run seqs only grow: a sample at or below the newest accepted
+        seq of its instrument was logged before (the agent resends what was not
+        acknowledged when its connection dropped).
+        """
+        agent = self._agents[agent_id]
+        accepted: list[Sample] = []
+        duplicates: dict[str, int] = {}
+        foreign: set[str] = set()
+        for sample in samples:
+            if sample.instrument not in agent.instruments:
+                foreign.add(sample.instrument)
+                continue
+            entry = self._instruments[sample.instrument]
+            if sample.seq <= entry.last_seq:
+                duplicates[sample.instrument] = entry.last_seq
+                continue
+            entry.last_seq = sample.seq
+            entry.last_seen = now
+            accepted.append(sample)
+        return Accepted(accepted, duplicates, foreign)
+
+    def set_status(self, instrument_id: str, state: InstrumentState, reason: str) -> bool:
+        """Record an instrument's state; return whether it changed."""
+        entry = self._instruments[instrument_id]
+        if (entry.state, entry.reason) == (state, reason):
+            return False
+        entry.state, entry.reason = state, reason
+        return True
+
+    def forget(self, instrument_id: str) -> bool:
+        """Drop an instrument whose agent is not connected; False if unknown or online."""
+        if instrument_id not in self._instruments or self.owner(instrument_id) is not None:
+            return False
+        del self._instruments[instrument_id]
+        return True
+
     def owner(self, instrument_id: str) -> AgentEntry | None:
         """The connected agent serving an instrument, if any."""
-        entry = self.instruments.get(instrument_id)
+        entry = self._instruments.get(instrument_id)
         if entry is None:
             return None
-        return self.agents.get(entry.agent)
+        agent = self._agents.get(entry.agent)
+        return agent if agent is not None and instrument_id in agent.instruments else None
 
-    def records(self) -> list[InstrumentRecord]:
-        """Every known instrument, sorted by id."""
-        return [self.instruments[i].record() for i in sorted(self.instruments)]
+    def records(self, ids: Iterable[str] | None = None) -> list[InstrumentRecord]:
+        """Known instruments (all, or those in `ids`), sorted by id."""
+        chosen = self._instruments if ids is None else set(ids) & self._instruments.keys()
+        return [self._instruments[i].record() for i in sorted(chosen)]

@@ -47,6 +47,30 @@ async def instruments(request: web.Request) -> web.Response:
     return _json(request.app[HUB_KEY].registry.records())
 
 
+async def forget_instrument(request: web.Request) -> web.Response:
+    """`DELETE /api/instruments/{id}`: stop listing an instrument whose agent is gone."""
+    hub = request.app[HUB_KEY]
+    instrument_id = request.match_info["instrument"]
+    if not is_instrument_id(instrument_id):
+        return _bad_request("invalid_instrument_id", f"not an instrument id: {instrument_id!r}")
+    if instrument_id not in hub.registry.instruments:
+        return _json(
+            {"code": "unknown_instrument", "message": f"no instrument {instrument_id!r} is known"},
+            status=404,
+        )
+    if not hub.registry.forget(instrument_id):
+        return _json(
+            {
+                "code": "instrument_online",
+                "message": f"instrument {instrument_id!r} is served by a connected agent; "
+                "stop the agent or remove it from the agent's config first",
+            },
+            status=409,
+        )
+    hub.traffic.forget_instrument(instrument_id)
+    return _json({"forgotten": instrument_id})
+
+
 async def traffic_log(request: web.Request) -> web.Response:
     """`GET /api/log?instrument=ID&limit=N`: newest traffic-log entries first."""
     hub = request.app[HUB_KEY]

@@ -1,15 +1,18 @@
 """The Kleinmaelzung wire protocol: messages, codec, state machines. Pure: no I/O."""
 
+from .arguments import check_arguments
 from .codec import (
     Decoder,
     Invalid,
     agent_decoder,
     any_decoder,
     client_decoder,
+    data_frame,
     encode,
     encode_samples,
     hub_to_agent_decoder,
     hub_to_client_decoder,
+    samples_array,
 )
 from .connection import (
     HubConnection,
@@ -126,8 +129,10 @@ __all__ = [
     "agent_connection",
     "agent_decoder",
     "any_decoder",
+    "check_arguments",
     "client_connection",
     "client_decoder",
+    "data_frame",
     "encode",
     "encode_samples",
     "hub_agent_connection",
@@ -140,4 +145,5 @@ __all__ = [
     "matches",
     "matching",
     "refused_entry_message",
+    "samples_array",
 ]

@@ -108,6 +108,25 @@ def encode_samples(samples: Sequence[Sample]) -> bytes:
     return _encoder.encode(samples)
 
 
+# A data frame as `encode` lays it out: the hub forwards an agent's samples
+# array as it arrived, and joins the arrays queued for one client into one
+# frame, without decoding and encoding them again.
+_DATA_HEAD = b'{"type":"data","samples":['
+_DATA_TAIL = b"]}"
+
+
+def samples_array(frame: bytes) -> bytes | None:
+    """The samples array of a data frame as `encode` lays it out, or None if laid out otherwise."""
+    if frame.startswith(_DATA_HEAD) and frame.endswith(_DATA_TAIL):
+        return frame[len(_DATA_HEAD) - 1 : -len(_DATA_TAIL) + 1]
+    return None
+
+
+def data_frame(arrays: Sequence[bytes]) -> bytes:
+    """One data frame holding the samples of several encoded samples arrays, in order."""
+    return _DATA_HEAD + b",".join(a[1:-1] for a in arrays if len(a) > 2) + _DATA_TAIL
+
+
 class Decoder(Generic[T]):
     """Decodes messages of one direction; anything else becomes an `Error`."""
 

@@ -35,6 +35,8 @@ class ErrorCode(enum.StrEnum):
     # Commands.
     UNKNOWN_INSTRUMENT = "unknown_instrument"
     INSTRUMENT_OFFLINE = "instrument_offline"
+    #: An operator asked to forget an instrument that a connected agent serves.
+    INSTRUMENT_ONLINE = "instrument_online"
     UNKNOWN_COMMAND = "unknown_command"
     INVALID_ARGUMENTS = "invalid_arguments"
     #: The instrument did not answer in time; it may have acted.

@@ -9,6 +9,9 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     """Sizes that bound memory per connection and per message."""
 
     max_message_bytes: int = 1 << 20
+    #: What the hub sends at most in one frame (an instrument list, a
+    #: subscribed answer); peers accept up to this from the hub.
+    max_hub_message_bytes: int = 16 << 20
     max_samples_per_data: int = 1000
     max_subscriptions: int = 1024
     max_pending_commands: int = 64

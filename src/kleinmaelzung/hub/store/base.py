@@ -59,12 +59,19 @@ class WriterFailed(StoreError):
     """The traffic log's writer stopped; nothing more will be committed."""
 
 
-#: Called (on the event loop) with {agent_id: {instrument: seq}} after a commit.
+#: Called (on the event loop) after a commit with the highest committed seq
+#: per instrument, keyed by each record's `ack` key (the hub uses agent/run).
 OnCommitted = Callable[[dict[str, dict[str, int]]], None]
 
 
 class Store(Protocol):
     """A durable, append-only traffic log."""
+
+    def set_on_committed(self, on_committed: OnCommitted) -> None:
+        """Call `on_committed` after each commit that held records with an `ack`."""
+
+    async def open(self) -> None:
+        """Open the backend (create or upgrade it) and start writing."""
 
     def append(self, record: Record) -> None:
         """Queue a record for writing; never blocks the event loop.

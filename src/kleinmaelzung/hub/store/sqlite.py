@@ -103,6 +103,10 @@ class SqliteStore:
         #: Rows dropped because SQLite refused them for good (see the ERROR log).
         self.dropped_rows = 0
 
+    def set_on_committed(self, on_committed: OnCommitted) -> None:
+        """Call `on_committed` after each commit that held records with an `ack`."""
+        self._on_committed = on_committed
+
     async def open(self) -> None:
         """Create the file and schema (migrating an older one), then start the writer thread."""
         self.path.parent.mkdir(parents=True, exist_ok=True)

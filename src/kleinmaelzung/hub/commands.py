@@ -1,0 +1,153 @@
+"""Commands in flight between clients and agents: hub-wide ids, deadlines and outcomes.
+
+Only this module writes the pending-command table. A command is a physical
+act: it runs once, on time, or not at all, and a client is never told that a
+command failed while it may still run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..protocol import Command, ErrorCode, ErrorInfo, Reply
+from .fanout import Fanout
+from .peers import Peer
+
+_log = logging.getLogger(__name__)
+
+#: Seconds the hub waits past a command's deadline for the agent's reply: the
+#: agent does not start a command after its deadline and bounds the run by it,
+#: so a reply later than this means the agent went silent or away.
+DEADLINE_GRACE_S = 1.0
+
+
+@dataclass
+class _Pending:
+    client: Peer
+    client_id: str
+    agent: str
+    instrument: str
+    timer: asyncio.TimerHandle
+    #: Why the agent went away with this command in flight, if it did.
+    agent_left: str | None = None
+
+
+class Commands:
+    """Forwards commands to agents and routes each outcome back to the asking client."""
+
+    def __init__(self, fanout: Fanout, *, boot_id: str, monotonic: Callable[[], float]) -> None:
+        self._fanout = fanout
+        self._pending: dict[str, _Pending] = {}
+        self._ids = itertools.count(1)
+        # Command ids unique across hub restarts: a reply that an agent sends
+        # late, to the next hub process, must not match a new command.
+        self._id_prefix = boot_id
+        #: The clock of command deadlines, sent to agents in welcome and ack.
+        self.monotonic = monotonic
+
+    def forward(self, client: Peer, command: Command, agent: Peer) -> None:
+        """Send a client's command to the owning agent under a hub-wide id, with its deadline."""
+        hub_id = f"{self._id_prefix}.{next(self._ids)}"
+        deadline = self.monotonic() + command.timeout_s
+        # The agent starts the command only before its deadline and ends it
+        # by then; the hub waits a little longer for the reply to travel.
+        timer = asyncio.get_running_loop().call_later(
+            command.timeout_s + DEADLINE_GRACE_S, self._expire, hub_id
+        )
+        self._pending[hub_id] = _Pending(
+            client=client,
+            client_id=command.id,
+            agent=agent.name,
+            instrument=command.instrument,
+            timer=timer,
+        )
+        forwarded = Command(
+            id=hub_id,
+            instrument=command.instrument,
+            name=command.name,
+            args=command.args,
+            timeout_s=command.timeout_s,
+            deadline=deadline,
+        )
+        self._fanout.send(agent, forwarded, instrument=command.instrument)
+
+    def complete(self, agent: Peer, reply: Reply) -> bool:
+        """Route an agent's reply back to the asking client; False if nobody waits for it."""
+        pending = self._pending.get(reply.id)
+        if pending is None or pending.agent != agent.name:
+            return False
+        del self._pending[reply.id]
+        pending.timer.cancel()
+        self._answer(
+            pending,
+            Reply(id=pending.client_id, ok=reply.ok, result=reply.result, error=reply.error),
+        )
+        return True
+
+    def refuse(self, client: Peer, command: Command, code: ErrorCode, message: str) -> None:
+        """Answer a command at once with an error: it was never forwarded."""
+        client.connection.complete_command(command.id)
+        self._fanout.send(client, _failed(command.id, code, message), instrument=command.instrument)
+
+    def instrument_of(self, hub_id: str) -> str | None:
+        """The instrument a command in flight was sent to."""
+        pending = self._pending.get(hub_id)
+        return pending.instrument if pending is not None else None
+
+    def agent_left(self, agent_name: str, reason: str) -> None:
+        """Note that an agent went away with commands in flight.
+
+        They are not answered now: the agent may have run them, or may still
+        read them from its socket buffer and run them before their deadline
+        (it cannot know at once that its connection is gone). Each is answered
+        at its deadline, `outcome_unknown`, unless the agent comes back and
+        replies first.
+        """
+        for pending in self._pending.values():
+            if pending.agent == agent_name and pending.agent_left is None:
+                pending.agent_left = reason
+
+    def client_left(self, client: Peer) -> None:
+        """Forget the commands of a client that went away; their replies have nowhere to go."""
+        for hub_id, pending in list(self._pending.items()):
+            if pending.client is client:
+                pending.timer.cancel()
+                del self._pending[hub_id]
+
+    @property
+    def in_flight(self) -> int:
+        """Commands forwarded and not yet answered."""
+        return len(self._pending)
+
+    def _expire(self, hub_id: str) -> None:
+        pending = self._pending.pop(hub_id, None)
+        if pending is None:
+            return
+        if pending.agent_left is not None:
+            what = f"agent {pending.agent!r} went away ({pending.agent_left}) after it was sent"
+        else:
+            what = f"no reply from agent {pending.agent!r} by the command's deadline"
+        _log.warning(
+            "command outcome unknown",
+            extra={"agent": pending.agent, "instrument": pending.instrument, "id": hub_id},
+        )
+        self._answer(
+            pending,
+            _failed(
+                pending.client_id,
+                ErrorCode.OUTCOME_UNKNOWN,
+                f"{what}: the command may have run; it will not run any more",
+            ),
+        )
+
+    def _answer(self, pending: _Pending, reply: Reply) -> None:
+        pending.client.connection.complete_command(pending.client_id)
+        self._fanout.send(pending.client, reply, instrument=pending.instrument)
+
+
+def _failed(command_id: str, code: ErrorCode, message: str) -> Reply:
+    return Reply(id=command_id, ok=False, error=ErrorInfo(code=code, message=message))

@@ -1,0 +1,108 @@
+"""Delivery to peers: encode once, log, and queue the same bytes for every recipient."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+
+from ..protocol import (
+    Error,
+    ErrorCode,
+    Message,
+    Sample,
+    Status,
+    encode,
+    encode_samples,
+    samples_array,
+)
+from .peers import Peer
+from .subscriptions import Subscriptions
+from .traffic import TrafficLog
+
+_log = logging.getLogger(__name__)
+
+
+class Fanout:
+    """Sends messages to one peer, and samples and status to their subscribers."""
+
+    def __init__(
+        self, subscriptions: Subscriptions, traffic: TrafficLog, *, max_message_bytes: int
+    ) -> None:
+        self._subscriptions = subscriptions
+        self._traffic = traffic
+        self._max_message_bytes = max_message_bytes
+
+    def send(self, peer: Peer, message: Message, *, instrument: str | None = None) -> None:
+        """Encode, log and queue one message to one peer."""
+        frame = encode(message)
+        if len(frame) > self._max_message_bytes:
+            # The hub keeps to the limit it documents for what it sends, so
+            # that no peer has to accept unbounded frames from it.
+            _log.warning(
+                "answer too large",
+                extra={
+                    "peer": peer.name,
+                    "type": message.__struct_config__.tag,
+                    "bytes": len(frame),
+                },
+            )
+            message = Error(
+                code=ErrorCode.MESSAGE_TOO_LARGE,
+                message=f"the answer would be {len(frame)} bytes, over the hub's limit of "
+                f"{self._max_message_bytes}; ask for less (a narrower pattern or a smaller limit)",
+                id=getattr(message, "id", None),
+            )
+            frame = encode(message)
+        self._traffic.message("out", peer.name, message, frame, instrument)
+        peer.send(frame)
+
+    def publish_samples(
+        self, samples: Sequence[Sample], frame: bytes | None = None
+    ) -> dict[str, str]:
+        """Send samples to their subscribers; return the recipients per instrument.
+
+        One encoding per distinct recipient set. `frame` is the agent's original
+        encoding of exactly these samples; when they all belong to one
+        instrument its samples array is forwarded as is.
+        """
+        if not samples:
+            return {}
+        first = samples[0].instrument
+        if all(s.instrument == first for s in samples):
+            subscribers = self._subscriptions.subscribers(first)
+            if not subscribers:
+                return {}
+            array = samples_array(frame) if frame is not None else None
+            array = array or encode_samples(samples)
+            for peer in subscribers:
+                peer.send_samples(array)
+            return {first: self._subscriptions.recipients(first)}
+        by_peer: dict[Peer, list[Sample]] = defaultdict(list)
+        for sample in samples:
+            for peer in self._subscriptions.subscribers(sample.instrument):
+                by_peer[peer].append(sample)
+        groups: dict[tuple[int, ...], tuple[list[Sample], list[Peer]]] = {}
+        for peer, peer_samples in by_peer.items():
+            key = tuple(id(s) for s in peer_samples)
+            groups.setdefault(key, (peer_samples, []))[1].append(peer)
+        for group_samples, peers in groups.values():
+            array = encode_samples(group_samples)
+            for peer in peers:
+                peer.send_samples(array)
+        return {
+            instrument: self._subscriptions.recipients(instrument)
+            for instrument in {s.instrument for s in samples}
+            if self._subscriptions.subscribers(instrument)
+        }
+
+    def publish_status(self, status: Status) -> None:
+        """Send an instrument's status change to its subscribers, logged once."""
+        subscribers = self._subscriptions.subscribers(status.instrument)
+        if subscribers:
+            frame = encode(status)
+            self._traffic.status_out(
+                self._subscriptions.recipients(status.instrument), frame, status.instrument
+            )
+            for peer in subscribers:
+                peer.send(frame)
