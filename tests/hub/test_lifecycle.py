@@ -209,9 +209,7 @@ async def test_unsubscribing_stops_data_and_unknown_patterns_are_ignored(
             raw_agent(running.url, "pi", [instrument("kiln-air"), instrument("balance")]) as agent,
             raw_client(running.url) as client,
         ):
-            await client.send(
-                {"type": "subscribe", "id": "1", "patterns": ["kiln-*", "balance"]}
-            )
+            await client.send({"type": "subscribe", "id": "1", "patterns": ["kiln-*", "balance"]})
             await client.receive_type("subscribed")
             await client.send(
                 {"type": "unsubscribe", "id": "2", "patterns": ["kiln-*", "never-subscribed"]}

@@ -305,6 +305,7 @@ def test_any_name_gives_a_message_or_words_not_a_regex(
         "type": "agent_hello",
         "protocol": 1,
         "agent_id": instrument,
+        "run": "r1",
         "instruments": [{"id": "kiln", "kind": "k", "channels": [{"name": channel}]}],
     }
     for decoder, value in [

@@ -44,7 +44,8 @@ class AckGatherer:
             sent = self._sent.get(key, {})
             merged = self._pending.setdefault(key, {})
             for instrument, seq in seqs.items():
-                if seq > merged.get(instrument, -1) and seq > sent.get(instrument, -1):
+                # Equal is sent again: the agent may not have had the first.
+                if seq > merged.get(instrument, -1) and seq >= sent.get(instrument, -1):
                     merged[instrument] = seq
             if not merged:
                 del self._pending[key]

@@ -130,21 +130,24 @@ def data_frame(arrays: Sequence[bytes]) -> bytes:
 class Decoder(Generic[T]):
     """Decodes messages of one direction; anything else becomes an `Error`."""
 
-    def __init__(self, union: Any, limits: Limits | None = None) -> None:
+    def __init__(
+        self, union: Any, limits: Limits | None = None, *, max_bytes: int | None = None
+    ) -> None:
         self._decoder: msgspec.json.Decoder[T] = msgspec.json.Decoder(union)
         self._limits = limits or Limits()
+        self._max_bytes = self._limits.max_message_bytes if max_bytes is None else max_bytes
         self._allowed = {
             str(t.__struct_config__.tag) for t in ALL_MESSAGE_TYPES if _in_union(t, union)
         }
 
     def decode(self, data: bytes | str) -> T | Invalid:
         """Decode one frame; return the message or an `Error` describing the problem."""
-        if len(data) > self._limits.max_message_bytes:
+        if len(data) > self._max_bytes:
             return Invalid(
                 Error(
                     code=ErrorCode.MESSAGE_TOO_LARGE,
                     message=f"message of {len(data)} bytes exceeds the limit of "
-                    f"{self._limits.max_message_bytes} bytes",
+                    f"{self._max_bytes} bytes",
                 )
             )
         try:
@@ -255,13 +258,15 @@ def client_decoder(limits: Limits | None = None) -> Decoder[ClientMessage]:
 
 
 def hub_to_agent_decoder(limits: Limits | None = None) -> Decoder[HubToAgentMessage]:
-    """Decoder for what the hub sends to an agent."""
-    return Decoder(HubToAgentMessage, limits)
+    """Decoder for what the hub sends to an agent (up to the hub's own limit)."""
+    limits = limits or Limits()
+    return Decoder(HubToAgentMessage, limits, max_bytes=limits.max_hub_message_bytes)
 
 
 def hub_to_client_decoder(limits: Limits | None = None) -> Decoder[HubToClientMessage]:
-    """Decoder for what the hub sends to a client."""
-    return Decoder(HubToClientMessage, limits)
+    """Decoder for what the hub sends to a client (up to the hub's own limit)."""
+    limits = limits or Limits()
+    return Decoder(HubToClientMessage, limits, max_bytes=limits.max_hub_message_bytes)
 
 
 def any_decoder(limits: Limits | None = None) -> Decoder[Message]:

@@ -31,10 +31,12 @@ CorrelationId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 CommandName = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
 ChannelName = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
 Timeout = Annotated[float, msgspec.Meta(gt=0, le=300)]
+RunId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 #: Seconds since the Unix epoch (UTC), as the source clock saw it.
 Timestamp = float
-#: A channel value: a number, a flag (a balance's "stable") or a short text.
-Value = float | bool | str
+#: A channel value: a number (an integer stays an integer), a flag (a
+#: balance's "stable") or a short text.
+Value = int | float | bool | str
 InstrumentState = Literal["online", "offline", "faulted"]
 ArgType = Literal["float", "int", "str", "bool"]
 
@@ -122,12 +124,14 @@ class AgentHello(_Struct, frozen=True, tag="agent_hello"):
     protocol: int
     agent_id: AgentId
     instruments: list[InstrumentInfo]
+    #: Random per agent process start. Sequence numbers restart with a new
+    #: run; within one run the hub drops samples at or below the newest seq
+    #: it has logged, so an agent may resend everything not yet acknowledged
+    #: after a reconnect. Required: without it, every reconnect would look
+    #: like a new run and resent samples would be logged twice.
+    run: RunId
     token: str | None = None
     software: str = ""
-    #: Random per agent process start. Sequence numbers restart with a new
-    #: run; within one run the hub drops samples it has already logged, so
-    #: an agent may resend everything not yet acknowledged after a reconnect.
-    run: str = ""
 
 
 class ClientHello(_Struct, frozen=True, tag="client_hello"):
