@@ -165,16 +165,18 @@ async def test_an_app_built_with_a_store_passed_in_opens_it_and_acknowledges(
 async def test_an_agent_replaced_by_a_newer_connection_is_told_why(tmp_path: Path) -> None:
     running = await start_hub(HubConfig(port=0, data_dir=tmp_path / "h"))
     try:
-        async with raw_agent(running.url, "pi", [instrument("balance")]) as first:
-            async with raw_agent(running.url, "pi", [instrument("balance")]) as second:
-                told = await until_closed(first)
-                errors = [m for m in told if m["type"] == "error"]
-                assert errors and errors[-1]["code"] == "duplicate_agent"
-                assert "replaced by a newer connection of agent 'pi'" in errors[-1]["message"]
-                assert first.ws.close_code == 4003
-                # The newer one is served.
-                await second.send(data("balance", 0))
-                assert (await second.receive_type("ack"))["seqs"] == {"balance": 0}
+        async with (
+            raw_agent(running.url, "pi", [instrument("balance")]) as first,
+            raw_agent(running.url, "pi", [instrument("balance")]) as second,
+        ):
+            told = await until_closed(first)
+            errors = [m for m in told if m["type"] == "error"]
+            assert errors and errors[-1]["code"] == "duplicate_agent"
+            assert "replaced by a newer connection of agent 'pi'" in errors[-1]["message"]
+            assert first.ws.close_code == 4003
+            # The newer one is served.
+            await second.send(data("balance", 0))
+            assert (await second.receive_type("ack"))["seqs"] == {"balance": 0}
     finally:
         await running.stop()
 
