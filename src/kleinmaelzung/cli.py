@@ -337,8 +337,7 @@ def _cmd_send(args: argparse.Namespace) -> int:
 
     from .client import Client, CommandError
     from .client.formatting import format_result, parse_assignment
-    from .protocol import Timeouts, is_instrument_id
-    from .protocol.topics import NAME_RULE, is_name
+    from .protocol import NAME_RULE, Timeouts, is_instrument_id, is_name
 
     if not is_instrument_id(args.instrument):
         raise _UsageError(f"not an instrument id: {args.instrument!r}")
@@ -381,7 +380,7 @@ def _name_like(text: str) -> str | None:
     """A valid command name close to `text` (`set-setpoint` -> `set_setpoint`), if any."""
     import re
 
-    from .protocol.topics import is_name
+    from .protocol import is_name
 
     guess = re.sub(r"[^a-z0-9_]+", "_", text.strip().lower()).strip("_")
     return guess if guess != text and is_name(guess) else None

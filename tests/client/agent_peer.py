@@ -28,7 +28,12 @@ async def publish(agent: RawPeer, instrument_id: str, *seqs: int) -> None:
         {
             "type": "data",
             "samples": [
-                {"instrument": instrument_id, "seq": s, "ts": 100.0 + s, "values": {"mass": s}}
+                {
+                    "instrument": instrument_id,
+                    "seq": s,
+                    "ts": 100.0 + s,
+                    "values": {"mass": float(s)},
+                }
                 for s in seqs
             ],
         }

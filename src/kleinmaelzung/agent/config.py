@@ -14,17 +14,15 @@ from typing import Annotated, Any
 
 import msgspec
 
-from ..protocol import is_instrument_id
+from ..protocol import ID_REGEX, is_instrument_id
 from ..transport import base_url
 from .errors import ConfigError
-
-_ID = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
 
 
 class InstrumentConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One instrument: which driver, which port, how often to read it."""
 
-    id: Annotated[str, msgspec.Meta(pattern=_ID)]
+    id: Annotated[str, msgspec.Meta(pattern=ID_REGEX)]
     port: str
     profile: str = ""
     driver: str = "serial_line"
@@ -38,7 +36,7 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     """The whole agent config."""
 
     hub: str
-    agent_id: Annotated[str, msgspec.Meta(pattern=_ID)]
+    agent_id: Annotated[str, msgspec.Meta(pattern=ID_REGEX)]
     instruments: list[InstrumentConfig]
     token: str | None = None
 

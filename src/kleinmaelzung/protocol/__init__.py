@@ -70,10 +70,29 @@ from .messages import (
     Value,
     Welcome,
 )
-from .topics import is_instrument_id, is_literal, is_pattern, matches, matching
+from .topics import (
+    ID_REGEX,
+    ID_RULE,
+    NAME_REGEX,
+    NAME_RULE,
+    PATTERN_REGEX,
+    PATTERN_RULE,
+    is_instrument_id,
+    is_literal,
+    is_name,
+    is_pattern,
+    matches,
+    matching,
+)
 
 __all__ = [
     "ALL_MESSAGE_TYPES",
+    "ID_REGEX",
+    "ID_RULE",
+    "NAME_REGEX",
+    "NAME_RULE",
+    "PATTERN_REGEX",
+    "PATTERN_RULE",
     "PROTOCOL_VERSION",
     "REFUSED",
     "REFUSED_FRAME_BYTES",
@@ -141,6 +160,7 @@ __all__ = [
     "hub_to_client_decoder",
     "is_instrument_id",
     "is_literal",
+    "is_name",
     "is_pattern",
     "matches",
     "matching",

@@ -13,23 +13,20 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from .errors import ErrorCode
+from .topics import ID_REGEX, NAME_REGEX, PATTERN_REGEX
 
 #: Bumped on any change an old peer could misread. The hub accepts exactly the
 #: versions in `SUPPORTED_PROTOCOLS`.
 PROTOCOL_VERSION = 1
 SUPPORTED_PROTOCOLS = frozenset({1})
 
-# Ids appear in URLs, file names, log columns and glob patterns, so they are
-# kept to a conservative alphabet.
-InstrumentId = Annotated[
-    str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$", description="instrument id")
-]
-AgentId = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")]
+InstrumentId = Annotated[str, msgspec.Meta(pattern=ID_REGEX, description="instrument id")]
+AgentId = Annotated[str, msgspec.Meta(pattern=ID_REGEX, description="agent id")]
 #: A glob over instrument ids: ``*`` any run, ``?`` one character, ``[...]`` a set.
-Pattern = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9_.*?\[\]!-]{1,64}$")]
+Pattern = Annotated[str, msgspec.Meta(pattern=PATTERN_REGEX)]
 CorrelationId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-CommandName = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
-ChannelName = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+CommandName = Annotated[str, msgspec.Meta(pattern=NAME_REGEX)]
+ChannelName = Annotated[str, msgspec.Meta(pattern=NAME_REGEX)]
 Timeout = Annotated[float, msgspec.Meta(gt=0, le=300)]
 RunId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 #: Seconds since the Unix epoch (UTC), as the source clock saw it.
