@@ -20,6 +20,7 @@ from . import rest, views
 from .acks import AckGatherer
 from .commands import Commands
 from .config import HubConfig
+from .errors import HubStartError
 from .fanout import Fanout
 from .handlers import default_handlers
 from .registry import Registry
@@ -35,10 +36,6 @@ _log = logging.getLogger(__name__)
 SHUTDOWN_FLUSH_S = 5.0
 #: Longest a shutdown waits for peers to take their close frame.
 SHUTDOWN_CLOSE_S = 2.0
-
-
-class HubStartError(Exception):
-    """The hub could not start: the message says what and where (a busy port, a bad address)."""
 
 
 def create_app(

@@ -38,8 +38,8 @@ from ..protocol import (
     check_arguments,
     encode,
 )
+from .errors import Conflict
 from .peers import Peer
-from .registry import Conflict
 from .traffic import ack_key
 
 if TYPE_CHECKING:

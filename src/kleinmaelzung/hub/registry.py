@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..protocol import AgentHello, InstrumentInfo, InstrumentRecord, InstrumentState, Sample
+from .errors import Conflict
 from .peers import Peer
 
 #: Why an instrument remembered from before a hub restart is offline.
@@ -65,10 +66,6 @@ class Accepted:
     duplicates: dict[str, int]
     #: Instruments the agent did not announce; their samples were dropped.
     foreign: set[str]
-
-
-class Conflict(Exception):
-    """A hello that cannot be accepted as it is: it claims another connected agent's instrument."""
 
 
 class Registry:

@@ -9,7 +9,7 @@ import msgspec
 from aiohttp import web
 
 from .. import __version__
-from ..protocol import LogPage, PeerKind, is_instrument_id
+from ..protocol import ErrorCode, LogPage, PeerKind, is_instrument_id
 from .services import HUB_KEY
 
 MAX_LOG_LIMIT = 10_000
@@ -52,16 +52,21 @@ async def forget_instrument(request: web.Request) -> web.Response:
     hub = request.app[HUB_KEY]
     instrument_id = request.match_info["instrument"]
     if not is_instrument_id(instrument_id):
-        return _bad_request("invalid_instrument_id", f"not an instrument id: {instrument_id!r}")
+        return _bad_request(
+            ErrorCode.INVALID_INSTRUMENT_ID, f"not an instrument id: {instrument_id!r}"
+        )
     if instrument_id not in hub.registry.instruments:
         return _json(
-            {"code": "unknown_instrument", "message": f"no instrument {instrument_id!r} is known"},
+            {
+                "code": ErrorCode.UNKNOWN_INSTRUMENT,
+                "message": f"no instrument {instrument_id!r} is known",
+            },
             status=404,
         )
     if not hub.registry.forget(instrument_id):
         return _json(
             {
-                "code": "instrument_online",
+                "code": ErrorCode.INSTRUMENT_ONLINE,
                 "message": f"instrument {instrument_id!r} is served by a connected agent; "
                 "stop the agent or remove it from the agent's config first",
             },
@@ -76,14 +81,20 @@ async def traffic_log(request: web.Request) -> web.Response:
     hub = request.app[HUB_KEY]
     instrument = request.query.get("instrument")
     if instrument is not None and not is_instrument_id(instrument):
-        return _bad_request("invalid_instrument_id", f"not an instrument id: {instrument!r}")
+        return _bad_request(
+            ErrorCode.INVALID_INSTRUMENT_ID, f"not an instrument id: {instrument!r}"
+        )
     raw_limit = request.query.get("limit", "100")
     try:
         limit = int(raw_limit)
     except ValueError:
-        return _bad_request("invalid_arguments", f"limit must be an integer, got {raw_limit!r}")
+        return _bad_request(
+            ErrorCode.INVALID_ARGUMENTS, f"limit must be an integer, got {raw_limit!r}"
+        )
     if not 1 <= limit <= MAX_LOG_LIMIT:
-        return _bad_request("invalid_arguments", f"limit must be 1..{MAX_LOG_LIMIT}, got {limit}")
+        return _bad_request(
+            ErrorCode.INVALID_ARGUMENTS, f"limit must be 1..{MAX_LOG_LIMIT}, got {limit}"
+        )
     entries = await hub.store.query(instrument=instrument, limit=limit)
     return _json(LogPage(entries=entries))
 

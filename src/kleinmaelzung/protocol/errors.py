@@ -29,7 +29,6 @@ class ErrorCode(enum.StrEnum):
     UNAUTHORIZED = "unauthorized"
     DUPLICATE_AGENT = "duplicate_agent"
     # Subscriptions and ids.
-    INVALID_PATTERN = "invalid_pattern"
     INVALID_INSTRUMENT_ID = "invalid_instrument_id"
     DUPLICATE_ID = "duplicate_id"
     # Commands.
@@ -50,7 +49,6 @@ class ErrorCode(enum.StrEnum):
     #: The command did not run: the agent's connection to the hub closed
     #: before it could start.
     AGENT_DISCONNECTED = "agent_disconnected"
-    INSTRUMENT_BUSY = "instrument_busy"
     INSTRUMENT_ERROR = "instrument_error"
     INSTRUMENT_UNREACHABLE = "instrument_unreachable"
     TOO_MANY_PENDING = "too_many_pending"

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from ...protocol import InstrumentInfo, LogEntry
+from ..errors import HubError
 
 Direction = Literal["in", "out"]
 
@@ -47,7 +48,7 @@ class KnownInstrument:
         return self.info.id
 
 
-class StoreError(Exception):
+class StoreError(HubError):
     """The traffic log cannot do what was asked."""
 
 
