@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -32,6 +34,15 @@ FORBIDDEN = {
         "kleinmaelzung.agent",
         "kleinmaelzung.sim",
     ],
+    # The peer side of a link: protocol below it, nothing beside or above.
+    "kleinmaelzung.transport": [
+        "aiohttp.web",
+        "sqlite3",
+        "kleinmaelzung.hub",
+        "kleinmaelzung.agent",
+        "kleinmaelzung.client",
+        "kleinmaelzung.sim",
+    ],
     "kleinmaelzung.hub": ["kleinmaelzung.agent", "kleinmaelzung.client", "kleinmaelzung.sim"],
     "kleinmaelzung.sim": ["aiohttp", "msgspec", "kleinmaelzung.protocol"],
     # `kmz agent` on a Pi must not pay for the hub stack at start-up.
@@ -51,3 +62,36 @@ def test_package_imports_alone(package: str) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "", f"{package} loaded {result.stdout.strip()}"
+
+
+HUB = Path(__file__).parents[1] / "src" / "kleinmaelzung" / "hub"
+#: The hub's services: handlers call them, never the reverse.
+SERVICES = ["subscriptions", "fanout", "commands", "registry", "traffic", "acks", "peers"]
+ABOVE_SERVICES = {"handlers", "views", "rest", "app", "services"}
+
+
+def _relative_imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            if node.module:
+                found.add(node.module.split(".")[0])
+            else:
+                found.update(alias.name for alias in node.names)
+    return found
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_hub_services_never_call_up_into_handlers(service: str) -> None:
+    assert not _relative_imports(HUB / f"{service}.py") & ABOVE_SERVICES
+
+
+def test_only_the_traffic_facade_writes_to_the_store() -> None:
+    writes = ("store.append(", "store.save_instrument(", "store.forget_instrument(")
+    writers = sorted(
+        str(path.relative_to(HUB))
+        for path in HUB.rglob("*.py")
+        if "store" not in path.relative_to(HUB).parts and any(w in path.read_text() for w in writes)
+    )
+    assert writers == ["traffic.py"]
