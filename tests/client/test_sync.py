@@ -1,15 +1,16 @@
-"""The blocking client, driven from plain synchronous code in a worker thread."""
+"""The blocking client, driven from plain synchronous code in a worker thread, across restarts."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
 import threading
+from pathlib import Path
 
 import pytest
 
-from kleinmaelzung.client import CommandError, HubUnreachable, Sample, SyncClient
-from kleinmaelzung.hub import RunningHub
+from kleinmaelzung.client import CommandError, Event, HubUnreachable, Sample, SyncClient
+from kleinmaelzung.hub import HubConfig, RunningHub, start_hub
 
 from .agent_peer import answer_commands, instrument, publish_until, raw_agent
 
@@ -55,3 +56,33 @@ def test_unreachable_hub_raises_and_leaves_no_thread() -> None:
     with pytest.raises(HubUnreachable, match=str(port)), SyncClient(f"http://127.0.0.1:{port}"):
         pass
     assert threading.active_count() == before
+
+
+async def test_sync_client_reconnects_after_a_hub_restart(tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = HubConfig(host="127.0.0.1", port=port, data_dir=tmp_path / "hub")
+    running = await start_hub(config)
+    subscribed = threading.Event()
+
+    def script() -> Event:
+        with SyncClient(running.url, reconnect=True) as client:
+            events = client.subscribe("balance", timeout_s=20)
+            subscribed.set()
+            # Across the restart: the client reconnects and subscribes again.
+            event = next(events)
+            assert client.instruments()[0].id == "balance"
+            return event
+
+    job = asyncio.ensure_future(asyncio.to_thread(script))
+    try:
+        assert await asyncio.to_thread(subscribed.wait, 10)
+        await running.stop()
+        running = await start_hub(config)
+        async with raw_agent(running.url, "pi", [instrument("balance")]) as agent:
+            await publish_until(agent, "balance", job)
+        event = job.result()
+    finally:
+        await running.stop()
+    assert isinstance(event, Sample) and event.instrument == "balance"

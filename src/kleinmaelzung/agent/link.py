@@ -1,4 +1,11 @@
-"""The agent's one WebSocket to the hub: handshake, send samples, run commands, reconnect."""
+"""The agent's one WebSocket to the hub: send samples, run commands, on `transport.Connector`.
+
+Connecting, the handshake, reconnecting with backoff and saying what is
+wrong are the transport's (`transport.connection`). What is the agent's:
+sending what the outbox holds, acknowledgements, commands that never start
+after their deadline or from a connection that has gone, and stopping when
+another agent took this agent's id (`AgentReplaced`).
+"""
 
 from __future__ import annotations
 
@@ -7,8 +14,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-
-import aiohttp
+from typing import Any
 
 from .. import __version__
 from ..protocol import (
@@ -20,22 +26,49 @@ from ..protocol import (
     Error,
     ErrorCode,
     ErrorInfo,
-    HandshakeError,
     HubClock,
+    HubToAgentMessage,
     InstrumentInfo,
     Limits,
-    Received,
+    ProtocolError,
     Reply,
     Status,
     Timeouts,
-    agent_connection,
-    encode,
 )
-from ..transport import AGENT_PATH, SocketPeek, backoff_delays, websocket_url
+from ..transport import (
+    AGENT_PATH,
+    Connection,
+    ConnectionLost,
+    Connector,
+    HandshakeFailed,
+    Healing,
+    close_in_words,
+    websocket_url,
+)
+from .errors import AgentError
 from .outbox import Outbox
 from .permit import Permit
 
 _log = logging.getLogger(__name__)
+
+
+class AgentReplaced(AgentError):
+    """Another connection holds this agent's id at the hub (close code 4003); the link stopped.
+
+    Either the hub closed this agent because a newer connection with the same
+    `agent_id` replaced it, or the hub refused this agent's hello because the
+    id (or an instrument) is taken. Reconnecting would take the id back, and
+    two agents would replace each other forever: give each agent its own id.
+    """
+
+    def __init__(self, agent_id: str, reason: str, close_code: int | None) -> None:
+        super().__init__(
+            f"agent {agent_id!r} stopped: another connection holds its id at the hub ({reason}); "
+            "give each agent its own agent_id"
+        )
+        self.agent_id = agent_id
+        self.reason = reason
+        self.close_code = close_code
 
 
 class Link:
@@ -60,7 +93,7 @@ class Link:
         self.connected = asyncio.Event()
         #: Completed handshakes so far (1 after the first connect).
         self.sessions = 0
-        self._hello = AgentHello(
+        hello = AgentHello(
             protocol=PROTOCOL_VERSION,
             agent_id=agent_id,
             instruments=list(instruments),
@@ -72,91 +105,80 @@ class Link:
         self._statuses = statuses
         self._execute = execute
         self._limits = limits or Limits()
-        self._timeouts = timeouts or Timeouts()
-        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._connector: Connector[HubToAgentMessage] = Connector(
+            self.url, hello, limits=limits, timeouts=timeouts, log_extra={"agent": agent_id}
+        )
+        self._connection: Connection[HubToAgentMessage] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     def send_status(self, status: Status) -> None:
         """Send a status change now if connected; reconnects send every status anyway."""
-        if self._ws is not None and not self._ws.closed:
-            self._spawn(self._send(status))
+        connection = self._connection
+        if connection is not None and connection.live and not connection.send_soon(status):
+            _log.warning(
+                "status not sent now: the send queue is full; it is sent on the next connection",
+                extra={"agent": self.agent_id, "instrument": status.instrument},
+            )
 
     async def run(self) -> None:
-        """Connect, serve, and reconnect with jittered backoff, until cancelled."""
-        delays = backoff_delays(maximum_s=self._timeouts.reconnect_max_s)
-        async with aiohttp.ClientSession() as session:
+        """Connect, serve, and reconnect with backoff until cancelled; raise `AgentReplaced`."""
+        async with self._connector:
             while True:
-                started = time.monotonic()
                 try:
-                    await self._connect_once(session)
-                except HandshakeError as exc:
-                    _log.error(
-                        "hub refused the agent", extra={"code": exc.code, "detail": exc.message}
-                    )
-                    if exc.code in (ErrorCode.UNAUTHORIZED, ErrorCode.UNSUPPORTED_PROTOCOL):
-                        # An operator must fix this; keep trying, but slowly.
-                        delays = backoff_delays(
-                            initial_s=self._timeouts.reconnect_max_s,
-                            maximum_s=self._timeouts.reconnect_max_s,
-                        )
-                except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-                    _log.info("hub unreachable", extra={"url": self.url, "error": str(exc)})
-                if time.monotonic() - started > 10.0:
-                    delays = backoff_delays(maximum_s=self._timeouts.reconnect_max_s)
-                await asyncio.sleep(next(delays))
+                    connection = await self._connector.reconnect()
+                except HandshakeFailed as exc:  # only a FINAL failure gets here
+                    raise self._replaced(str(exc), exc.close_code) from None
+                await self._serve(connection)
+                lost = connection.lost
+                if lost is not None and lost.healing is Healing.FINAL:
+                    reason = close_in_words(lost.close_code, lost.close_reason)
+                    raise self._replaced(reason, lost.close_code)
 
-    async def _connect_once(self, session: aiohttp.ClientSession) -> None:
-        async with session.ws_connect(
-            self.url,
-            heartbeat=self._timeouts.heartbeat_s,
-            max_msg_size=4 * self._limits.max_message_bytes,
-        ) as ws:
-            connection = agent_connection(self._limits)
-            await ws.send_bytes(encode(self._hello))
-            msg = await ws.receive(timeout=self._timeouts.handshake_s)
-            if msg.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
-                raise ConnectionError(f"hub closed during the handshake ({msg.type.name})")
-            welcome = connection.receive(msg.data)  # raises HandshakeError unless a welcome
-            clock = HubClock()
-            if isinstance(welcome, Received) and welcome.message.clock is not None:
-                clock.observe(welcome.message.clock, time.monotonic())
-            # Commands check this before they start: a command read from a
-            # connection that has since closed must not run.
-            live = [True]
-            peek = SocketPeek(ws.get_extra_info("socket"))
-            self._ws = ws
-            self.sessions += 1
-            self.connected.set()
-            _log.info("connected to hub", extra={"url": self.url})
-            self._outbox.rewind()
+    def _replaced(self, reason: str, close_code: int | None) -> AgentReplaced:
+        _log.error(
+            "agent replaced at the hub by another connection with its id; stopping",
+            extra={"agent": self.agent_id, "url": self.url, "reason": reason},
+        )
+        return AgentReplaced(self.agent_id, reason, close_code)
+
+    async def _serve(self, connection: Connection[HubToAgentMessage]) -> None:
+        clock = HubClock()
+        if connection.welcome.clock is not None:
+            clock.observe(connection.welcome.clock, connection.welcomed_at)
+        self._connection = connection
+        self.sessions += 1
+        self.connected.set()
+        _log.info("connected to hub", extra={"url": self.url})
+        self._outbox.rewind()
+        sender: asyncio.Task[None] | None = None
+        try:
             for status in self._statuses():
                 await self._send(status)
-            sender = asyncio.create_task(self._send_samples(ws))
-            try:
-                async for msg in ws:
-                    if msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
-                        self._handle(connection.receive(msg.data), clock, live, peek)
-            finally:
-                live[0] = False
-                peek.close()
-                self.connected.clear()
-                self._ws = None
+            sender = asyncio.create_task(self._send_samples(connection))
+            async for message in connection:
+                self._handle(message, clock, connection)
+        finally:
+            # Commands check `connection.live` before they start: a command
+            # read from a connection that has since closed must not run.
+            if connection.live:
+                await connection.close()
+            self.connected.clear()
+            self._connection = None
+            if sender is not None:
                 sender.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await sender
-                _log.info("disconnected from hub", extra={"unacked": len(self._outbox)})
+            _log.info("disconnected from hub", extra={"unacked": len(self._outbox)})
 
-    def _handle(self, result: object, clock: HubClock, live: list[bool], peek: SocketPeek) -> None:
-        if not isinstance(result, Received):
-            _log.warning("unreadable frame from hub", extra={"detail": str(result)})
-            return
-        message = result.message
+    def _handle(
+        self, message: HubToAgentMessage, clock: HubClock, connection: Connection[Any]
+    ) -> None:
         if isinstance(message, Ack):
             if message.clock is not None:
                 clock.observe(message.clock, time.monotonic())
             self._outbox.acknowledge(message.seqs)
         elif isinstance(message, Command):
-            self._spawn(self._run_command(message, _permit(message, clock, live, peek)))
+            self._spawn(self._run_command(message, _permit(message, clock, connection)))
         elif isinstance(message, Error):
             _log.warning(
                 "hub reported an error", extra={"code": message.code, "detail": message.message}
@@ -178,20 +200,29 @@ class Link:
         # agent reconnected before the deadline), the client gets the outcome.
         await self._send(reply)
 
-    async def _send_samples(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+    async def _send_samples(self, connection: Connection[Any]) -> None:
         while True:
             await self._outbox.wait_unsent()
             # Whatever accumulated while the last frame was written goes in
             # one frame: batching that adds no delay of its own.
             batch = self._outbox.take_unsent(self._limits.max_samples_per_data)
-            await ws.send_frame(encode(Data(samples=batch)), aiohttp.WSMsgType.TEXT)
+            try:
+                await connection.send(Data(samples=batch))
+            except ConnectionLost:
+                return  # unacknowledged: sent again on the next connection
+            except ProtocolError as exc:
+                _log.error("samples not sent", extra={"code": exc.code, "detail": exc.message})
 
     async def _send(self, message: Status | Reply) -> None:
-        ws = self._ws
-        if ws is None or ws.closed:
+        connection = self._connection
+        if connection is None or not connection.live:
             return
-        with contextlib.suppress(ConnectionError, RuntimeError):
-            await ws.send_frame(encode(message), aiohttp.WSMsgType.TEXT)
+        try:
+            await connection.send(message)
+        except ConnectionLost:
+            pass  # statuses go again on the next connection; a reply's command was answered for
+        except ProtocolError as exc:
+            _log.error("not sent", extra={"code": exc.code, "detail": exc.message})
 
     def _spawn(self, coroutine: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coroutine)
@@ -199,20 +230,20 @@ class Link:
         task.add_done_callback(self._tasks.discard)
 
 
-def _permit(command: Command, clock: HubClock, live: list[bool], peek: SocketPeek) -> Permit:
+def _permit(command: Command, clock: HubClock, connection: Connection[Any]) -> Permit:
     """When a command received now must no longer start."""
     deadline = command.deadline
     if deadline is not None and clock.synchronised:
         return Permit(
             remaining_s=lambda: clock.remaining(deadline, time.monotonic()),
-            live=lambda: live[0],
-            socket_state=peek.state,
+            live=lambda: connection.live,
+            socket_state=connection.socket_state,
         )
     # A hub that sends no deadline: the best the agent can do is count from
     # the moment it read the command.
     local_deadline = time.monotonic() + command.timeout_s
     return Permit(
         remaining_s=lambda: local_deadline - time.monotonic(),
-        live=lambda: live[0],
-        socket_state=peek.state,
+        live=lambda: connection.live,
+        socket_state=connection.socket_state,
     )

@@ -1,8 +1,9 @@
 """The async client: subscribe to live data, send commands, list instruments.
 
-One reader task per connection feeds frames to the protocol's sans-I/O
-`PeerConnection` and routes what comes out: answers to the request waiting on
-their correlation id, samples and status changes to every subscription whose
+The connection itself (handshake, bounded send queue, reconnecting with
+backoff) is `transport.Connector`'s, shared with the agent. One reader task
+routes what the hub sends: answers to the request waiting on their
+correlation id, samples and status changes to every subscription whose
 patterns match.
 """
 
@@ -16,40 +17,31 @@ from collections.abc import Coroutine
 from types import TracebackType
 from typing import Any, TypeVar
 
-import aiohttp
-
 from ..protocol import (
     PROTOCOL_VERSION,
     ClientHello,
-    CloseCode,
     Command,
     CommandError,
     Data,
     Error,
     ErrorCode,
-    HandshakeError,
     HubToClientMessage,
     InstrumentList,
     InstrumentRecord,
     Limits,
     ListInstruments,
-    PeerConnection,
     ProtocolError,
-    Received,
-    Refused,
     Reply,
     Status,
     Subscribe,
     Subscribed,
     Timeouts,
     Unsubscribe,
-    client_connection,
-    encode,
     is_instrument_id,
     is_pattern,
 )
-from ..transport import CLIENT_PATH, backoff_delays, base_url, websocket_url
-from .errors import ConnectionLost, HubUnreachable, RequestError, RequestTimeout, reaching
+from ..transport import CLIENT_PATH, Connection, Connector, base_url, websocket_url
+from .errors import ConnectionLost, RequestError, RequestTimeout
 from .subscription import Subscription
 
 _log = logging.getLogger(__name__)
@@ -94,9 +86,8 @@ class Client:
         self._ids = itertools.count(1)
         self._pending: dict[str, asyncio.Future[HubToClientMessage]] = {}
         self._subscriptions: list[Subscription] = []
-        self._session: aiohttp.ClientSession | None = None
-        self._ws: aiohttp.ClientWebSocketResponse | None = None
-        self._connection: PeerConnection[HubToClientMessage] | None = None
+        self._connection: Connection[HubToClientMessage] | None = None
+        self._connector: Connector[HubToClientMessage] | None = None
         self._reader: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
@@ -116,20 +107,31 @@ class Client:
     @property
     def connected(self) -> bool:
         """Whether the connection to the hub is open right now."""
-        return self._ws is not None and not self._ws.closed
+        return self._connection is not None and self._connection.live
 
     async def connect(self) -> None:
-        """Open the connection and complete the handshake; raise if either fails."""
-        if self._session is not None:
+        """Open the connection and complete the handshake; raise if either fails.
+
+        Raises `HubUnreachable`, `HandshakeError` (the hub refused the hello,
+        or did not welcome it in time) or `ConnectionLost`; each says why.
+        """
+        if self._connector is not None:
             raise RuntimeError("this client is already connected")
         self._closing = False
-        self._session = aiohttp.ClientSession()
+        hello = ClientHello(protocol=PROTOCOL_VERSION, token=self._token, name=self.name)
+        connector: Connector[HubToClientMessage] = Connector(
+            websocket_url(self.url, CLIENT_PATH),
+            hello,
+            limits=self._limits,
+            timeouts=self._timeouts,
+            log_extra={"client": self.name} if self.name else {},
+        )
         try:
-            await self._open()
+            self._connection = await connector.connect()
         except BaseException:
-            await self._session.close()
-            self._session = None
+            await connector.aclose()
             raise
+        self._connector = connector
         self._reader = asyncio.create_task(self._read_forever(), name=f"kmz-client {self.url}")
 
     async def close(self) -> None:
@@ -140,13 +142,13 @@ class Client:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._reader = None
-        if self._ws is not None:
-            await self._ws.close()
+        if self._connection is not None:
+            await self._connection.close()
         self._fail_pending("the client was closed")
         self._end_subscriptions(None)
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._connector is not None:
+            await self._connector.aclose()
+            self._connector = None
 
     def subscribe(self, *patterns: str, status: bool = False) -> Subscription:
         """Live samples of instruments matching the ids or glob patterns (`kiln-*`)."""
@@ -197,81 +199,30 @@ class Client:
     def _next_id(self) -> str:
         return str(next(self._ids))
 
-    async def _open(self) -> None:
-        """Connect and shake hands; on success the new socket replaces the old one."""
-        assert self._session is not None
-        url = websocket_url(self.url, CLIENT_PATH)
-        deadline_s = self._timeouts.handshake_s
-        with reaching(url, deadline_s):
-            async with asyncio.timeout(deadline_s):
-                ws = await self._session.ws_connect(
-                    url,
-                    heartbeat=self._timeouts.heartbeat_s,
-                    max_msg_size=4 * self._limits.max_message_bytes,
-                    timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
-                )
-        connection = client_connection(self._limits)
-        try:
-            hello = ClientHello(protocol=PROTOCOL_VERSION, token=self._token, name=self.name)
-            await ws.send_frame(encode(hello), aiohttp.WSMsgType.TEXT)
-            msg = await ws.receive(timeout=deadline_s)
-            if msg.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
-                raise ConnectionLost(f"the hub at {url} closed the connection during the handshake")
-            connection.receive(msg.data)  # raises HandshakeError unless it is a welcome
-        except TimeoutError:
-            await ws.close()
-            raise HandshakeError(
-                ErrorCode.HELLO_EXPECTED,
-                f"no welcome from the hub at {url} within {deadline_s:g} s",
-                CloseCode.HANDSHAKE_TIMEOUT,
-            ) from None
-        except BaseException:
-            await ws.close()
-            raise
-        self._ws, self._connection = ws, connection
-
     async def _read_forever(self) -> None:
         try:
-            while await self._read_until_closed():
-                if not self._reconnect:
+            while self._connection is not None:
+                connection = self._connection
+                async for message in connection:
+                    self._dispatch(message)
+                if self._closing:
                     return
-                await self._reconnect_with_backoff()
+                lost = connection.lost
+                reason = str(lost) if lost else f"the connection to the hub at {self.url} closed"
+                self._fail_pending(reason)
+                if not self._reconnect:
+                    self._end_subscriptions(reason)
+                    return
+                assert self._connector is not None
+                # Backoff, logging what is wrong, reset once welcomed: the transport's.
+                self._connection = await self._connector.reconnect()
+                if self._subscriptions:
+                    # Not awaited here: this task must go on reading to get the answer.
+                    self._spawn(self._subscribe_again())
         except Exception:  # a bug here must not leave requests waiting forever
             _log.exception("client reader failed", extra={"url": self.url})
             self._fail_pending("the client's reader failed; see the log")
             self._end_subscriptions("the client's reader failed; see the log")
-
-    async def _read_until_closed(self) -> bool:
-        """Dispatch frames until the socket closes; return whether that was unexpected."""
-        assert self._ws is not None and self._connection is not None
-        ws, connection = self._ws, self._connection
-        async for msg in ws:
-            if msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
-                self._dispatch(connection.receive(msg.data))
-        if self._closing:
-            return False
-        code = ws.close_code
-        why = f" (close code {code}{_close_name(code)})" if code is not None else ""
-        reason = f"the connection to the hub at {self.url} was lost{why}"
-        _log.warning("connection lost", extra={"url": self.url, "close_code": code})
-        self._fail_pending(reason)
-        if not self._reconnect:
-            self._end_subscriptions(reason)
-        return True
-
-    async def _reconnect_with_backoff(self) -> None:
-        for delay_s in backoff_delays(maximum_s=self._timeouts.reconnect_max_s):
-            await asyncio.sleep(delay_s)
-            try:
-                await self._open()
-            except (HubUnreachable, ConnectionLost, ProtocolError) as exc:
-                _log.info("reconnect failed", extra={"url": self.url, "error": str(exc)})
-                continue
-            _log.info("reconnected", extra={"url": self.url})
-            if self._subscriptions:
-                # Not awaited here: this task must go on reading to get the answer.
-                self._spawn(self._subscribe_again())
-            return
 
     async def _subscribe_again(self) -> None:
         patterns = sorted({p for s in self._subscriptions for p in s.patterns})
@@ -284,8 +235,8 @@ class Client:
         except (RequestTimeout, RequestError, ProtocolError) as exc:
             # Connected but not subscribed would be silent forever: start over.
             _log.warning("subscribing again failed", extra={"url": self.url, "error": str(exc)})
-            if self._ws is not None:
-                await self._ws.close()
+            if self._connection is not None:
+                await self._connection.close()
             return
         for subscription in self._subscriptions:
             subscription.instruments = [i for i in answer.instruments if subscription.wants(i)]
@@ -297,15 +248,7 @@ class Client:
 
     # --- routing -------------------------------------------------------------
 
-    def _dispatch(self, result: Received[HubToClientMessage] | Refused) -> None:
-        if isinstance(result, Refused):
-            error = result.error
-            _log.warning(
-                "unreadable message from the hub",
-                extra={"url": self.url, "code": error.code, "detail": error.message},
-            )
-            return
-        message = result.message
+    def _dispatch(self, message: HubToClientMessage) -> None:
         if isinstance(message, Data):
             for sample in message.samples:
                 for subscription in self._subscriptions:
@@ -334,15 +277,15 @@ class Client:
         self, message: _Request, expected: type[_Answer], timeout_s: float
     ) -> _Answer:
         """Send a request and wait for the answer with its correlation id."""
-        ws = self._ws
-        if ws is None or ws.closed:
+        connection = self._connection
+        if connection is None or not connection.live:
             raise ConnectionLost(f"not connected to the hub at {self.url}")
         future: asyncio.Future[HubToClientMessage] = asyncio.get_running_loop().create_future()
         self._pending[message.id] = future
         kind = message.__struct_config__.tag
         sent = False
         try:
-            await ws.send_frame(encode(message), aiohttp.WSMsgType.TEXT)
+            await connection.send(message)  # returns once written
             sent = True
             async with asyncio.timeout(timeout_s):
                 answer = await future
@@ -352,18 +295,14 @@ class Client:
             raise RequestTimeout(
                 f"no answer from the hub at {self.url} to {kind} within {timeout_s:g} s"
             ) from None
-        except (aiohttp.ClientError, ConnectionError, ConnectionLost) as exc:
+        except ConnectionLost:
             # The socket closed under us. A command that left may have reached
             # the instrument: its outcome is unknown, not a failure.
             if sent and isinstance(message, Command):
                 raise _outcome_unknown(
                     message, f"the connection to the hub at {self.url} was lost"
                 ) from None
-            if isinstance(exc, ConnectionLost):
-                raise
-            raise ConnectionLost(
-                f"the connection to the hub at {self.url} was lost: {exc}"
-            ) from None
+            raise
         finally:
             self._pending.pop(message.id, None)
         if isinstance(answer, Error):
@@ -421,10 +360,3 @@ def _outcome_unknown(command: Command, what: str) -> CommandError:
         instrument=command.instrument,
         name=command.name,
     )
-
-
-def _close_name(code: int) -> str:
-    try:
-        return " " + CloseCode(code).name.lower().replace("_", " ")
-    except ValueError:
-        return ""

@@ -8,6 +8,9 @@ KmzError
 ├── CommandError         a command came back with ok=false (from `protocol`)
 └── ProtocolError        the hub sent something we cannot accept (from `protocol`)
     └── HandshakeError   ... in answer to our hello, e.g. `unsupported_protocol`
+
+`HubUnreachable` and `ConnectionLost` are the transport's, shared with the
+agent; each says in `healing` whether waiting can mend it.
 """
 
 from __future__ import annotations
@@ -18,14 +21,9 @@ from collections.abc import Iterator
 import aiohttp
 
 from ..protocol import KmzError
+from ..transport import ConnectionLost, HubUnreachable, describe
 
-
-class HubUnreachable(KmzError):
-    """The hub could not be reached; the message names the URL that was tried."""
-
-
-class ConnectionLost(KmzError):
-    """The connection to the hub ended while a request or a subscription waited on it."""
+__all__ = ["ConnectionLost", "HubUnreachable", "RequestError", "RequestTimeout", "reaching"]
 
 
 class RequestTimeout(KmzError, TimeoutError):
@@ -47,6 +45,8 @@ def reaching(url: str, timeout_s: float) -> Iterator[None]:
     try:
         yield
     except TimeoutError:
-        raise HubUnreachable(f"no answer from the hub at {url} within {timeout_s:g} s") from None
+        raise HubUnreachable(
+            f"no answer from the hub at {url} within {timeout_s:g} s", url=url
+        ) from None
     except (aiohttp.ClientError, OSError) as exc:
-        raise HubUnreachable(f"cannot reach the hub at {url}: {exc}") from None
+        raise HubUnreachable(f"cannot reach the hub at {url}: {describe(exc)}", url=url) from None

@@ -1,31 +1,36 @@
 """Connection state machines for both ends, without I/O.
 
 Feed a frame with `receive()`, get back what happened (`Received` or
-`Refused`). The I/O layer (hub views, agent link, client) sends what it is told
-to and closes when a `Refused` carries a close code. Allowed transitions are the
-tables below.
+`Refused`); a peer asks `send()` for the frame of each message it sends, and
+gets a `Refused` instead when the message must not go out. Both sides report
+refusals the same way: as values, never raised. The I/O layer (hub views,
+`transport.connection`) sends what it is told to and closes when a `Refused`
+carries a close code. Allowed transitions are the tables below.
 """
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, get_args
 
 from .codec import (
     Decoder,
     Invalid,
     agent_decoder,
     client_decoder,
+    encode,
     hub_to_agent_decoder,
     hub_to_client_decoder,
 )
-from .errors import CloseCode, ErrorCode, HandshakeError
+from .errors import CloseCode, ErrorCode
 from .limits import Limits
 from .messages import (
     SUPPORTED_PROTOCOLS,
     AgentHello,
+    AgentMessage,
     ClientHello,
+    ClientMessage,
     Command,
     Data,
     Error,
@@ -168,43 +173,131 @@ class HubConnection(Generic[M]):
 
 
 class PeerConnection(Generic[M]):
-    """An agent's or a client's side of its connection to the hub."""
+    """An agent's or a client's side of its connection to the hub.
 
-    def __init__(self, decoder: Decoder[M]) -> None:
+    Refusals are values, as on the hub's side: `receive()` and `send()` never
+    raise, they return a `Refused`. What differs is who is at fault and so
+    what the I/O layer does with it:
+
+    - `receive()` refuses what the hub sent. During the handshake that ends
+      the connection (`close` is set): the hub refused our hello (`error` is
+      the hub's own error), or answered it with something other than a
+      welcome. After the welcome an unreadable frame is reported and survived,
+      never answered: a client cannot send `error`, and an agent answering the
+      hub's errors with errors could loop.
+    - `send()` refuses what we were about to send (nothing but the hello before
+      the welcome; only messages of this side's direction; within the limits).
+      That is a bug on this side: the frame is not sent and the connection
+      stays as it was.
+    """
+
+    def __init__(self, kind: PeerKind, decoder: Decoder[M], limits: Limits | None = None) -> None:
+        self.kind = kind
         self.state = State.HANDSHAKE
         self.welcome: Welcome | None = None
+        self.hello_sent = False
         self._decoder = decoder
+        self._limits = limits or Limits()
 
     def receive(self, data: bytes | str) -> Received[M] | Refused:
-        """Decode one frame from the hub; raise `HandshakeError` if the hub refused us."""
+        """Decode one frame from the hub and check it against the connection's state."""
+        if self.state is State.CLOSED:
+            return Refused(Error(code=ErrorCode.UNEXPECTED_MESSAGE, message="connection is closed"))
         message = self._decoder.decode(data)
         if isinstance(message, Invalid):
             # The hub sent a frame we cannot read: its bug or a version skew.
             # Reported, and survivable once the handshake is done.
             if self.state is State.HANDSHAKE:
-                self.state = State.CLOSED
-                raise HandshakeError(
-                    message.error.code_enum(), message.error.message, CloseCode.HELLO_EXPECTED
-                )
+                return self._close(message.error, CloseCode.HELLO_EXPECTED)
             return Refused(message.error)
         if self.state is State.HANDSHAKE:
-            if isinstance(message, Welcome):
+            if isinstance(message, Welcome) and self.hello_sent:
                 self.welcome = message
                 self.state = State.OPEN
                 return Received(message)
-            self.state = State.CLOSED
             if isinstance(message, Error):
                 code = message.code_enum()
-                raise HandshakeError(
-                    code, message.message, _CLOSE_FOR.get(code, CloseCode.HELLO_EXPECTED)
-                )
-            raise HandshakeError(
-                ErrorCode.UNEXPECTED_MESSAGE,
-                "the hub did not answer the hello with 'welcome'",
+                return self._close(message, _CLOSE_FOR.get(code, CloseCode.HELLO_EXPECTED))
+            return self._close(
+                Error(
+                    code=ErrorCode.UNEXPECTED_MESSAGE,
+                    message="the hub did not answer the hello with 'welcome' but with "
+                    f"{_tag(message)!r}",
+                ),
                 CloseCode.HELLO_EXPECTED,
+            )
+        if isinstance(message, Welcome):
+            return Refused(
+                Error(code=ErrorCode.UNEXPECTED_MESSAGE, message="welcome was already received")
             )
         return Received(message)
 
+    def send(self, message: Any) -> bytes | Refused:
+        """The frame that carries `message`, or why this side must not send it now."""
+        refusal = self._check_send(message)
+        if refusal is not None:
+            return Refused(refusal)
+        frame = encode(message)
+        if len(frame) > self._limits.max_message_bytes:
+            return Refused(
+                Error(
+                    code=ErrorCode.MESSAGE_TOO_LARGE,
+                    message=f"this {_tag(message)} is {len(frame)} bytes; the hub accepts at "
+                    f"most {self._limits.max_message_bytes}",
+                )
+            )
+        if isinstance(message, _HELLO[self.kind]):
+            self.hello_sent = True
+        return frame
+
+    def close(self) -> None:
+        """Mark the connection closed."""
+        self.state = State.CLOSED
+
+    def _check_send(self, message: Any) -> Error | None:
+        hello_type = _HELLO[self.kind]
+        if self.state is State.CLOSED:
+            return Error(code=ErrorCode.UNEXPECTED_MESSAGE, message="the connection is closed")
+        if isinstance(message, hello_type):
+            if self.hello_sent:
+                return Error(code=ErrorCode.UNEXPECTED_MESSAGE, message="hello was already sent")
+            return None
+        if self.state is State.HANDSHAKE:
+            return Error(
+                code=ErrorCode.HELLO_EXPECTED,
+                message=f"nothing but {_tag(hello_type)!r} may be sent before the welcome, "
+                f"not {_tag(message)!r}",
+            )
+        if not isinstance(message, _SENDS[self.kind]):
+            return Error(
+                code=ErrorCode.UNEXPECTED_MESSAGE,
+                message=f"{_tag(message)!r} is not a message an {self.kind} sends"
+                if self.kind is PeerKind.AGENT
+                else f"{_tag(message)!r} is not a message a {self.kind} sends",
+            )
+        if isinstance(message, Data) and len(message.samples) > self._limits.max_samples_per_data:
+            return Error(
+                code=ErrorCode.MESSAGE_TOO_LARGE,
+                message=f"a data message carries at most {self._limits.max_samples_per_data} "
+                f"samples; this one has {len(message.samples)}",
+            )
+        return None
+
+    def _close(self, error: Error, close: CloseCode) -> Refused:
+        self.state = State.CLOSED
+        return Refused(error, close)
+
+
+def _tag(message: Any) -> str:
+    config = getattr(message, "__struct_config__", None)
+    return str(config.tag) if config is not None and config.tag else type(message).__name__
+
+
+#: What each side may send once welcomed: its direction's messages, but the hello.
+_SENDS: dict[PeerKind, tuple[type[Any], ...]] = {
+    PeerKind.AGENT: tuple(t for t in get_args(AgentMessage) if t is not AgentHello),
+    PeerKind.CLIENT: tuple(t for t in get_args(ClientMessage) if t is not ClientHello),
+}
 
 _CLOSE_FOR = {
     ErrorCode.UNAUTHORIZED: CloseCode.UNAUTHORIZED,
@@ -225,9 +318,9 @@ def hub_client_connection(limits: Limits | None = None) -> HubConnection[Any]:
 
 def agent_connection(limits: Limits | None = None) -> PeerConnection[Any]:
     """An agent's state machine for its hub connection."""
-    return PeerConnection(hub_to_agent_decoder(limits))
+    return PeerConnection(PeerKind.AGENT, hub_to_agent_decoder(limits), limits)
 
 
 def client_connection(limits: Limits | None = None) -> PeerConnection[Any]:
     """A client's state machine for its hub connection."""
-    return PeerConnection(hub_to_client_decoder(limits))
+    return PeerConnection(PeerKind.CLIENT, hub_to_client_decoder(limits), limits)

@@ -1,6 +1,16 @@
-"""WebSocket plumbing shared by agent and client: URLs and reconnect delays."""
+"""The peer side of a link to the hub, for agent and client: URLs, connecting, reconnecting."""
 
-from .backoff import backoff_delays
+from .backoff import Backoff, backoff_delays
+from .connection import REPEAT_EVERY, Connection, Connector, Failure
+from .errors import (
+    ConnectionLost,
+    HandshakeFailed,
+    Healing,
+    HubUnreachable,
+    close_healing,
+    close_in_words,
+    describe,
+)
 from .liveness import SocketPeek, SocketState
 from .urls import (
     AGENT_PATH,
@@ -17,10 +27,22 @@ __all__ = [
     "CLIENT_PATH",
     "DEFAULT_HUB_URL",
     "DEFAULT_PORT",
+    "REPEAT_EVERY",
+    "Backoff",
+    "Connection",
+    "ConnectionLost",
+    "Connector",
+    "Failure",
+    "HandshakeFailed",
+    "Healing",
+    "HubUnreachable",
     "SocketPeek",
     "SocketState",
     "backoff_delays",
     "base_url",
+    "close_healing",
+    "close_in_words",
     "default_hub_url",
+    "describe",
     "websocket_url",
 ]
