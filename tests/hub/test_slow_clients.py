@@ -1,0 +1,73 @@
+"""A client that does not keep up misses the oldest data, coalesced, and slows no one down."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import aiohttp
+import msgspec
+
+from kleinmaelzung.hub import HubConfig, start_hub
+from kleinmaelzung.protocol import Limits
+
+from .peers import DEADLINE_S, instrument, raw_agent, raw_client
+
+SAMPLES_PER_MESSAGE = 1000
+MESSAGES = 150  # about 15 MB: more than the kernel buffers between hub and client
+
+
+def batch(first_seq: int) -> dict[str, object]:
+    return {
+        "type": "data",
+        "samples": [
+            {"instrument": "balance", "seq": s, "ts": 1.0 + s, "values": {"mass": 1.0 * s}}
+            for s in range(first_seq, first_seq + SAMPLES_PER_MESSAGE)
+        ],
+    }
+
+
+async def test_a_stalled_client_misses_the_oldest_while_a_reading_one_gets_everything(
+    tmp_path: Path,
+) -> None:
+    config = HubConfig(port=0, data_dir=tmp_path / "h", limits=Limits(client_queue_frames=8))
+    running = await start_hub(config)
+    try:
+        async with (
+            raw_agent(running.url, "pi", [instrument("balance")]) as agent,
+            raw_client(running.url, "stalled") as stalled,
+            raw_client(running.url, "reading") as reading,
+        ):
+            for client in (stalled, reading):
+                await client.send({"type": "subscribe", "id": "s", "patterns": ["balance"]})
+                await client.receive_type("subscribed")
+            total = MESSAGES * SAMPLES_PER_MESSAGE
+
+            async def read_all() -> list[int]:
+                seqs: list[int] = []
+                while len(seqs) < total:
+                    seqs += [s["seq"] for s in (await reading.receive_type("data"))["samples"]]
+                return seqs
+
+            reader = asyncio.create_task(read_all())
+            for index in range(MESSAGES):
+                await agent.send(batch(index * SAMPLES_PER_MESSAGE))
+            # The reading client is not held back by the stalled one.
+            assert await asyncio.wait_for(reader, 4 * DEADLINE_S) == list(range(total))
+
+            # Now the stalled client reads what the hub kept for it.
+            frames, seqs = 0, []
+            while not seqs or seqs[-1] != total - 1:
+                msg = await stalled.ws.receive(timeout=DEADLINE_S)
+                assert msg.type is aiohttp.WSMsgType.TEXT
+                message = msgspec.json.decode(msg.data)
+                if message["type"] == "data":
+                    frames += 1
+                    seqs += [s["seq"] for s in message["samples"]]
+            assert seqs == sorted(set(seqs)), "repeated or out of order"
+            assert len(seqs) < total, "nothing was dropped: the test did not stall the client"
+            assert frames < MESSAGES, "queued batches were not coalesced into fewer frames"
+            stalled_peer = next(p for p in running.hub.peers if p.name.endswith("/stalled"))
+            assert stalled_peer.missed > 0
+    finally:
+        await running.stop()
