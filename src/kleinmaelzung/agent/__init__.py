@@ -4,12 +4,14 @@ from .agent import Agent, run_agent
 from .config import AgentConfig, InstrumentConfig, load_config, parse_config
 from .drivers.discovery import MissingExtra, load_drivers
 from .errors import AgentError, ConfigError, DriverError, InstrumentError, NoAnswer, PortError
+from .link import AgentReplaced
 from .outbox import Outbox
 
 __all__ = [
     "Agent",
     "AgentConfig",
     "AgentError",
+    "AgentReplaced",
     "ConfigError",
     "DriverError",
     "InstrumentConfig",

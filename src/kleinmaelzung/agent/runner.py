@@ -12,7 +12,6 @@ import math
 import re
 import time
 from collections.abc import Callable
-from typing import Any
 
 from ..protocol import (
     Command,
@@ -24,6 +23,7 @@ from ..protocol import (
     Sample,
     Status,
     Value,
+    check_arguments,
 )
 from ..transport import backoff_delays
 from .config import InstrumentConfig
@@ -278,32 +278,6 @@ class InstrumentRunner:
             exc_info=exc if first else None,
             extra={"instrument": self.config.id, "error": _describe(exc), **extra},
         )
-
-
-def check_arguments(spec: CommandSpec, args: dict[str, Any]) -> str | None:
-    """Say what is wrong with a command's arguments, or None if they fit its spec."""
-    declared = {a.name: a for a in spec.args}
-    extra = sorted(set(args) - set(declared))
-    if extra:
-        accepted = ", ".join(declared) or "no arguments"
-        return f"{spec.name} takes {accepted}; unexpected: {', '.join(extra)}"
-    for name, arg in declared.items():
-        if name not in args:
-            return f"{spec.name} needs argument {name!r} ({arg.type})"
-        value = args[name]
-        ok = {
-            "float": isinstance(value, int | float) and not isinstance(value, bool),
-            "int": isinstance(value, int) and not isinstance(value, bool),
-            "str": isinstance(value, str),
-            "bool": isinstance(value, bool),
-        }[arg.type]
-        if not ok:
-            return f"argument {name!r} must be {arg.type}, got {value!r}"
-        if arg.minimum is not None and value < arg.minimum:
-            return f"argument {name!r} must be at least {arg.minimum:g}, got {value!r}"
-        if arg.maximum is not None and value > arg.maximum:
-            return f"argument {name!r} must be at most {arg.maximum:g}, got {value!r}"
-    return None
 
 
 def check_values(values: object) -> dict[str, Value]:
