@@ -32,6 +32,7 @@ from ..protocol import (
     ListInstruments,
     ProtocolError,
     Reply,
+    Sample,
     Status,
     Subscribe,
     Subscribed,
@@ -86,6 +87,8 @@ class Client:
         self._ids = itertools.count(1)
         self._pending: dict[str, asyncio.Future[HubToClientMessage]] = {}
         self._subscriptions: list[Subscription] = []
+        #: (seq, ts) of the newest sample delivered per instrument.
+        self._newest: dict[str, tuple[int, float]] = {}
         self._connection: Connection[HubToClientMessage] | None = None
         self._connector: Connector[HubToClientMessage] | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -241,6 +244,21 @@ class Client:
         for subscription in self._subscriptions:
             subscription.instruments = [i for i in answer.instruments if subscription.wants(i)]
 
+    def _seen_before(self, sample: Sample) -> bool:
+        """Whether this sample was delivered already, and note it if not.
+
+        A hub that crashed had forwarded samples it had not yet logged; the
+        agent sends them again and the next hub forwards them again. They
+        carry the seq and the time they had: at or below the newest of both,
+        a sample is a repeat. An agent that restarted counts from seq 0 again
+        but later in time, and the hub reports it offline in between.
+        """
+        newest = self._newest.get(sample.instrument)
+        if newest is not None and sample.seq <= newest[0] and sample.ts <= newest[1]:
+            return True
+        self._newest[sample.instrument] = (sample.seq, sample.ts)
+        return False
+
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coroutine)
         self._tasks.add(task)
@@ -251,10 +269,15 @@ class Client:
     def _dispatch(self, message: HubToClientMessage) -> None:
         if isinstance(message, Data):
             for sample in message.samples:
+                if self._seen_before(sample):
+                    continue
                 for subscription in self._subscriptions:
                     if subscription.wants(sample.instrument):
                         subscription._deliver(sample)
         elif isinstance(message, Status):
+            if message.state == "offline":
+                # Its agent went away: when it comes back it may count from 0.
+                self._newest.pop(message.instrument, None)
             for subscription in self._subscriptions:
                 if subscription.status and subscription.wants(message.instrument):
                     subscription._deliver(message)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from ..protocol import Ack, CloseCode
+from ..protocol import Ack, CloseCode, PeerKind
 from . import rest, views
 from .acks import AckGatherer
 from .commands import Commands
@@ -122,15 +122,18 @@ async def _close_peers(app: web.Application) -> None:
             extra={"error": str(exc) or type(exc).__name__},
         )
     hub.acks.flush()
-    peers = list(hub.peers)
-    if peers:
-        await asyncio.wait(
-            [
-                asyncio.ensure_future(p.disconnect(CloseCode.GOING_AWAY, "hub shutting down"))
-                for p in peers
-            ],
-            timeout=SHUTDOWN_CLOSE_S,
-        )
+    # Clients first: they must not hear that instruments went offline, when
+    # it is the hub that goes.
+    for kind in (PeerKind.CLIENT, PeerKind.AGENT):
+        peers = [p for p in hub.peers if p.kind is kind]
+        if peers:
+            await asyncio.wait(
+                [
+                    asyncio.ensure_future(p.disconnect(CloseCode.GOING_AWAY, "hub shutting down"))
+                    for p in peers
+                ],
+                timeout=SHUTDOWN_CLOSE_S / 2,
+            )
 
 
 @dataclass
