@@ -65,7 +65,15 @@ async def test_a_resend_forwarded_by_the_next_hub_is_not_delivered_twice(tmp_pat
             # The agent restarts: a new run counts from 0 again, and is delivered.
             async with raw_agent(second.url, "pi", [instrument("balance")], run="r2") as agent:
                 await online(events)
-                await publish(agent, "balance", 0, 1)
-                assert [s for s, _ in await samples(events, 2)] == [0, 1]
+                await agent.send(
+                    {
+                        "type": "data",
+                        "samples": [
+                            {"instrument": "balance", "seq": s, "ts": 200.0 + s, "values": {}}
+                            for s in (0, 1)
+                        ],
+                    }
+                )
+                assert await samples(events, 2) == [(0, 200.0), (1, 201.0)]
         finally:
             await second.stop()

@@ -9,6 +9,7 @@ patterns match.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
 import itertools
@@ -87,8 +88,8 @@ class Client:
         self._ids = itertools.count(1)
         self._pending: dict[str, asyncio.Future[HubToClientMessage]] = {}
         self._subscriptions: list[Subscription] = []
-        #: (seq, ts) of the newest sample delivered per instrument.
-        self._newest: dict[str, tuple[int, float]] = {}
+        #: The newest samples delivered, per instrument, to recognise repeats.
+        self._recent: dict[str, _RecentSamples] = {}
         self._connection: Connection[HubToClientMessage] | None = None
         self._connector: Connector[HubToClientMessage] | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -245,19 +246,11 @@ class Client:
             subscription.instruments = [i for i in answer.instruments if subscription.wants(i)]
 
     def _seen_before(self, sample: Sample) -> bool:
-        """Whether this sample was delivered already, and note it if not.
-
-        A hub that crashed had forwarded samples it had not yet logged; the
-        agent sends them again and the next hub forwards them again. They
-        carry the seq and the time they had: at or below the newest of both,
-        a sample is a repeat. An agent that restarted counts from seq 0 again
-        but later in time, and the hub reports it offline in between.
-        """
-        newest = self._newest.get(sample.instrument)
-        if newest is not None and sample.seq <= newest[0] and sample.ts <= newest[1]:
-            return True
-        self._newest[sample.instrument] = (sample.seq, sample.ts)
-        return False
+        """Whether this very sample was delivered already; note it if not."""
+        window = self._recent.get(sample.instrument)
+        if window is None:
+            window = self._recent[sample.instrument] = _RecentSamples()
+        return window.seen(sample.seq, sample.ts)
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coroutine)
@@ -275,9 +268,6 @@ class Client:
                     if subscription.wants(sample.instrument):
                         subscription._deliver(sample)
         elif isinstance(message, Status):
-            if message.state == "offline":
-                # Its agent went away: when it comes back it may count from 0.
-                self._newest.pop(message.instrument, None)
             for subscription in self._subscriptions:
                 if subscription.status and subscription.wants(message.instrument):
                     subscription._deliver(message)
@@ -373,6 +363,34 @@ class Client:
             # Best effort: a hub that is gone has forgotten the patterns anyway.
             with contextlib.suppress(ConnectionLost, RequestTimeout):
                 await self._request(request, Subscribed, REQUEST_TIMEOUT_S)
+
+
+class _RecentSamples:
+    """The times of the last `size` samples of one instrument, by seq.
+
+    The hub forwards a sample before its log commits it; after a hub crash
+    the agent sends again what was not acknowledged, and the next hub, which
+    never logged it, forwards it again. A repeat carries the very seq and
+    time it had; a restarted agent's new run counts from 0 again, but at
+    other times. 8 KiB per instrument; a repeat older than the window (a hub
+    whose log was more than `size` samples behind when it crashed) would get
+    through. Delivery by (run, seq) from the log is issue 9.
+    """
+
+    def __init__(self, size: int = 1024) -> None:
+        self._size = size
+        self._times = array.array("d", bytes(8 * size))
+        self._newest = -1
+
+    def seen(self, seq: int, ts: float) -> bool:
+        """Whether (seq, ts) was delivered already; remember it if not."""
+        if self._newest - self._size < seq <= self._newest and self._times[seq % self._size] == ts:
+            return True
+        if seq <= self._newest:  # a new run: what came before is another stream
+            self._times = array.array("d", bytes(8 * self._size))
+        self._newest = seq
+        self._times[seq % self._size] = ts
+        return False
 
 
 def _outcome_unknown(command: Command, what: str) -> CommandError:
