@@ -27,7 +27,7 @@ from .client.agent_peer import (
     raw_agent,
 )
 
-SUBCOMMANDS = ["hub", "agent", "sim", "demo", "instruments", "watch", "send", "log"]
+SUBCOMMANDS = ["hub", "agent", "sim", "demo", "instruments", "watch", "send", "log", "forget"]
 KMZ = [sys.executable, "-m", "kleinmaelzung.cli"]
 DEADLINE_S = 30.0
 
@@ -276,3 +276,24 @@ async def test_log_json_shows_the_traffic(hub: RunningHub) -> None:
     human = await kmz_async("log", "--instrument", "balance", "--hub", hub.url)
     assert human.returncode == 0
     assert any(" data " in line and "balance" in line for line in human.stdout.splitlines())
+
+
+async def test_forget_an_instrument_whose_agent_is_gone(hub: RunningHub) -> None:
+    async with lab(hub):
+        online = await kmz_async("forget", "balance", "--hub", hub.url)
+    assert (online.returncode, online.stderr.split("]")[0]) == (1, "error [instrument_online")
+    gone = await kmz_async("forget", "balance", "--hub", hub.url)
+    assert (gone.returncode, gone.stdout) == (0, "forgot balance\n")
+    again = await kmz_async("forget", "balance", "--hub", hub.url)
+    assert (again.returncode, again.stderr.split("]")[0]) == (1, "error [unknown_instrument")
+    listed = await kmz_async("instruments", "--json", "--hub", hub.url)
+    assert [r["id"] for r in json.loads(listed.stdout)] == ["kiln-air"]
+
+
+async def test_a_hub_on_a_busy_port_says_so_and_exits(hub: RunningHub, tmp_path: Path) -> None:
+    port = hub.url.rsplit(":", 1)[1]
+    busy = await kmz_async("hub", "--port", port, "--data", str(tmp_path / "data"))
+    assert busy.returncode == 1
+    assert f"port {port} on 127.0.0.1 is in use" in busy.stderr
+    assert "Traceback" not in busy.stderr + busy.stdout
+    assert "hub started" not in busy.stderr + busy.stdout

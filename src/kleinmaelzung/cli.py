@@ -101,6 +101,12 @@ def _parser() -> argparse.ArgumentParser:
     log.add_argument("--limit", type=_positive_int, default=20, help="entries (default 20)")
     log.add_argument("--json", action="store_true", help="print a JSON array, newest first")
     _hub_option(log)
+
+    forget = commands.add_parser(
+        "forget", help="stop listing an instrument whose agent is gone (the log keeps its traffic)"
+    )
+    forget.add_argument("instrument")
+    _hub_option(forget)
     return parser
 
 
@@ -407,6 +413,22 @@ def _cmd_log(args: argparse.Namespace) -> int:
         return EXIT_OK
 
     return _run_client("log", run())
+
+
+def _cmd_forget(args: argparse.Namespace) -> int:
+    from .client import forget_instrument
+    from .protocol import is_instrument_id
+
+    if not is_instrument_id(args.instrument):
+        raise _UsageError(f"not an instrument id: {args.instrument!r}")
+    url = _hub_url(args)
+
+    async def run() -> int:
+        await forget_instrument(url, args.instrument)
+        print(f"forgot {args.instrument}")
+        return EXIT_OK
+
+    return _run_client("forget", run())
 
 
 if __name__ == "__main__":

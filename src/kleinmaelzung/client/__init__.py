@@ -11,7 +11,7 @@ from ..protocol import (
 )
 from .aio import Client
 from .errors import ConnectionLost, HubUnreachable, RequestError, RequestTimeout
-from .log import LogEntry, fetch_log
+from .log import LogEntry, fetch_log, forget_instrument
 from .subscription import Event, Subscription
 from .sync import SyncClient
 
@@ -33,4 +33,5 @@ __all__ = [
     "Subscription",
     "SyncClient",
     "fetch_log",
+    "forget_instrument",
 ]

@@ -1,4 +1,4 @@
-"""The hub's traffic log, read over its HTTP API (`GET /api/log`).
+"""The hub's HTTP API for people and tools: the traffic log (`GET /api/log`), forgetting.
 
 Entries are `protocol.LogEntry`: each message is raw JSON, decoded further
 with `LogEntry.decode_message`, `message_object` or `refusal`.
@@ -6,24 +6,17 @@ with `LogEntry.decode_message`, `message_object` or `refusal`.
 
 from __future__ import annotations
 
-import aiohttp
 import msgspec
 
 from ..protocol import ErrorCode, LogEntry, LogPage, ProtocolError
 from ..transport import base_url
-from .errors import RequestError, reaching
+from .http import request
 
 # LogEntry is protocol's, re-exported here for `client` and its formatting.
-__all__ = ["LogEntry", "fetch_log"]
-
-
-class _Problem(msgspec.Struct, frozen=True):
-    code: str
-    message: str
+__all__ = ["LogEntry", "fetch_log", "forget_instrument"]
 
 
 _page_decoder = msgspec.json.Decoder(LogPage)
-_problem_decoder = msgspec.json.Decoder(_Problem)
 
 
 async def fetch_log(
@@ -34,21 +27,19 @@ async def fetch_log(
     params = {"limit": str(limit)}
     if instrument is not None:
         params["instrument"] = instrument
-    with reaching(endpoint, timeout_s):
-        async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session,
-            session.get(endpoint, params=params) as response,
-        ):
-            status, body = response.status, await response.read()
-    if status != 200:
-        try:
-            problem = _problem_decoder.decode(body)
-        except msgspec.DecodeError:
-            problem = _Problem(f"http_{status}", body[:200].decode(errors="replace"))
-        raise RequestError(problem.code, problem.message)
+    body = await request("GET", endpoint, params=params, timeout_s=timeout_s)
     try:
         return _page_decoder.decode(body).entries
     except msgspec.DecodeError as exc:  # includes ValidationError: a hub of another version
         raise ProtocolError(
             ErrorCode.INVALID_MESSAGE, f"unexpected answer from {endpoint}: {exc}"
         ) from None
+
+
+async def forget_instrument(url: str, instrument_id: str, *, timeout_s: float = 10.0) -> None:
+    """Make the hub at `url` stop listing an instrument whose agent is gone.
+
+    `RequestError` with `unknown_instrument`, or `instrument_online` while an
+    agent serves it.
+    """
+    await request("DELETE", f"{base_url(url)}/api/instruments/{instrument_id}", timeout_s=timeout_s)
