@@ -1,0 +1,67 @@
+"""Who serves an instrument: conflicts between agents are refused, and an instrument can move."""
+
+from __future__ import annotations
+
+import aiohttp
+
+from kleinmaelzung.hub import RunningHub
+from kleinmaelzung.protocol import PROTOCOL_VERSION
+
+from .peers import instrument, raw_agent, raw_client, raw_peer
+
+
+async def hello_answer(url: str, agent_id: str, ids: list[str]) -> tuple[dict[str, object], int]:
+    """The hub's answer to a hello, and the close code if it closed."""
+    async with raw_peer(url, "/ws/agent") as peer:
+        await peer.send(
+            {
+                "type": "agent_hello",
+                "protocol": PROTOCOL_VERSION,
+                "agent_id": agent_id,
+                "run": "r1",
+                "instruments": [instrument(i) for i in ids],
+            }
+        )
+        answer = await peer.receive()
+        if answer["type"] == "welcome":
+            return answer, 0
+        closing = await peer.ws.receive(timeout=5)
+        assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+        return answer, peer.ws.close_code or 0
+
+
+async def test_an_instrument_served_by_another_connected_agent_is_refused(
+    hub: RunningHub,
+) -> None:
+    async with raw_agent(hub.url, "pi-1", [instrument("kiln-air")]) as first:
+        answer, close = await hello_answer(hub.url, "pi-2", ["kiln-air", "balance"])
+        assert (answer["code"], close) == ("duplicate_id", 4003)
+        assert "'kiln-air' is already served by agent 'pi-1'" in str(answer["message"])
+        answer, close = await hello_answer(hub.url, "pi-3", ["balance", "balance"])
+        assert (answer["code"], close) == ("duplicate_id", 4003)
+        assert "announced twice: balance" in str(answer["message"])
+        # The first agent is untouched, and nothing of the refused ones is listed.
+        await first.send(
+            {
+                "type": "data",
+                "samples": [{"instrument": "kiln-air", "seq": 0, "ts": 1.0, "values": {}}],
+            }
+        )
+        assert (await first.receive_type("ack"))["seqs"] == {"kiln-air": 0}
+        async with raw_client(hub.url) as client:
+            await client.send({"type": "list_instruments", "id": "1"})
+            listed = (await client.receive_type("instrument_list"))["instruments"]
+            assert [(r["id"], r["agent"]) for r in listed] == [("kiln-air", "pi-1")]
+
+
+async def test_an_instrument_moves_to_another_agent_once_its_own_is_gone(
+    hub: RunningHub,
+) -> None:
+    async with raw_agent(hub.url, "pi-1", [instrument("kiln-air")]):
+        pass
+    async with raw_agent(hub.url, "pi-2", [instrument("kiln-air")]), raw_client(hub.url) as client:
+        await client.send({"type": "list_instruments", "id": "1"})
+        listed = (await client.receive_type("instrument_list"))["instruments"]
+        assert [(r["id"], r["agent"], r["state"]) for r in listed] == [
+            ("kiln-air", "pi-2", "online")
+        ]
