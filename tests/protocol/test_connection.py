@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from kleinmaelzung.protocol import (
+    Ack,
     AgentHello,
     ClientHello,
     CloseCode,
@@ -24,6 +25,7 @@ from kleinmaelzung.protocol import (
     State,
     Status,
     Subscribe,
+    Subscribed,
     Welcome,
     agent_connection,
     client_connection,
@@ -216,3 +218,18 @@ def test_data_with_too_many_samples_is_refused_whole_and_the_connection_stays() 
     assert refused.error.code == "message_too_large"
     assert "at most 3 samples" in refused.error.message and "has 4" in refused.error.message
     assert refused.close is None and connection.state is State.OPEN
+
+
+def test_the_hub_sends_each_peer_only_its_own_messages() -> None:
+    agent = hub_agent_connection()
+    client = hub_client_connection()
+    command = Command(id="1", instrument="kiln-air", name="tare")
+    subscribed = Subscribed(id="1", patterns=[], instruments=[])
+    assert agent.check_send(command) is None
+    assert client.check_send(subscribed) is None
+    refused = agent.check_send(subscribed)
+    assert refused is not None and "not a message the hub sends to an agent" in refused.message
+    assert client.check_send(Ack(seqs={})) is not None
+    client.close()
+    closed = client.check_send(subscribed)
+    assert closed is not None and closed.message == "the connection is closed"

@@ -35,6 +35,10 @@ class Fanout:
 
     def send(self, peer: Peer, message: Message, *, instrument: str | None = None) -> None:
         """Encode, log and queue one message to one peer."""
+        refusal = peer.connection.check_send(message)
+        if refusal is not None:
+            _log.error("not sent: a hub bug", extra={"peer": peer.name, "why": refusal.message})
+            return
         frame = encode(message)
         if len(frame) > self._max_message_bytes:
             # The hub keeps to the limit it documents for what it sends, so

@@ -34,6 +34,8 @@ from .messages import (
     Command,
     Data,
     Error,
+    HubToAgentMessage,
+    HubToClientMessage,
     Welcome,
 )
 
@@ -141,6 +143,22 @@ class HubConnection(Generic[M]):
     def pending_commands(self) -> frozenset[str]:
         """Ids of this peer's commands still awaiting a reply."""
         return frozenset(self._pending)
+
+    def check_send(self, message: Any) -> Error | None:
+        """Why the hub must not send `message` on this connection now, or None.
+
+        Only what the hub sends to this kind of peer, and nothing on a closed
+        connection; refusing is the hub's own bug, never the peer's.
+        """
+        if self.state is State.CLOSED:
+            return Error(code=ErrorCode.UNEXPECTED_MESSAGE, message="the connection is closed")
+        if not isinstance(message, _RECEIVES[self.kind]):
+            return Error(
+                code=ErrorCode.UNEXPECTED_MESSAGE,
+                message=f"{_tag(message)!r} is not a message the hub sends to "
+                f"{'an' if self.kind is PeerKind.AGENT else 'a'} {self.kind}",
+            )
+        return None
 
     def close(self) -> None:
         """Mark the connection closed."""
@@ -297,6 +315,12 @@ def _tag(message: Any) -> str:
 _SENDS: dict[PeerKind, tuple[type[Any], ...]] = {
     PeerKind.AGENT: tuple(t for t in get_args(AgentMessage) if t is not AgentHello),
     PeerKind.CLIENT: tuple(t for t in get_args(ClientMessage) if t is not ClientHello),
+}
+
+#: What the hub sends to each kind of peer.
+_RECEIVES: dict[PeerKind, tuple[type[Any], ...]] = {
+    PeerKind.AGENT: get_args(HubToAgentMessage),
+    PeerKind.CLIENT: get_args(HubToClientMessage),
 }
 
 _CLOSE_FOR = {
