@@ -10,22 +10,15 @@ tests/e2e/test_lab.py). Until delivery recovers by (run, seq) from the log
 from __future__ import annotations
 
 import asyncio
-import socket
 from pathlib import Path
 
 from kleinmaelzung.client import Client, Sample, Status
 from kleinmaelzung.hub import HubConfig, start_hub
 
+from ..e2e.processes import free_port
 from .agent_peer import instrument, publish, raw_agent
 
 DEADLINE_S = 10.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def samples(events: object, count: int) -> list[tuple[int, float]]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,10 +68,18 @@ def start_hub(tmp: Path, port: int) -> Process:
     return hub
 
 
-def write_agent_config(path: Path, url: str, paths: dict[str, str]) -> None:
-    """An agent config for the simulated lab, as a user would write it."""
-    lines = [f'hub = "{url}"', 'agent_id = "e2e-pi"', ""]
-    for instrument_id, (profile, poll_s) in INSTRUMENTS.items():
+def write_agent_config(
+    path: Path,
+    url: str,
+    paths: dict[str, str],
+    *,
+    agent_id: str = "e2e-pi",
+    ids: Iterable[str] = INSTRUMENTS,
+) -> Path:
+    """An agent config for (some of) the simulated lab, as a user would write it."""
+    lines = [f'hub = "{url}"', f'agent_id = "{agent_id}"', ""]
+    for instrument_id in ids:
+        profile, poll_s = INSTRUMENTS[instrument_id]
         lines += [
             "[[instruments]]",
             f'id = "{instrument_id}"',
@@ -81,6 +89,7 @@ def write_agent_config(path: Path, url: str, paths: dict[str, str]) -> None:
             "",
         ]
     path.write_text("\n".join(lines))
+    return path
 
 
 @pytest.fixture

@@ -10,28 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import INSTRUMENTS, start_hub
+from .conftest import start_hub, write_agent_config
 from .processes import Process, free_port, get_json, read_json_file, wait_until
 
 pytestmark = pytest.mark.slow
 
 DEADLINE_S = 20.0
-
-
-def agent_config(path: Path, url: str, paths: dict[str, str], ids: list[str]) -> Path:
-    lines = [f'hub = "{url}"', 'agent_id = "twin-pi"', ""]
-    for instrument_id in ids:
-        profile, poll_s = INSTRUMENTS[instrument_id]
-        lines += [
-            "[[instruments]]",
-            f'id = "{instrument_id}"',
-            f'profile = "{profile}"',
-            f'port = "{paths[instrument_id]}"',
-            f"poll_interval_s = {poll_s}",
-            "",
-        ]
-    path.write_text("\n".join(lines))
-    return path
 
 
 def states(url: str) -> dict[str, str]:
@@ -54,9 +38,11 @@ def test_the_replaced_agent_is_told_why_and_stops(tmp_path: Path) -> None:
         hub = start_hub(tmp_path, port)
         started.append(hub)
         url = f"http://127.0.0.1:{port}"
-        first_config = agent_config(tmp_path / "a.toml", url, paths, ["kiln-air", "balance"])
-        second_config = agent_config(
-            tmp_path / "b.toml", url, paths, ["steep-water", "germ-chamber"]
+        first_config = write_agent_config(
+            tmp_path / "a.toml", url, paths, agent_id="twin-pi", ids=["kiln-air", "balance"]
+        )
+        second_config = write_agent_config(
+            tmp_path / "b.toml", url, paths, agent_id="twin-pi", ids=["steep-water", "germ-chamber"]
         )
         first = Process("first", ["agent", str(first_config)], tmp_path)
         started.append(first)

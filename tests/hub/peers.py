@@ -58,6 +58,17 @@ def instrument(id_: str, commands: tuple[str, ...] = ("tare",)) -> dict[str, Any
     }
 
 
+def data(instrument_id: str, *seqs: int) -> dict[str, object]:
+    """A data message with one balance sample per seq; mass equals seq."""
+    return {
+        "type": "data",
+        "samples": [
+            {"instrument": instrument_id, "seq": s, "ts": 1.0 + s, "values": {"mass": float(s)}}
+            for s in seqs
+        ],
+    }
+
+
 @asynccontextmanager
 async def raw_peer(url: str, path: str) -> AsyncIterator[RawPeer]:
     """Open a raw WebSocket to `path` on the hub at `url`."""

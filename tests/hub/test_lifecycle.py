@@ -14,20 +14,10 @@ from aiohttp import web
 
 from kleinmaelzung.hub import HubConfig, HubStartError, SqliteStore, create_app, start_hub
 
-from .peers import DEADLINE_S, RawPeer, instrument, raw_agent, raw_client
+from .peers import DEADLINE_S, RawPeer, data, instrument, raw_agent, raw_client
 
 # Issue 7, defect 4: it took about 6 s and closed peers with 1006.
 PROMPT_SHUTDOWN_S = 1.5
-
-
-def data(instrument_id: str, *seqs: int) -> dict[str, object]:
-    return {
-        "type": "data",
-        "samples": [
-            {"instrument": instrument_id, "seq": s, "ts": 1.0 + s, "values": {"mass": float(s)}}
-            for s in seqs
-        ],
-    }
 
 
 async def until_closed(peer: RawPeer) -> list[dict[str, Any]]:

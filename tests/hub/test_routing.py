@@ -10,17 +10,7 @@ import pytest
 
 from kleinmaelzung.hub import RunningHub
 
-from .peers import instrument, raw_agent, raw_client
-
-
-def data(instrument_id: str, *seqs: int) -> dict[str, object]:
-    return {
-        "type": "data",
-        "samples": [
-            {"instrument": instrument_id, "seq": s, "ts": 1.0 + s, "values": {"mass": float(s)}}
-            for s in seqs
-        ],
-    }
+from .peers import data, instrument, raw_agent, raw_client
 
 
 async def test_data_reaches_only_subscribers_in_order(hub: RunningHub) -> None:
