@@ -1,4 +1,4 @@
-"""One handler per message type, and the joining and leaving of peers.
+"""One handler per message type that agents and clients send after their hello.
 
 Handlers receive only messages that decoded and passed the connection's state
 machine; they call the hub's services and never the reverse. The table of
@@ -13,19 +13,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import msgspec
-from aiohttp import web
-
 from ..protocol import (
-    PROTOCOL_VERSION,
-    AgentHello,
-    ClientHello,
-    CloseCode,
     Command,
     Data,
     Error,
     ErrorCode,
-    HubConnection,
     InstrumentList,
     ListInstruments,
     PeerKind,
@@ -34,11 +26,9 @@ from ..protocol import (
     Subscribe,
     Subscribed,
     Unsubscribe,
-    Welcome,
     check_arguments,
     encode,
 )
-from .errors import Conflict
 from .peers import Peer
 from .traffic import ack_key
 
@@ -109,153 +99,6 @@ def default_handlers() -> Handlers:
     handlers.register(PeerKind.CLIENT, ListInstruments, client_list)
     handlers.register(PeerKind.CLIENT, Command, client_command)
     return handlers
-
-
-# --- joining and leaving -----------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Refusal:
-    """A hello the hub will not accept: send `error`, close with `close`."""
-
-    error: Error
-    close: CloseCode
-
-
-async def join(
-    hub: Hub,
-    ws: web.WebSocketResponse,
-    connection: HubConnection[Any],
-    hello: AgentHello | ClientHello,
-    frame: bytes,
-) -> Peer | Refusal:
-    """Welcome a peer whose hello was valid, or say why not."""
-    if isinstance(hello, AgentHello):
-        return await _join_agent(hub, ws, connection, hello, frame)
-    suffix = f"/{hello.name}" if hello.name else ""
-    name = f"client-{hub.boot_id}.{next(hub.client_numbers)}{suffix}"
-    peer = _welcome(hub, PeerKind.CLIENT, name, ws, connection, hello, frame)
-    _log.info("client joined", extra={"peer": name})
-    return peer
-
-
-async def _join_agent(
-    hub: Hub,
-    ws: web.WebSocketResponse,
-    connection: HubConnection[Any],
-    hello: AgentHello,
-    frame: bytes,
-) -> Peer | Refusal:
-    registry = hub.registry
-    try:
-        registry.check_hello(hello)
-    except Conflict as exc:
-        return Refusal(
-            Error(code=ErrorCode.DUPLICATE_ID, message=str(exc)), CloseCode.DUPLICATE_AGENT
-        )
-    # A hub that restarted remembers nothing of this run but what it logged:
-    # samples the agent sends again (unacknowledged when the hub went away)
-    # must be recognised as already logged. Before the welcome: once
-    # welcomed, the agent sends them.
-    unknown = [
-        info.id
-        for info in hello.instruments
-        if (entry := registry.instruments.get(info.id)) is None or entry.run != hello.run
-    ]
-    logged = await hub.store.last_seqs(hello.run, unknown) if unknown else {}
-    peer = _welcome(hub, PeerKind.AGENT, hello.agent_id, ws, connection, hello, frame)
-    previous = registry.agents.get(hello.agent_id)
-    if previous is not None:
-        # The newer connection wins: most often a Pi that rebooted before the
-        # hub noticed its old connection died. If the old one is alive, two
-        # agents share an id: it is told so and stops (it does not take the
-        # id back, which would make them replace each other forever).
-        where = _remote(ws)
-        reason = f"replaced by a newer connection of agent {hello.agent_id!r} from {where}"
-        _log.warning("agent replaced", extra={"agent": hello.agent_id, "by": where})
-        old = previous.peer
-        hub.fanout.send(old, Error(code=ErrorCode.DUPLICATE_AGENT, message=reason))
-        leave(hub, old, reason="replaced by a newer connection")
-        hub.tasks.spawn(old.disconnect(CloseCode.DUPLICATE_AGENT, "replaced"), "kmz-replace")
-    before = {
-        info.id: (entry.state, entry.reason)
-        for info in hello.instruments
-        if (entry := registry.instruments.get(info.id)) is not None
-    }
-    for instrument_id in registry.add_agent(peer, hello):
-        hub.subscriptions.instrument_added(instrument_id)
-    registry.merge_logged_seqs(logged)
-    now = hub.clock()
-    for info in hello.instruments:
-        hub.traffic.remember_instrument(info, hello.agent_id, None)
-        if before.get(info.id) != ("online", ""):
-            hub.fanout.publish_status(Status(instrument=info.id, state="online", ts=now))
-    _log.info(
-        "agent joined", extra={"agent": hello.agent_id, "instruments": len(hello.instruments)}
-    )
-    return peer
-
-
-def _welcome(
-    hub: Hub,
-    kind: PeerKind,
-    name: str,
-    ws: web.WebSocketResponse,
-    connection: HubConnection[Any],
-    hello: AgentHello | ClientHello,
-    frame: bytes,
-) -> Peer:
-    peer = Peer(kind, name, ws, connection, queue_frames=hub.config.limits.client_queue_frames)
-    peer.start()
-    hub.peers.add(peer)
-    # Credentials never reach the traffic log.
-    if hello.token:
-        hello = msgspec.structs.replace(hello, token="***")
-        frame = encode(hello)
-    hub.traffic.message("in", name, hello, frame)
-    hub.fanout.send(
-        peer,
-        Welcome(
-            protocol=PROTOCOL_VERSION,
-            hub=hub.config.name,
-            session=f"{hub.boot_id}.{id(peer):x}",
-            server_time=hub.clock(),
-            clock=hub.commands.monotonic(),
-        ),
-    )
-    return peer
-
-
-def leave(hub: Hub, peer: Peer, reason: str = "agent disconnected") -> None:
-    """Undo everything a peer's presence set up; idempotent."""
-    hub.peers.discard(peer)
-    hub.subscriptions.remove_peer(peer)
-    if peer.kind is PeerKind.CLIENT:
-        hub.commands.client_left(peer)
-        return
-    entry = hub.registry.agents.get(peer.name)
-    run = entry.hello.run if entry is not None and entry.peer is peer else None
-    offline = hub.registry.remove_agent(peer.name, peer, reason)
-    if not offline and run is None:
-        return  # an older connection of an agent that has a newer one
-    hub.commands.agent_left(peer.name, reason)
-    if run is not None:
-        hub.acks.forget(ack_key(peer.name, run))
-    now = hub.clock()
-    for instrument_id in offline:
-        entry_ = hub.registry.instruments[instrument_id]
-        hub.traffic.remember_instrument(entry_.info, entry_.agent, entry_.last_seen)
-        hub.fanout.publish_status(
-            Status(instrument=instrument_id, state="offline", ts=now, reason=reason)
-        )
-    _log.info("agent left", extra={"agent": peer.name, "reason": reason})
-
-
-def _remote(ws: web.WebSocketResponse) -> str:
-    peername = ws.get_extra_info("peername")
-    if isinstance(peername, tuple) and len(peername) >= 2:
-        return f"{peername[0]}:{peername[1]}"
-    return "an unknown address"
 
 
 # --- from agents -----------------------------------------------------------------

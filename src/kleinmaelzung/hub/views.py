@@ -22,7 +22,8 @@ from ..protocol import (
     hub_agent_connection,
     hub_client_connection,
 )
-from .handlers import Context, Refusal, join, leave
+from .handlers import Context
+from .membership import Refusal, join, leave
 from .peers import Peer
 from .services import HUB_KEY, Hub
 
