@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from pathlib import Path
 
 import aiohttp
@@ -14,7 +15,9 @@ from kleinmaelzung.protocol import Limits
 from .peers import DEADLINE_S, instrument, raw_agent, raw_client
 
 SAMPLES_PER_MESSAGE = 1000
-MESSAGES = 150  # about 15 MB: more than the kernel buffers between hub and client
+# About 30 MB: well over what the kernel buffers between hub and client (up to
+# about 10 MB with autotuning; 15 MB was not always enough).
+MESSAGES = 300
 
 
 def batch(first_seq: int) -> dict[str, object]:
@@ -38,6 +41,9 @@ async def test_a_stalled_client_misses_the_oldest_while_a_reading_one_gets_every
             raw_client(running.url, "stalled") as stalled,
             raw_client(running.url, "reading") as reading,
         ):
+            sock = stalled.ws.get_extra_info("socket")
+            if sock is not None:  # a small receive window: the stall shows sooner
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
             for client in (stalled, reading):
                 await client.send({"type": "subscribe", "id": "s", "patterns": ["balance"]})
                 await client.receive_type("subscribed")
