@@ -59,7 +59,7 @@ async def test_killing_the_agent_marks_instruments_offline_at_the_client(lab: La
     async with Client(lab.url) as client:
         events = client.subscribe("balance", status=True)
         await next_sample(events)
-        lab.agent.kill()
+        await asyncio.to_thread(lab.agent.kill)
         while True:
             event = await asyncio.wait_for(anext(events), DEADLINE_S)
             if isinstance(event, Status):
@@ -87,8 +87,8 @@ async def test_hub_killed_and_restarted_loses_no_sample(lab: Lab) -> None:
         )
 
     before = await wait_until_async(lambda: logged_seqs() or None, "first samples logged")
-    lab.hub.kill()  # no flush, no goodbye
-    lab.start_hub()
+    await asyncio.to_thread(lab.hub.kill)  # no flush, no goodbye
+    await asyncio.to_thread(lab.start_hub)  # blocks until it answers: off the loop
     await wait_until_async(
         lambda: True if lab.instruments().get("kiln-air", {}).get("state") == "online" else None,
         "agent back",
@@ -153,8 +153,8 @@ async def test_cli_watch_outlives_a_hub_restart(lab: Lab) -> None:
         for _ in range(3):
             line = await asyncio.wait_for(watch.stdout.readline(), DEADLINE_S)
             seqs.append(json.loads(line)["seq"])
-        lab.hub.kill()
-        lab.start_hub()
+        await asyncio.to_thread(lab.hub.kill)
+        await asyncio.to_thread(lab.start_hub)
         while True:
             line = await asyncio.wait_for(watch.stdout.readline(), 30)
             if not line:
