@@ -30,6 +30,20 @@ class InstrumentEntry:
     #: Highest seq accepted in `run`; samples at or below it are duplicates.
     last_seq: int = -1
     run: str = ""
+    _channel_names: tuple[InstrumentInfo, frozenset[str]] | None = field(
+        default=None, repr=False, compare=False
+    )
+
+    @property
+    def channel_names(self) -> frozenset[str]:
+        """The channels the instrument declared (cached per announcement)."""
+        cached = self._channel_names
+        if cached is None or cached[0] is not self.info:
+            cached = self._channel_names = (
+                self.info,
+                frozenset(c.name for c in self.info.channels),
+            )
+        return cached[1]
 
     def record(self) -> InstrumentRecord:
         """The entry as listed to clients."""
