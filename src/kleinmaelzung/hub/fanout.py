@@ -30,6 +30,8 @@ class Fanout:
         self, subscriptions: Subscriptions, traffic: TrafficLog, *, max_message_bytes: int
     ) -> None:
         self._subscriptions = subscriptions
+        # Read per sample batch: the index itself, not a method call per lookup.
+        self._subscribers = subscriptions.index
         self._traffic = traffic
         self._max_message_bytes = max_message_bytes
 
@@ -66,19 +68,18 @@ class Fanout:
     ) -> dict[str, str]:
         """Send samples to their subscribers; return the recipients per instrument.
 
-        One encoding per distinct recipient set. `frame` is the agent's original
-        encoding of exactly these samples; when they all belong to one
-        instrument its samples array is forwarded as is.
+        One encoding per distinct recipient set. `frame`, if given, is the
+        agent's original encoding of exactly these samples, all of one
+        instrument: its samples array is forwarded as is.
         """
         if not samples:
             return {}
         first = samples[0].instrument
-        if all(s.instrument == first for s in samples):
-            subscribers = self._subscriptions.subscribers(first)
+        if frame is not None or all(s.instrument == first for s in samples):
+            subscribers = self._subscribers.get(first)
             if not subscribers:
                 return {}
-            array = samples_array(frame) if frame is not None else None
-            array = array or encode_samples(samples)
+            array = (samples_array(frame) if frame is not None else None) or encode_samples(samples)
             for peer in subscribers:
                 peer.send_samples(array)
             return {first: self._subscriptions.recipients(first)}

@@ -7,7 +7,7 @@ appears, never per message: routing a sample is one dict lookup.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Set
+from collections.abc import Iterable, Mapping, Set
 
 from ..protocol import is_literal, matches
 from .peers import Peer
@@ -80,6 +80,11 @@ class Subscriptions:
     def instruments_of(self, peer: Peer, known: Iterable[str]) -> list[str]:
         """The known instruments whose data this peer receives, sorted."""
         return sorted(i for i in known if peer in self._by_instrument.get(i, ()))
+
+    @property
+    def index(self) -> Mapping[str, Set[Peer]]:
+        """Peers per instrument, read-only: for the per-sample path of fan-out."""
+        return self._by_instrument
 
     def subscribers(self, instrument_id: str) -> Set[Peer]:
         """The peers receiving this instrument (a live view: do not keep it)."""

@@ -8,10 +8,14 @@ about a sample only once it is committed.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ..protocol import Error, InstrumentInfo, Message
 from ..protocol.log import REFUSED, refused_entry_message
 from .store import Direction, Record, Store
+
+if TYPE_CHECKING:
+    from .registry import AgentEntry
 
 
 def ack_key(agent: str, run: str) -> str:
@@ -71,9 +75,7 @@ class TrafficLog:
 
     def samples(
         self,
-        *,
-        agent: str,
-        run: str,
+        agent: AgentEntry,
         instrument: str,
         frame: bytes,
         last_seq: int,
@@ -83,15 +85,15 @@ class TrafficLog:
         """Log one instrument's samples; acknowledged to the agent run once committed."""
         self._store.append(
             Record(
-                ts=ts,
-                direction="in",
-                peer=agent,
-                type="data",
-                message=frame,
-                instrument=instrument,
-                delivered_to=delivered_to,
-                ack=(ack_key(agent, run), {instrument: last_seq}),
-                run=run,
+                ts,
+                "in",
+                agent.peer.name,
+                "data",
+                frame,
+                instrument,
+                delivered_to,
+                (agent.ack_key, {instrument: last_seq}),
+                agent.hello.run,
             )
         )
 

@@ -124,7 +124,8 @@ def samples_array(frame: bytes) -> bytes | None:
 
 def data_frame(arrays: Sequence[bytes]) -> bytes:
     """One data frame holding the samples of several encoded samples arrays, in order."""
-    return _DATA_HEAD + b",".join(a[1:-1] for a in arrays if len(a) > 2) + _DATA_TAIL
+    # A list, not a generator: join() builds one anyway, and this is per frame.
+    return _DATA_HEAD + b",".join([a[1:-1] for a in arrays if len(a) > 2]) + _DATA_TAIL
 
 
 class Decoder(Generic[T]):

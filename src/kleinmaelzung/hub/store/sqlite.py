@@ -26,7 +26,7 @@ import msgspec
 from ...protocol import InstrumentInfo, LogEntry
 from . import schema
 from .base import KnownInstrument, OnCommitted, Record, StoreClosed, WriterFailed
-from .writer import BatchWriter, ForgetInstrument, Item, SaveInstrument, acks, describe
+from .writer import BatchWriter, ForgetInstrument, Item, SaveInstrument, describe
 
 _log = logging.getLogger(__name__)
 
@@ -120,7 +120,8 @@ class SqliteStore:
 
     def append(self, record: Record) -> None:
         """Queue a record for writing; never blocks the event loop."""
-        self._check_usable()
+        if self._closed or self._failure is not None:  # inline: this is per frame
+            self._check_usable()
         with self._pending_lock:
             self._pending += 1
         self._queue.put(record)
@@ -372,7 +373,7 @@ class SqliteStore:
                 },
             )
         self.committed_rows += committed
-        ack = acks(outcome.committed)
+        ack = outcome.acks
         if ack and self._on_committed is not None and self._loop is not None:
             # RuntimeError: the loop has closed, nobody is left to acknowledge.
             with contextlib.suppress(RuntimeError):
