@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import aiohttp
+import msgspec
 import pytest
 
 from kleinmaelzung.hub import HubConfig, RunningHub, start_hub
@@ -116,3 +117,28 @@ async def test_an_undeclared_channel_is_delivered_and_the_agent_told_once(
         # Told once: the next messages are acks only.
         with pytest.raises(TimeoutError):
             await agent.receive_type("error", timeout=0.5)
+
+
+async def test_the_log_answer_keeps_to_the_hubs_size_limit_newest_first(tmp_path: Path) -> None:
+    limits = Limits(max_hub_message_bytes=6000)
+    running = await start_hub(HubConfig(port=0, data_dir=tmp_path / "h", limits=limits))
+    try:
+        async with raw_agent(running.url, "pi", [instrument("balance")]) as agent:
+            for seq in range(20):
+                await agent.send(
+                    {"type": "data", "samples": [sample("balance", seq, note="x" * 800)]}
+                )
+            await agent.receive_type("error")  # 'note' is not declared: told once
+            await running.hub.store.flush()
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(running.url + "/api/log", params={"limit": "1000"}) as response,
+        ):
+            body = await response.read()
+        assert response.status == 200
+        assert len(body) <= 6000
+        entries = msgspec.json.decode(body)["entries"]
+        data = [e["message"]["samples"][0]["seq"] for e in entries if e["type"] == "data"]
+        assert data and data == sorted(data, reverse=True) and data[0] == 19
+    finally:
+        await running.stop()

@@ -9,7 +9,7 @@ import msgspec
 from aiohttp import web
 
 from .. import __version__
-from ..protocol import ErrorCode, LogPage, PeerKind, is_instrument_id
+from ..protocol import ErrorCode, LogEntry, LogPage, PeerKind, is_instrument_id
 from .services import HUB_KEY
 
 MAX_LOG_LIMIT = 10_000
@@ -96,7 +96,21 @@ async def traffic_log(request: web.Request) -> web.Response:
             ErrorCode.INVALID_ARGUMENTS, f"limit must be 1..{MAX_LOG_LIMIT}, got {limit}"
         )
     entries = await hub.store.query(instrument=instrument, limit=limit)
-    return _json(LogPage(entries=entries))
+    return _json(LogPage(entries=_within(entries, hub.config.limits.max_hub_message_bytes)))
+
+
+#: A log entry's fields besides its message, encoded, at most (bytes).
+_ENTRY_OVERHEAD = 512
+
+
+def _within(entries: list[LogEntry], max_bytes: int) -> list[LogEntry]:
+    """The newest entries whose answer fits in `max_bytes`, as every answer of the hub does."""
+    total = 0
+    for index, entry in enumerate(entries):
+        total += len(entry.message) + _ENTRY_OVERHEAD
+        if total > max_bytes:
+            return entries[:index]
+    return entries
 
 
 _PAGE = """<!doctype html>
