@@ -71,7 +71,10 @@ def test_example_config_in_the_repository_loads() -> None:
             ('port = "/dev/ttyUSB1"', 'port = "/dev/ttyUSB1"\nspeed = 1'),
             "instruments[1].speed: unknown key (a typo?)",
         ),
-        (('port = "/dev/ttyUSB0"\n', ""), "instruments[0].port: required key is missing"),
+        (
+            ('port = "/dev/ttyUSB0"\n', ""),
+            "instruments[0].port: the serial_line driver needs a port",
+        ),
         (('hub = "http://127.0.0.1:8765"', 'hub = "ftp://hub"'), "hub: hub URL must start with"),
         (
             (

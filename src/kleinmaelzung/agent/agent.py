@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections.abc import Mapping
 
 from ..protocol import Command, ErrorCode, ErrorInfo, Limits, Reply, Status, Timeouts
+from .buses import Buses
 from .config import AgentConfig, check_config
+from .drivers.base import DriverClass
 from .drivers.discovery import find_driver
 from .link import Link
 from .outbox import Outbox
@@ -28,17 +31,28 @@ class Agent:
     """Serves the configured instruments to the hub."""
 
     def __init__(
-        self, config: AgentConfig, *, limits: Limits | None = None, timeouts: Timeouts | None = None
+        self,
+        config: AgentConfig,
+        *,
+        limits: Limits | None = None,
+        timeouts: Timeouts | None = None,
+        drivers: Mapping[str, DriverClass] | None = None,
     ) -> None:
-        check_config(config)
+        """`drivers` adds to (or replaces) the installed ones by name: for tests and embedding."""
+        check_config(config, drivers=drivers)
         limits = limits or Limits()
         self.config = config
         self.outbox = Outbox(limits.outbox_samples)
+        self.buses = Buses()
         self.runners: dict[str, InstrumentRunner] = {}
         for instrument in config.instruments:
-            driver = find_driver(instrument.driver)(instrument)
+            driver_class = (drivers or {}).get(instrument.driver) or find_driver(instrument.driver)
             self.runners[instrument.id] = InstrumentRunner(
-                instrument, driver, self.outbox, self._on_status
+                instrument,
+                driver_class(instrument),
+                self.outbox,
+                self._on_status,
+                bus=self.buses.get(instrument.bus_name),
             )
         self.link = Link(
             hub=config.hub,
@@ -76,6 +90,7 @@ class Agent:
                 raise failed.exceptions[0] from None
             raise
         finally:
+            self.buses.close()
             self._report_unacknowledged()
             _log.info("agent stopped", extra={"agent": self.config.agent_id})
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 
@@ -18,18 +19,38 @@ from ..protocol import ID_REGEX, is_instrument_id
 from ..transport import base_url
 from .errors import ConfigError
 
+if TYPE_CHECKING:
+    from .drivers.base import DriverClass
+
 
 class InstrumentConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """One instrument: which driver, which port, how often to read it."""
+    """One instrument: which driver, how often to read it, and the driver's own settings.
+
+    The common keys are the same for every driver; `settings` (the
+    `[instruments.settings]` table) is decoded by the driver with its own
+    Struct (`drivers.decode_settings`). `port`, `profile`, `baudrate` and
+    `reply_timeout_s` are the serial line driver's, kept at the top level so
+    that existing configs keep working.
+    """
 
     id: Annotated[str, msgspec.Meta(pattern=ID_REGEX)]
-    port: str
-    profile: str = ""
     driver: str = "serial_line"
-    baudrate: Annotated[int, msgspec.Meta(gt=0)] | None = None
-    poll_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 1.0
-    reply_timeout_s: Annotated[float, msgspec.Meta(gt=0)] | None = None
     description: str = ""
+    poll_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+    #: The physical line or bus this instrument shares with others (an RS-485
+    #: port with several Modbus slaves, an I2C bus): one worker serves a bus,
+    #: one exchange at a time. Default: the port, else the instrument alone.
+    bus: str | None = None
+    settings: dict[str, Any] = {}
+    port: str = ""
+    profile: str = ""
+    baudrate: Annotated[int, msgspec.Meta(gt=0)] | None = None
+    reply_timeout_s: Annotated[float, msgspec.Meta(gt=0)] | None = None
+
+    @property
+    def bus_name(self) -> str:
+        """The bus this instrument's exchanges are serialised on."""
+        return self.bus or self.port or f"instrument:{self.id}"
 
 
 class AgentConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -80,8 +101,13 @@ def parse_config(raw: dict[str, Any], *, source: str = "agent config") -> AgentC
     return config
 
 
-def check_config(config: AgentConfig, *, source: str = "agent config") -> None:
-    """The checks beyond shape: hub URL, unique ids, known drivers, usable profiles."""
+def check_config(
+    config: AgentConfig,
+    *,
+    source: str = "agent config",
+    drivers: Mapping[str, DriverClass] | None = None,
+) -> None:
+    """The checks beyond shape: hub URL, unique ids, known drivers, their settings."""
     from .drivers.discovery import find_driver
 
     try:
@@ -102,7 +128,7 @@ def check_config(config: AgentConfig, *, source: str = "agent config") -> None:
             )
         seen[instrument.id] = index
         try:
-            driver = find_driver(instrument.driver)
+            driver = (drivers or {}).get(instrument.driver) or find_driver(instrument.driver)
         except KeyError as exc:
             raise ConfigError(f"{where}.driver: {exc.args[0]}") from None
         try:

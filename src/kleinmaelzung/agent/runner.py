@@ -26,8 +26,10 @@ from ..protocol import (
     check_arguments,
 )
 from ..transport import backoff_delays
+from .buses import Bus
 from .config import InstrumentConfig
 from .drivers.base import Driver
+from .drivers.blocking import BlockingDriver
 from .errors import DriverError, InstrumentError, NoAnswer, PortError
 from .outbox import Outbox
 from .permit import ALWAYS, Permit
@@ -71,6 +73,7 @@ class InstrumentRunner:
         *,
         reopen_max_s: float = 10.0,
         fault_summary_s: float = FAULT_SUMMARY_S,
+        bus: Bus | None = None,
     ) -> None:
         self.config = config
         self.driver = driver
@@ -93,9 +96,12 @@ class InstrumentRunner:
         self._on_status = on_status
         self._seq = 0
         self._open = False
-        # One exchange at a time on a port: a command waits for the current
-        # poll to finish, never longer.
-        self._lock = asyncio.Lock()
+        # One exchange at a time on a bus (a port, an RS-485 line, an I2C
+        # bus): a command waits for the current poll to finish, never longer.
+        self.bus = bus or Bus(config.bus_name)
+        self._lock = self.bus.lock
+        if isinstance(driver, BlockingDriver):
+            driver.attach_bus(self.bus)
         self._reopen_max_s = reopen_max_s
         self._commands: dict[str, CommandSpec] = {c.name: c for c in self.info.commands}
 

@@ -163,7 +163,9 @@ class SerialLineDriver:
 
     @staticmethod
     def check_config(config: InstrumentConfig) -> None:
-        """Raise ValueError if the profile is missing or broken."""
+        """Raise ValueError if the port or profile is missing or broken."""
+        if not config.port:
+            raise _KeyedError("port", 'the serial_line driver needs a port such as "/dev/ttyUSB0"')
         if not config.profile:
             raise ValueError(
                 f"the serial_line driver needs a profile; built in: {', '.join(builtin_profiles())}"
@@ -289,3 +291,11 @@ def _reason(exc: BaseException | None) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return str(exc) or type(exc).__name__
+
+
+class _KeyedError(ValueError):
+    """A config error about one key (the loader names it)."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
