@@ -1,0 +1,452 @@
+"""A driver for Modbus TCP and Modbus RTU instruments, through pymodbus's asyncio clients.
+
+The instrument is a declaration, a register map: which registers (holding,
+input, coil, discrete) are which channels, their data type, word order, scale,
+offset and unit; and which writable registers are commands. The map is given
+inline in `[instruments.settings]` or named with `map = "kmz-kiln-modbus"`
+(a shipped file in `modbus_maps/`, or the path of a `.toml` file).
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+from pymodbus import ModbusException
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.exceptions import ConnectionException, ModbusIOException
+from pymodbus.pdu import ModbusPDU
+
+from ...protocol import Channel, CommandArg, CommandSpec, InstrumentInfo, Value
+from ..config import InstrumentConfig
+from ..errors import InstrumentError, NoAnswer, PortError
+from .settings import SettingsError, decode_settings
+
+RegisterKind = Literal["holding", "input", "coil", "discrete"]
+DataType = Literal["int16", "uint16", "int32", "uint32", "float32"]
+WordOrder = Literal["big", "little"]
+Address = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+
+#: Registers per data type; coils and discrete inputs are one bit each.
+_WIDTH = {"int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "float32": 2}
+#: The Modbus limits for one read request (registers, bits).
+_MAX_REGISTERS, _MAX_BITS = 125, 2000
+_EXCEPTION_NAMES = {
+    1: "illegal function",
+    2: "illegal data address",
+    3: "illegal data value",
+    4: "server device failure",
+    5: "acknowledge",
+    6: "server device busy",
+    8: "memory parity error",
+    10: "gateway path unavailable",
+    11: "gateway target device failed to respond",
+}
+
+
+class _Struct(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Settings are strict: a typo is an error, not a default silently taken."""
+
+
+class RegisterChannel(_Struct, frozen=True):
+    """One channel: a value read from one register (or two, for 32-bit types)."""
+
+    channel: str
+    address: Address
+    kind: RegisterKind = "holding"
+    type: DataType = "uint16"
+    word_order: WordOrder = "big"
+    scale: float = 1.0
+    offset: float = 0.0
+    unit: str = ""
+    description: str = ""
+
+
+class RegisterCommand(_Struct, frozen=True):
+    """One command: write `value` to a holding register (as (value - offset) / scale) or coil."""
+
+    name: str
+    address: Address
+    kind: Literal["holding", "coil"] = "holding"
+    type: DataType = "uint16"
+    word_order: WordOrder = "big"
+    scale: float = 1.0
+    offset: float = 0.0
+    minimum: float | None = None
+    maximum: float | None = None
+    unit: str = ""
+    description: str = ""
+
+
+class RegisterMap(_Struct, frozen=True):
+    """A shipped or user register map file."""
+
+    kind: str = "modbus"
+    description: str = ""
+    registers: list[RegisterChannel] = []
+    commands: list[RegisterCommand] = []
+
+
+class ModbusSettings(_Struct, frozen=True):
+    """The `[instruments.settings]` of a Modbus instrument."""
+
+    transport: Literal["tcp", "rtu"] = "tcp"
+    host: str = ""
+    port: Annotated[int, msgspec.Meta(gt=0, le=65535)] = 502
+    serial_port: str = ""
+    baudrate: Annotated[int, msgspec.Meta(gt=0)] = 19200
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
+    unit: Annotated[int, msgspec.Meta(ge=0, le=247)] = 1
+    timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+    map: str = ""
+    kind: str = ""
+    registers: list[RegisterChannel] = []
+    commands: list[RegisterCommand] = []
+
+
+def builtin_maps() -> list[str]:
+    """Names of the register maps that ship with the agent."""
+    folder = resources.files(__package__).joinpath("modbus_maps")
+    return sorted(
+        p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml")
+    )
+
+
+def load_map(name_or_path: str) -> RegisterMap:
+    """A built-in register map by name, or a map file by path; ValueError says what is wrong."""
+    if name_or_path.endswith(".toml") or "/" in name_or_path:
+        source = name_or_path
+        try:
+            text = Path(name_or_path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise SettingsError(
+                "settings.map", f"cannot read register map {name_or_path!r}: {exc.strerror}"
+            ) from None
+    else:
+        resource = resources.files(__package__).joinpath("modbus_maps", f"{name_or_path}.toml")
+        if not resource.is_file():
+            raise SettingsError(
+                "settings.map",
+                f"unknown register map {name_or_path!r}; built in: {', '.join(builtin_maps())}"
+                " (or give the path of a .toml map)",
+            )
+        source, text = f"register map {name_or_path}", resource.read_text(encoding="utf-8")
+    try:
+        return msgspec.convert(tomllib.loads(text), RegisterMap)
+    except (tomllib.TOMLDecodeError, msgspec.ValidationError) as exc:
+        raise SettingsError("settings.map", f"{source}: {exc}") from None
+
+
+class _Plan(msgspec.Struct, frozen=True):
+    """Everything the driver needs from its settings, checked once."""
+
+    settings: ModbusSettings
+    kind: str
+    description: str
+    registers: list[RegisterChannel]
+    commands: dict[str, RegisterCommand]
+
+
+def _plan(config: InstrumentConfig) -> _Plan:
+    settings = decode_settings(config, ModbusSettings)
+    if settings.transport == "tcp" and not settings.host:
+        raise SettingsError(
+            "settings.host", 'Modbus TCP needs a host, such as "192.168.1.50" or "127.0.0.1"'
+        )
+    if settings.transport == "rtu" and not settings.serial_port:
+        raise SettingsError(
+            "settings.serial_port", 'Modbus RTU needs a serial port, such as "/dev/ttyUSB0"'
+        )
+    shipped = load_map(settings.map) if settings.map else RegisterMap()
+    registers = [*shipped.registers, *settings.registers]
+    commands = [*shipped.commands, *settings.commands]
+    if not registers:
+        raise SettingsError(
+            "settings.registers",
+            "no registers: list [[instruments.settings.registers]] or name a map",
+        )
+    seen: set[str] = set()
+    for index, register in enumerate(registers):
+        if register.channel in seen:
+            raise SettingsError(
+                f"settings.registers[{index}].channel",
+                f"channel {register.channel!r} is mapped twice",
+            )
+        seen.add(register.channel)
+        if register.scale == 0 or not math.isfinite(register.scale):
+            raise SettingsError(
+                f"settings.registers[{index}].scale", "expected a finite number other than 0"
+            )
+    names: dict[str, RegisterCommand] = {}
+    for index, command in enumerate(commands):
+        if command.name in names:
+            raise SettingsError(
+                f"settings.commands[{index}].name", f"command {command.name!r} is declared twice"
+            )
+        if command.scale == 0 or not math.isfinite(command.scale):
+            raise SettingsError(
+                f"settings.commands[{index}].scale", "expected a finite number other than 0"
+            )
+        names[command.name] = command
+    return _Plan(
+        settings=settings,
+        kind=settings.kind or shipped.kind,
+        description=config.description or shipped.description,
+        registers=registers,
+        commands=names,
+    )
+
+
+class _Block(msgspec.Struct, frozen=True):
+    """One read request: contiguous registers of one kind, and the channels in it."""
+
+    kind: RegisterKind
+    address: int
+    count: int
+    channels: list[RegisterChannel]
+
+
+def _width(register: RegisterChannel) -> int:
+    return 1 if register.kind in ("coil", "discrete") else _WIDTH[register.type]
+
+
+def _blocks(registers: Sequence[RegisterChannel]) -> list[_Block]:
+    """Contiguous registers of one kind are read in one request, within Modbus limits."""
+    # Only truly contiguous ones: a gap may hold an address the device refuses.
+    blocks: list[_Block] = []
+    ordered = sorted(registers, key=lambda r: (r.kind, r.address))
+    for register in ordered:
+        width = _width(register)
+        limit = _MAX_BITS if register.kind in ("coil", "discrete") else _MAX_REGISTERS
+        last = blocks[-1] if blocks else None
+        if (
+            last is not None
+            and last.kind == register.kind
+            and last.address + last.count == register.address
+            and last.count + width <= limit
+        ):
+            blocks[-1] = _Block(
+                kind=last.kind,
+                address=last.address,
+                count=last.count + width,
+                channels=[*last.channels, register],
+            )
+        else:
+            blocks.append(
+                _Block(
+                    kind=register.kind, address=register.address, count=width, channels=[register]
+                )
+            )
+    return blocks
+
+
+def decode_value(registers: Sequence[int], type: DataType, word_order: WordOrder) -> int | float:
+    """The number in one or two 16-bit registers."""
+    data_type = getattr(AsyncModbusTcpClient.DATATYPE, type.upper())
+    value = AsyncModbusTcpClient.convert_from_registers(
+        list(registers), data_type, word_order=word_order
+    )
+    assert isinstance(value, int | float)  # one value of a numeric type
+    return value
+
+
+def encode_value(value: float, type: DataType, word_order: WordOrder) -> list[int]:
+    """One or two 16-bit registers holding `value`; ValueError if it does not fit `type`."""
+    data_type = getattr(AsyncModbusTcpClient.DATATYPE, type.upper())
+    number: int | float = value if type == "float32" else round(value)
+    if type != "float32":
+        bits = 16 if type.endswith("16") else 32
+        low, high = (
+            (0, 2**bits - 1) if type.startswith("u") else (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+        )
+        if not low <= number <= high:
+            raise ValueError(f"{value:g} does not fit {type} ({low}..{high})")
+    return AsyncModbusTcpClient.convert_to_registers(number, data_type, word_order=word_order)
+
+
+class ModbusDriver:
+    """A Modbus TCP or RTU instrument (one unit id), driven by its register map."""
+
+    def __init__(self, config: InstrumentConfig) -> None:
+        self.config = config
+        self._plan = _plan(config)
+        self.settings = self._plan.settings
+        self._blocks = _blocks(self._plan.registers)
+        self._client: AsyncModbusTcpClient | AsyncModbusSerialClient | None = None
+        self._where = (
+            f"{self.settings.host}:{self.settings.port}"
+            if self.settings.transport == "tcp"
+            else self.settings.serial_port
+        )
+
+    @staticmethod
+    def check_config(config: InstrumentConfig) -> None:
+        """Raise SettingsError (a ValueError naming the key) if the settings cannot work."""
+        _plan(config)
+
+    def info(self) -> InstrumentInfo:
+        """Channels and commands as declared by the register map."""
+        return InstrumentInfo(
+            id=self.config.id,
+            kind=self._plan.kind,
+            description=self._plan.description,
+            channels=[
+                Channel(name=r.channel, unit=r.unit, description=r.description)
+                for r in self._plan.registers
+            ],
+            commands=[
+                CommandSpec(
+                    name=c.name,
+                    description=c.description,
+                    args=[
+                        CommandArg(
+                            name="value",
+                            type="bool" if c.kind == "coil" else "float",
+                            description=c.unit,
+                            minimum=c.minimum,
+                            maximum=c.maximum,
+                        )
+                    ],
+                )
+                for c in self._plan.commands.values()
+            ],
+            poll_interval_s=self.config.poll_interval_s,
+        )
+
+    async def open(self) -> None:
+        """Connect to the device (TCP) or open the serial line (RTU)."""
+        await self.close()
+        s = self.settings
+        client: AsyncModbusTcpClient | AsyncModbusSerialClient
+        # retries=0 and no reconnect: the runner owns retrying and reopening,
+        # with its own backoff, and must learn at once that the line is gone.
+        if s.transport == "tcp":
+            client = AsyncModbusTcpClient(
+                s.host, port=s.port, timeout=s.timeout_s, retries=0, reconnect_delay=0
+            )
+        else:
+            client = AsyncModbusSerialClient(
+                s.serial_port,
+                baudrate=s.baudrate,
+                parity=s.parity,
+                stopbits=s.stopbits,
+                bytesize=s.bytesize,
+                timeout=s.timeout_s,
+                retries=0,
+                reconnect_delay=0,
+            )
+        try:
+            connected = await client.connect()
+        except (OSError, ModbusException) as exc:
+            client.close()
+            raise PortError(f"cannot open {self._where}: {exc}") from None
+        if not connected:
+            client.close()
+            raise PortError(f"cannot open {self._where}: connection refused or port missing")
+        self._client = client
+
+    async def close(self) -> None:
+        """Close the connection; idempotent."""
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    async def read(self) -> dict[str, Value]:
+        """Read every mapped register, decode, scale and offset them."""
+        values: dict[str, Value] = {}
+        for block in self._blocks:
+            if block.kind in ("coil", "discrete"):
+                bits = await self._read_bits(block.kind, block.address, block.count)
+                for register in block.channels:
+                    values[register.channel] = bits[register.address - block.address]
+                continue
+            words = await self._read_words(block.kind, block.address, block.count)
+            for register in block.channels:
+                start = register.address - block.address
+                raw = decode_value(
+                    words[start : start + _width(register)], register.type, register.word_order
+                )
+                values[register.channel] = raw * register.scale + register.offset
+        return values
+
+    async def execute(self, name: str, args: dict[str, Any]) -> Any:
+        """Write the command's register, read it back; the result is `{"value": <read back>}`."""
+        command = self._plan.commands[name]
+        value = args["value"]
+        if command.kind == "coil":
+            await self._call(
+                "write_coil", command.address, bool(value), what=f"writing coil {command.address}"
+            )
+            bits = await self._read_bits("coil", command.address, 1)
+            return {"value": bits[0]}
+        try:
+            words = encode_value(
+                (float(value) - command.offset) / command.scale, command.type, command.word_order
+            )
+        except ValueError as exc:
+            raise InstrumentError(f"{name}: {exc}") from None
+        await self._call(
+            "write_registers", command.address, words, what=f"writing register {command.address}"
+        )
+        back = await self._read_words("holding", command.address, len(words))
+        raw = decode_value(back, command.type, command.word_order)
+        return {"value": raw * command.scale + command.offset}
+
+    async def _read_words(self, kind: RegisterKind, address: int, count: int) -> list[int]:
+        method = "read_holding_registers" if kind == "holding" else "read_input_registers"
+        response = await self._call(
+            method, address, count=count, what=f"reading {kind} registers {address}+{count}"
+        )
+        words = list(response.registers)
+        if len(words) < count:
+            raise InstrumentError(
+                f"asked for {count} {kind} registers at {address}, got {len(words)}"
+            )
+        return words
+
+    async def _read_bits(self, kind: RegisterKind, address: int, count: int) -> list[bool]:
+        method = "read_coils" if kind == "coil" else "read_discrete_inputs"
+        response = await self._call(
+            method, address, count=count, what=f"reading {kind}s {address}+{count}"
+        )
+        bits = list(response.bits)
+        if len(bits) < count:
+            raise InstrumentError(f"asked for {count} {kind}s at {address}, got {len(bits)}")
+        return bits[:count]
+
+    async def _call(self, method: str, *args: Any, what: str, **kwargs: Any) -> ModbusPDU:
+        """One request; pymodbus's errors and exception responses mapped to ours."""
+        client = self._client
+        if client is None or not client.connected:
+            raise PortError(f"{self._where} is not open")
+        unit = self.settings.unit
+        try:
+            response = await getattr(client, method)(*args, device_id=unit, **kwargs)
+        except ConnectionException as exc:
+            raise PortError(f"{self._where} was lost: {exc}") from None
+        except (TimeoutError, ModbusIOException) as exc:
+            # A closed connection also ends a pending request; tell it from silence.
+            if not client.connected:
+                raise PortError(f"{self._where} was lost: {exc}") from None
+            raise NoAnswer(
+                f"unit {unit} at {self._where}: no answer {what}"
+                f" within {self.settings.timeout_s:g} s"
+            ) from None
+        except ModbusException as exc:
+            raise InstrumentError(f"unit {unit} at {self._where}: {what}: {exc}") from None
+        assert isinstance(response, ModbusPDU)
+        if response.isError():
+            code = getattr(response, "exception_code", 0)
+            name = _EXCEPTION_NAMES.get(code, "unknown exception")
+            raise InstrumentError(
+                f"unit {unit} at {self._where} answered {what}"
+                f" with Modbus exception {code} ({name})"
+            )
+        return response
