@@ -17,6 +17,7 @@ from kleinmaelzung.agent.drivers import InstrumentError, NoAnswer, PortError, Se
 from kleinmaelzung.agent.drivers.visa import VisaDriver, builtin_profiles, load_profile
 from kleinmaelzung.hub import RunningHub
 from kleinmaelzung.protocol import Timeouts
+from kleinmaelzung.sim import visa as visa_sim
 
 from ..hub.peers import raw_client
 
@@ -248,3 +249,49 @@ async def test_full_path_sample_and_command_through_the_hub(hub: RunningHub) -> 
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_reading_the_meter_refuses_faults_it_at_the_hub(
+    hub: RunningHub, odd_profile: Path
+) -> None:
+    config = AgentConfig(
+        hub=hub.url,
+        agent_id="bench-pi",
+        instruments=[visa_config(profile=str(odd_profile))],
+    )
+    agent = Agent(config, timeouts=Timeouts(reconnect_max_s=0.5), drivers={"visa": VisaDriver})
+    task = asyncio.create_task(agent.run())
+    try:
+        async with raw_client(hub.url) as client:
+            await client.send({"type": "subscribe", "id": "s", "patterns": ["bench-dmm"]})
+            await client.receive_type("subscribed")
+            while True:
+                status = await client.receive_type("status", timeout=DEADLINE_S)
+                if status["state"] == "faulted":
+                    break
+            assert "MEAS:FREQ?" in status["reason"]
+            assert "Undefined header" in status["reason"]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_the_demo_lab_multimeter_works_with_the_shipped_profile() -> None:
+    config = InstrumentConfig(
+        id="bench-dmm",
+        driver="visa",
+        settings={
+            "resource": visa_sim.MULTIMETER,
+            "backend": visa_sim.backend(),
+            "profile": "scpi-dmm",
+        },
+    )
+    driver = VisaDriver(config)
+    await driver.open()
+    try:
+        readings = [(await driver.read())["voltage_dc"] for _ in range(3)]
+        assert all(11.9 <= v <= 12.1 for v in readings), readings  # type: ignore[operator]
+        assert await driver.execute("configure_voltage_dc", {"range": 10.0}) == {"range": 10.0}
+        assert await driver.execute("get_range", {}) == {"range": 10.0}
+    finally:
+        await driver.close()
