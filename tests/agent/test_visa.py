@@ -17,6 +17,7 @@ from kleinmaelzung.agent.drivers import InstrumentError, NoAnswer, PortError, Se
 from kleinmaelzung.agent.drivers.visa import VisaDriver, builtin_profiles, load_profile
 from kleinmaelzung.hub import RunningHub
 from kleinmaelzung.protocol import Timeouts
+from kleinmaelzung.sim import Simulator
 from kleinmaelzung.sim import visa as visa_sim
 
 from ..hub.peers import raw_client
@@ -184,6 +185,7 @@ async def test_nothing_at_the_resource_is_a_port_error() -> None:
         ({"timeout_s": -1}, "settings.timeout_s", ">= 0|> 0"),
         ({"timeout": 1}, "settings.timeout", "unknown key"),
         ({"identity": "("}, "settings.identity", "bad regular expression"),
+        ({"baud_rate": 9600}, "settings.baud_rate", "only serial"),
     ],
 )
 def test_settings_errors_name_the_key(settings: dict[str, Any], key: str, says: str) -> None:
@@ -295,3 +297,41 @@ async def test_the_demo_lab_multimeter_works_with_the_shipped_profile() -> None:
         assert await driver.execute("get_range", {}) == {"range": 10.0}
     finally:
         await driver.close()
+
+
+SERIAL_THERMOMETER = """
+name = "kmz-t10-scpi"
+kind = "thermometer"
+read_termination = "\\n"
+write_termination = "\\r\\n"
+error_query = ""
+error = '^ERR'
+
+[identify]
+expect = '^Kleinmaelzung,T-10,'
+
+[[channels]]
+name = "temperature"
+query = "MEAS?"
+unit = "°C"
+"""
+
+
+async def test_a_serial_resource_through_pyvisa_py_on_a_real_pty(tmp_path: Path) -> None:
+    profile = tmp_path / "t10.toml"
+    profile.write_text(SERIAL_THERMOMETER, encoding="utf-8")
+    with Simulator(["steep-water"], seed=3) as sim:
+        config = visa_config(
+            f"ASRL{sim.paths['steep-water']}::INSTR",
+            backend="@py",
+            profile=str(profile),
+            baud_rate=9600,
+            timeout_s=1.0,
+        )
+        driver = VisaDriver(config)
+        await driver.open()
+        try:
+            assert driver.identity.startswith("Kleinmaelzung,T-10,")
+            assert 10 <= (await driver.read())["temperature"] <= 20  # type: ignore[operator]
+        finally:
+            await driver.close()

@@ -146,6 +146,8 @@ class VisaSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     timeout_s: Annotated[float, msgspec.Meta(gt=0)] | None = None
     read_termination: str | None = None
     write_termination: str | None = None
+    #: Serial resources (ASRL) only; the instrument's own rate.
+    baud_rate: Annotated[int, msgspec.Meta(gt=0)] | None = None
     #: A regex the identity answer must also match: pins one instrument by its serial number.
     identity: str = ""
 
@@ -160,6 +162,11 @@ def _settings(config: InstrumentConfig) -> VisaSettings:
             'expected a VISA resource string such as "TCPIP::10.0.0.5::INSTR", '
             f"got {settings.resource!r} ({exc})",
         ) from None
+    if settings.baud_rate is not None and not settings.resource.upper().startswith("ASRL"):
+        raise SettingsError(
+            "settings.baud_rate",
+            f"only serial (ASRL...) resources have a baud rate, not {settings.resource!r}",
+        )
     try:
         load_profile(settings.profile)
     except ValueError as exc:
@@ -224,46 +231,54 @@ class VisaDriver(BlockingDriver):
         """Open the resource and check that the expected instrument answers."""
         self.close_blocking()
         where = self.settings.resource
-        timeout_s = self.settings.timeout_s or self.profile.timeout_s
+        timeout_ms = round((self.settings.timeout_s or self.profile.timeout_s) * 1000)
+        options: dict[str, Any] = {
+            "read_termination": _either(
+                self.settings.read_termination, self.profile.read_termination
+            ),
+            "write_termination": _either(
+                self.settings.write_termination, self.profile.write_termination
+            ),
+            "timeout": timeout_ms,
+            "open_timeout": timeout_ms,
+        }
+        if self.settings.baud_rate is not None:
+            options["baud_rate"] = self.settings.baud_rate
         try:
             self._manager = pyvisa.ResourceManager(self.settings.backend)
         except (OSError, ValueError) as exc:
             # A missing backend library or a bad pyvisa-sim file: nothing to reach.
             raise PortError(f"VISA backend {self.settings.backend!r}: {_first_line(exc)}") from None
+        identified = False
         try:
-            resource = self._manager.open_resource(
-                where,
-                read_termination=_choose(self.settings.read_termination, self.profile),
-                write_termination=_choose_write(self.settings.write_termination, self.profile),
-                timeout=round(timeout_s * 1000),
-                open_timeout=round(timeout_s * 1000),
-            )
-        except (pyvisa.errors.Error, OSError, ValueError) as exc:
-            self.close_blocking()
-            raise PortError(f"cannot open {where}: {_first_line(exc)}") from None
-        if not isinstance(resource, MessageBasedResource):
-            self.close_blocking()
-            raise PortError(f"{where} is not a message-based resource; SCPI needs one")
-        self._resource = resource
+            try:
+                resource = self._manager.open_resource(where, **options)
+            except (pyvisa.errors.Error, OSError, ValueError) as exc:
+                raise PortError(f"cannot open {where}: {_first_line(exc)}") from None
+            if not isinstance(resource, MessageBasedResource):
+                raise PortError(f"{where} is not a message-based resource; SCPI needs one")
+            self._resource = resource
+            self.identity = self._identify()
+            identified = True
+        finally:
+            if not identified:  # half open is not open: the next open starts clean
+                self.close_blocking()
+
+    def _identify(self) -> str:
+        where, query = self.settings.resource, self.profile.identify.query
         try:
-            answer = self._query(self.profile.identify.query)
+            answer = self._query(query)
         except NoAnswer as exc:
-            self.close_blocking()
-            raise PortError(f"{where}: no answer to identity probe ({exc})") from None
-        except Exception:
-            self.close_blocking()
-            raise
+            raise PortError(f"{where}: no answer to the identity probe ({exc})") from None
         if not answer:
-            self.close_blocking()
-            raise PortError(f"{where}: nothing answered {self.profile.identify.query}")
+            raise PortError(f"{where}: nothing answered {query}")
         for pattern in self._identity:
             if pattern.search(answer) is None:
-                self.close_blocking()
                 raise PortError(
-                    f"{where}: wrong instrument: {self.profile.identify.query} answered"
-                    f" {answer!r}, expected {pattern.pattern!r}"
+                    f"{where}: wrong instrument: {query} answered {answer!r},"
+                    f" expected {pattern.pattern!r}"
                 )
-        self.identity = answer
+        return answer
 
     def close_blocking(self) -> None:
         """Close the resource and the resource manager; idempotent."""
@@ -371,12 +386,8 @@ class VisaDriver(BlockingDriver):
         raise InstrumentError(f"unexpected answer to {line!r}: {answer!r}")
 
 
-def _choose(setting: str | None, profile: ScpiProfile) -> str:
-    return profile.read_termination if setting is None else setting
-
-
-def _choose_write(setting: str | None, profile: ScpiProfile) -> str:
-    return profile.write_termination if setting is None else setting
+def _either(setting: str | None, default: str) -> str:
+    return default if setting is None else setting
 
 
 def _number(text: str) -> float | str:
