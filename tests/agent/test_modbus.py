@@ -6,6 +6,7 @@ import asyncio
 import inspect
 import socket
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,7 +17,7 @@ from kleinmaelzung.agent.drivers.settings import SettingsError
 from kleinmaelzung.agent.errors import InstrumentError, NoAnswer, PortError
 from kleinmaelzung.hub import RunningHub
 from kleinmaelzung.protocol import Timeouts
-from kleinmaelzung.sim.modbus import KilnModbusServer
+from kleinmaelzung.sim.modbus import KilnModbusRtuLine, KilnModbusServer
 
 from ..hub.peers import raw_client
 
@@ -289,3 +290,60 @@ async def test_full_path_kiln_to_agent_to_hub_to_client(
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     assert kiln.units[1].setpoint == 55.5
+
+
+def rtu_config(path: str, *, unit: int = 1, **settings: Any) -> InstrumentConfig:
+    return InstrumentConfig(
+        id=f"kiln-{unit}",
+        driver="modbus",
+        bus=path,
+        settings={
+            "transport": "rtu",
+            "serial_port": path,
+            "unit": unit,
+            "timeout_s": 0.5,
+            "map": "kmz-kiln-modbus",
+            **settings,
+        },
+    )
+
+
+async def test_rtu_units_on_one_pty_line_share_the_port() -> None:
+    async with KilnModbusRtuLine(units=(1, 2)) as line:
+        first, second = (
+            await opened(rtu_config(line.path)),
+            await opened(rtu_config(line.path, unit=2)),
+        )
+        try:
+            assert await second.execute("set_setpoint", {"value": 44.5}) == {"value": 44.5}
+            # Both polled at once: the shared client keeps their frames apart.
+            first_values, second_values = await asyncio.gather(first.read(), second.read())
+            assert first_values["setpoint"] == pytest.approx(65.0)
+            assert second_values["setpoint"] == pytest.approx(44.5)
+            # One unit closing leaves the line open for the other.
+            await first.close()
+            assert (await second.read())["fan_speed"] == 50
+        finally:
+            await first.close()
+            await second.close()
+
+
+async def test_rtu_other_serial_settings_on_an_open_line_are_refused() -> None:
+    async with KilnModbusRtuLine(units=(1, 2)) as line:
+        first = await opened(rtu_config(line.path))
+        try:
+            second = ModbusDriver(rtu_config(line.path, unit=2, baudrate=9600))
+            with pytest.raises(PortError, match="already open at 19200 baud 8N1"):
+                await second.open()
+            await first.close()
+            await second.open()  # the line is free again
+            await second.close()
+        finally:
+            await first.close()
+
+
+async def test_rtu_missing_port_is_port_error(tmp_path: Path) -> None:
+    driver = ModbusDriver(rtu_config(str(tmp_path / "ttyUSB9")))
+    with pytest.raises(PortError, match="cannot open"):
+        await driver.open()
+    await driver.close()

@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import struct
 import time
+import tty
 from collections.abc import Callable, Sequence
 
 from pymodbus.constants import ExcCodes
-from pymodbus.server import ModbusTcpServer
+from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 _READ_INPUT, _READ_HOLDING, _READ_DISCRETE = 4, 3, 2
@@ -203,6 +205,87 @@ class KilnModbusServer:
             await server.shutdown()  # type: ignore[no-untyped-call]
 
     async def __aenter__(self) -> KilnModbusServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+
+class _NullModem:
+    """Two pty pairs joined master to master: a serial cable between two tty paths."""
+
+    def __init__(self) -> None:
+        self._masters: list[int] = []
+        self._slaves: list[int] = []
+        for _ in range(2):
+            master, slave = os.openpty()
+            tty.setraw(slave)
+            os.set_blocking(master, False)
+            self._masters.append(master)
+            # Held open so that a master never reads EIO while its side is closed.
+            self._slaves.append(slave)
+        self.paths = (os.ttyname(self._slaves[0]), os.ttyname(self._slaves[1]))
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        first, second = self._masters
+        self._loop.add_reader(first, self._copy, first, second)
+        self._loop.add_reader(second, self._copy, second, first)
+
+    def _copy(self, source: int, target: int) -> None:
+        try:
+            data = os.read(source, 4096)
+            os.write(target, data)
+        except (BlockingIOError, InterruptedError):
+            pass  # a full buffer drops bytes, as an overrun line does
+        except OSError:
+            pass  # the other side is not open right now
+
+    def close(self) -> None:
+        if self._loop is not None:
+            for master in self._masters:
+                self._loop.remove_reader(master)
+            self._loop = None
+        for fd in self._masters + self._slaves:
+            os.close(fd)
+        self._masters, self._slaves = [], []
+
+
+class KilnModbusRtuLine:
+    """Kiln controllers (one per unit id) on a simulated RS-485 line: Modbus RTU over ptys.
+
+    `async with KilnModbusRtuLine(units=(1, 2)) as line:` the agent opens
+    `line.path` as it would open /dev/ttyUSB0; `line.units[2]` is unit 2's model.
+    """
+
+    def __init__(self, *, units: Sequence[int] = (1,), baudrate: int = 19200) -> None:
+        self.baudrate = baudrate
+        self.units = {unit_id: KilnModbusUnit() for unit_id in units}
+        self._modem: _NullModem | None = None
+        self._server: ModbusSerialServer | None = None
+        self.path = ""
+
+    async def start(self) -> None:
+        """Open the line; `path` is the tty for the agent afterwards."""
+        modem = _NullModem()
+        modem.start()
+        devices = [_device(unit_id, unit) for unit_id, unit in self.units.items()]
+        server = ModbusSerialServer(devices, port=modem.paths[0], baudrate=self.baudrate)
+        await server.serve_forever(background=True)
+        self._modem, self._server, self.path = modem, server, modem.paths[1]
+
+    async def stop(self) -> None:
+        """Stop serving and close the ptys; idempotent."""
+        server, self._server = self._server, None
+        modem, self._modem = self._modem, None
+        if server is not None:
+            await server.shutdown()  # type: ignore[no-untyped-call]
+        if modem is not None:
+            modem.close()
+
+    async def __aenter__(self) -> KilnModbusRtuLine:
         await self.start()
         return self
 

@@ -271,6 +271,28 @@ def encode_value(value: float, type: DataType, word_order: WordOrder) -> list[in
     return AsyncModbusTcpClient.convert_to_registers(number, data_type, word_order=word_order)
 
 
+class _SerialLine:
+    """One RS-485 line: one open port and one client for every unit id on it."""
+
+    def __init__(self, client: AsyncModbusSerialClient, serial_settings: SerialSettings) -> None:
+        self.client = client
+        self.serial_settings = serial_settings
+        self.users = 0
+
+
+SerialSettings = tuple[int, str, int, int]
+
+#: Open RS-485 lines by port. A serial port can be opened once (pyserial locks
+#: it), so the units on one line share it; the client serialises their requests.
+#: Process-wide because the lock is: it holds open ports, not configuration.
+_SERIAL_LINES: dict[str, _SerialLine] = {}
+
+
+def _show_serial(settings: SerialSettings) -> str:
+    baudrate, parity, stopbits, bytesize = settings
+    return f"{baudrate} baud {bytesize}{parity}{stopbits}"
+
+
 class ModbusDriver:
     """A Modbus TCP or RTU instrument (one unit id), driven by its register map."""
 
@@ -280,6 +302,7 @@ class ModbusDriver:
         self.settings = self._plan.settings
         self._blocks = _blocks(self._plan.registers)
         self._client: AsyncModbusTcpClient | AsyncModbusSerialClient | None = None
+        self._line: _SerialLine | None = None
         self._where = (
             f"{self.settings.host}:{self.settings.port}"
             if self.settings.transport == "tcp"
@@ -321,27 +344,50 @@ class ModbusDriver:
         )
 
     async def open(self) -> None:
-        """Connect to the device (TCP) or open the serial line (RTU)."""
+        """Connect to the device (TCP) or open the serial line (RTU), shared by its units."""
         await self.close()
         s = self.settings
-        client: AsyncModbusTcpClient | AsyncModbusSerialClient
-        # retries=0 and no reconnect: the runner owns retrying and reopening,
-        # with its own backoff, and must learn at once that the line is gone.
         if s.transport == "tcp":
+            # retries=0 and no reconnect: the runner owns retrying and reopening,
+            # with its own backoff, and must learn at once that the line is gone.
             client = AsyncModbusTcpClient(
                 s.host, port=s.port, timeout=s.timeout_s, retries=0, reconnect_delay=0
             )
-        else:
-            client = AsyncModbusSerialClient(
-                s.serial_port,
-                baudrate=s.baudrate,
-                parity=s.parity,
-                stopbits=s.stopbits,
-                bytesize=s.bytesize,
-                timeout=s.timeout_s,
-                retries=0,
-                reconnect_delay=0,
+            await self._connect(client)
+            self._client = client
+            return
+        line = _SERIAL_LINES.get(s.serial_port)
+        wanted = (s.baudrate, s.parity, s.stopbits, s.bytesize)
+        if line is None:
+            line = _SerialLine(
+                AsyncModbusSerialClient(
+                    s.serial_port,
+                    baudrate=s.baudrate,
+                    parity=s.parity,
+                    stopbits=s.stopbits,
+                    bytesize=s.bytesize,
+                    timeout=s.timeout_s,
+                    retries=0,
+                    reconnect_delay=0,
+                ),
+                wanted,
             )
+            _SERIAL_LINES[s.serial_port] = line
+        elif line.serial_settings != wanted:
+            raise PortError(
+                f"{s.serial_port} is already open at {_show_serial(line.serial_settings)};"
+                f" unit {s.unit} asks for {_show_serial(wanted)}"
+            )
+        line.users += 1
+        try:
+            if not line.client.connected:
+                await self._connect(line.client)
+        except PortError:
+            self._release(line)
+            raise
+        self._client, self._line = line.client, line
+
+    async def _connect(self, client: AsyncModbusTcpClient | AsyncModbusSerialClient) -> None:
         try:
             connected = await client.connect()
         except (OSError, ModbusException) as exc:
@@ -350,13 +396,22 @@ class ModbusDriver:
         if not connected:
             client.close()
             raise PortError(f"cannot open {self._where}: connection refused or port missing")
-        self._client = client
 
     async def close(self) -> None:
-        """Close the connection; idempotent."""
+        """Close the connection (the serial line once its last unit closes); idempotent."""
         client, self._client = self._client, None
-        if client is not None:
+        line, self._line = self._line, None
+        if line is not None:
+            self._release(line)
+        elif client is not None:
             client.close()
+
+    def _release(self, line: _SerialLine) -> None:
+        line.users -= 1
+        if line.users <= 0:
+            line.client.close()
+            if _SERIAL_LINES.get(self.settings.serial_port) is line:
+                del _SERIAL_LINES[self.settings.serial_port]
 
     async def read(self) -> dict[str, Value]:
         """Read every mapped register, decode, scale and offset them."""
