@@ -347,3 +347,50 @@ async def test_rtu_missing_port_is_port_error(tmp_path: Path) -> None:
     with pytest.raises(PortError, match="cannot open"):
         await driver.open()
     await driver.close()
+
+
+async def test_full_path_two_rtu_units_on_one_line_and_a_hung_one_is_faulted(
+    hub: RunningHub,
+) -> None:
+    if "drivers" not in inspect.signature(Agent).parameters:
+        pytest.skip("Agent(drivers=...) has not landed; the driver is not injectable yet")
+    async with KilnModbusRtuLine(units=(1, 2)) as line:
+        instruments = [rtu_config(line.path, timeout_s=0.3), rtu_config(line.path, unit=2)]
+        agent = Agent(
+            AgentConfig(hub=hub.url, agent_id="test-pi", instruments=instruments),
+            timeouts=Timeouts(reconnect_max_s=0.5),
+            drivers={"modbus": ModbusDriver},
+        )
+        task = asyncio.create_task(agent.run())
+        try:
+            await asyncio.wait_for(agent.link.connected.wait(), DEADLINE_S)
+            async with raw_client(hub.url) as client:
+                await client.send(
+                    {"type": "subscribe", "id": "s", "patterns": ["kiln-1", "kiln-2"]}
+                )
+                await client.receive_type("subscribed")
+                seen: set[str] = set()
+                while seen != {"kiln-1", "kiln-2"}:
+                    data = await client.receive_type("data")
+                    seen |= {s["instrument"] for s in data["samples"]}
+                line.units[1].silent = True
+                while True:
+                    status = await client.receive_type("status")
+                    if (status["instrument"], status["state"]) == ("kiln-1", "faulted"):
+                        break
+                assert "no answer" in status["reason"], status
+                # The other unit on the same line carries on: a new value arrives.
+                line.units[2].fan_speed = 77
+                while True:
+                    data = await client.receive_type("data")
+                    fans = [
+                        s["values"]["fan_speed"]
+                        for s in data["samples"]
+                        if s["instrument"] == "kiln-2"
+                    ]
+                    if 77 in fans:
+                        break
+        finally:
+            line.units[1].silent = False
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
