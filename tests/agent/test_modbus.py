@@ -5,16 +5,19 @@ from __future__ import annotations
 import asyncio
 import inspect
 import socket
+import tomllib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from kleinmaelzung.agent import Agent, AgentConfig, InstrumentConfig
+from kleinmaelzung.agent.config import check_config
 from kleinmaelzung.agent.drivers.modbus import ModbusDriver, decode_value, encode_value
 from kleinmaelzung.agent.drivers.settings import SettingsError
-from kleinmaelzung.agent.errors import InstrumentError, NoAnswer, PortError
+from kleinmaelzung.agent.errors import ConfigError, InstrumentError, NoAnswer, PortError
 from kleinmaelzung.hub import RunningHub
 from kleinmaelzung.protocol import Timeouts
 from kleinmaelzung.sim.modbus import KilnModbusRtuLine, KilnModbusServer
@@ -215,9 +218,9 @@ async def test_nothing_listening_is_port_error() -> None:
         ({"map": "no-such-map"}, "settings.map", "kmz-kiln-modbus"),
         ({"map": "", "registers": []}, "settings.registers", "no registers"),
         ({"registers": [{"channel": "setpoint", "address": 9}]},
-         "settings.registers[7].channel", "mapped twice"),
+         "settings.registers[0].channel", "already mapped by kmz-kiln-modbus"),
         ({"commands": [{"name": "x", "address": 0, "scale": 0.0}]},
-         "settings.commands[3].scale", "other than 0"),
+         "settings.commands[0].scale", "other than 0"),
     ],
 )  # fmt: skip
 def test_settings_errors_name_the_key(settings: dict[str, Any], key: str, message: str) -> None:
@@ -394,3 +397,59 @@ async def test_full_path_two_rtu_units_on_one_line_and_a_hung_one_is_faulted(
             line.units[1].silent = False
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+
+AGENT_TOML = """
+hub = "http://127.0.0.1:8765"
+agent_id = "malthouse-pi"
+
+[[instruments]]
+id = "kiln"
+driver = "modbus"
+bus = "/dev/ttyUSB0"
+
+[instruments.settings]
+transport = "rtu"
+serial_port = "/dev/ttyUSB0"
+unit = 3
+map = "kmz-kiln-modbus"
+
+[[instruments.settings.registers]]
+channel = "exhaust_temperature"
+kind = "input"
+address = 10
+type = "{type}"
+scale = 0.1
+unit = "°C"
+"""
+
+
+def test_a_config_file_with_modbus_settings_is_checked_down_to_the_register() -> None:
+    good = msgspec.convert(tomllib.loads(AGENT_TOML.format(type="int16")), AgentConfig)
+    check_config(good, source="agent.toml", drivers={"modbus": ModbusDriver})
+    channels = [c.name for c in ModbusDriver(good.instruments[0]).info().channels]
+    assert channels[-1] == "exhaust_temperature" and "air_temperature" in channels
+
+    bad = msgspec.convert(tomllib.loads(AGENT_TOML.format(type="float")), AgentConfig)
+    with pytest.raises(ConfigError) as error:
+        check_config(bad, source="agent.toml", drivers={"modbus": ModbusDriver})
+    assert str(error.value).startswith("agent.toml: instruments[0].settings.registers[0].type:")
+    assert "'float'" in str(error.value)
+
+
+def test_a_register_map_file_by_path(tmp_path: Path) -> None:
+    path = tmp_path / "dryer.toml"
+    path.write_text(
+        'kind = "dryer"\n[[registers]]\nchannel = "moisture"\naddress = 4\nscale = 0.0\n',
+        encoding="utf-8",
+    )
+    with pytest.raises(SettingsError, match=r"registers\[0\]\.scale: expected a finite") as error:
+        ModbusDriver.check_config(modbus_config(502, map=str(path)))
+    assert error.value.key == "settings.map"
+    path.write_text(path.read_text(encoding="utf-8").replace("0.0", "0.5"), encoding="utf-8")
+    info = ModbusDriver(modbus_config(502, map=str(path))).info()
+    assert (info.kind, [c.name for c in info.channels]) == ("dryer", ["moisture"])
+    path.write_text("registers = 3\n", encoding="utf-8")
+    with pytest.raises(SettingsError, match=r"dryer\.toml: Expected `array`") as error:
+        ModbusDriver.check_config(modbus_config(502, map=str(path)))
+    assert error.value.key == "settings.map"

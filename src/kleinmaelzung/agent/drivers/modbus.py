@@ -166,34 +166,35 @@ def _plan(config: InstrumentConfig) -> _Plan:
         )
     shipped = load_map(settings.map) if settings.map else RegisterMap()
     registers = [*shipped.registers, *settings.registers]
-    commands = [*shipped.commands, *settings.commands]
     if not registers:
         raise SettingsError(
             "settings.registers",
             "no registers: list [[instruments.settings.registers]] or name a map",
         )
-    seen: set[str] = set()
-    for index, register in enumerate(registers):
-        if register.channel in seen:
+    # Keys name the entry where the user wrote it: the inline list's own index,
+    # or the map (its file is the user's to fix, or ours if shipped).
+    mapped_by = {r.channel: settings.map for r in shipped.registers}
+    for index, register in enumerate(shipped.registers):
+        _check_scale(register.scale, "settings.map", f"{settings.map}: registers[{index}].scale")
+    for index, register in enumerate(settings.registers):
+        key = f"settings.registers[{index}]"
+        if register.channel in mapped_by:
+            source = mapped_by[register.channel]
             raise SettingsError(
-                f"settings.registers[{index}].channel",
-                f"channel {register.channel!r} is mapped twice",
+                f"{key}.channel",
+                f"channel {register.channel!r} is already mapped by {source or 'an entry above'}",
             )
-        seen.add(register.channel)
-        if register.scale == 0 or not math.isfinite(register.scale):
-            raise SettingsError(
-                f"settings.registers[{index}].scale", "expected a finite number other than 0"
-            )
+        mapped_by[register.channel] = ""
+        _check_scale(register.scale, f"{key}.scale")
     names: dict[str, RegisterCommand] = {}
-    for index, command in enumerate(commands):
+    for index, command in enumerate(shipped.commands):
+        _check_scale(command.scale, "settings.map", f"{settings.map}: commands[{index}].scale")
+        names[command.name] = command
+    for index, command in enumerate(settings.commands):
+        key = f"settings.commands[{index}]"
         if command.name in names:
-            raise SettingsError(
-                f"settings.commands[{index}].name", f"command {command.name!r} is declared twice"
-            )
-        if command.scale == 0 or not math.isfinite(command.scale):
-            raise SettingsError(
-                f"settings.commands[{index}].scale", "expected a finite number other than 0"
-            )
+            raise SettingsError(f"{key}.name", f"command {command.name!r} is declared twice")
+        _check_scale(command.scale, f"{key}.scale")
         names[command.name] = command
     return _Plan(
         settings=settings,
@@ -202,6 +203,12 @@ def _plan(config: InstrumentConfig) -> _Plan:
         registers=registers,
         commands=names,
     )
+
+
+def _check_scale(scale: float, key: str, where: str = "") -> None:
+    if scale == 0 or not math.isfinite(scale):
+        prefix = f"{where}: " if where else ""
+        raise SettingsError(key, f"{prefix}expected a finite number other than 0, got {scale:g}")
 
 
 class _Block(msgspec.Struct, frozen=True):
