@@ -163,12 +163,11 @@ def _cmd_hub(args: argparse.Namespace) -> int:
 
 
 def _cmd_agent(args: argparse.Namespace) -> int:
-    from .agent import AgentError, ConfigError, MissingExtra, load_config, load_drivers, run_agent
+    from .agent import AgentError, ConfigError, MissingExtra, load_config, run_agent
 
     try:
-        # Before the config: without the extra no config can be right, and the
-        # install line is the one thing to tell.
-        load_drivers()
+        # Checking the config loads the drivers it names, and only those: a
+        # missing extra is then the one thing to tell, with its install line.
         config = load_config(args.config)
     except MissingExtra as exc:
         print(f"kmz agent {exc}", file=sys.stderr)

@@ -107,7 +107,7 @@ def _reasons(group: ExceptionGroup[Exception]) -> str:
 async def _run(host: str, port: int, data_dir: Path, say: Say, complain: Say) -> int:
     try:
         # Before the hub and the banner: without its agent the demo must not look healthy.
-        load_drivers()
+        load_drivers(["serial_line"])
     except MissingExtra as exc:
         complain(f"kmz demo {exc}")
         return 1

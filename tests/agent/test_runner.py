@@ -25,8 +25,10 @@ from kleinmaelzung.agent import (
     Outbox,
     PortError,
 )
+from kleinmaelzung.agent import agent as agent_module
+from kleinmaelzung.agent.drivers import discovery
 from kleinmaelzung.agent.drivers.base import Driver
-from kleinmaelzung.agent.drivers.discovery import available_drivers
+from kleinmaelzung.agent.drivers.discovery import find_driver
 from kleinmaelzung.agent.drivers.serial_line import SerialLineDriver
 from kleinmaelzung.agent.runner import InstrumentRunner, fault_kind
 from kleinmaelzung.hub import RunningHub
@@ -85,7 +87,13 @@ class BuggyDriver(Driver):
 @pytest.fixture
 def buggy_driver(monkeypatch: pytest.MonkeyPatch) -> None:
     """Register BuggyDriver as driver "buggy" for this test only."""
-    monkeypatch.setitem(available_drivers(), "buggy", BuggyDriver)  # type: ignore[arg-type]
+    real = find_driver
+
+    def find(name: str) -> Any:
+        return BuggyDriver if name == "buggy" else real(name)
+
+    monkeypatch.setattr(discovery, "find_driver", find)
+    monkeypatch.setattr(agent_module, "find_driver", find)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from ..config import InstrumentConfig
 from ..errors import DriverError, InstrumentError, NoAnswer, PortError
 from .base import Driver, DriverClass
 from .blocking import BlockingDriver
-from .discovery import GROUP, MissingExtra, available_drivers, find_driver, load_drivers
+from .discovery import GROUP, MissingExtra, driver_names, find_driver, load_drivers
 from .settings import SettingsError, decode_settings
 
 __all__ = [
@@ -36,8 +36,8 @@ __all__ = [
     "PortError",
     "SettingsError",
     "Value",
-    "available_drivers",
     "decode_settings",
+    "driver_names",
     "find_driver",
     "load_drivers",
 ]

@@ -19,6 +19,7 @@ class BlockingDriver:
     def __init__(self, config: InstrumentConfig) -> None:
         self.config = config
         self._bus: Bus | None = None
+        self._own_bus = False
 
     @staticmethod
     def check_config(config: InstrumentConfig) -> None:
@@ -33,6 +34,7 @@ class BlockingDriver:
         """The bus this driver's calls run on."""
         if self._bus is None:
             self._bus = Bus(self.config.bus_name)
+            self._own_bus = True  # closed with the driver: nobody else will
         return self._bus
 
     def info(self) -> InstrumentInfo:
@@ -67,5 +69,8 @@ class BlockingDriver:
         return await self.bus.run_blocking(lambda: self.execute_blocking(name, args))
 
     async def close(self) -> None:
-        """`close_blocking` in the bus thread."""
+        """`close_blocking` in the bus thread (and the bus's thread too, if it is the driver's)."""
         await self.bus.run_blocking(self.close_blocking)
+        if self._own_bus and self._bus is not None:
+            self._bus.close()
+            self._bus, self._own_bus = None, False

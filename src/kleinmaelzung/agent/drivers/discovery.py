@@ -1,8 +1,14 @@
-"""Drivers are found by entry points in the group `kleinmaelzung.drivers`."""
+"""Drivers are found by entry points in the group `kleinmaelzung.drivers`, each loaded when used.
+
+Loading only the drivers a config names keeps a Pi free of the libraries of
+drivers it does not use: an agent with serial instruments only needs no
+PyVISA or pymodbus, and says which extra to install for one that does.
+"""
 
 from __future__ import annotations
 
-from functools import lru_cache
+from collections.abc import Iterable
+from functools import cache
 from importlib.metadata import entry_points
 from typing import cast
 
@@ -13,7 +19,13 @@ GROUP = "kleinmaelzung.drivers"
 
 #: Which of our extras installs a module that a built-in driver imports. A new
 #: driver with its own dependencies adds its modules here.
-EXTRA_OF_MODULE = {"serial": "agent", "serial_asyncio_fast": "agent"}
+EXTRA_OF_MODULE = {
+    "serial": "agent",
+    "serial_asyncio_fast": "agent",
+    "pyvisa": "visa",
+    "pyvisa_py": "visa",
+    "pymodbus": "modbus",
+}
 
 
 class MissingExtra(AgentError):
@@ -35,27 +47,24 @@ class MissingExtra(AgentError):
         super().__init__(text)
 
 
-def load_drivers() -> dict[str, DriverClass]:
-    """Import every installed driver now; MissingExtra names what to install if one cannot."""
-    drivers: dict[str, DriverClass] = {}
-    for ep in entry_points(group=GROUP):
-        try:
-            drivers[ep.name] = cast(DriverClass, ep.load())
-        except ModuleNotFoundError as exc:
-            module = (exc.name or "?").split(".")[0]
-            raise MissingExtra(module, EXTRA_OF_MODULE.get(module), ep.name) from exc
-    return drivers
+def driver_names() -> list[str]:
+    """The names of every installed driver, sorted, without loading any."""
+    return sorted({ep.name for ep in entry_points(group=GROUP)})
 
 
-@lru_cache(maxsize=1)
-def available_drivers() -> dict[str, DriverClass]:
-    """Every installed driver by name (loaded once)."""
-    return load_drivers()
-
-
+@cache
 def find_driver(name: str) -> DriverClass:
-    """The driver called `name`; KeyError with the known names if there is none."""
-    drivers = available_drivers()
-    if name not in drivers:
-        raise KeyError(f"unknown driver {name!r}; installed: {', '.join(sorted(drivers))}")
-    return drivers[name]
+    """The driver called `name`, loaded now; KeyError if none, MissingExtra if it cannot load."""
+    found = [ep for ep in entry_points(group=GROUP) if ep.name == name]
+    if not found:
+        raise KeyError(f"unknown driver {name!r}; installed: {', '.join(driver_names())}")
+    try:
+        return cast(DriverClass, found[0].load())
+    except ModuleNotFoundError as exc:
+        module = (exc.name or "?").split(".")[0]
+        raise MissingExtra(module, EXTRA_OF_MODULE.get(module), name) from exc
+
+
+def load_drivers(names: Iterable[str] | None = None) -> dict[str, DriverClass]:
+    """Load the named drivers (default: all installed) now; MissingExtra names what to install."""
+    return {name: find_driver(name) for name in (driver_names() if names is None else names)}
