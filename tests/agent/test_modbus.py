@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import math
 import socket
 import tomllib
 from collections.abc import AsyncIterator
@@ -453,3 +454,43 @@ def test_a_register_map_file_by_path(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match=r"dryer\.toml: Expected `array`") as error:
         ModbusDriver.check_config(modbus_config(502, map=str(path)))
     assert error.value.key == "settings.map"
+
+
+async def test_numbers_read_as_the_device_means_them(kiln: KilnModbusServer) -> None:
+    unit = kiln.units[1]
+    unit.time_constant_s = 1e9
+    unit.air_temperature, unit.grain_temperature = 21.3, 23.3
+    driver = await opened(modbus_config(kiln.port))
+    try:
+        values = await driver.read()
+    finally:
+        await driver.close()
+    # float32 21.3 is 21.299999237..., and 233 x 0.1 is 23.300000000000001 in binary.
+    assert (values["air_temperature"], values["grain_temperature"]) == (21.3, 23.3)
+    # An unscaled integer register stays an integer.
+    assert values["fan_speed"] == 50 and isinstance(values["fan_speed"], int)
+
+
+async def test_a_nan_register_is_an_instrument_error_naming_the_channel(
+    kiln: KilnModbusServer,
+) -> None:
+    kiln.units[1].air_temperature = math.nan  # a broken probe, as many controllers report it
+    kiln.units[1].time_constant_s = 1e9
+    driver = await opened(modbus_config(kiln.port))
+    try:
+        with pytest.raises(InstrumentError, match=r"air_temperature: register 0 holds nan"):
+            await driver.read()
+    finally:
+        await driver.close()
+
+
+async def test_one_register_commands_use_write_single_register(kiln: KilnModbusServer) -> None:
+    # Many small controllers know function 6 only; 16 is for values of two registers.
+    seen: list[int] = []
+    kiln.units[1].on_function = seen.append
+    driver = await opened(modbus_config(kiln.port))
+    try:
+        await driver.execute("set_fan_speed", {"value": 10})
+    finally:
+        await driver.close()
+    assert 6 in seen and 16 not in seen

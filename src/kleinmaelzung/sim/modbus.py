@@ -52,6 +52,8 @@ class KilnModbusUnit:
         self.door_open = False
         #: The highest setpoint this controller takes (its configured limit).
         self.setpoint_maximum = 120.0
+        #: Called with each request's function code (for tests that check the wire).
+        self.on_function: Callable[[int], object] = lambda function_code: None
         self._answering = asyncio.Event()
         self._answering.set()
 
@@ -79,6 +81,8 @@ class KilnModbusUnit:
         self.air_temperature = target + (self.air_temperature - target) * math.exp(
             -dt / self.time_constant_s
         )
+        if not math.isfinite(self.air_temperature):
+            return  # a broken air probe (NaN, as controllers report it) heats nothing
         self.grain_temperature += (self.air_temperature - self.grain_temperature) * (
             1 - math.exp(-dt / (4 * self.time_constant_s))
         )
@@ -140,6 +144,7 @@ class _UnitActions:
     ) -> ExcCodes | None:
         unit = self.unit
         await unit.wait_answering()
+        unit.on_function(function_code)
         unit.advance()
         if function_code == _READ_INPUT:
             _store(current_registers, start_address, unit.input_registers())

@@ -205,6 +205,20 @@ def _plan(config: InstrumentConfig) -> _Plan:
     )
 
 
+def _scaled(raw: int | float, register: RegisterChannel | RegisterCommand, name: str) -> Value:
+    """A register's number as the device means it; InstrumentError if it is not finite."""
+    if isinstance(raw, float):
+        if not math.isfinite(raw):
+            raise InstrumentError(
+                f"{name}: register {register.address} holds {raw} (a sensor fault?)"
+            )
+        raw = float(f"{raw:.7g}")  # float32 carries 7 significant digits; the rest is noise
+    if register.scale == 1 and register.offset == 0:
+        return raw
+    # Rounding takes off the binary noise of the scale (233 x 0.1 = 23.300000000000001).
+    return float(f"{raw * register.scale + register.offset:.12g}")
+
+
 def _check_scale(scale: float, key: str, where: str = "") -> None:
     if scale == 0 or not math.isfinite(scale):
         prefix = f"{where}: " if where else ""
@@ -435,7 +449,7 @@ class ModbusDriver:
                 raw = decode_value(
                     words[start : start + _width(register)], register.type, register.word_order
                 )
-                values[register.channel] = raw * register.scale + register.offset
+                values[register.channel] = _scaled(raw, register, register.channel)
         return values
 
     async def execute(self, name: str, args: dict[str, Any]) -> Any:
@@ -454,12 +468,16 @@ class ModbusDriver:
             )
         except ValueError as exc:
             raise InstrumentError(f"{name}: {exc}") from None
-        await self._call(
-            "write_registers", command.address, words, what=f"writing register {command.address}"
-        )
+        # Function 6 for one register: many small controllers know no other;
+        # 16 only for values that span two registers.
+        what = f"writing register {command.address}"
+        if len(words) == 1:
+            await self._call("write_register", command.address, words[0], what=what)
+        else:
+            await self._call("write_registers", command.address, words, what=what)
         back = await self._read_words("holding", command.address, len(words))
         raw = decode_value(back, command.type, command.word_order)
-        return {"value": raw * command.scale + command.offset}
+        return {"value": _scaled(raw, command, name)}
 
     async def _read_words(self, kind: RegisterKind, address: int, count: int) -> list[int]:
         method = "read_holding_registers" if kind == "holding" else "read_input_registers"
