@@ -137,6 +137,33 @@ async def test_two_unit_ids_on_one_line_are_separate_instruments(kiln: KilnModbu
     assert (kiln.units[1].setpoint, kiln.units[2].setpoint) == (65.0, 40.0)
 
 
+async def test_units_behind_one_tcp_gateway_share_one_connection_and_reopen_together() -> None:
+    server = KilnModbusServer(units=(1, 2))
+    await server.start()
+    first, second = (
+        await opened(modbus_config(server.port)),
+        await opened(modbus_config(server.port, unit=2)),
+    )
+    try:
+        await asyncio.gather(first.read(), second.read())
+        assert server.connections == 1  # gateways take few connections
+        await server.stop()
+        for driver in (first, second):
+            with pytest.raises(PortError):
+                await asyncio.wait_for(driver.read(), DEADLINE_S)
+        async with KilnModbusServer(units=(1, 2), port=server.port) as again:
+            again.units[2].fan_speed = 22
+            for driver in (first, second):
+                await asyncio.wait_for(driver.open(), DEADLINE_S)
+            assert (await second.read())["fan_speed"] == 22
+            assert (await first.read())["fan_speed"] == 50
+            assert again.connections == 1
+    finally:
+        await first.close()
+        await second.close()
+        await server.stop()
+
+
 async def test_a_modbus_exception_is_an_instrument_error_naming_the_code(
     kiln: KilnModbusServer,
 ) -> None:
@@ -337,7 +364,8 @@ async def test_rtu_other_serial_settings_on_an_open_line_are_refused() -> None:
         first = await opened(rtu_config(line.path))
         try:
             second = ModbusDriver(rtu_config(line.path, unit=2, baudrate=9600))
-            with pytest.raises(PortError, match="already open at 19200 baud 8N1"):
+            refused = "already open at 19200 baud 8N1; unit 2 asks for 9600 baud 8N1"
+            with pytest.raises(PortError, match=refused):
                 await second.open()
             await first.close()
             await second.open()  # the line is free again

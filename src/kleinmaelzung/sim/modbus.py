@@ -191,17 +191,24 @@ class KilnModbusServer:
         self.host = host
         self.port = port
         self.units = {unit_id: KilnModbusUnit() for unit_id in units}
+        #: Client connections open now.
+        self.connections = 0
         self._server: ModbusTcpServer | None = None
 
     async def start(self) -> None:
         """Listen; `port` is the bound port afterwards."""
         devices = [_device(unit_id, unit) for unit_id, unit in self.units.items()]
-        server = ModbusTcpServer(devices, address=(self.host, self.port))
+        server = ModbusTcpServer(
+            devices, address=(self.host, self.port), trace_connect=self._count_connection
+        )
         await server.serve_forever(background=True)
         sockets = getattr(server.transport, "sockets", None) or []
         if sockets:
             self.port = sockets[0].getsockname()[1]
         self._server = server
+
+    def _count_connection(self, connected: bool) -> None:
+        self.connections += 1 if connected else -1
 
     async def stop(self) -> None:
         """Stop listening and drop every client connection; idempotent."""

@@ -9,8 +9,10 @@ inline in `[instruments.settings]` or named with `map = "kmz-kiln-modbus"`
 
 from __future__ import annotations
 
+import asyncio
 import math
 import tomllib
+import weakref
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -292,26 +294,26 @@ def encode_value(value: float, type: DataType, word_order: WordOrder) -> list[in
     return AsyncModbusTcpClient.convert_to_registers(number, data_type, word_order=word_order)
 
 
-class _SerialLine:
-    """One RS-485 line: one open port and one client for every unit id on it."""
+class _Line:
+    """One connection (a TCP socket, or a serial port) and its client, shared by its units."""
 
-    def __init__(self, client: AsyncModbusSerialClient, serial_settings: SerialSettings) -> None:
+    def __init__(
+        self, key: str, client: AsyncModbusTcpClient | AsyncModbusSerialClient, settings: str
+    ) -> None:
+        self.key = key
         self.client = client
-        self.serial_settings = serial_settings
+        self.settings = settings
         self.users = 0
 
 
-SerialSettings = tuple[int, str, int, int]
-
-#: Open RS-485 lines by port. A serial port can be opened once (pyserial locks
-#: it), so the units on one line share it; the client serialises their requests.
-#: Process-wide because the lock is: it holds open ports, not configuration.
-_SERIAL_LINES: dict[str, _SerialLine] = {}
-
-
-def _show_serial(settings: SerialSettings) -> str:
-    baudrate, parity, stopbits, bytesize = settings
-    return f"{baudrate} baud {bytesize}{parity}{stopbits}"
+#: Open lines by event loop, then by port or host:port. A serial port opens
+#: once (pyserial locks it) and a TCP gateway in front of an RS-485 line
+#: takes few connections, so the units on one line share one client, which
+#: sends one request at a time. It holds open connections, not configuration;
+#: by loop, because a client belongs to the loop that opened it.
+_LINES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _Line]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 class ModbusDriver:
@@ -323,7 +325,7 @@ class ModbusDriver:
         self.settings = self._plan.settings
         self._blocks = _blocks(self._plan.registers)
         self._client: AsyncModbusTcpClient | AsyncModbusSerialClient | None = None
-        self._line: _SerialLine | None = None
+        self._line: _Line | None = None
         self._where = (
             f"{self.settings.host}:{self.settings.port}"
             if self.settings.transport == "tcp"
@@ -367,37 +369,15 @@ class ModbusDriver:
     async def open(self) -> None:
         """Connect to the device (TCP) or open the serial line (RTU), shared by its units."""
         await self.close()
-        s = self.settings
-        if s.transport == "tcp":
-            # retries=0 and no reconnect: the runner owns retrying and reopening,
-            # with its own backoff, and must learn at once that the line is gone.
-            client = AsyncModbusTcpClient(
-                s.host, port=s.port, timeout=s.timeout_s, retries=0, reconnect_delay=0
-            )
-            await self._connect(client)
-            self._client = client
-            return
-        line = _SERIAL_LINES.get(s.serial_port)
-        wanted = (s.baudrate, s.parity, s.stopbits, s.bytesize)
+        lines = _LINES.setdefault(asyncio.get_running_loop(), {})
+        line = lines.get(self._where)
+        wanted = self._line_settings()
         if line is None:
-            line = _SerialLine(
-                AsyncModbusSerialClient(
-                    s.serial_port,
-                    baudrate=s.baudrate,
-                    parity=s.parity,
-                    stopbits=s.stopbits,
-                    bytesize=s.bytesize,
-                    timeout=s.timeout_s,
-                    retries=0,
-                    reconnect_delay=0,
-                ),
-                wanted,
-            )
-            _SERIAL_LINES[s.serial_port] = line
-        elif line.serial_settings != wanted:
+            line = lines[self._where] = _Line(self._where, self._new_client(), wanted)
+        elif line.settings != wanted:
             raise PortError(
-                f"{s.serial_port} is already open at {_show_serial(line.serial_settings)};"
-                f" unit {s.unit} asks for {_show_serial(wanted)}"
+                f"{self._where} is already open at {line.settings};"
+                f" unit {self.settings.unit} asks for {wanted}"
             )
         line.users += 1
         try:
@@ -407,6 +387,32 @@ class ModbusDriver:
             self._release(line)
             raise
         self._client, self._line = line.client, line
+
+    def _line_settings(self) -> str:
+        s = self.settings
+        if s.transport == "tcp":
+            return "Modbus TCP"
+        return f"{s.baudrate} baud {s.bytesize}{s.parity}{s.stopbits}"
+
+    def _new_client(self) -> AsyncModbusTcpClient | AsyncModbusSerialClient:
+        # retries=0 and no reconnect: the runner owns retrying and reopening,
+        # with its own backoff, and must learn at once that the line is gone.
+        # The first unit's timeout_s serves its line.
+        s = self.settings
+        if s.transport == "tcp":
+            return AsyncModbusTcpClient(
+                s.host, port=s.port, timeout=s.timeout_s, retries=0, reconnect_delay=0
+            )
+        return AsyncModbusSerialClient(
+            s.serial_port,
+            baudrate=s.baudrate,
+            parity=s.parity,
+            stopbits=s.stopbits,
+            bytesize=s.bytesize,
+            timeout=s.timeout_s,
+            retries=0,
+            reconnect_delay=0,
+        )
 
     async def _connect(self, client: AsyncModbusTcpClient | AsyncModbusSerialClient) -> None:
         try:
@@ -419,20 +425,18 @@ class ModbusDriver:
             raise PortError(f"cannot open {self._where}: connection refused or port missing")
 
     async def close(self) -> None:
-        """Close the connection (the serial line once its last unit closes); idempotent."""
-        client, self._client = self._client, None
-        line, self._line = self._line, None
+        """Let go of the line (closed once its last unit lets go); idempotent."""
+        line, self._line, self._client = self._line, None, None
         if line is not None:
             self._release(line)
-        elif client is not None:
-            client.close()
 
-    def _release(self, line: _SerialLine) -> None:
+    def _release(self, line: _Line) -> None:
         line.users -= 1
         if line.users <= 0:
             line.client.close()
-            if _SERIAL_LINES.get(self.settings.serial_port) is line:
-                del _SERIAL_LINES[self.settings.serial_port]
+            lines = _LINES.get(asyncio.get_running_loop(), {})
+            if lines.get(line.key) is line:
+                del lines[line.key]
 
     async def read(self) -> dict[str, Value]:
         """Read every mapped register, decode, scale and offset them."""
