@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import math
+import re
 import socket
 import tomllib
 from collections.abc import AsyncIterator
@@ -254,6 +255,24 @@ async def test_nothing_listening_is_port_error() -> None:
 def test_settings_errors_name_the_key(settings: dict[str, Any], key: str, message: str) -> None:
     config = modbus_config(502, **settings)
     with pytest.raises(SettingsError, match=message) as error:
+        ModbusDriver.check_config(config)
+    assert error.value.key == key
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "hint"),
+    [
+        ("port", "/dev/ttyUSB0", "serial_port (RTU) or host and port (TCP)"),
+        ("profile", "kmz-kiln", "as map"),
+        ("baudrate", 9600, "as baudrate"),
+        ("reply_timeout_s", 1.0, "as timeout_s"),
+    ],
+)
+def test_serial_line_keys_at_the_top_level_are_refused_with_where_they_go(
+    key: str, value: Any, hint: str
+) -> None:
+    config = msgspec.structs.replace(modbus_config(502), **{key: value})
+    with pytest.raises(SettingsError, match=re.escape(hint)) as error:
         ModbusDriver.check_config(config)
     assert error.value.key == key
 

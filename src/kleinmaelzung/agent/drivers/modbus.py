@@ -157,6 +157,20 @@ class _Plan(msgspec.Struct, frozen=True):
 
 
 def _plan(config: InstrumentConfig) -> _Plan:
+    # The serial line driver's top-level keys would be ignored here, silently.
+    for key, value in (
+        ("port", config.port),
+        ("profile", config.profile),
+        ("baudrate", config.baudrate),
+        ("reply_timeout_s", config.reply_timeout_s),
+    ):
+        if value:
+            where = {"port": "serial_port (RTU) or host and port (TCP)", "profile": "map"}
+            raise SettingsError(
+                key,
+                f"the modbus driver takes no {key} here; write it in [instruments.settings]"
+                f" as {where.get(key, key.replace('reply_', ''))}",
+            )
     settings = decode_settings(config, ModbusSettings)
     if settings.transport == "tcp" and not settings.host:
         raise SettingsError(
@@ -355,7 +369,7 @@ class ModbusDriver:
                         CommandArg(
                             name="value",
                             type="bool" if c.kind == "coil" else "float",
-                            description=c.unit,
+                            description=f"in {c.unit}" if c.unit else "",
                             minimum=c.minimum,
                             maximum=c.maximum,
                         )
