@@ -242,6 +242,8 @@ async def test_nothing_listening_is_port_error() -> None:
          "settings.registers[0].address", "<= 65535"),
         ({"registers": [{"channel": "t", "adress": 1}]},
          "settings.registers[0].adress", "unknown key"),
+        ({"registers": [{"channel": "Kiln Temp", "address": 1}]},
+         "settings.registers[0].channel", "matching regex"),
         ({"host": ""}, "settings.host", "needs a host"),
         ({"transport": "rtu"}, "settings.serial_port", "needs a serial port"),
         ({"map": "no-such-map"}, "settings.map", "kmz-kiln-modbus"),

@@ -24,7 +24,7 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusIOException
 from pymodbus.pdu import ModbusPDU
 
-from ...protocol import Channel, CommandArg, CommandSpec, InstrumentInfo, Value
+from ...protocol import NAME_REGEX, Channel, CommandArg, CommandSpec, InstrumentInfo, Value
 from ..config import InstrumentConfig
 from ..errors import InstrumentError, NoAnswer, PortError
 from .settings import SettingsError, decode_settings
@@ -33,6 +33,8 @@ RegisterKind = Literal["holding", "input", "coil", "discrete"]
 DataType = Literal["int16", "uint16", "int32", "uint32", "float32"]
 WordOrder = Literal["big", "little"]
 Address = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+#: Channel and command names as the hub takes them (checked here, not at the hub).
+Name = Annotated[str, msgspec.Meta(pattern=NAME_REGEX)]
 
 #: Registers per data type; coils and discrete inputs are one bit each.
 _WIDTH = {"int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "float32": 2}
@@ -58,7 +60,7 @@ class _Struct(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
 class RegisterChannel(_Struct, frozen=True):
     """One channel: a value read from one register (or two, for 32-bit types)."""
 
-    channel: str
+    channel: Name
     address: Address
     kind: RegisterKind = "holding"
     type: DataType = "uint16"
@@ -72,7 +74,7 @@ class RegisterChannel(_Struct, frozen=True):
 class RegisterCommand(_Struct, frozen=True):
     """One command: write `value` to a holding register (as (value - offset) / scale) or coil."""
 
-    name: str
+    name: Name
     address: Address
     kind: Literal["holding", "coil"] = "holding"
     type: DataType = "uint16"
