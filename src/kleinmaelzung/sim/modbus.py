@@ -1,4 +1,5 @@
-"""A simulated kiln controller speaking Modbus, as a pymodbus server on loopback TCP.
+"""A simulated kiln controller speaking Modbus: a pymodbus server on loopback TCP
+(`KilnModbusServer`), or Modbus RTU on a pty null modem (`KilnModbusRtuLine`).
 
 The register layout is the shipped map `kmz-kiln-modbus` (0-based addresses):
 
@@ -14,6 +15,9 @@ Any other address answers with exception 2 (illegal data address), as a real
 controller does. Several unit ids on one server stand for several controllers
 on one RS-485 line. The registers are computed from each unit's model when
 they are read, so the physics runs only as fast as someone polls.
+
+Unlike a real line, pymodbus answers a unit id it does not serve with
+exception 4 (server device failure) instead of silence.
 """
 
 from __future__ import annotations
