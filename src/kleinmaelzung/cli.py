@@ -125,6 +125,10 @@ def _configure_logging(verbose: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_LogFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
+    if not verbose:
+        # pymodbus logs every timeout at ERROR with frame dumps; the modbus
+        # driver reports each failure as the instrument's status instead.
+        logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
 
 def main(argv: list[str] | None = None) -> int:

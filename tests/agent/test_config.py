@@ -79,9 +79,9 @@ def test_example_config_in_the_repository_loads() -> None:
         (
             (
                 '[[instruments]]\nid = "kiln-air"',
-                '[[instruments]]\ndriver = "visa"\nid = "kiln-air"',
+                '[[instruments]]\ndriver = "gpib"\nid = "kiln-air"',
             ),
-            "instruments[0].driver: unknown driver 'visa'; installed: serial_line",
+            "instruments[0].driver: unknown driver 'gpib'; installed: modbus, serial_line, visa",
         ),
         (("agent_id = ", "agent_id = 7 #"), "agent_id: expected a lower-case id"),
         (('port = "/dev/ttyUSB0"', "port = /dev/ttyUSB0"), "not valid TOML"),
