@@ -44,5 +44,22 @@ def decode_settings(config: InstrumentConfig, settings_type: type[S]) -> S:
             )
         else:
             what = what[0].lower() + what[1:]
+            given = _value_at(config.settings, path)
+            if given is not _MISSING:
+                what += f", got {given!r}"
         key = "settings" + path
         raise SettingsError(key, what) from None
+
+
+_MISSING = object()
+
+
+def _value_at(raw: object, path: str) -> object:
+    """The value at a msgspec path such as `.registers[2].type`, or `_MISSING`."""
+    value = raw
+    for name, index in re.findall(r"\.([A-Za-z_][\w-]*)|\[(\d+)\]", path):
+        try:
+            value = value[name] if name else value[int(index)]  # type: ignore[index]
+        except (KeyError, IndexError, TypeError):
+            return _MISSING
+    return value
