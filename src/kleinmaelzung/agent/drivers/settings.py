@@ -45,7 +45,7 @@ def decode_settings(config: InstrumentConfig, settings_type: type[S]) -> S:
         else:
             what = what[0].lower() + what[1:]
             given = _value_at(config.settings, path)
-            if given is not _MISSING:
+            if given is not _MISSING and repr(given) not in what:
                 what += f", got {given!r}"
         key = "settings" + path
         raise SettingsError(key, what) from None
