@@ -27,7 +27,18 @@ from .client.agent_peer import (
     raw_agent,
 )
 
-SUBCOMMANDS = ["hub", "agent", "sim", "demo", "instruments", "watch", "send", "log", "forget"]
+SUBCOMMANDS = [
+    "hub",
+    "agent",
+    "sim",
+    "demo",
+    "instruments",
+    "watch",
+    "send",
+    "log",
+    "forget",
+    "ports",
+]
 KMZ = [sys.executable, "-m", "kleinmaelzung.cli"]
 DEADLINE_S = 30.0
 

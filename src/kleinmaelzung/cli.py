@@ -59,8 +59,33 @@ def _parser() -> argparse.ArgumentParser:
         help="folder for the traffic log (default kmz-data, in the current folder)",
     )
 
-    agent = commands.add_parser("agent", help="run an agent from its config file")
-    agent.add_argument("config", type=Path, metavar="CONFIG.toml")
+    agent = commands.add_parser(
+        "agent",
+        help="run an agent from its config file",
+        description="Run an agent; or check its instruments, or print an example config.",
+    )
+    agent.add_argument("config", type=Path, nargs="?", metavar="CONFIG.toml")
+    agent.add_argument(
+        "--check",
+        action="store_true",
+        help="open and read each instrument once, print a table, and exit (no hub needed); "
+        "exit status 1 if any instrument failed",
+    )
+    agent.add_argument(
+        "--timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="with --check: how long each instrument may take (default 5)",
+    )
+    agent.add_argument(
+        "--example",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="DRIVER",
+        help="print a commented example config (one instrument of DRIVER, or one per driver)",
+    )
 
     sim = commands.add_parser("sim", help="simulated instruments on pseudo-terminals")
     sim.add_argument("instruments", nargs="*", metavar="INSTRUMENT", help="default: the demo lab")
@@ -107,6 +132,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     forget.add_argument("instrument")
     _hub_option(forget)
+
+    ports = commands.add_parser(
+        "ports", help="list serial ports with their stable by-id paths and USB ids"
+    )
+    ports.add_argument("--json", action="store_true", help="print a JSON array")
     return parser
 
 
@@ -169,6 +199,14 @@ def _cmd_hub(args: argparse.Namespace) -> int:
 def _cmd_agent(args: argparse.Namespace) -> int:
     from .agent import AgentError, ConfigError, MissingExtra, load_config, run_agent
 
+    if args.example is not None:
+        if args.config is not None or args.check:
+            raise _UsageError("--example takes no config and no --check")
+        return _print_example(args.example or None)
+    if args.config is None:
+        raise _UsageError("a config file is needed (kmz agent --example prints one to start from)")
+    if args.timeout <= 0:
+        raise _UsageError(f"--timeout must be more than 0 seconds, got {args.timeout:g}")
     try:
         # Checking the config loads the drivers it names, and only those: a
         # missing extra is then the one thing to tell, with its install line.
@@ -179,6 +217,19 @@ def _cmd_agent(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"kmz agent: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if args.check:
+        from .agent.check import check_instruments
+
+        results = asyncio.run(check_instruments(config, timeout_s=args.timeout))
+        rows = [("INSTRUMENT", "DRIVER", "PORT/RESOURCE", "READING")]
+        rows += [(r.instrument, r.driver, r.where or "-", r.describe_reading()) for r in results]
+        _print_table(rows)
+        failed = [r.instrument for r in results if not r.ok]
+        if failed:
+            print(f"{len(failed)} of {len(results)} instruments failed: {', '.join(failed)}")
+            return EXIT_FAILED
+        print(f"all {len(results)} instruments answered")
+        return EXIT_OK
 
     async def run() -> None:
         import signal
@@ -195,6 +246,50 @@ def _cmd_agent(args: argparse.Namespace) -> int:
     except AgentError as exc:
         print(f"kmz agent: stopped: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    return EXIT_OK
+
+
+def _print_table(rows: list[tuple[str, str, str, str]]) -> None:
+    # The last column is free text (a reading, an error): it is not padded, so it may run long.
+    widths = [max(len(row[column]) for row in rows) for column in range(3)]
+    for row in rows:
+        padded = [cell.ljust(width) for cell, width in zip(row[:3], widths, strict=True)]
+        print(*padded, row[3], sep="  ")
+
+
+def _print_example(driver: str | None) -> int:
+    from .agent.examples import example_config
+
+    try:
+        print(example_config(driver), end="")
+    except KeyError as exc:
+        raise _UsageError(exc.args[0]) from None
+    return EXIT_OK
+
+
+def _cmd_ports(args: argparse.Namespace) -> int:
+    import json
+
+    from .agent.ports import list_serial_ports
+
+    try:
+        ports = list_serial_ports()
+    except ModuleNotFoundError as exc:
+        print(
+            f"kmz ports: needs pyserial (missing module {exc.name}): "
+            "pip install 'kleinmaelzung[agent]'",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    if args.json:
+        print(json.dumps([port.to_json() for port in ports], indent=2))
+        return EXIT_OK
+    if not ports:
+        print("no serial ports found")
+        return EXIT_OK
+    rows = [("DEVICE", "BY-ID", "USB VID:PID:SERIAL", "DESCRIPTION")]
+    rows += [(p.device, p.by_id or "-", p.usb or "-", p.description or "-") for p in ports]
+    _print_table(rows)
     return EXIT_OK
 
 

@@ -1,0 +1,141 @@
+"""`kmz agent --check`: open each configured instrument once, take one reading, close it.
+
+For the person setting up a Pi: it answers "is each instrument wired and
+configured right?" without a hub. Every instrument is checked on its own,
+with a deadline; whatever one driver raises (or how long it hangs) is that
+instrument's result, never the end of the check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from ..protocol import Value
+from .config import AgentConfig, InstrumentConfig
+from .drivers.base import Driver, DriverClass
+from .drivers.discovery import find_driver
+from .errors import AgentError
+
+log = logging.getLogger(__name__)
+
+#: Long enough for a slow serial instrument's open and first answer (the
+#: serial line driver waits up to a second per reply), short enough that a
+#: dead instrument does not leave the person at the Pi wondering.
+DEFAULT_TIMEOUT_S = 5.0
+#: Closing gets its own short deadline: a driver stuck in close must not hide the result.
+CLOSE_TIMEOUT_S = 2.0
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """What one instrument did when opened and read once."""
+
+    instrument: str
+    driver: str
+    #: Where it is: the port, VISA resource, host or bus from the config.
+    where: str
+    #: The reading by channel; empty when `error` is set.
+    values: Mapping[str, Value] = field(default_factory=dict)
+    #: Units of the channels, from the driver's `info()`.
+    units: Mapping[str, str] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True if the instrument answered with a reading."""
+        return self.error is None
+
+    def describe_reading(self) -> str:
+        """The reading as "channel=value unit, ...", or the error."""
+        if self.error is not None:
+            return f"error: {self.error}"
+        return ", ".join(
+            f"{name}={_format_value(value)}{' ' + self.units[name] if self.units.get(name) else ''}"
+            for name, value in self.values.items()
+        )
+
+
+def where_of(config: InstrumentConfig) -> str:
+    """The port or resource an instrument is reached through, as the config names it."""
+    if config.port:
+        return config.port
+    settings = config.settings
+    for key in ("resource", "serial_port"):
+        value = settings.get(key)
+        if isinstance(value, str) and value:
+            return value
+    host = settings.get("host")
+    if isinstance(host, str) and host:
+        port = settings.get("port")
+        return f"{host}:{port}" if isinstance(port, int) else host
+    return config.bus or ""
+
+
+async def check_instrument(
+    config: InstrumentConfig,
+    *,
+    driver_class: DriverClass | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> CheckResult:
+    """Open, read once and close one instrument within `timeout_s`; any failure is the result."""
+    where = where_of(config)
+
+    def failed(error: str) -> CheckResult:
+        return CheckResult(config.id, config.driver, where, error=error)
+
+    try:
+        # The config check already loaded it; the lookup is cached.
+        driver = (driver_class or find_driver(config.driver))(config)
+    except Exception as exc:  # a driver's own bug is this instrument's result
+        return failed(_describe(exc))
+    try:
+        async with asyncio.timeout(timeout_s):
+            units = {channel.name: channel.unit for channel in driver.info().channels}
+            await driver.open()
+            values = await driver.read()
+    except TimeoutError:
+        result = failed(f"no answer within {timeout_s:g} s")
+    except Exception as exc:  # any driver failure, of any type, is this instrument's result
+        result = failed(_describe(exc))
+    else:
+        result = CheckResult(config.id, config.driver, where, values=dict(values), units=units)
+    await _close(driver, config.id)
+    return result
+
+
+async def check_instruments(
+    config: AgentConfig, *, timeout_s: float = DEFAULT_TIMEOUT_S
+) -> list[CheckResult]:
+    """Check every instrument of a (valid) config, one after another, in config order."""
+    # One at a time: instruments that share a bus (an RS-485 line) must not talk at once,
+    # and the order of the output is the order of the config.
+    return [await check_instrument(i, timeout_s=timeout_s) for i in config.instruments]
+
+
+async def _close(driver: Driver, instrument: str) -> None:
+    try:
+        async with asyncio.timeout(CLOSE_TIMEOUT_S):
+            await driver.close()
+    except Exception:
+        # The result is already decided; a failing close only matters to the logs.
+        log.warning("close failed", extra={"instrument": instrument}, exc_info=True)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    # Our errors read as sentences; a bare KeyError('x') from a driver bug needs its type.
+    if isinstance(exc, AgentError) and text:
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _format_value(value: Value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and math.isfinite(value):
+        return f"{value:g}"
+    return str(value)

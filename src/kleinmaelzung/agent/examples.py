@@ -1,0 +1,99 @@
+"""`kmz agent --example`: commented agent configs to start from, one instrument per shipped driver.
+
+Each text is a whole config that `load_config` accepts as it stands (a test
+writes each one to a file and loads it), so a lab engineer can redirect it
+to `agent.toml` and change only the port and the names.
+"""
+
+from __future__ import annotations
+
+_HEADER = """\
+# Kleinmaelzung agent config: `kmz agent --check agent.toml` tries every
+# instrument once without a hub; `kmz agent agent.toml` runs the agent.
+
+# The hub this agent sends its readings to.
+hub = "http://hub.lab:8765"
+# This Pi's name at the hub: lower case, a-z 0-9 - _ .
+agent_id = "malthouse-pi-1"
+# token = "..."   # if the hub asks agents for one
+"""
+
+#: One commented [[instruments]] table per shipped driver, by driver name.
+INSTRUMENT_EXAMPLES: dict[str, str] = {
+    "serial_line": """\
+# A line-based ASCII instrument on a serial port (here an MT-SICS balance).
+# `kmz ports` lists the serial ports; prefer the /dev/serial/by-id/... path,
+# which stays the same when the adapter is plugged into another USB socket.
+[[instruments]]
+id = "balance"
+driver = "serial_line"
+description = "Balance at the steeping tanks"
+# Built-in profiles: mt-sics-balance, kmz-thermometer, kmz-hygrometer, kmz-kiln;
+# or the path of your own .toml profile.
+profile = "mt-sics-balance"
+port = "/dev/ttyUSB0"
+poll_interval_s = 1.0
+# baudrate = 9600          # default: the profile's
+# reply_timeout_s = 1.0    # default: the profile's
+""",
+    "visa": """\
+# A SCPI bench instrument through VISA (needs: pip install 'kleinmaelzung[visa]').
+[[instruments]]
+id = "bench-dmm"
+driver = "visa"
+description = "Bench multimeter"
+poll_interval_s = 1.0
+
+[instruments.settings]
+# TCPIP::<address>::INSTR, USB0::<vid>::<pid>::<serial>::INSTR or ASRL/dev/ttyUSB1::INSTR
+resource = "TCPIP::192.168.1.60::INSTR"
+# Built-in SCPI profile, or the path of your own .toml profile.
+profile = "scpi-dmm"
+# backend = "@py"          # pyvisa-py; "@ivi" for a vendor VISA
+# identity = "MY12345"     # refuse any other meter: a regex its *IDN? answer must match
+""",
+    "modbus": """\
+# A controller over Modbus RTU on an RS-485 adapter (needs: pip install 'kleinmaelzung[modbus]').
+# Several controllers on the same line share `bus` (and serial_port) and take turns.
+[[instruments]]
+id = "kiln"
+driver = "modbus"
+description = "Kiln air controller"
+bus = "/dev/ttyUSB1"
+poll_interval_s = 1.0
+
+[instruments.settings]
+transport = "rtu"           # or "tcp", with host = "192.168.1.50" and port = 502
+serial_port = "/dev/ttyUSB1"
+baudrate = 19200
+parity = "N"                # "N", "E" or "O"
+unit = 3                    # the controller's slave id
+# A built-in register map, or the path of your own .toml map; registers below add to it.
+map = "kmz-kiln-modbus"
+
+# [[instruments.settings.registers]]
+# channel = "exhaust_temperature"
+# kind = "input"            # input, holding, coil or discrete
+# address = 10              # 0-based protocol address
+# type = "int16"            # int16, uint16, int32, uint32, float32
+# scale = 0.1
+# unit = "°C"
+""",
+}
+
+
+def example_config(driver: str | None = None) -> str:
+    """A commented agent config with one instrument of `driver`, or one of each shipped driver.
+
+    KeyError (naming the drivers there are examples for) if there is none for `driver`.
+    """
+    if driver is None:
+        blocks = list(INSTRUMENT_EXAMPLES.values())
+    else:
+        try:
+            blocks = [INSTRUMENT_EXAMPLES[driver]]
+        except KeyError:
+            raise KeyError(
+                f"no example for driver {driver!r}; examples: {', '.join(INSTRUMENT_EXAMPLES)}"
+            ) from None
+    return "\n".join([_HEADER, *blocks])
