@@ -1,49 +1,159 @@
-"""`kmz demo`: a micro-malting lab in one command: hub, simulated instruments on ptys, agent."""
+"""`kmz demo`: a micro-malting lab in one command: hub, simulated instruments, agent.
+
+The lab shows each driver kind that can load here: serial instruments on ptys,
+the kiln controller over Modbus TCP (a pymodbus server on loopback) and a bench
+multimeter over VISA (pyvisa-sim). Without the modbus extra the kiln controller
+falls back to its serial twin, so the README's `kiln-air` commands still work.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import os
 import shutil
 import signal
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .agent import Agent, AgentConfig, AgentError, InstrumentConfig, MissingExtra, load_drivers
+from .agent.drivers import find_driver
 from .hub import HubConfig, HubStartError, start_hub
 from .sim import Simulator
 
 Say = Callable[[str], None]
 _log = logging.getLogger(__name__)
 
-#: (instrument id, profile, poll interval in s, description) of the demo lab.
+#: (instrument id, profile, poll interval in s, description) of the serial instruments.
 DEMO_LAB: tuple[tuple[str, str, float, str], ...] = (
     ("steep-water", "kmz-thermometer", 2.0, "Steeping tank water temperature"),
     ("germ-chamber", "kmz-hygrometer", 2.0, "Germination chamber air"),
     ("kiln-air", "kmz-kiln", 0.5, "Kiln air temperature and setpoint"),
     ("balance", "mt-sics-balance", 0.5, "Balance for moisture determination"),
 )
+KILN = "kiln-air"
+MULTIMETER_ID = "bench-dmm"
+#: The Modbus unit id of the simulated kiln controller.
+KILN_UNIT = 1
+
+#: Added to the shipped map `kmz-kiln-modbus`, whose air temperature channel is
+#: `air_temperature`: the serial kiln calls it `temperature`, and whoever watches
+#: kiln-air should see the same channel whichever driver reads it.
+_KILN_ALIASES: list[dict[str, Any]] = [
+    {
+        "channel": "temperature",
+        "kind": "input",
+        "address": 0,
+        "type": "float32",
+        "unit": "°C",
+        "description": "Air temperature (process value), as the serial kiln names it",
+    }
+]
 
 
-def demo_agent_config(hub_url: str, paths: dict[str, str]) -> AgentConfig:
-    """The demo agent's config, wired to the simulator's tty paths."""
-    return AgentConfig(
-        hub=hub_url,
-        agent_id="malthouse-pi-1",
-        instruments=[
-            InstrumentConfig(
+@dataclass(frozen=True)
+class DemoInstrument:
+    """One instrument of the demo lab as the banner shows it and the agent reads it."""
+
+    config: InstrumentConfig
+    #: Where it is: a tty path, host:port, a VISA resource.
+    where: str
+
+
+@dataclass
+class DemoPlan:
+    """Which driver kinds this installation can show, and what the others would need."""
+
+    modbus: bool = True
+    visa: bool = True
+    #: One line per missing piece: what it would add, and how to install it.
+    missing: list[str] = field(default_factory=list)
+
+
+def plan_lab() -> DemoPlan:
+    """Probe the optional drivers (and pyvisa-sim) once; a missing one shrinks the lab."""
+    plan = DemoPlan()
+    try:
+        find_driver("modbus")  # its extra also brings the simulator's server side
+    except MissingExtra as exc:
+        plan.modbus = False
+        plan.missing.append(f"the kiln controller over Modbus ({exc.install})")
+    try:
+        find_driver("visa")
+        if importlib.util.find_spec("pyvisa_sim") is None:
+            raise ModuleNotFoundError("No module named 'pyvisa_sim'", name="pyvisa_sim")
+    except MissingExtra as exc:
+        plan.visa = False
+        plan.missing.append(f"a bench multimeter over VISA ({exc.install} pyvisa-sim)")
+    except ModuleNotFoundError:
+        plan.visa = False
+        plan.missing.append("a bench multimeter over VISA (pip install pyvisa-sim)")
+    return plan
+
+
+def serial_ids(plan: DemoPlan) -> list[str]:
+    """The instruments the serial simulator serves: the kiln too, if Modbus cannot."""
+    return [i for i, *_ in DEMO_LAB if i != KILN or not plan.modbus]
+
+
+def demo_instruments(
+    plan: DemoPlan, paths: dict[str, str], modbus_port: int | None
+) -> list[DemoInstrument]:
+    """The demo lab: the serial simulator's ttys, the Modbus server's port, the VISA resource."""
+    lab: list[DemoInstrument] = []
+    for instrument_id, profile, poll_s, description in DEMO_LAB:
+        if instrument_id in paths:
+            config = InstrumentConfig(
                 id=instrument_id,
                 profile=profile,
                 port=paths[instrument_id],
                 poll_interval_s=poll_s,
                 description=description,
             )
-            for instrument_id, profile, poll_s, description in DEMO_LAB
-        ],
-    )
+            lab.append(DemoInstrument(config, paths[instrument_id]))
+        elif instrument_id == KILN and modbus_port is not None:
+            settings: dict[str, Any] = {
+                "transport": "tcp",
+                "host": "127.0.0.1",
+                "port": modbus_port,
+                "unit": KILN_UNIT,
+                "map": "kmz-kiln-modbus",
+                "registers": _KILN_ALIASES,
+            }
+            config = InstrumentConfig(
+                id=KILN,
+                driver="modbus",
+                poll_interval_s=poll_s,
+                description=description,
+                settings=settings,
+            )
+            lab.append(DemoInstrument(config, f"127.0.0.1:{modbus_port} unit {KILN_UNIT}"))
+    if plan.visa:
+        from .sim import visa as sim_visa  # imports no pyvisa
+
+        config = InstrumentConfig(
+            id=MULTIMETER_ID,
+            driver="visa",
+            poll_interval_s=1.0,
+            description="Bench multimeter on the kiln's heater supply",
+            settings={
+                "resource": sim_visa.MULTIMETER,
+                "profile": "scpi-dmm",
+                "backend": sim_visa.backend(),
+            },
+        )
+        lab.append(DemoInstrument(config, f"{sim_visa.MULTIMETER} (pyvisa-sim)"))
+    return lab
+
+
+def demo_agent_config(hub_url: str, lab: list[DemoInstrument]) -> AgentConfig:
+    """The demo agent's config for the instruments of `lab`."""
+    return AgentConfig(hub=hub_url, agent_id="malthouse-pi-1", instruments=[i.config for i in lab])
 
 
 def _kmz_command() -> str:
@@ -60,15 +170,15 @@ def _kmz_command() -> str:
     return "kmz"
 
 
-def _banner(url: str, data_dir: Path, paths: dict[str, str]) -> str:
+def _banner(url: str, data_dir: Path, lab: list[DemoInstrument]) -> str:
     kmz = _kmz_command()
     hub_flag = "" if url == "http://127.0.0.1:8765" else f" --hub {url}"
     lines = [
         "Kleinmaelzung demo: a micro-malting lab",
         f"  hub        {url}   (open it in a browser)",
         f"  data       {data_dir / 'traffic.sqlite3'}",
-        "  instruments (simulated, on pseudo-terminals):",
-        *(f"    {i:<13} {paths[i]}" for i, *_ in DEMO_LAB),
+        "  instruments (simulated): id, driver, where",
+        *(f"    {i.config.id:<13} {i.config.driver:<12} {i.where}" for i in lab),
         "",
         "Try, in another terminal:",
         f"  {kmz} instruments{hub_flag}",
@@ -111,6 +221,7 @@ async def _run(host: str, port: int, data_dir: Path, say: Say, complain: Say) ->
     except MissingExtra as exc:
         complain(f"kmz demo {exc}")
         return 1
+    plan = plan_lab()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -121,14 +232,36 @@ async def _run(host: str, port: int, data_dir: Path, say: Say, complain: Say) ->
         complain(f"kmz demo: {exc}")
         return 1
     try:
-        with Simulator() as simulator:
+        async with contextlib.AsyncExitStack() as resources:
+            simulator = resources.enter_context(Simulator(serial_ids(plan)))
+            modbus_port: int | None = None
+            if plan.modbus:
+                from .sim.modbus import KilnModbusServer  # imports pymodbus
+
+                # Port 0: the server binds a free port itself, so two demos never race for one.
+                kiln = KilnModbusServer(units=(KILN_UNIT,), host="127.0.0.1", port=0)
+                try:
+                    await resources.enter_async_context(kiln)
+                except OSError as exc:
+                    complain(f"kmz demo: the simulated Modbus kiln cannot listen: {exc}")
+                    return 1
+                modbus_port = kiln.port
+            lab = demo_instruments(plan, simulator.paths, modbus_port)
             try:
                 # Built before the banner, so a config the agent refuses never gets one.
-                agent = Agent(demo_agent_config(hub.url, simulator.paths))
+                agent = Agent(demo_agent_config(hub.url, lab))
             except AgentError as exc:
                 complain(f"kmz demo: the agent cannot start: {exc}")
                 return 1
-            say(_banner(hub.url, data_dir, simulator.paths))
+            if plan.missing:
+                complain(
+                    "kmz demo: running without "
+                    + "; without ".join(plan.missing)
+                    + ". The serial instruments run as usual"
+                    + ("" if plan.modbus else ", kiln-air among them")
+                    + "."
+                )
+            say(_banner(hub.url, data_dir, lab))
             try:
                 # The demo lives as long as its agent: if the agent's task fails,
                 # the group cancels the wait below and the demo ends with the reason.

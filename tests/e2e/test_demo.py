@@ -5,9 +5,21 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
+import pytest
+
 from .processes import Process, free_port, get_json, wait_until
+
+#: The demo lab with every extra installed: one instrument per driver kind and more.
+FULL_LAB = {
+    "steep-water": "serial_line",
+    "germ-chamber": "serial_line",
+    "kiln-air": "modbus",
+    "balance": "serial_line",
+    "bench-dmm": "visa",
+}
 
 
 def kmz(url: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -20,27 +32,57 @@ def kmz(url: str, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def online(url: str) -> set[str]:
+    """The ids of the instruments the hub has online now."""
+    return {r["id"] for r in get_json(url + "/api/instruments") or [] if r["state"] == "online"}
+
+
+def banner_rows(output: str) -> dict[str, list[str]]:
+    """The banner's instrument lines: id -> [driver, where ...]."""
+    rows: dict[str, list[str]] = {}
+    for line in output.splitlines():
+        words = line.split()
+        if line.startswith("    ") and len(words) >= 3 and words[1] in set(FULL_LAB.values()):
+            rows[words[0]] = words[1:]
+    return rows
+
+
 def test_demo_runs_the_lab_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     demo = Process("demo", ["demo", "--port", str(port), "--data", str(tmp_path / "d")], tmp_path)
     try:
         wait_until(
-            lambda: (
-                True
-                if len(
-                    [r for r in get_json(url + "/api/instruments") or [] if r["state"] == "online"]
-                )
-                == 4
-                else None
-            ),
-            "four online instruments",
+            lambda: True if online(url) == set(FULL_LAB) else None,
+            f"all of {sorted(FULL_LAB)} online",
             30.0,
             demo,
         )
         banner = demo.output()
         assert url in banner
         assert "watch kiln-air --count 5 --json" in banner
+        assert "running without" not in banner  # every extra is installed here
+        rows = banner_rows(banner)
+        assert {i: row[0] for i, row in rows.items()} == FULL_LAB
+        assert rows["kiln-air"][1].startswith("127.0.0.1:")
+        assert rows["bench-dmm"][1] == "TCPIP::bench-dmm.demo::INSTR"
+        assert rows["balance"][1].startswith("/dev/")
+
+        # The README's kiln command, through the Modbus driver to the simulated controller.
+        setpoint = kmz(url, "send", "kiln-air", "set_setpoint", "value=80")
+        assert setpoint.returncode == 0, setpoint.stderr + demo.output()
+        assert setpoint.stdout.startswith("ok")
+        assert "value=80" in setpoint.stdout  # read back from the holding register
+        after = kmz(url, "watch", "kiln-air", "--count", "3", "--json")
+        assert after.returncode == 0, after.stderr
+        last = json.loads(after.stdout.splitlines()[-1])["values"]
+        assert last["setpoint"] == 80.0
+        # The serial kiln's channel name holds on the Modbus path too.
+        assert isinstance(last["temperature"], float)
+
+        dmm = kmz(url, "watch", "bench-dmm", "--count", "1", "--json")
+        assert dmm.returncode == 0, dmm.stderr
+        assert 11.9 < json.loads(dmm.stdout)["values"]["voltage_dc"] < 12.1
 
         page = subprocess.run(
             ["curl", "-sf", url + "/"], capture_output=True, text=True, timeout=10, check=False
@@ -98,3 +140,57 @@ def test_demo_stops_at_once_with_the_reason_when_its_agent_dies(tmp_path: Path) 
     assert "RuntimeError: injected: the agent broke" in result.stderr
     assert "Traceback" not in result.stderr
     assert get_json(f"http://127.0.0.1:{port}/api/health") is None
+
+
+# sitecustomize runs at interpreter start-up, before any of our code: from then
+# on, the modbus and visa extras' modules cannot be imported, as if never installed.
+_REFUSE_EXTRAS = textwrap.dedent(
+    """
+    import sys
+
+    class _NotInstalled:
+        refused = ("pymodbus", "pyvisa", "pyvisa_py", "pyvisa_sim")
+
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in self.refused:
+                raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+            return None
+
+    sys.meta_path.insert(0, _NotInstalled())
+    """
+)
+
+
+def test_demo_without_the_modbus_and_visa_extras_runs_the_serial_lab_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(_REFUSE_EXTRAS)
+    monkeypatch.setenv("PYTHONPATH", str(site))  # Process passes our environment on
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    demo = Process("demo", ["demo", "--port", str(port), "--data", str(tmp_path / "d")], tmp_path)
+    try:
+        serial_lab = {"steep-water", "germ-chamber", "kiln-air", "balance"}
+        wait_until(
+            lambda: True if online(url) == serial_lab else None,
+            f"all of {sorted(serial_lab)} online",
+            30.0,
+            demo,
+        )
+        output = demo.output()
+        assert output.count("running without") == 1, output
+        assert "pip install 'kleinmaelzung[modbus]'" in output
+        assert "pip install 'kleinmaelzung[visa]'" in output
+        assert "Traceback" not in output
+        rows = banner_rows(output)
+        assert {i: row[0] for i, row in rows.items()} == dict.fromkeys(serial_lab, "serial_line")
+
+        # kiln-air falls back to its serial twin: the README's command still works.
+        setpoint = kmz(url, "send", "kiln-air", "set_setpoint", "value=80")
+        assert setpoint.returncode == 0, setpoint.stderr + demo.output()
+        assert setpoint.stdout.startswith("ok")
+        assert demo.interrupt() == 0, demo.output()
+    finally:
+        demo.stop()
