@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 
 from kleinmaelzung.agent import AgentConfig, InstrumentConfig
 from kleinmaelzung.agent.check import CheckResult, check_instrument, check_instruments, where_of
+from kleinmaelzung.agent.drivers import BlockingDriver
 from kleinmaelzung.agent.ports import by_id_links, usb_identity
 from kleinmaelzung.protocol import Channel, InstrumentInfo, Value
 from kleinmaelzung.sim import Simulator
@@ -115,6 +117,35 @@ async def test_a_hanging_driver_gives_up_at_the_deadline() -> None:
 
     assert result.error == "no answer within 0.2 s"
     assert _Hanging.closed
+
+
+class _BlockedInLibrary(BlockingDriver):
+    """A driver over a blocking library whose call does not come back until released."""
+
+    release = threading.Event()
+
+    def info(self) -> InstrumentInfo:
+        return InstrumentInfo(id=self.config.id, kind="blocked", channels=[])
+
+    def open_blocking(self) -> None:
+        self.release.wait(10.0)
+
+
+async def test_a_blocking_library_call_that_hangs_does_not_hold_the_check() -> None:
+    _BlockedInLibrary.release.clear()
+    try:
+        result = await asyncio.wait_for(
+            check_instrument(
+                InstrumentConfig(id="blocked", driver="odd"),
+                driver_class=_BlockedInLibrary,
+                timeout_s=0.2,
+            ),
+            5.0,
+        )
+    finally:
+        _BlockedInLibrary.release.set()  # let the bus thread end
+
+    assert result.error == "no answer within 0.2 s"
 
 
 async def test_a_silent_instrument_is_no_answer(sim: Simulator) -> None:
