@@ -1,0 +1,295 @@
+"""The I2C driver: SHT3x and BME280 arithmetic, the register-level simulator, and the full path."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from kleinmaelzung.agent import Agent, AgentConfig, ConfigError, InstrumentConfig
+from kleinmaelzung.agent.config import check_config
+from kleinmaelzung.agent.drivers import InstrumentError, NoAnswer, PortError, SettingsError
+from kleinmaelzung.agent.drivers.i2c import (
+    Bme280Calibration,
+    I2cDriver,
+    bme280_compensate,
+    crc8,
+    sht3x_humidity,
+    sht3x_temperature_c,
+    sht3x_words,
+)
+from kleinmaelzung.hub import RunningHub
+from kleinmaelzung.protocol import Timeouts
+from kleinmaelzung.sim import i2c as sim_i2c
+
+from ..hub.peers import raw_client
+
+DEADLINE_S = 10.0
+
+
+def i2c_config(**settings: Any) -> InstrumentConfig:
+    return InstrumentConfig(
+        id="germ-air",
+        driver="i2c",
+        poll_interval_s=0.05,
+        settings={"sensor": "sht3x", "address": 0x44, "simulated": True, **settings},
+    )
+
+
+# --- SHT3x arithmetic ----------------------------------------------------------
+
+
+def test_crc_of_the_datasheet_example() -> None:
+    # SHT3x datasheet, table 19: CRC of 0xBEEF is 0x92.
+    assert crc8(b"\xbe\xef") == 0x92
+    assert sim_i2c.crc8(b"\xbe\xef") == 0x92  # the simulator's own, independent one
+
+
+@pytest.mark.parametrize(
+    ("raw", "temperature_c", "humidity"),
+    [(0, -45.0, 0.0), (0xFFFF, 130.0, 100.0), (0x6666, 25.0, 40.0)],
+)
+def test_conversion_of_raw_values(raw: int, temperature_c: float, humidity: float) -> None:
+    assert sht3x_temperature_c(raw) == pytest.approx(temperature_c, abs=1e-3)
+    assert sht3x_humidity(raw) == pytest.approx(humidity, abs=1e-3)
+
+
+def test_words_are_checked_and_a_crc_mismatch_names_the_word() -> None:
+    assert sht3x_words(b"\xbe\xef\x92\x00\x00\x81", "measurement") == [0xBEEF, 0x0000]
+    with pytest.raises(InstrumentError, match=r"measurement: CRC mismatch in word 1 \(0x0000\)"):
+        sht3x_words(b"\xbe\xef\x92\x00\x00\x80", "measurement")
+    with pytest.raises(InstrumentError, match="answer of 5 bytes"):
+        sht3x_words(b"\xbe\xef\x92\x00\x00", "measurement")
+
+
+# --- BME280 arithmetic ---------------------------------------------------------
+
+#: The worked example of the BMP280 datasheet (section 3.12), whose temperature
+#: and pressure formulas are the BME280's: 25.08 °C, t_fine 128422, 100653.27 Pa.
+WORKED = Bme280Calibration(
+    t=(27504, 26435, -1000),
+    p=(36477, -10685, 3024, 2855, 140, -7, 15500, -14600, 6000),
+    h=(75, 362, 0, 313, 50, 30),
+)
+
+
+def test_bme280_temperature_and_pressure_match_the_datasheet_worked_values() -> None:
+    temperature, pressure, _, t_fine = bme280_compensate(WORKED, 519888, 415148, 30000)
+    assert (temperature, t_fine) == (2508, 128422)
+    # The datasheet's value comes from its floating-point formula; the 64-bit
+    # integer one (Pa/256) agrees to a few hundredths of a pascal.
+    assert pressure / 256 == pytest.approx(100653.27, abs=0.05)
+
+
+def _humidity_by_the_datasheet_double_formula(h: tuple[int, ...], t_fine: int, adc_h: int) -> float:
+    h1, h2, h3, h4, h5, h6 = h
+    var_h = t_fine - 76800.0
+    var_h = (adc_h - (h4 * 64.0 + h5 / 16384.0 * var_h)) * (
+        h2 / 65536.0 * (1.0 + h6 / 67108864.0 * var_h * (1.0 + h3 / 67108864.0 * var_h))
+    )
+    var_h = var_h * (1.0 - h1 * var_h / 524288.0)
+    return min(max(var_h, 0.0), 100.0)
+
+
+@pytest.mark.parametrize("adc_h", [0, 20000, 30000, 40000, 65535])
+def test_bme280_humidity_agrees_with_the_datasheet_floating_point_formula(adc_h: int) -> None:
+    _, _, humidity, t_fine = bme280_compensate(WORKED, 519888, 415148, adc_h)
+    expected = _humidity_by_the_datasheet_double_formula(WORKED.h, t_fine, adc_h)
+    assert humidity / 1024 == pytest.approx(expected, abs=0.01)
+
+
+def test_bme280_calibration_from_its_registers() -> None:
+    device = sim_i2c.Bme280()
+    low, high = bytes(device.registers[0x88:0xA2]), bytes(device.registers[0xE1:0xE8])
+    assert Bme280Calibration.from_registers(low, high) == WORKED
+    # dig_H4 and dig_H5 are 12-bit and signed: -7 and -300 share register 0xE5.
+    negative = bytes([0, 0, 0, (-7 >> 4) & 0xFF, ((-300 & 0x0F) << 4) | (-7 & 0x0F), 0xED, 0])
+    assert Bme280Calibration.from_registers(low, negative).h[3:5] == (-7, -300)
+
+
+# --- the driver on the simulator -----------------------------------------------
+
+
+async def test_sht3x_reading_through_the_driver() -> None:
+    driver = I2cDriver(i2c_config())
+    device = driver.simulator.devices[0x44]
+    device.temperature_c, device.humidity = 17.25, 63.5
+    await driver.open()
+    try:
+        assert await driver.read() == {
+            "temperature": pytest.approx(17.25, abs=0.01),
+            "humidity": pytest.approx(63.5, abs=0.01),
+        }
+        info = driver.info()
+        assert [(c.name, c.unit) for c in info.channels] == [
+            ("temperature", "°C"),
+            ("humidity", "%RH"),
+        ]
+        assert await driver.execute("heater", {"on": True}) == {"on": True}
+        assert device.heater
+        assert await driver.execute("heater", {"on": False}) == {"on": False}
+        assert not device.heater
+    finally:
+        await driver.close()
+        await driver.close()  # idempotent
+
+
+async def test_a_corrupted_crc_is_an_instrument_error_naming_it() -> None:
+    driver = I2cDriver(i2c_config())
+    await driver.open()
+    try:
+        driver.simulator.devices[0x44].corrupt_crc = True
+        with pytest.raises(InstrumentError, match=r"CRC mismatch in word 0"):
+            await driver.read()
+        driver.simulator.devices[0x44].corrupt_crc = False
+        assert "temperature" in await driver.read()
+    finally:
+        await driver.close()
+
+
+async def test_nothing_at_the_address_is_a_port_error_on_open_and_no_answer_later() -> None:
+    driver = I2cDriver(i2c_config(address=0x45))
+    driver.simulator.devices.clear()
+    with pytest.raises(PortError, match=r"/dev/i2c-1@0x45: no sht3x answered"):
+        await driver.open()
+    with pytest.raises(PortError, match="not open"):
+        await driver.read()
+    driver.simulator.devices[0x45] = sim_i2c.Sht3x()
+    await driver.open()
+    try:
+        del driver.simulator.devices[0x45]  # unplugged while running
+        with pytest.raises(NoAnswer, match=r"0x45: no answer"):
+            await driver.read()
+    finally:
+        await driver.close()
+
+
+async def test_bme280_reading_through_the_driver() -> None:
+    driver = I2cDriver(i2c_config(sensor="bme280", address=0x76))
+    await driver.open()
+    try:
+        values = await driver.read()
+        assert values["temperature"] == 25.08
+        assert values["pressure"] == pytest.approx(1006.5327, abs=0.001)
+        assert 0 < values["humidity"] < 100  # type: ignore[operator]
+        assert driver.simulator.devices[0x76].measurements == 1  # forced mode, one each read
+        assert [c.name for c in driver.info().channels] == ["temperature", "humidity", "pressure"]
+        assert driver.info().commands == []
+    finally:
+        await driver.close()
+
+
+async def test_a_bmp280_at_the_address_is_refused_for_having_no_humidity() -> None:
+    driver = I2cDriver(i2c_config(sensor="bme280", address=0x77))
+    device = sim_i2c.Bme280()
+    device.registers[0xD0] = 0x58
+    driver.simulator.devices = {0x77: device}
+    with pytest.raises(PortError, match=r"a BMP280 \(id 0x58\) answered: no humidity"):
+        await driver.open()
+
+
+async def test_a_bus_that_does_not_exist_is_a_port_error_naming_it() -> None:
+    # Real smbus2 on a real (missing) device file: this machine has no I2C adapter 99.
+    driver = I2cDriver(i2c_config(simulated=False, bus="/dev/i2c-99"))
+    with pytest.raises(PortError, match=r"/dev/i2c-99@0x44: no such I2C bus"):
+        await driver.open()
+
+
+def test_the_driver_loads_and_simulates_without_smbus2() -> None:
+    code = (
+        "import sys, asyncio\n"
+        "sys.modules['smbus2'] = None  # not installed\n"
+        "from kleinmaelzung.agent.drivers.i2c import I2cDriver\n"
+        "from kleinmaelzung.agent import InstrumentConfig\n"
+        "settings = {'sensor': 'sht3x', 'address': 0x44, 'simulated': True}\n"
+        "d = I2cDriver(InstrumentConfig(id='t', driver='i2c', settings=settings))\n"
+        "async def main():\n"
+        "    await d.open(); print(sorted(await d.read())); await d.close()\n"
+        "asyncio.run(main())\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "['humidity', 'temperature']"
+
+
+# --- settings ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("settings", "key", "says"),
+    [
+        ({"address": 0x80}, "settings.address", "<= 119"),
+        ({"address": "0x44"}, "settings.address", "expected `int`"),
+        ({"sensor": "sht4x"}, "settings.sensor", "sht3x"),
+        ({"repeatability": "best"}, "settings.repeatability", "high"),
+        ({"adress": 0x44}, "settings.adress", "unknown key"),
+        ({"bus": 1.5}, "settings.bus", "expected `int | str`"),
+    ],
+)
+def test_settings_errors_name_the_key(settings: dict[str, Any], key: str, says: str) -> None:
+    with pytest.raises(SettingsError, match=says) as caught:
+        I2cDriver.check_config(i2c_config(**settings))
+    assert caught.value.key == key
+
+
+def test_a_missing_address_is_named_with_file_and_instrument() -> None:
+    config = AgentConfig(
+        hub="http://127.0.0.1:1",
+        agent_id="pi",
+        instruments=[InstrumentConfig(id="germ-air", driver="i2c", settings={"sensor": "sht3x"})],
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"^agent.toml: instruments\[0\].settings.address: required key is missing",
+    ):
+        check_config(config, source="agent.toml", drivers={"i2c": I2cDriver})
+
+
+# --- the full path -------------------------------------------------------------
+
+
+async def test_full_path_reading_command_and_a_corrupted_crc_faults_it_at_the_hub(
+    hub: RunningHub,
+) -> None:
+    config = AgentConfig(hub=hub.url, agent_id="germ-pi", instruments=[i2c_config()])
+    agent = Agent(config, timeouts=Timeouts(reconnect_max_s=0.5), drivers={"i2c": I2cDriver})
+    device = agent.runners["germ-air"].driver.simulator.devices[0x44]  # type: ignore[attr-defined]
+    device.temperature_c, device.humidity = 14.5, 92.0
+    task = asyncio.create_task(agent.run())
+    try:
+        async with raw_client(hub.url) as client:
+            await client.send({"type": "subscribe", "id": "s", "patterns": ["germ-air"]})
+            await client.receive_type("subscribed")
+            data = await client.receive_type("data", timeout=DEADLINE_S)
+            sample = data["samples"][0]
+            assert sample["instrument"] == "germ-air"
+            assert sample["values"] == {
+                "temperature": pytest.approx(14.5, abs=0.01),
+                "humidity": pytest.approx(92.0, abs=0.01),
+            }
+            await client.send(
+                {
+                    "type": "command",
+                    "id": "h",
+                    "instrument": "germ-air",
+                    "name": "heater",
+                    "args": {"on": True},
+                }
+            )
+            reply = await client.receive_type("reply", timeout=DEADLINE_S)
+            assert (reply["id"], reply["ok"], reply["result"]) == ("h", True, {"on": True})
+
+            device.corrupt_crc = True
+            while True:
+                status = await client.receive_type("status", timeout=DEADLINE_S)
+                if status["state"] == "faulted":
+                    break
+            assert "CRC mismatch" in status["reason"]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
