@@ -173,7 +173,9 @@ async def test_a_silent_instrument_is_no_answer(sim: Simulator) -> None:
             InstrumentConfig(id="a", driver="modbus", settings={"serial_port": "/dev/ttyS1"}),
             "/dev/ttyS1",
         ),
-        (InstrumentConfig(id="a", driver="i2c", bus="/dev/i2c-1"), "/dev/i2c-1"),
+        (InstrumentConfig(id="a", driver="i2c", settings={"bus": 1}), "/dev/i2c-1"),
+        (InstrumentConfig(id="a", driver="i2c", settings={"bus": "/dev/i2c-3"}), "/dev/i2c-3"),
+        (InstrumentConfig(id="a", driver="odd", bus="rs485-a"), "rs485-a"),
         (InstrumentConfig(id="a", driver="odd"), ""),
     ],
 )

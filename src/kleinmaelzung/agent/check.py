@@ -72,6 +72,9 @@ def where_of(config: InstrumentConfig) -> str:
     if isinstance(host, str) and host:
         port = settings.get("port")
         return f"{host}:{port}" if isinstance(port, int) else host
+    bus = settings.get("bus")  # an I2C adapter: its number or its path
+    if isinstance(bus, str | int) and not isinstance(bus, bool) and str(bus):
+        return f"/dev/i2c-{bus}" if isinstance(bus, int) else bus
     return config.bus or ""
 
 
