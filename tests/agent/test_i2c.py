@@ -12,9 +12,9 @@ import pytest
 from kleinmaelzung.agent import Agent, AgentConfig, ConfigError, InstrumentConfig
 from kleinmaelzung.agent.config import check_config
 from kleinmaelzung.agent.drivers import InstrumentError, NoAnswer, PortError, SettingsError
-from kleinmaelzung.agent.drivers.i2c import (
+from kleinmaelzung.agent.drivers.i2c import I2cDriver
+from kleinmaelzung.agent.drivers.i2c_sensors import (
     Bme280Calibration,
-    I2cDriver,
     bme280_compensate,
     crc8,
     sht3x_humidity,
@@ -198,7 +198,7 @@ async def test_a_bus_that_does_not_exist_is_a_port_error_naming_it() -> None:
         await driver.open()
 
 
-def test_the_driver_loads_and_simulates_without_smbus2() -> None:
+def test_the_driver_loads_and_simulates_without_smbus2_and_names_the_extra() -> None:
     code = (
         "import sys, asyncio\n"
         "sys.modules['smbus2'] = None  # not installed\n"
@@ -206,15 +206,26 @@ def test_the_driver_loads_and_simulates_without_smbus2() -> None:
         "from kleinmaelzung.agent import InstrumentConfig\n"
         "settings = {'sensor': 'sht3x', 'address': 0x44, 'simulated': True}\n"
         "d = I2cDriver(InstrumentConfig(id='t', driver='i2c', settings=settings))\n"
+        "real = I2cDriver(InstrumentConfig(id='r', driver='i2c', settings={**settings,"
+        " 'simulated': False}))\n"
         "async def main():\n"
         "    await d.open(); print(sorted(await d.read())); await d.close()\n"
+        "    try:\n"
+        "        await real.open()\n"
+        "    except Exception as exc:\n"
+        "        print(type(exc).__name__, exc)\n"
         "asyncio.run(main())\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "['humidity', 'temperature']"
+    simulated, real = result.stdout.strip().splitlines()
+    assert simulated == "['humidity', 'temperature']"
+    # A config for a real bus says what to install, when it opens.
+    assert real == (
+        "PortError /dev/i2c-1@0x44: smbus2 is not installed: pip install 'kleinmaelzung[i2c]'"
+    )
 
 
 # --- settings ------------------------------------------------------------------
