@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -191,11 +193,23 @@ async def test_a_bmp280_at_the_address_is_refused_for_having_no_humidity() -> No
         await driver.open()
 
 
-async def test_a_bus_that_does_not_exist_is_a_port_error_naming_it() -> None:
-    # Real smbus2 on a real (missing) device file: this machine has no I2C adapter 99.
+async def test_a_bus_that_does_not_exist_is_a_port_error_naming_it(tmp_path: Path) -> None:
+    # Real smbus2 on real files: this machine has no I2C adapter 99, and a plain
+    # file (like a serial port given by mistake) refuses the adapter's ioctl.
     driver = I2cDriver(i2c_config(simulated=False, bus="/dev/i2c-99"))
     with pytest.raises(PortError, match=r"/dev/i2c-99@0x44: no such I2C bus"):
         await driver.open()
+    not_a_bus = tmp_path / "ttyUSB0"
+    not_a_bus.write_bytes(b"")
+    wrong = I2cDriver(i2c_config(simulated=False, bus=str(not_a_bus)))
+    with pytest.raises(PortError, match=r"ttyUSB0@0x44: not an I2C adapter"):
+        await wrong.open()
+    files_open = len(os.listdir("/proc/self/fd"))
+    for _ in range(5):  # reopened with backoff, a refused file must not pile up
+        with pytest.raises(PortError):
+            await wrong.open()
+    assert len(os.listdir("/proc/self/fd")) == files_open
+    await wrong.close()
 
 
 def test_the_driver_loads_and_simulates_without_smbus2_and_names_the_extra() -> None:

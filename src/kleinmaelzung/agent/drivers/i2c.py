@@ -46,7 +46,14 @@ class SMBusLine:
         import smbus2  # here, not at the top: a simulated sensor needs no smbus2
 
         self._smbus2 = smbus2
-        self._bus: smbus2.SMBus | None = smbus2.SMBus(bus)
+        opened = smbus2.SMBus()
+        try:
+            opened.open(bus)
+        except OSError:
+            # SMBus.open keeps the file it opened when its ioctl fails (not an adapter).
+            opened.close()
+            raise
+        self._bus: smbus2.SMBus | None = opened
 
     def _open(self) -> smbus2.SMBus:
         if self._bus is None:
@@ -209,6 +216,8 @@ def _open_smbus(bus: int | str, where: str) -> SMBusLine:
     except PermissionError:
         raise PortError(f"{where}: permission denied (is the user in the i2c group?)") from None
     except OSError as exc:
+        if exc.errno == errno.ENOTTY:  # the I2C_FUNCS ioctl was refused
+            raise PortError(f"{where}: not an I2C adapter") from None
         raise PortError(f"{where}: {exc.strerror or exc}") from None
 
 
