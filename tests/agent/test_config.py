@@ -81,7 +81,7 @@ def test_example_config_in_the_repository_loads() -> None:
                 '[[instruments]]\nid = "kiln-air"',
                 '[[instruments]]\ndriver = "gpib"\nid = "kiln-air"',
             ),
-            "instruments[0].driver: unknown driver 'gpib'; installed: modbus, serial_line, visa",
+            "instruments[0].driver: unknown driver 'gpib'; installed: i2c, modbus, serial_line,",
         ),
         (("agent_id = ", "agent_id = 7 #"), "agent_id: expected a lower-case id"),
         (('port = "/dev/ttyUSB0"', "port = /dev/ttyUSB0"), "not valid TOML"),

@@ -79,6 +79,22 @@ map = "kmz-kiln-modbus"
 # scale = 0.1
 # unit = "°C"
 """,
+    "i2c": """\
+# A temperature/humidity sensor on the Pi's I2C pins (needs: pip install 'kleinmaelzung[i2c]').
+# Sensors on one adapter share the instrument-level `bus`, so they take turns.
+[[instruments]]
+id = "germ-air"
+driver = "i2c"
+description = "Germination chamber air"
+bus = "i2c-1"
+poll_interval_s = 1.0
+
+[instruments.settings]
+sensor = "sht3x"            # or "bme280" (address 0x76 or 0x77; adds pressure in hPa)
+address = 0x44              # 7-bit
+bus = 1                     # adapter number, or a path such as "/dev/i2c-1"
+# simulated = true          # the built-in simulated sensor, no I2C bus needed
+""",
 }
 
 

@@ -25,6 +25,7 @@ EXTRA_OF_MODULE = {
     "pyvisa": "visa",
     "pyvisa_py": "visa",
     "pymodbus": "modbus",
+    "smbus2": "i2c",
 }
 
 
