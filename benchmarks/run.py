@@ -10,6 +10,7 @@ machines: compare within one run, which is what the ratio column does.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -18,8 +19,11 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from subprocess import Popen
 from typing import Any
 
 HERE = Path(__file__).parent
@@ -46,7 +50,11 @@ SCENARIOS = {
     "S3": Scenario("S3", 1, 1, 0, "1 publisher -> 1 subscriber, max rate"),
     "C5000": Scenario("C5000", 1, 5000, 0, "5,000 idle subscribers, one instrument each"),
     "AGENT": Scenario("AGENT", 20, 0, 10, "agent with 20 instruments at 10 Hz"),
+    "AGENTMIX": Scenario("AGENTMIX", 20, 0, 10, "agent with 20 instruments of mixed drivers"),
 }
+#: AGENTMIX's instruments by driver: serial line thermometers on ptys, kiln
+#: controllers on one simulated Modbus TCP server, simulated I2C sensors.
+MIX = {"serial_line": 8, "modbus": 6, "i2c": 6}
 #: Samples per frame in the batched variant of the hub.
 BATCH = 20
 TARGETS = {
@@ -58,6 +66,9 @@ TARGETS = {
     ("AGENT", "cpu_pct"): "< 10 % of a core",
     ("AGENT", "rss_mb"): "< 60 MB",
     ("AGENT", "samples_per_s"): "= 20 x 10 Hz = 200",
+    ("AGENTMIX", "cpu_pct"): "< 10 % of a core",
+    ("AGENTMIX", "rss_mb"): "< 60 MB",
+    ("AGENTMIX", "samples_per_s"): "= 20 x 10 Hz = 200",
 }
 
 
@@ -147,95 +158,202 @@ def run_network(
 
 
 def run_agent_footprint(scenario: Scenario, args: argparse.Namespace) -> list[dict[str, Any]]:
-    """An agent serving 20 simulated instruments at 10 Hz: its CPU and memory."""
-    ids = [f"t{i:02d}" for i in range(1, scenario.pubs + 1)]
+    """An agent serving simulated instruments at 10 Hz: its CPU and memory, samples that arrived.
+
+    AGENT polls serial line thermometers only; AGENTMIX mixes the drivers
+    (`MIX`). The simulators run in processes of their own, so the figures are
+    the agent's alone.
+    """
+    mix = MIX if scenario.name == "AGENTMIX" else {"serial_line": scenario.pubs}
+    interval = 1 / scenario.rate
     with (
         tempfile.TemporaryDirectory(prefix="kmz-bench-agent-") as folder,
-        servers.start("hub", args.server_cpus) as hub,
+        contextlib.ExitStack() as stack,
     ):
-        paths_file = Path(folder) / "ptys.json"
-        sim = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "kleinmaelzung.cli",
-                "sim",
-                "--paths-file",
-                str(paths_file),
-                *ids,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        agent = None
-        try:
-            deadline = time.monotonic() + 15
-            while not paths_file.exists():
-                if time.monotonic() > deadline:
-                    raise RuntimeError("simulator did not start")
-                time.sleep(0.05)
-            paths = json.loads(paths_file.read_text())
-            config = Path(folder) / "agent.toml"
-            lines = [f'hub = "{hub.http}"', 'agent_id = "bench-pi"']
+        hub = stack.enter_context(servers.start("hub", args.server_cpus))
+        lines = [f'hub = "{hub.http}"', 'agent_id = "bench-pi"']
+        drivers: dict[str, str] = {}
+        if mix.get("serial_line"):
+            # AGENT's ids and profile as before, so its figures stay comparable.
+            ids = [f"t{i:02d}" for i in range(1, mix["serial_line"] + 1)]
+            paths = stack.enter_context(_serial_simulator(Path(folder), ids))
             for instrument in ids:
-                lines += [
-                    "[[instruments]]",
-                    f'id = "{instrument}"',
-                    'profile = "kmz-thermometer"',
-                    f'port = "{paths[instrument]}"',
-                    f"poll_interval_s = {1 / scenario.rate}",
-                ]
-            config.write_text("\n".join(lines) + "\n")
-            pin = ["taskset", "-c", args.loadgen_cpus] if args.loadgen_cpus else []
-            env = {**os.environ, "PYTHONASYNCIODEBUG": ""}
-            agent = subprocess.Popen(
-                [*pin, sys.executable, "-m", "kleinmaelzung.cli", "agent", str(config)],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                env=env,
+                lines += _serial_instrument(instrument, paths[instrument], interval, scenario)
+                drivers[instrument] = "serial_line"
+        if mix.get("modbus"):
+            units = list(range(1, mix["modbus"] + 1))
+            port = stack.enter_context(_modbus_simulator(units))
+            for unit in units:
+                lines += _modbus_instrument(f"kiln{unit}", port, unit, interval)
+                drivers[f"kiln{unit}"] = "modbus"
+        for index in range(mix.get("i2c", 0)):
+            lines += _i2c_instrument(f"germ{index + 1}", index, interval)
+            drivers[f"germ{index + 1}"] = "i2c"
+        config = Path(folder) / "agent.toml"
+        config.write_text("\n".join(lines) + "\n")
+        pin = ["taskset", "-c", args.loadgen_cpus] if args.loadgen_cpus else []
+        env = {**os.environ, "PYTHONASYNCIODEBUG": ""}
+        agent = stack.enter_context(
+            _process([*pin, sys.executable, "-m", "kleinmaelzung.cli", "agent", str(config)], env)
+        )
+        time.sleep(args.warmup + 2)  # start-up: imports, ports, handshake
+        if agent.poll() is not None:
+            raise RuntimeError(
+                f"agent exited with {agent.returncode}; config:\n{config.read_text()}"
             )
-            time.sleep(args.warmup + 2)  # start-up: imports, ports, handshake
-            before, since = _cpu_seconds(agent.pid), time.time()
-            time.sleep(args.duration)
-            cpu = 100 * (_cpu_seconds(agent.pid) - before) / args.duration
-            rss = _rss_mb(agent.pid)
-            health = hub.health() or {}
-            # A stalled agent would look cheap: count what reached the hub's log.
-            rate = _logged_samples(hub.http or "", since, since + args.duration) / args.duration
-        finally:
-            for process in (agent, sim):
-                if process is not None:
-                    process.terminate()
-                    process.wait(timeout=10)
+        before, since = _cpu_seconds(agent.pid), time.time()
+        time.sleep(args.duration)
+        cpu = 100 * (_cpu_seconds(agent.pid) - before) / args.duration
+        rss = _rss_mb(agent.pid)
+        health = hub.health() or {}
+        # A stalled agent would look cheap: count what reached the hub's log.
+        counts = _logged_samples(hub.http or "", since, since + args.duration)
+    rate = sum(counts.values()) / args.duration
+    by_driver = {
+        driver: sum(counts.get(i, 0) for i, d in drivers.items() if d == driver) / args.duration
+        for driver in dict.fromkeys(drivers.values())
+    }
+    # An instrument that sent nothing hides behind a total that is nearly right.
+    silent = sorted(i for i in drivers if not counts.get(i))
+    figures: dict[str, float] = {
+        "cpu_pct": round(cpu, 2),
+        "rss_mb": round(rss, 1),
+        "samples_per_s": round(rate, 1),
+        "log_backlog": float(health.get("log_backlog", -1)),  # type: ignore[arg-type]
+    }
     rows = [
-        {"scenario": "AGENT", "server": "hub", "metric": "cpu_pct", "value": round(cpu, 2)},
-        {"scenario": "AGENT", "server": "hub", "metric": "rss_mb", "value": round(rss, 1)},
-        {"scenario": "AGENT", "server": "hub", "metric": "samples_per_s", "value": round(rate, 1)},
-        {
-            "scenario": "AGENT",
-            "server": "hub",
-            "metric": "log_backlog",
-            "value": float(health.get("log_backlog", -1)),
-        },  # type: ignore[arg-type]
+        {"scenario": scenario.name, "server": "hub", "metric": metric, "value": value}
+        for metric, value in figures.items()
     ]
+    per_driver = " ".join(f"{d}={r:.0f}/s" for d, r in by_driver.items())
     print(
-        f"  AGENT  hub          cpu={cpu:.1f}% rss={rss:.1f} MB samples/s={rate:.0f}"
-        f" (expected {scenario.pubs * scenario.rate:.0f})",
+        f"  {scenario.name:<8} hub        cpu={cpu:.1f}% rss={rss:.1f} MB samples/s={rate:.0f}"
+        f" (expected {scenario.pubs * scenario.rate:.0f}; {per_driver})"
+        + (f" silent: {', '.join(silent)}" if silent else ""),
         file=sys.stderr,
         flush=True,
     )
     return rows
 
 
-def _logged_samples(hub_http: str, start: float, end: float) -> int:
-    """Samples the hub logged as received with a hub timestamp in [start, end)."""
+def _serial_instrument(
+    instrument: str, port: str, interval: float, scenario: Scenario
+) -> list[str]:
+    # AGENT keeps the config it was measured with (no driver key: serial_line).
+    driver = ['driver = "serial_line"'] if scenario.name == "AGENTMIX" else []
+    return [
+        "[[instruments]]",
+        f'id = "{instrument}"',
+        *driver,
+        'profile = "kmz-thermometer"',
+        f'port = "{port}"',
+        f"poll_interval_s = {interval}",
+    ]
+
+
+def _modbus_instrument(instrument: str, port: int, unit: int, interval: float) -> list[str]:
+    # One gateway in front of one RS-485 line: the units share a bus and a connection.
+    return [
+        "[[instruments]]",
+        f'id = "{instrument}"',
+        'driver = "modbus"',
+        'bus = "kiln-line"',
+        f"poll_interval_s = {interval}",
+        "[instruments.settings]",
+        'transport = "tcp"',
+        'host = "127.0.0.1"',
+        f"port = {port}",
+        f"unit = {unit}",
+        'map = "kmz-kiln-modbus"',
+    ]
+
+
+#: Simulated I2C sensors: (adapter, sensor, address). Two adapters, as a Pi
+#: needs for six sensors when each kind has only two addresses.
+I2C_SENSORS = [
+    (1, "sht3x", 0x44),
+    (1, "sht3x", 0x45),
+    (1, "bme280", 0x76),
+    (3, "bme280", 0x77),
+    (3, "sht3x", 0x44),
+    (3, "bme280", 0x76),
+]
+
+
+def _i2c_instrument(instrument: str, index: int, interval: float) -> list[str]:
+    adapter, sensor, address = I2C_SENSORS[index % len(I2C_SENSORS)]
+    return [
+        "[[instruments]]",
+        f'id = "{instrument}"',
+        'driver = "i2c"',
+        f'bus = "i2c-{adapter}"',
+        f"poll_interval_s = {interval}",
+        "[instruments.settings]",
+        f'sensor = "{sensor}"',
+        f"address = 0x{address:02x}",
+        f"bus = {adapter}",
+        "simulated = true",
+    ]
+
+
+@contextlib.contextmanager
+def _process(
+    command: list[str], env: dict[str, str] | None = None, log: Path | None = None
+) -> Iterator[Popen[bytes]]:
+    """A child process, stopped when the block ends; its stderr goes to `log` if given."""
+    with contextlib.ExitStack() as files:
+        stderr = files.enter_context(log.open("wb")) if log else subprocess.DEVNULL
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, env=env)
+    try:
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextlib.contextmanager
+def _serial_simulator(folder: Path, ids: list[str]) -> Iterator[dict[str, str]]:
+    """`kmz sim` serving `ids` on ptys: their paths by id."""
+    paths_file = folder / "ptys.json"
+    command = [sys.executable, "-m", "kleinmaelzung.cli", "sim", "--paths-file", str(paths_file)]
+    with _process([*command, *ids]) as sim:
+        deadline = time.monotonic() + 15
+        while not paths_file.exists():
+            if time.monotonic() > deadline or sim.poll() is not None:
+                raise RuntimeError("simulator did not start")
+            time.sleep(0.05)
+        paths: dict[str, str] = json.loads(paths_file.read_text())
+        yield paths
+
+
+@contextlib.contextmanager
+def _modbus_simulator(units: list[int]) -> Iterator[int]:
+    """Simulated kiln controllers (several unit ids) on one Modbus TCP server: its port."""
+    port = servers.free_port()
+    code = (
+        "import asyncio\n"
+        "from kleinmaelzung.sim.modbus import serve_kiln\n"
+        f"asyncio.run(serve_kiln(units={units!r}, port={port}))\n"
+    )
+    with _process([sys.executable, "-c", code]) as sim:
+        servers.wait_for_port(port, sim)
+        yield port
+
+
+def _logged_samples(hub_http: str, start: float, end: float) -> Counter[str]:
+    """Samples by instrument the hub logged as received with a hub timestamp in [start, end)."""
     url = f"{hub_http}/api/log?limit=10000"
     with urllib.request.urlopen(url, timeout=10) as response:
         entries = json.loads(response.read())["entries"]
-    return sum(
-        len(e["message"]["samples"])
+    return Counter(
+        sample["instrument"]
         for e in entries
         if e["type"] == "data" and e["direction"] == "in" and start <= e["ts"] < end
+        for sample in e["message"]["samples"]
     )
 
 
@@ -311,7 +429,7 @@ def main() -> int:
     started = time.monotonic()
     for name in args.scenarios.split(","):
         scenario = SCENARIOS[name]
-        if name == "AGENT":
+        if name in ("AGENT", "AGENTMIX"):
             if "hub" in server_names:
                 rows += run_agent_footprint(scenario, args)
             continue

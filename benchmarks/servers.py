@@ -54,7 +54,8 @@ def _raise_file_limit() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def _wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 15) -> None:
+def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 15) -> None:
+    """Return once `port` accepts connections; raise if `process` exits or time runs out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -121,7 +122,7 @@ def start(name: str, cpus: str) -> Iterator[Server]:
             env=env,
         )
         try:
-            _wait_for_port(port, process)
+            wait_for_port(port, process)
             yield Server(name, protocol, f"ws://127.0.0.1:{port}", process, http)
         finally:
             process.terminate()
