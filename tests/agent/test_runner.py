@@ -270,14 +270,17 @@ async def test_a_lasting_fault_is_summarised_now_and_then_with_the_latest_detail
     caplog.set_level(logging.DEBUG, RUNNER_LOG)
     config = kiln(sim, poll_s=0.02)
     statuses: list[Status] = []
+    outbox = Outbox(100)
     runner = InstrumentRunner(
-        config, SerialLineDriver(config), Outbox(100), statuses.append, fault_summary_s=0.3
+        config, SerialLineDriver(config), outbox, statuses.append, fault_summary_s=0.3
     )
-    sim.set_garbled("kiln-air", True)
     loop = asyncio.get_running_loop()
-    started = loop.time()
     task = asyncio.create_task(runner.run())
     try:
+        # Garbled once open: garbled from the start, the identify probe refuses the port.
+        await asyncio.wait_for(until(lambda: len(outbox) > 0), DEADLINE_S)
+        sim.set_garbled("kiln-air", True)
+        started = loop.time()
         await asyncio.wait_for(until(lambda: runner.fault_count >= 50), DEADLINE_S)
     finally:
         task.cancel()

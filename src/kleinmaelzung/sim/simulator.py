@@ -20,7 +20,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from .instruments import Instrument, make_instrument
+from .instruments import (
+    Balance,
+    Hygrometer,
+    Instrument,
+    KilnController,
+    Thermometer,
+    make_instrument,
+)
+
+#: What `replug(..., as_kind=...)` can put behind a port: a kind (as the
+#: profiles name it), its model, and an instrument id `make_instrument` builds it for.
+KINDS: dict[str, tuple[type[Instrument], str]] = {
+    "thermometer": (Thermometer, "steep-water"),
+    "thermo-hygrometer": (Hygrometer, "germ-chamber"),
+    "kiln-controller": (KilnController, "kiln-air"),
+    "balance": (Balance, "balance"),
+}
 
 DEMO_INSTRUMENTS: tuple[str, ...] = ("steep-water", "germ-chamber", "kiln-air", "balance")
 _TICK_S = 0.05
@@ -55,6 +71,7 @@ class Simulator:
         self._ids = list(instruments)
         self._rng = random.Random(seed)
         self._ports: dict[str, _Port] = {}
+        self._originals: dict[str, Instrument] = {}
         self._selector = selectors.DefaultSelector()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -79,7 +96,9 @@ class Simulator:
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         now = time.monotonic()
         for instrument_id in self._ids:
-            self._open(instrument_id, make_instrument(instrument_id, self._rng, now))
+            model = make_instrument(instrument_id, self._rng, now)
+            self._originals[instrument_id] = model
+            self._open(instrument_id, model)
         self._thread = threading.Thread(target=self._serve, name="kmz-sim", daemon=True)
         self._thread.start()
         return self.paths
@@ -117,11 +136,26 @@ class Simulator:
             port = self._ports[instrument_id]
             self._close(port)
 
-    def replug(self, instrument_id: str) -> str:
-        """Plug an unplugged instrument back in; it gets a NEW tty path, as USB would."""
+    def replug(self, instrument_id: str, as_kind: str | None = None) -> str:
+        """Plug an unplugged instrument back in; it gets a NEW tty path, as USB would.
+
+        With `as_kind` (a key of `KINDS`), a different instrument of that kind
+        is plugged into the same port instead, as when cables get swapped; the
+        original instrument answers again when replugged with its own kind or
+        without `as_kind`.
+        """
         with self._lock:
             port = self._ports[instrument_id]
-            return self._open(instrument_id, port.model).path
+            original = self._originals[instrument_id]
+            model = original
+            if as_kind is not None:
+                if as_kind not in KINDS:
+                    raise ValueError(f"unknown kind {as_kind!r}; known: {', '.join(KINDS)}")
+                cls, like = KINDS[as_kind]
+                if type(original) is not cls:
+                    model = make_instrument(like, self._rng, time.monotonic())
+            self._close(port)  # idempotent: a port still plugged in is pulled out first
+            return self._open(instrument_id, model).path
 
     def __enter__(self) -> Simulator:
         self.start()

@@ -66,6 +66,10 @@ class Profile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     line_ending: str = "\r\n"
     reply_timeout_s: float = 1.0
     identify: str = ""
+    #: A regex the answer to `identify` must match (searched, like visa's
+    #: `identify.expect`), or "" to skip the check. Checked on every open, so a
+    #: different instrument plugged into the same port is refused, not read.
+    identity: str = ""
     error: str = ""
     errors: dict[str, str] = {}
     commands: list[LineCommand] = []
@@ -110,6 +114,8 @@ def _check_profile(profile: Profile, source: str) -> None:
             re.compile(command.expect)
         if profile.error:
             re.compile(profile.error)
+        if profile.identity:
+            re.compile(profile.identity)
     except re.error as exc:
         raise ValueError(f"{source}: bad regular expression: {exc}") from None
     missing = {c.name for c in profile.channels} - set(poll.groupindex)
@@ -117,6 +123,8 @@ def _check_profile(profile: Profile, source: str) -> None:
         raise ValueError(
             f"{source}: poll.pattern has no named group for channel(s) {', '.join(sorted(missing))}"
         )
+    if profile.identity and not profile.identify:
+        raise ValueError(f"{source}: identity needs identify, the query whose answer it checks")
 
 
 class _Lines(asyncio.Protocol):
@@ -156,6 +164,7 @@ class SerialLineDriver:
         self.profile = load_profile(config.profile)
         self._poll = re.compile(self.profile.poll.pattern)
         self._error = re.compile(self.profile.error) if self.profile.error else None
+        self._identity = re.compile(self.profile.identity) if self.profile.identity else None
         self._commands = {c.name: (c, re.compile(c.expect)) for c in self.profile.commands}
         self._transport: asyncio.BaseTransport | None = None
         self._lines: _Lines | None = None
@@ -190,7 +199,7 @@ class SerialLineDriver:
         )
 
     async def open(self) -> None:
-        """Open the serial port."""
+        """Open the serial port and check that the expected instrument answers on it."""
         await self.close()
         loop = asyncio.get_running_loop()
         try:
@@ -204,6 +213,31 @@ class SerialLineDriver:
             raise PortError(f"cannot open {self.config.port}: {_reason(exc)}") from None
         assert isinstance(lines, _Lines)
         self._transport, self._lines = transport, lines
+        try:
+            await self._identify()
+        except BaseException:
+            await self.close()  # half open is not open: the next open starts clean
+            raise
+
+    async def _identify(self) -> None:
+        # A port path names a socket, not an instrument: after a replug
+        # (or a swapped cable) something else may answer there, and its
+        # readings must not be delivered under this instrument's id.
+        if self._identity is None:
+            return
+        query, port = self.profile.identify, self.config.port
+        try:
+            answer = await self._exchange(query, self._timeout)
+        except NoAnswer:
+            raise PortError(
+                f"{port}: the instrument did not answer the identify query {query!r}"
+                f" within {self._timeout:g} s"
+            ) from None
+        if self._identity.search(answer) is None:
+            raise PortError(
+                f"{port}: wrong instrument: {query} answered {answer!r},"
+                f" expected {self._identity.pattern!r}"
+            )
 
     async def close(self) -> None:
         """Close the serial port; idempotent."""
