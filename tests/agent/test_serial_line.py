@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import re
+import termios
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -113,3 +115,47 @@ async def test_missing_port_is_a_port_error() -> None:
     )
     with pytest.raises(PortError, match="cannot open /dev/does-not-exist"):
         await driver.open()
+
+
+async def test_the_serial_frame_of_the_settings_reaches_the_port(sim: Simulator) -> None:
+    """Two stop bits and hardware handshake: the port is set so, as the OS sees it.
+
+    (Seven data bits and parity go the same way, but this machine's ptys
+    refuse CS7 and PARENB with EINVAL, so they are not read back here.)
+    """
+    config = InstrumentConfig(
+        id="kiln-air",
+        profile="kmz-kiln",
+        port=sim.paths["kiln-air"],
+        settings={"stopbits": 2, "flow": "rtscts"},
+    )
+    driver = SerialLineDriver(config)
+    await driver.open()
+    try:
+        port = driver._transport.get_extra_info("serial")  # type: ignore[union-attr]
+        cflag = termios.tcgetattr(port.fileno())[2]
+        assert cflag & termios.CSTOPB
+        assert cflag & termios.CRTSCTS
+        assert cflag & termios.CSIZE == termios.CS8
+    finally:
+        await driver.close()
+
+
+@pytest.mark.parametrize(
+    ("settings", "key", "message"),
+    [
+        ({"parity": "X"}, "settings.parity", "invalid enum value 'X'"),
+        ({"stopbits": 3}, "settings.stopbits", "expected 1, 1.5 or 2, got 3"),
+        ({"bytesize": 9}, "settings.bytesize", "invalid enum value 9"),
+        ({"handshake": "rtscts"}, "settings.handshake", "unknown key (a typo?)"),
+    ],
+)
+def test_a_wrong_serial_setting_names_the_key(
+    settings: dict[str, object], key: str, message: str
+) -> None:
+    config = InstrumentConfig(
+        id="kiln-air", profile="kmz-kiln", port="/dev/ttyUSB0", settings=settings
+    )
+    with pytest.raises(ValueError, match=re.escape(message)) as info:
+        SerialLineDriver.check_config(config)
+    assert getattr(info.value, "key", None) == key

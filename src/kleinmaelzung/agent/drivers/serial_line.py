@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import termios
 import tomllib
 from importlib import resources
 from pathlib import Path
@@ -22,6 +23,7 @@ import serial_asyncio_fast
 from ...protocol import Channel, CommandArg, CommandSpec, InstrumentInfo, Value
 from ..config import InstrumentConfig
 from ..errors import InstrumentError, NoAnswer, PortError
+from .settings import decode_settings
 
 _MAX_LINE = 4096
 
@@ -54,6 +56,10 @@ class LineCommand(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     timeout_s: float | None = None
 
 
+#: Parity as pyserial names it: none, even, odd, mark, space.
+Parity = Literal["N", "E", "O", "M", "S"]
+
+
 class Profile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """A line instrument, declared."""
 
@@ -63,6 +69,10 @@ class Profile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     channels: list[ChannelSpec]
     description: str = ""
     baudrate: int = 9600
+    #: The frame, when it is not 8N1: many balances speak 7O1 or 7E1.
+    bytesize: Literal[5, 6, 7, 8] = 8
+    parity: Parity = "N"
+    stopbits: float = 1  # 1, 1.5 or 2
     line_ending: str = "\r\n"
     reply_timeout_s: float = 1.0
     identify: str = ""
@@ -73,6 +83,16 @@ class Profile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     error: str = ""
     errors: dict[str, str] = {}
     commands: list[LineCommand] = []
+
+
+class LineSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`[instruments.settings]` of a serial line instrument: the frame, when not the profile's."""
+
+    bytesize: Literal[5, 6, 7, 8] | None = None
+    parity: Parity | None = None
+    stopbits: float | None = None  # 1, 1.5 or 2
+    #: Handshake: "none", software ("xonxoff") or hardware ("rtscts", "dsrdtr").
+    flow: Literal["none", "xonxoff", "rtscts", "dsrdtr"] = "none"
 
 
 def builtin_profiles() -> list[str]:
@@ -169,6 +189,7 @@ class SerialLineDriver:
         self._transport: asyncio.BaseTransport | None = None
         self._lines: _Lines | None = None
         self._timeout = config.reply_timeout_s or self.profile.reply_timeout_s
+        self.settings = decode_settings(config, LineSettings)
 
     @staticmethod
     def check_config(config: InstrumentConfig) -> None:
@@ -179,7 +200,14 @@ class SerialLineDriver:
             raise ValueError(
                 f"the serial_line driver needs a profile; built in: {', '.join(builtin_profiles())}"
             )
-        load_profile(config.profile)
+        profile = load_profile(config.profile)
+        settings = decode_settings(config, LineSettings)
+        if settings.stopbits not in (None, 1, 1.5, 2):
+            raise _KeyedError(
+                "settings.stopbits", f"expected 1, 1.5 or 2, got {settings.stopbits!r}"
+            )
+        if profile.stopbits not in (1, 1.5, 2):
+            raise ValueError(f"profile {config.profile!r}: stopbits must be 1, 1.5 or 2")
 
     def info(self) -> InstrumentInfo:
         """Channels and commands as declared by the profile."""
@@ -208,8 +236,16 @@ class SerialLineDriver:
                 _Lines,
                 self.config.port,
                 baudrate=self.config.baudrate or self.profile.baudrate,
+                bytesize=self.settings.bytesize or self.profile.bytesize,
+                parity=self.settings.parity or self.profile.parity,
+                stopbits=self.settings.stopbits or self.profile.stopbits,
+                xonxoff=self.settings.flow == "xonxoff",
+                rtscts=self.settings.flow == "rtscts",
+                dsrdtr=self.settings.flow == "dsrdtr",
             )
-        except (serial.SerialException, OSError, ValueError) as exc:
+        except (serial.SerialException, OSError, ValueError, termios.error) as exc:
+            # termios.error: the device refuses the frame (a pty and 7-bit
+            # parity, say); it is no OSError, and must not escape as a bug.
             raise PortError(f"cannot open {self.config.port}: {_reason(exc)}") from None
         assert isinstance(lines, _Lines)
         self._transport, self._lines = transport, lines
