@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import math
-import tomllib
 import weakref
 from collections.abc import Sequence
-from importlib import resources
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -27,6 +24,7 @@ from pymodbus.pdu import ModbusPDU
 from ...protocol import NAME_REGEX, Channel, CommandArg, CommandSpec, InstrumentInfo, Value
 from ..config import InstrumentConfig
 from ..errors import InstrumentError, NoAnswer, PortError
+from .declarations import builtin_names, load_declaration
 from .settings import SettingsError, decode_settings
 
 RegisterKind = Literal["holding", "input", "coil", "discrete"]
@@ -117,35 +115,15 @@ class ModbusSettings(_Struct, frozen=True):
 
 def builtin_maps() -> list[str]:
     """Names of the register maps that ship with the agent."""
-    folder = resources.files(__package__).joinpath("modbus_maps")
-    return sorted(
-        p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml")
-    )
+    return builtin_names("modbus_maps")
 
 
 def load_map(name_or_path: str) -> RegisterMap:
-    """A built-in register map by name, or a map file by path; ValueError says what is wrong."""
-    if name_or_path.endswith(".toml") or "/" in name_or_path:
-        source = name_or_path
-        try:
-            text = Path(name_or_path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise SettingsError(
-                "settings.map", f"cannot read register map {name_or_path!r}: {exc.strerror}"
-            ) from None
-    else:
-        resource = resources.files(__package__).joinpath("modbus_maps", f"{name_or_path}.toml")
-        if not resource.is_file():
-            raise SettingsError(
-                "settings.map",
-                f"unknown register map {name_or_path!r}; built in: {', '.join(builtin_maps())}"
-                " (or give the path of a .toml map)",
-            )
-        source, text = f"register map {name_or_path}", resource.read_text(encoding="utf-8")
+    """A built-in register map by name, or a map file by path; SettingsError says what is wrong."""
     try:
-        return msgspec.convert(tomllib.loads(text), RegisterMap)
-    except (tomllib.TOMLDecodeError, msgspec.ValidationError) as exc:
-        raise SettingsError("settings.map", f"{source}: {exc}") from None
+        return load_declaration(name_or_path, "modbus_maps", RegisterMap, "register map")
+    except ValueError as exc:
+        raise SettingsError("settings.map", str(exc)) from None
 
 
 class _Plan(msgspec.Struct, frozen=True):

@@ -11,9 +11,6 @@ import asyncio
 import contextlib
 import re
 import termios
-import tomllib
-from importlib import resources
-from pathlib import Path
 from typing import Any, Literal, NoReturn
 
 import msgspec
@@ -23,6 +20,7 @@ import serial_asyncio_fast
 from ...protocol import Channel, CommandArg, CommandSpec, InstrumentInfo, Value
 from ..config import InstrumentConfig
 from ..errors import InstrumentError, NoAnswer, PortError
+from .declarations import builtin_names, load_declaration
 from .settings import decode_settings
 
 _MAX_LINE = 4096
@@ -97,34 +95,12 @@ class LineSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
 
 def builtin_profiles() -> list[str]:
     """Names of the profiles that ship with the agent."""
-    folder = resources.files(__package__).joinpath("profiles")
-    return sorted(
-        p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml")
-    )
+    return builtin_names("profiles")
 
 
 def load_profile(name_or_path: str) -> Profile:
     """A built-in profile by name, or a profile file by path; ValueError says what is wrong."""
-    if name_or_path.endswith(".toml") or "/" in name_or_path:
-        source = name_or_path
-        try:
-            text = Path(name_or_path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ValueError(f"cannot read profile file {name_or_path!r}: {exc.strerror}") from None
-    else:
-        resource = resources.files(__package__).joinpath("profiles", f"{name_or_path}.toml")
-        if not resource.is_file():
-            raise ValueError(
-                f"unknown profile {name_or_path!r}; built in: {', '.join(builtin_profiles())}"
-                " (or give the path of a .toml profile)"
-            )
-        source, text = f"profile {name_or_path}", resource.read_text(encoding="utf-8")
-    try:
-        profile = msgspec.convert(tomllib.loads(text), Profile)
-    except (tomllib.TOMLDecodeError, msgspec.ValidationError) as exc:
-        raise ValueError(f"{source}: {exc}") from None
-    _check_profile(profile, source)
-    return profile
+    return load_declaration(name_or_path, "profiles", Profile, "profile", _check_profile)
 
 
 def _check_profile(profile: Profile, source: str) -> None:

@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import tomllib
-from importlib import resources
-from pathlib import Path
 from typing import Annotated, Any, Literal, NoReturn
 
 import msgspec
@@ -30,6 +27,7 @@ from ...protocol import Channel, CommandArg, CommandSpec, InstrumentInfo, Value
 from ..config import InstrumentConfig
 from ..errors import InstrumentError, NoAnswer, PortError
 from .blocking import BlockingDriver
+from .declarations import builtin_names, load_declaration
 from .settings import SettingsError, decode_settings
 
 # --- the profile -------------------------------------------------------------
@@ -87,32 +85,17 @@ class ScpiProfile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 def builtin_profiles() -> list[str]:
     """Names of the SCPI profiles that ship with the agent."""
-    folder = resources.files(__package__).joinpath("scpi_profiles")
-    return sorted(
-        p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml")
-    )
+    return builtin_names("scpi_profiles")
 
 
 def load_profile(name_or_path: str) -> ScpiProfile:
     """A built-in SCPI profile by name, or a profile file by path; ValueError says what is wrong."""
-    if name_or_path.endswith(".toml") or "/" in name_or_path:
-        source = name_or_path
-        try:
-            text = Path(name_or_path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ValueError(f"cannot read profile file {name_or_path!r}: {exc.strerror}") from None
-    else:
-        resource = resources.files(__package__).joinpath("scpi_profiles", f"{name_or_path}.toml")
-        if not resource.is_file():
-            raise ValueError(
-                f"unknown SCPI profile {name_or_path!r}; built in: {', '.join(builtin_profiles())}"
-                " (or give the path of a .toml profile)"
-            )
-        source, text = f"SCPI profile {name_or_path}", resource.read_text(encoding="utf-8")
-    try:
-        profile = msgspec.convert(tomllib.loads(text), ScpiProfile)
-    except (tomllib.TOMLDecodeError, msgspec.ValidationError) as exc:
-        raise ValueError(f"{source}: {exc}") from None
+    return load_declaration(
+        name_or_path, "scpi_profiles", ScpiProfile, "SCPI profile", _check_profile
+    )
+
+
+def _check_profile(profile: ScpiProfile, source: str) -> None:
     try:
         for pattern in _patterns(profile):
             re.compile(pattern)
@@ -121,7 +104,6 @@ def load_profile(name_or_path: str) -> ScpiProfile:
     for channel in profile.channels:
         if channel.pattern and "value" not in re.compile(channel.pattern).groupindex:
             raise ValueError(f"{source}: channel {channel.name}: pattern needs a (?P<value>...)")
-    return profile
 
 
 def _patterns(profile: ScpiProfile) -> list[str]:
