@@ -1,9 +1,10 @@
-"""The I2C driver: SHT3x and BME280 arithmetic, the register-level simulator, and the full path."""
+"""The I2C driver: sensor maps, SHT3x and BME280 arithmetic, the simulator, and the full path."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,12 +17,14 @@ from kleinmaelzung.agent.config import check_config
 from kleinmaelzung.agent.drivers import InstrumentError, NoAnswer, PortError, SettingsError
 from kleinmaelzung.agent.drivers.i2c import I2cDriver
 from kleinmaelzung.agent.drivers.i2c_sensors import (
+    CONVERSIONS,
     Bme280Calibration,
+    Sensor,
     bme280_compensate,
+    builtin_maps,
     crc8,
-    sht3x_humidity,
-    sht3x_temperature_c,
-    sht3x_words,
+    load_map,
+    strip_crc,
 )
 from kleinmaelzung.hub import RunningHub
 from kleinmaelzung.protocol import Timeouts
@@ -50,21 +53,37 @@ def test_crc_of_the_datasheet_example() -> None:
     assert sim_i2c.crc8(b"\xbe\xef") == 0x92  # the simulator's own, independent one
 
 
+def test_a_crc_of_another_rule_is_the_maps_to_declare() -> None:
+    # The HTU21D's rule (and the SHT2x's): the same polynomial, initial value 0;
+    # the examples of the HTU21D(F) datasheet.
+    assert [crc8(data, 0x31, 0x00) for data in (b"\xdc", b"\x68\x3a", b"\x4e\x85")] == [
+        0x79,
+        0x7C,
+        0x6B,
+    ]
+
+
 @pytest.mark.parametrize(
     ("raw", "temperature_c", "humidity"),
     [(0, -45.0, 0.0), (0xFFFF, 130.0, 100.0), (0x6666, 25.0, 40.0)],
 )
-def test_conversion_of_raw_values(raw: int, temperature_c: float, humidity: float) -> None:
-    assert sht3x_temperature_c(raw) == pytest.approx(temperature_c, abs=1e-3)
-    assert sht3x_humidity(raw) == pytest.approx(humidity, abs=1e-3)
+def test_sht3x_linear_conversion_of_raw_values(
+    raw: int, temperature_c: float, humidity: float
+) -> None:
+    # Datasheet 4.13: T = -45 + 175 * S / 65535, RH = 100 * S / 65535, as the map declares them.
+    sht3x = load_map("sht3x")
+    convert = CONVERSIONS["linear"].prepare(sht3x, [])
+    values = convert(raw.to_bytes(2, "big") * 2)
+    assert values["temperature"] == pytest.approx(temperature_c, abs=1e-3)
+    assert values["humidity"] == pytest.approx(humidity, abs=1e-3)
 
 
 def test_words_are_checked_and_a_crc_mismatch_names_the_word() -> None:
-    assert sht3x_words(b"\xbe\xef\x92\x00\x00\x81", "measurement") == [0xBEEF, 0x0000]
+    assert strip_crc(b"\xbe\xef\x92\x00\x00\x81", "measurement") == b"\xbe\xef\x00\x00"
     with pytest.raises(InstrumentError, match=r"measurement: CRC mismatch in word 1 \(0x0000\)"):
-        sht3x_words(b"\xbe\xef\x92\x00\x00\x80", "measurement")
+        strip_crc(b"\xbe\xef\x92\x00\x00\x80", "measurement")
     with pytest.raises(InstrumentError, match="answer of 5 bytes"):
-        sht3x_words(b"\xbe\xef\x92\x00\x00", "measurement")
+        strip_crc(b"\xbe\xef\x92\x00\x00", "measurement")
 
 
 # --- BME280 arithmetic ---------------------------------------------------------
@@ -189,8 +208,12 @@ async def test_a_bmp280_at_the_address_is_refused_for_having_no_humidity() -> No
     device = sim_i2c.Bme280()
     device.registers[0xD0] = 0x58
     driver.simulator.devices = {0x77: device}
-    with pytest.raises(PortError, match=r"a BMP280 \(id 0x58\) answered: no humidity"):
+    with pytest.raises(PortError, match=r"0x77: a BMP280 \(chip id 0x58\) answered: no humidity"):
         await driver.open()
+    device.registers[0xD0] = 0x61
+    with pytest.raises(PortError, match=r"wrong sensor: chip id 0x61, expected 0x60 \(bme280\)"):
+        await driver.open()
+    assert driver.identity is None
 
 
 async def test_a_bus_that_does_not_exist_is_a_port_error_naming_it(tmp_path: Path) -> None:
@@ -250,29 +273,162 @@ def test_the_driver_loads_and_simulates_without_smbus2_and_names_the_extra() -> 
     [
         ({"address": 0x80}, "settings.address", "<= 119"),
         ({"address": "0x44"}, "settings.address", "expected `int`"),
-        ({"sensor": "sht4x"}, "settings.sensor", "sht3x"),
-        ({"repeatability": "best"}, "settings.repeatability", "high"),
+        ({"address": 0x40}, "settings.address", "a sht3x answers at 0x44 or 0x45, not 0x40"),
+        (
+            {"sensor": "sht4x"},
+            "settings.sensor",
+            "unknown I2C sensor map 'sht4x'; built in: bme280, sht3x",
+        ),
+        (
+            {"sensor": "bme280", "address": None, "mode": "high"},
+            "settings.mode",
+            "no measuring modes",
+        ),
+        ({"mode": "best"}, "settings.mode", "measures in 'high', 'medium', 'low', not 'best'"),
         ({"adress": 0x44}, "settings.adress", "unknown key"),
         ({"bus": 1.5}, "settings.bus", "expected `int | str`"),
     ],
 )
 def test_settings_errors_name_the_key(settings: dict[str, Any], key: str, says: str) -> None:
-    with pytest.raises(SettingsError, match=says) as caught:
+    with pytest.raises(SettingsError, match=re.escape(says)) as caught:
         I2cDriver.check_config(i2c_config(**settings))
     assert caught.value.key == key
 
 
-def test_a_missing_address_is_named_with_file_and_instrument() -> None:
+def test_the_address_defaults_to_the_maps_first() -> None:
+    bme280 = I2cDriver(InstrumentConfig(id="b", driver="i2c", settings={"sensor": "bme280"}))
+    assert bme280.where == "/dev/i2c-1@0x76"
+
+
+def test_a_missing_sensor_is_named_with_file_and_instrument() -> None:
     config = AgentConfig(
         hub="http://127.0.0.1:1",
         agent_id="pi",
-        instruments=[InstrumentConfig(id="germ-air", driver="i2c", settings={"sensor": "sht3x"})],
+        instruments=[InstrumentConfig(id="germ-air", driver="i2c", settings={"address": 0x44})],
     )
     with pytest.raises(
         ConfigError,
-        match=r"^agent.toml: instruments\[0\].settings.address: required key is missing",
+        match=r"^agent.toml: instruments\[0\].settings.sensor: required key is missing",
     ):
         check_config(config, source="agent.toml", drivers={"i2c": I2cDriver})
+
+
+# --- the maps ------------------------------------------------------------------
+
+
+def test_the_shipped_maps_load() -> None:
+    assert builtin_maps() == ["bme280", "sht3x"]
+    sht3x, bme280 = load_map("sht3x"), load_map("bme280")
+    assert (sht3x.addresses, sht3x.crc is not None, sht3x.conversion) == (
+        [0x44, 0x45],
+        True,
+        "linear",
+    )
+    assert (bme280.identify.register, bme280.identify.expect) == (0xD0, 0x60)
+    assert bme280.conversion == "bme280"
+
+
+SHT3X_MAP = (
+    Path(__file__).parents[2] / "src/kleinmaelzung/agent/drivers/i2c_maps/sht3x.toml"
+).read_text()
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        (
+            ('conversion = "linear"', 'conversion = "magic"'),
+            "conversion: unknown 'magic'; known: linear, bme280",
+        ),
+        (("word = 1", "word = 2"), "channels[1].word: 2, but a measurement holds 2 words"),
+        (
+            ("read = 6", "read = 5"),
+            "measure.modes.high: read: 5 bytes, but with a CRC an answer is words of 3",
+        ),
+        (('mode = "high"', 'mode = "best"'), "measure.mode: expected one of high, medium, low"),
+        (
+            ("[identify]\ncommand", "[identify]\nregister = 0x00\ncommand"),
+            "identify: expected a command or a register",
+        ),
+        (("addresses = [0x44, 0x45]", "addresses = [0x44, 0x99]"), "addresses[1]"),
+    ],
+)
+def test_a_wrong_map_is_named_with_its_file_and_entry(
+    change: tuple[str, str], says: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "mine.toml"
+    assert change[0] in SHT3X_MAP
+    path.write_text(SHT3X_MAP.replace(change[0], change[1], 1))
+    with pytest.raises(SettingsError, match=re.escape(says)) as caught:
+        I2cDriver.check_config(i2c_config(sensor=str(path), simulated=False))
+    assert caught.value.key == "settings.sensor"
+    assert str(path) in str(caught.value)
+
+
+#: A sensor the project never heard of, of a kind it knows: Sensirion's SHT4x
+#: (datasheet 4.5: command 0xFD, 8.3 ms; RH = -6 + 125 * S / 65535), as a lab would write it.
+SHT4X_MAP = """
+kind = "sht4x"
+addresses = [0x44]
+[crc]
+polynomial = 0x31
+init = 0xFF
+[identify]
+command = [0x89]   # read serial number
+read = 6
+[measure]
+command = [0xFD]
+wait_s = 0.0083
+read = 6
+[[channels]]
+name = "temperature"
+unit = "°C"
+word = 0
+offset = -45.0
+span = 175.0
+[[channels]]
+name = "humidity"
+unit = "%RH"
+word = 1
+offset = -6.0
+span = 125.0
+"""
+
+
+class SimulatedSht4x(sim_i2c.Device):
+    """An SHT4x as its datasheet describes it: one-byte commands, words with CRCs."""
+
+    def __init__(self) -> None:
+        self.answer = b""
+
+    def write(self, data: bytes) -> None:
+        words = {0x89: (0x1234, 0x5678), 0xFD: (0x6666, 0x8000)}[data[0]]
+        self.answer = b"".join(
+            w.to_bytes(2, "big") + bytes([sim_i2c.crc8(w.to_bytes(2, "big"))]) for w in words
+        )
+
+    def read(self, length: int) -> bytes:
+        return self.answer[:length]
+
+
+def test_a_similar_sensor_takes_a_map_not_a_fork(tmp_path: Path) -> None:
+    path = tmp_path / "sht4x.toml"
+    path.write_text(SHT4X_MAP)
+    sensor = Sensor(load_map(str(path)), 0x44, "test@0x44")
+    bus = sim_i2c.SimulatedBus({0x44: SimulatedSht4x()})
+    sensor.probe(bus)
+    assert sensor.identity == "sht4x"
+    assert sensor.measure(bus) == {"temperature": 25.0, "humidity": 56.5}
+
+
+async def test_identity_is_what_answered_once_opened() -> None:
+    sht3x = I2cDriver(i2c_config())
+    bme280 = I2cDriver(i2c_config(sensor="bme280", address=None))
+    assert (sht3x.identity, bme280.identity) == (None, None)
+    for driver in (sht3x, bme280):
+        await driver.open()
+        await driver.close()
+    assert (sht3x.identity, bme280.identity) == ("sht3x", "bme280 (chip id 0x60)")
 
 
 # --- the full path -------------------------------------------------------------

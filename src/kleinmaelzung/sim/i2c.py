@@ -10,6 +10,7 @@ CRCs and registers, so the driver's framing and arithmetic are what is tested.
 from __future__ import annotations
 
 import errno
+import random
 import struct
 
 
@@ -40,16 +41,26 @@ class Sht3x(Device):
 
     Answers the single-shot measurement commands, the status register and
     the heater and reset commands. `temperature_c` and `humidity` are what it
-    measures; `corrupt_crc` makes the next measurements' temperature CRC wrong
+    measures, each measurement off by a normal error of `noise` (°C and %RH;
+    0: exact); `corrupt_crc` makes the next measurements' temperature CRC wrong
     (a noisy line), until it is cleared.
     """
 
     MEASURE = frozenset({0x2400, 0x240B, 0x2416, 0x2C06, 0x2C0D, 0x2C10})
     STATUS, HEATER_ON, HEATER_OFF, SOFT_RESET, CLEAR_STATUS = 0xF32D, 0x306D, 0x3066, 0x30A2, 0x3041
 
-    def __init__(self, temperature_c: float = 20.0, humidity: float = 50.0) -> None:
+    def __init__(
+        self,
+        temperature_c: float = 20.0,
+        humidity: float = 50.0,
+        *,
+        noise: float = 0.0,
+        seed: int | None = None,
+    ) -> None:
         self.temperature_c = temperature_c
         self.humidity = humidity
+        self.noise = noise
+        self._rng = random.Random(seed)
         self.heater = False
         self.corrupt_crc = False
         self._answer = b""
@@ -60,8 +71,12 @@ class Sht3x(Device):
             raise OSError(errno.EIO, f"SHT3x: a command is 2 bytes, got {data.hex()}")
         command = int.from_bytes(data, "big")
         if command in self.MEASURE:
-            t_raw = _clamp_u16((self.temperature_c + 45) * 65535 / 175)
-            rh_raw = _clamp_u16(self.humidity * 65535 / 100)
+            temperature_c, humidity = self.temperature_c, self.humidity
+            if self.noise:
+                temperature_c += self._rng.gauss(0, self.noise)
+                humidity += self._rng.gauss(0, self.noise)
+            t_raw = _clamp_u16((temperature_c + 45) * 65535 / 175)
+            rh_raw = _clamp_u16(humidity * 65535 / 100)
             self._answer = _word(t_raw, corrupt=self.corrupt_crc) + _word(rh_raw)
         elif command == self.STATUS:
             self._answer = _word(0x2000 if self.heater else 0x0000)
@@ -158,6 +173,10 @@ class Bme280(RegisterDevice):
                 p.to_bytes(3, "big") + t.to_bytes(3, "big") + self.raw_humidity.to_bytes(2, "big")
             )
             self.registers[0xF4] = value & 0xFC  # back to sleep: the measurement is done
+
+
+#: The simulated sensors by kind (an I2C map's `kind`).
+DEVICES: dict[str, type[Device]] = {"sht3x": Sht3x, "bme280": Bme280}
 
 
 class SimulatedBus:

@@ -1,12 +1,13 @@
-"""Sensors on an I2C bus through smbus2: the SHT3x (temperature, humidity) and BME280 kinds.
+"""Sensors on an I2C bus through smbus2, each declared by a map (`i2c_maps/`: SHT3x, BME280).
 
 The driver talks to a small bus interface, `i2c_sensors.I2cBus` (write,
-read, and a write-then-read with a repeated start); what each sensor says
-and how its answer is converted lives in `i2c_sensors/`. On a Pi that is `SMBusLine`, a thin
-shell over `smbus2.SMBus.i2c_rdwr`; with `simulated = true` it is the
-register-level simulator of `kleinmaelzung.sim.i2c` (this machine, the tests
-and the demo lab have no I2C bus). smbus2 blocks, so every exchange runs in
-the instrument's bus thread; the sensor's own measuring time is waited there.
+read, and a write-then-read with a repeated start). What a sensor is asked
+and how its answer becomes values is its map's, run by `i2c_sensors.Sensor`.
+On a Pi the bus is `SMBusLine`, a thin shell over `smbus2.SMBus.i2c_rdwr`;
+with `simulated = true` it is the register-level simulator of
+`kleinmaelzung.sim.i2c` (this machine, the tests and the demo lab have no I2C
+bus). smbus2 blocks, so every exchange runs in the instrument's bus thread;
+the sensor's own measuring time is waited there.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import msgspec
 
@@ -22,7 +23,7 @@ from ...protocol import InstrumentInfo, Value
 from ..config import InstrumentConfig
 from ..errors import NoAnswer, PortError
 from .blocking import BlockingDriver
-from .i2c_sensors import Bme280, I2cBus, Sensor, Sht3x
+from .i2c_sensors import I2cBus, Sensor, SensorMap, load_map
 from .settings import SettingsError, decode_settings
 
 if TYPE_CHECKING:
@@ -89,35 +90,65 @@ class SMBusLine:
 class I2cSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """`[instruments.settings]` of a `driver = "i2c"` instrument."""
 
-    #: "sht3x" (Sensirion SHT30/31/35) or "bme280" (Bosch).
-    sensor: Literal["sht3x", "bme280"]
-    #: The 7-bit address: 0x44 or 0x45 for an SHT3x, 0x76 or 0x77 for a BME280.
-    address: Annotated[int, msgspec.Meta(ge=0x03, le=0x77)]
+    #: A built-in sensor map ("sht3x", "bme280"), or the path of a .toml map.
+    sensor: str
+    #: The 7-bit address; default: the map's first (0x44 for an SHT3x, 0x76 for a BME280).
+    address: Annotated[int, msgspec.Meta(ge=0x03, le=0x77)] | None = None
     #: The adapter: its number (1 is the Pi's header pins) or its path ("/dev/i2c-1").
     bus: int | str = 1
     #: Use the simulated sensor of `kleinmaelzung.sim.i2c` in place of a bus (demo, tests).
     simulated: bool = False
-    #: SHT3x only: the single-shot repeatability (slower is less noisy).
-    repeatability: Literal["high", "medium", "low"] = "high"
+    #: One of the map's measuring modes (an SHT3x's repeatability: "high", "medium", "low").
+    mode: str = ""
 
 
 #: What a user may write, for keys whose msgspec message would only say "invalid".
 _CHOICES = {
-    "settings.sensor": '"sht3x" or "bme280"',
-    "settings.repeatability": '"high", "medium" or "low"',
     "settings.address": "a 7-bit address from 0x03 to 0x77, such as 0x44",
     "settings.bus": 'an adapter number such as 1, or a path such as "/dev/i2c-1"',
 }
 
 
-def _settings(config: InstrumentConfig) -> I2cSettings:
+def _settings(config: InstrumentConfig) -> tuple[I2cSettings, SensorMap, int]:
+    """The settings, the sensor's map and the address; SettingsError names the key."""
     try:
-        return decode_settings(config, I2cSettings)
+        settings = decode_settings(config, I2cSettings)
     except SettingsError as exc:
         hint = _CHOICES.get(exc.key)
         if hint is None or "unknown key" in str(exc) or "missing" in str(exc):
             raise
-        raise SettingsError(exc.key, f"{exc}; expected {hint}") from None
+        # `address` may be left out, never written empty: "int | null" would mislead.
+        text = str(exc).replace("`int | null`", "`int`")
+        raise SettingsError(exc.key, f"{text}; expected {hint}") from None
+    try:
+        sensor_map = load_map(settings.sensor)
+    except ValueError as exc:
+        raise SettingsError("settings.sensor", str(exc)) from None
+    kind, addresses = sensor_map.kind, sensor_map.addresses
+    address = addresses[0] if settings.address is None else settings.address
+    if address not in addresses:
+        raise SettingsError(
+            "settings.address",
+            f"a {kind} answers at {' or '.join(f'0x{a:02X}' for a in addresses)},"
+            f" not 0x{address:02X}",
+        )
+    modes = sensor_map.measure.modes
+    if settings.mode and settings.mode not in modes:
+        raise SettingsError(
+            "settings.mode",
+            f"a {kind} measures in {', '.join(repr(m) for m in modes)}, not {settings.mode!r}"
+            if modes
+            else f"a {kind} has no measuring modes, got {settings.mode!r}",
+        )
+    if settings.simulated:
+        from ...sim import i2c as sim_i2c  # stdlib only; loaded only when a config asks
+
+        if kind not in sim_i2c.DEVICES:
+            raise SettingsError(
+                "settings.simulated",
+                f"no simulated {kind}; the simulator has {', '.join(sim_i2c.DEVICES)}",
+            )
+    return settings, sensor_map, address
 
 
 # --- the driver --------------------------------------------------------------
@@ -128,20 +159,21 @@ class I2cDriver(BlockingDriver):
 
     def __init__(self, config: InstrumentConfig) -> None:
         super().__init__(config)
-        self.settings = _settings(config)
+        self.settings, sensor_map, address = _settings(config)
         where = self.settings.bus
         self.where = f"/dev/i2c-{where}" if isinstance(where, int) else where
-        self.where += f"@0x{self.settings.address:02X}"
+        self.where += f"@0x{address:02X}"
         #: The simulated bus, when `simulated = true`: tests and the demo reach its device here.
         self.simulator: SimulatedBus | None = None
         if self.settings.simulated:
-            self.simulator = _simulated_bus(self.settings)
-        self.sensor: Sensor = (
-            Sht3x(self.settings.address, self.where, self.settings.repeatability)
-            if self.settings.sensor == "sht3x"
-            else Bme280(self.settings.address, self.where)
-        )
+            self.simulator = _simulated_bus(sensor_map.kind, address)
+        self.sensor = Sensor(sensor_map, address, self.where, self.settings.mode)
         self._line: I2cBus | None = None
+
+    @property
+    def identity(self) -> str | None:
+        """The sensor found when last opened ("bme280 (chip id 0x60)", "sht3x"); None until then."""
+        return self.sensor.identity
 
     @staticmethod
     def check_config(config: InstrumentConfig) -> None:
@@ -153,7 +185,8 @@ class I2cDriver(BlockingDriver):
         return InstrumentInfo(
             id=self.config.id,
             kind=self.sensor.kind,
-            description=self.config.description or f"{self.sensor.kind} at {self.where}",
+            description=self.config.description
+            or f"{self.sensor.map.description or self.sensor.kind} at {self.where}",
             channels=list(self.sensor.channels),
             commands=list(self.sensor.commands),
             poll_interval_s=self.config.poll_interval_s,
@@ -221,10 +254,9 @@ def _open_smbus(bus: int | str, where: str) -> SMBusLine:
         raise PortError(f"{where}: {exc.strerror or exc}") from None
 
 
-def _simulated_bus(settings: I2cSettings) -> SimulatedBus:
+def _simulated_bus(kind: str, address: int) -> SimulatedBus:
     # The simulator is stdlib only and loaded only when a config asks for it
     # (as pyvisa-sim for `backend = "...@sim"`), so a Pi's agent never loads it.
     from ...sim import i2c as sim_i2c
 
-    device: sim_i2c.Device = sim_i2c.Sht3x() if settings.sensor == "sht3x" else sim_i2c.Bme280()
-    return sim_i2c.SimulatedBus({settings.address: device})
+    return sim_i2c.SimulatedBus({address: sim_i2c.DEVICES[kind]()})

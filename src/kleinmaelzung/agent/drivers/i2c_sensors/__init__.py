@@ -1,22 +1,29 @@
-"""The sensors the I2C driver knows: how each is probed, measured and its answer converted.
+"""I2C sensors: maps (TOML, in `i2c_maps/`), the arithmetic they name, the sensor they drive.
 
-Each sensor is a `Sensor` over the `I2cBus` interface; the arithmetic
-(CRC-8, conversions, BME280 compensation) is pure and tested on its own.
+A map declares what a datasheet tabulates (addresses, identity, commands,
+registers, timing, CRC rule, channels); `conversions.CONVERSIONS` holds the
+arithmetic (linear words, the BME280's compensation), pure and tested on its
+own; `Sensor` runs a map over the `I2cBus` interface.
 """
 
-from .base import I2cBus, Sensor
-from .bme280 import Bme280, Bme280Calibration, bme280_compensate
-from .sht3x import Sht3x, crc8, sht3x_humidity, sht3x_temperature_c, sht3x_words
+from .base import I2cBus
+from .bme280 import Bme280Calibration, bme280_compensate, bme280_values
+from .conversions import CONVERSIONS, Conversion
+from .crc import crc8, strip_crc
+from .maps import SensorMap, builtin_maps, load_map
+from .sensor import Sensor
 
 __all__ = [
-    "Bme280",
+    "CONVERSIONS",
     "Bme280Calibration",
+    "Conversion",
     "I2cBus",
     "Sensor",
-    "Sht3x",
+    "SensorMap",
     "bme280_compensate",
+    "bme280_values",
+    "builtin_maps",
     "crc8",
-    "sht3x_humidity",
-    "sht3x_temperature_c",
-    "sht3x_words",
+    "load_map",
+    "strip_crc",
 ]

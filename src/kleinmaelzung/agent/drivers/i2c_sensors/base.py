@@ -1,10 +1,8 @@
-"""The bus interface a sensor talks through, and what every sensor offers the driver."""
+"""The bus interface a sensor talks through: smbus2 on a Pi, the simulator elsewhere."""
 
 from __future__ import annotations
 
-from typing import Any, Protocol
-
-from ....protocol import Channel, CommandSpec, Value
+from typing import Protocol
 
 
 class I2cBus(Protocol):
@@ -29,32 +27,3 @@ class I2cBus(Protocol):
     def close(self) -> None:
         """Release the bus; idempotent."""
         ...
-
-
-class Sensor:
-    """One kind of sensor at one address: probe it, measure, run its commands.
-
-    Methods run in the bus thread and may raise `OSError` (the driver maps
-    it), `PortError` (the wrong device answered) or `InstrumentError`.
-    """
-
-    kind = ""
-    channels: tuple[Channel, ...] = ()
-    commands: tuple[CommandSpec, ...] = ()
-
-    def __init__(self, address: int, where: str) -> None:
-        self.address = address
-        #: "/dev/i2c-1@0x44", for messages.
-        self.where = where
-
-    def probe(self, line: I2cBus) -> None:
-        """Check that this kind of sensor answers at the address (read what it needs once)."""
-        raise NotImplementedError
-
-    def measure(self, line: I2cBus) -> dict[str, Value]:
-        """One measurement, in the channels' units."""
-        raise NotImplementedError
-
-    def execute(self, line: I2cBus, name: str, args: dict[str, Any]) -> Any:
-        """Run a command of `commands` (arguments already checked)."""
-        raise NotImplementedError(name)

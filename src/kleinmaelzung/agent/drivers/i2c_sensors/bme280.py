@@ -1,19 +1,17 @@
-"""Pressure, temperature and humidity sensors of the Bosch BME280 kind.
+"""The arithmetic of the Bosch BME280: its trimming values and the datasheet's compensation.
 
-The conversion is the datasheet's integer compensation (section 4.2.3) with
-the trimming values each sensor holds in its registers.
+The integer compensation of section 4.2.3, with the trimming values each
+sensor holds in its registers (4.2.2). What to read and write, and when, is
+the map's (`i2c_maps/bme280.toml`); this is the `conversion = "bme280"`.
 """
 
 from __future__ import annotations
 
 import struct
-import time
 
 import msgspec
 
-from ....protocol import Channel, Value
-from ...errors import InstrumentError, NoAnswer, PortError
-from .base import I2cBus, Sensor
+from ...errors import InstrumentError
 
 
 class Bme280Calibration(msgspec.Struct, frozen=True):
@@ -86,63 +84,23 @@ def bme280_compensate(
     return temperature, pressure, x >> 12, t_fine
 
 
-_CHIP_ID, _BMP280_CHIP_IDS = 0x60, {0x56, 0x57, 0x58}
-#: ctrl_hum: humidity oversampling x1; ctrl_meas: T and p oversampling x1, forced mode.
-_CTRL_HUM, _CTRL_MEAS = 0x01, 0b001_001_01
-#: The datasheet's longest measuring time at these settings is 9.3 ms (appendix 9.1).
-_MEASURE_S, _MEASURE_DEADLINE_S = 0.0095, 0.1
+#: A measurement that was skipped (or not yet taken) leaves the registers' reset values.
+_SKIPPED_P_T, _SKIPPED_H = 0x80000, 0x8000
 
 
-class Bme280(Sensor):
-    """A BME280: forced-mode measurements with oversampling x1, compensated."""
+def bme280_values(calibration: Bme280Calibration, data: bytes) -> dict[str, float]:
+    """Temperature (°C), humidity (%RH) and pressure (hPa) from the 8 data bytes at 0xF7.
 
-    kind = "bme280"
-    channels = (
-        Channel(name="temperature", unit="°C"),
-        Channel(name="humidity", unit="%RH"),
-        Channel(name="pressure", unit="hPa"),
-    )
-
-    def __init__(self, address: int, where: str) -> None:
-        super().__init__(address, where)
-        self._calibration: Bme280Calibration | None = None
-
-    def probe(self, line: I2cBus) -> None:
-        """Check the chip id and read the calibration."""
-        chip_id = line.write_read(self.address, b"\xd0", 1)[0]
-        if chip_id in _BMP280_CHIP_IDS:
-            raise PortError(f"{self.where}: a BMP280 (id 0x{chip_id:02X}) answered: no humidity")
-        if chip_id != _CHIP_ID:
-            raise PortError(
-                f"{self.where}: wrong sensor: chip id 0x{chip_id:02X}, expected 0x60 (BME280)"
-            )
-        low = line.write_read(self.address, b"\x88", 26)
-        high = line.write_read(self.address, b"\xe1", 7)
-        self._calibration = Bme280Calibration.from_registers(low, high)
-
-    def measure(self, line: I2cBus) -> dict[str, Value]:
-        """Force one measurement, wait for it, read and compensate it."""
-        address, calibration = self.address, self._calibration
-        if calibration is None:
-            raise PortError(f"{self.where}: not probed")
-        # ctrl_hum takes effect only with the next write of ctrl_meas: this order.
-        line.write(address, bytes([0xF2, _CTRL_HUM]))
-        line.write(address, bytes([0xF4, _CTRL_MEAS]))
-        time.sleep(_MEASURE_S)
-        deadline = time.monotonic() + _MEASURE_DEADLINE_S
-        while line.write_read(address, b"\xf3", 1)[0] & 0x08:  # status.measuring
-            if time.monotonic() > deadline:
-                raise NoAnswer(f"{self.where}: measurement did not finish")
-            time.sleep(0.001)
-        data = line.write_read(address, b"\xf7", 8)
-        adc_p = (data[0] << 12) | (data[1] << 4) | (data[2] >> 4)
-        adc_t = (data[3] << 12) | (data[4] << 4) | (data[5] >> 4)
-        adc_h = (data[6] << 8) | data[7]
-        if adc_t == 0x80000 or adc_p == 0x80000 or adc_h == 0x8000:
-            raise InstrumentError(f"{self.where}: measurement skipped (reset values read)")
-        temperature, pressure, humidity, _ = bme280_compensate(calibration, adc_t, adc_p, adc_h)
-        return {
-            "temperature": temperature / 100,
-            "humidity": round(humidity / 1024, 2),
-            "pressure": round(pressure / 256 / 100, 3),
-        }
+    InstrumentError if the registers hold their reset values (no measurement).
+    """
+    adc_p = (data[0] << 12) | (data[1] << 4) | (data[2] >> 4)
+    adc_t = (data[3] << 12) | (data[4] << 4) | (data[5] >> 4)
+    adc_h = (data[6] << 8) | data[7]
+    if _SKIPPED_P_T in (adc_t, adc_p) or adc_h == _SKIPPED_H:
+        raise InstrumentError("measurement skipped (reset values read)")
+    temperature, pressure, humidity, _ = bme280_compensate(calibration, adc_t, adc_p, adc_h)
+    return {
+        "temperature": temperature / 100,
+        "humidity": humidity / 1024,
+        "pressure": pressure / 25600,
+    }
