@@ -1,4 +1,4 @@
-"""`kmz agent --check`'s logic: each instrument opened and read once, against simulated ptys."""
+"""`kmz agent --check`'s logic: each instrument opened and read once, against simulated ones."""
 
 from __future__ import annotations
 
@@ -12,11 +12,22 @@ from typing import Any
 import pytest
 
 from kleinmaelzung.agent import AgentConfig, InstrumentConfig
-from kleinmaelzung.agent.check import CheckResult, check_instrument, check_instruments, where_of
+from kleinmaelzung.agent.check import (
+    CheckResult,
+    check_instrument,
+    check_instruments,
+    format_table,
+    identity_of,
+    where_of,
+)
 from kleinmaelzung.agent.drivers import BlockingDriver
+from kleinmaelzung.agent.drivers.i2c import I2cDriver
 from kleinmaelzung.agent.ports import by_id_links, usb_identity
 from kleinmaelzung.protocol import Channel, InstrumentInfo, Value
 from kleinmaelzung.sim import Simulator
+from kleinmaelzung.sim import i2c as sim_i2c
+from kleinmaelzung.sim import visa as sim_visa
+from kleinmaelzung.sim.modbus import KilnModbusServer
 
 
 @pytest.fixture
@@ -181,6 +192,86 @@ async def test_a_silent_instrument_is_no_answer(sim: Simulator) -> None:
 )
 def test_where_an_instrument_is_comes_from_its_config(config: InstrumentConfig, where: str) -> None:
     assert where_of(config) == where
+
+
+# --- the identity answered ---------------------------------------------------
+
+
+async def test_the_identity_each_instrument_answered() -> None:
+    dmm = InstrumentConfig(
+        id="bench-dmm",
+        driver="visa",
+        settings={
+            "resource": sim_visa.MULTIMETER,
+            "profile": "scpi-dmm",
+            "backend": sim_visa.backend(),
+        },
+    )
+    sensor = InstrumentConfig(
+        id="germ-air", driver="i2c", settings={"sensor": "bme280", "simulated": True}
+    )
+    async with KilnModbusServer(units=(1,)) as kiln:
+        controller = InstrumentConfig(
+            id="kiln",
+            driver="modbus",
+            settings={"host": "127.0.0.1", "port": kiln.port, "map": "kmz-kiln-modbus"},
+        )
+        results = [await check_instrument(c) for c in (dmm, sensor, controller)]
+
+    assert [r.error for r in results] == [None, None, None]
+    assert [r.identity for r in results] == [
+        "KLEINMAELZUNG,KMZ-DMM-1,DEMO0001,1.0",  # its *IDN? answer
+        "bme280 (chip id 0x60)",
+        None,  # a Modbus register map has nothing that says what the device is
+    ]
+    lines = format_table(results).splitlines()
+    assert lines[0].split() == ["INSTRUMENT", "DRIVER", "PORT/RESOURCE", "IDENTITY", "READING"]
+    column = lines[0].index("IDENTITY")
+    assert [line[column:].split("  ")[0] for line in lines[1:]] == [
+        "KLEINMAELZUNG,KMZ-DMM-1,DEMO0001,1.0",
+        "bme280 (chip id 0x60)",
+        "-",
+    ]
+    assert "voltage_dc=" in lines[1] and "pressure=" in lines[2] and "setpoint=" in lines[3]
+
+
+async def test_the_identity_is_shown_when_the_reading_then_fails() -> None:
+    # The sensor that answered is the right one; its measurement is what fails.
+    config = InstrumentConfig(
+        id="germ-air", driver="i2c", settings={"sensor": "sht3x", "simulated": True}
+    )
+
+    result = await check_instrument(config, driver_class=_CorruptedSht3x)
+
+    assert result.identity == "sht3x"
+    assert result.error is not None and "CRC mismatch" in result.error
+
+
+class _CorruptedSht3x(I2cDriver):
+    """A simulated SHT3x whose measurements come with a bad CRC once it is open."""
+
+    def open_blocking(self) -> None:
+        super().open_blocking()
+        assert self.simulator is not None
+        device = self.simulator.devices[0x44]
+        assert isinstance(device, sim_i2c.Sht3x)
+        device.corrupt_crc = True
+
+
+class _OddIdentity(_Broken):
+    """A driver whose identity attribute itself is broken."""
+
+    @property
+    def identity(self) -> str:
+        raise RuntimeError("bug")
+
+
+def test_a_driver_without_identity_or_with_a_broken_one_has_none() -> None:
+    config = InstrumentConfig(id="odd", driver="odd")
+    assert identity_of(_Broken(config)) is None
+    assert identity_of(_OddIdentity(config)) is None
+    table = format_table([CheckResult("odd", "odd", "", error="KeyError: 'x'")])
+    assert table.splitlines()[1].split() == ["odd", "odd", "-", "-", "error:", "KeyError:", "'x'"]
 
 
 def test_by_id_links_map_each_device_to_its_stable_link(tmp_path: Path) -> None:

@@ -3,15 +3,18 @@
 For the person setting up a Pi: it answers "is each instrument wired and
 configured right?" without a hub. Every instrument is checked on its own,
 with a deadline; whatever one driver raises (or how long it hangs) is that
-instrument's result, never the end of the check.
+instrument's result, never the end of the check. The table shows what each
+instrument said it is (a driver's optional `identity`), so a wrong instrument
+on the right port is seen before data flows.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..protocol import Value
@@ -43,6 +46,9 @@ class CheckResult:
     #: Units of the channels, from the driver's `info()`.
     units: Mapping[str, str] = field(default_factory=dict)
     error: str | None = None
+    #: What the instrument answered when asked who it is (a `*IDN?` answer, a
+    #: chip id), from the driver's optional `identity`; None if it has none.
+    identity: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -57,6 +63,32 @@ class CheckResult:
             f"{name}={_format_value(value)}{' ' + self.units[name] if self.units.get(name) else ''}"
             for name, value in self.values.items()
         )
+
+
+#: The columns of `kmz agent --check`'s table.
+TABLE_HEADER = ("INSTRUMENT", "DRIVER", "PORT/RESOURCE", "IDENTITY", "READING")
+
+
+def table_rows(results: Sequence[CheckResult]) -> list[tuple[str, str, str, str, str]]:
+    """The table's rows, header first; "-" where there is nothing to show."""
+    rows = [TABLE_HEADER]
+    rows += [
+        (r.instrument, r.driver, r.where or "-", r.identity or "-", r.describe_reading())
+        for r in results
+    ]
+    return rows
+
+
+def format_table(results: Sequence[CheckResult]) -> str:
+    """The table as text, columns aligned; the last (a reading, an error) runs free."""
+    rows = table_rows(results)
+    widths = [max(len(row[column]) for row in rows) for column in range(len(TABLE_HEADER) - 1)]
+    return "\n".join(
+        "  ".join(
+            [*(cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)), row[-1]]
+        )
+        for row in rows
+    )
 
 
 def where_of(config: InstrumentConfig) -> str:
@@ -106,8 +138,24 @@ async def check_instrument(
         result = failed(_describe(exc))
     else:
         result = CheckResult(config.id, config.driver, where, values=dict(values), units=units)
+    # Also when the reading failed: who answered tells a wrong instrument from a broken one.
+    result = dataclasses.replace(result, identity=identity_of(driver))
     await _close(driver, config.id)
     return result
+
+
+def identity_of(driver: object) -> str | None:
+    """The driver's optional `identity` (what the instrument said it is), or None.
+
+    Optional, so that drivers written before it keep working; a driver whose
+    attribute fails (a bug) has none, rather than failing the check.
+    """
+    try:
+        identity = getattr(driver, "identity", None)
+    except Exception:
+        log.debug("identity failed", exc_info=True)
+        return None
+    return str(identity) if identity not in (None, "") else None
 
 
 async def check_instruments(

@@ -16,6 +16,12 @@ class Driver(Protocol):
     Any other exception is taken for a driver bug: it faults the instrument
     (a command gets `internal_error`) and is logged with its traceback once,
     while the other instruments carry on.
+
+    Optionally, a driver has a read-only attribute `identity: str | None`:
+    what the instrument answered when last opened and asked who it is (a
+    `*IDN?` answer, a chip id), or None if it was not asked or has no way to
+    say. `kmz agent --check` shows it; it is read with
+    `getattr(driver, "identity", None)`, so drivers without it keep working.
     """
 
     def __init__(self, config: InstrumentConfig) -> None: ...

@@ -313,6 +313,12 @@ _LINES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _Line]] =
 class ModbusDriver:
     """A Modbus TCP or RTU instrument (one unit id), driven by its register map."""
 
+    #: What the instrument said it is: nothing. A register map names no register
+    #: that identifies a device, and Read Device Identification (function 43)
+    #: is optional, which small controllers often leave out or do not answer
+    #: at all; asking on every open would cost them a timeout each time.
+    identity: str | None = None
+
     def __init__(self, config: InstrumentConfig) -> None:
         self.config = config
         self._plan = _plan(config)

@@ -184,8 +184,9 @@ class VisaDriver(BlockingDriver):
         }
         self._manager: pyvisa.ResourceManager | None = None
         self._resource: MessageBasedResource | None = None
-        #: What the instrument said it is, once open.
-        self.identity = ""
+        #: What the instrument answered to the identity query (`*IDN?`) when it
+        #: was last opened; None before (`kmz agent --check` shows it).
+        self.identity: str | None = None
 
     @staticmethod
     def check_config(config: InstrumentConfig) -> None:
