@@ -1,9 +1,13 @@
 """`kmz demo`: a micro-malting lab in one command: hub, simulated instruments, agent.
 
 The lab shows each driver kind that can load here: serial instruments on ptys,
-the kiln controller over Modbus TCP (a pymodbus server on loopback) and a bench
-multimeter over VISA (pyvisa-sim). Without the modbus extra the kiln controller
-falls back to its serial twin, so the README's `kiln-air` commands still work.
+the kiln controller over Modbus TCP (a pymodbus server on loopback), the
+germination chamber's sensor over I2C (an SHT3x simulated at register level
+inside the agent: `simulated = true`) and a bench multimeter over VISA
+(pyvisa-sim). Without the modbus extra the kiln controller falls back to its
+serial twin, so the README's `kiln-air` commands still work; so does the
+germination chamber if the i2c driver cannot load (it needs no smbus2 to
+simulate).
 """
 
 from __future__ import annotations
@@ -37,9 +41,19 @@ DEMO_LAB: tuple[tuple[str, str, float, str], ...] = (
     ("balance", "mt-sics-balance", 0.5, "Balance for moisture determination"),
 )
 KILN = "kiln-air"
+GERMINATION = "germ-chamber"
 MULTIMETER_ID = "bench-dmm"
 #: The Modbus unit id of the simulated kiln controller.
 KILN_UNIT = 1
+#: The germination chamber's simulated SHT3x: its map's default address, on adapter 1.
+GERMINATION_SENSOR: dict[str, Any] = {
+    "sensor": "sht3x",
+    "address": 0x44,
+    "bus": 1,
+    "simulated": True,
+}
+#: The air it measures (as the serial hygrometer's): cool and near saturation.
+GERMINATION_AIR_C, GERMINATION_AIR_RH, GERMINATION_NOISE = 16.0, 95.0, 0.05
 
 #: Added to the shipped map `kmz-kiln-modbus`, whose air temperature channel is
 #: `air_temperature`: the serial kiln calls it `temperature`, and whoever watches
@@ -71,6 +85,7 @@ class DemoPlan:
 
     modbus: bool = True
     visa: bool = True
+    i2c: bool = True
     #: One line per missing piece: what it would add, and how to install it.
     missing: list[str] = field(default_factory=list)
 
@@ -83,6 +98,11 @@ def plan_lab() -> DemoPlan:
     except MissingExtra as exc:
         plan.modbus = False
         plan.missing.append(f"the kiln controller over Modbus ({exc.install})")
+    try:
+        find_driver("i2c")  # simulated, it needs no smbus2: only a broken install stops it
+    except MissingExtra as exc:
+        plan.i2c = False
+        plan.missing.append(f"the germination chamber's sensor over I2C ({exc.install})")
     try:
         find_driver("visa")
         if importlib.util.find_spec("pyvisa_sim") is None:
@@ -97,8 +117,10 @@ def plan_lab() -> DemoPlan:
 
 
 def serial_ids(plan: DemoPlan) -> list[str]:
-    """The instruments the serial simulator serves: the kiln too, if Modbus cannot."""
-    return [i for i, *_ in DEMO_LAB if i != KILN or not plan.modbus]
+    """The instruments the serial simulator serves: the kiln too if Modbus cannot, and the
+    germination chamber if I2C cannot."""
+    elsewhere = {KILN: plan.modbus, GERMINATION: plan.i2c}
+    return [i for i, *_ in DEMO_LAB if not elsewhere.get(i, False)]
 
 
 def demo_instruments(
@@ -133,6 +155,18 @@ def demo_instruments(
                 settings=settings,
             )
             lab.append(DemoInstrument(config, f"127.0.0.1:{modbus_port} unit {KILN_UNIT}"))
+        elif instrument_id == GERMINATION and plan.i2c:
+            config = InstrumentConfig(
+                id=GERMINATION,
+                driver="i2c",
+                bus="i2c-1",
+                poll_interval_s=poll_s,
+                description=description,
+                settings=dict(GERMINATION_SENSOR),
+            )
+            address = GERMINATION_SENSOR["address"]
+            where = f"/dev/i2c-1@0x{address:02X} (simulated SHT3x)"
+            lab.append(DemoInstrument(config, where))
     if plan.visa:
         from .sim import visa as sim_visa  # imports no pyvisa
 
@@ -154,6 +188,23 @@ def demo_instruments(
 def demo_agent_config(hub_url: str, lab: list[DemoInstrument]) -> AgentConfig:
     """The demo agent's config for the instruments of `lab`."""
     return AgentConfig(hub=hub_url, agent_id="malthouse-pi-1", instruments=[i.config for i in lab])
+
+
+def set_germination_air(agent: Agent) -> None:
+    """Give the simulated SHT3x, which lives in the agent's I2C driver, the chamber's air."""
+    runner = agent.runners.get(GERMINATION)
+    if runner is None:
+        return
+    from .agent.drivers.i2c import I2cDriver  # loaded already: the agent uses it
+    from .sim import i2c as sim_i2c
+
+    driver = runner.driver
+    if not isinstance(driver, I2cDriver) or driver.simulator is None:
+        return  # the serial twin: its simulator has its own air
+    sensor = driver.simulator.devices[GERMINATION_SENSOR["address"]]
+    if isinstance(sensor, sim_i2c.Sht3x):
+        sensor.temperature_c, sensor.humidity = GERMINATION_AIR_C, GERMINATION_AIR_RH
+        sensor.noise = GERMINATION_NOISE
 
 
 def _kmz_command() -> str:
@@ -253,12 +304,14 @@ async def _run(host: str, port: int, data_dir: Path, say: Say, complain: Say) ->
             except AgentError as exc:
                 complain(f"kmz demo: the agent cannot start: {exc}")
                 return 1
+            set_germination_air(agent)
             if plan.missing:
+                twins = [i for i, ok in ((KILN, plan.modbus), (GERMINATION, plan.i2c)) if not ok]
                 complain(
                     "kmz demo: running without "
                     + "; without ".join(plan.missing)
                     + ". The serial instruments run as usual"
-                    + ("" if plan.modbus else ", kiln-air among them")
+                    + (f", {' and '.join(twins)} among them" if twins else "")
                     + "."
                 )
             say(_banner(hub.url, data_dir, lab))

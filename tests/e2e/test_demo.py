@@ -10,12 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from kleinmaelzung.demo import DemoPlan, demo_instruments, serial_ids
+
 from .processes import Process, free_port, get_json, wait_until
 
-#: The demo lab with every extra installed: one instrument per driver kind and more.
+#: The demo lab with every extra installed: every driver kind, and two serial instruments more.
 FULL_LAB = {
     "steep-water": "serial_line",
-    "germ-chamber": "serial_line",
+    "germ-chamber": "i2c",
     "kiln-air": "modbus",
     "balance": "serial_line",
     "bench-dmm": "visa",
@@ -30,6 +32,16 @@ def kmz(url: str, *args: str) -> subprocess.CompletedProcess[str]:
         timeout=30,
         check=False,
     )
+
+
+def last_reading(url: str, instrument: str) -> dict[str, object]:
+    """One reading of `instrument`, through `kmz watch` as a user would take it."""
+    watched = kmz(url, "watch", instrument, "--count", "1", "--json")
+    assert watched.returncode == 0, watched.stderr
+    reading = json.loads(watched.stdout)
+    assert reading["instrument"] == instrument
+    values: dict[str, object] = reading["values"]
+    return values
 
 
 def online(url: str) -> set[str]:
@@ -67,6 +79,17 @@ def test_demo_runs_the_lab_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
         assert rows["kiln-air"][1].startswith("127.0.0.1:")
         assert rows["bench-dmm"][1] == "TCPIP::bench-dmm.demo::INSTR"
         assert rows["balance"][1].startswith("/dev/")
+        assert rows["germ-chamber"][1:] == ["/dev/i2c-1@0x44", "(simulated", "SHT3x)"]
+
+        # Every driver kind delivers readings to a client, each with its own channels.
+        latest = {instrument: last_reading(url, instrument) for instrument in FULL_LAB}
+        assert set(FULL_LAB.values()) == {"serial_line", "modbus", "visa", "i2c"}
+        assert 11.9 < latest["bench-dmm"]["voltage_dc"] < 12.1  # VISA
+        assert isinstance(latest["kiln-air"]["setpoint"], float)  # Modbus
+        assert 15.0 < latest["germ-chamber"]["temperature"] < 17.0  # I2C, the chamber's air
+        assert 90.0 < latest["germ-chamber"]["humidity"] <= 100.0
+        assert isinstance(latest["balance"]["mass"], float)  # serial
+        assert isinstance(latest["steep-water"]["temperature"], float)
 
         # The README's kiln command, through the Modbus driver to the simulated controller.
         setpoint = kmz(url, "send", "kiln-air", "set_setpoint", "value=80")
@@ -79,10 +102,6 @@ def test_demo_runs_the_lab_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
         assert last["setpoint"] == 80.0
         # The serial kiln's channel name holds on the Modbus path too.
         assert isinstance(last["temperature"], float)
-
-        dmm = kmz(url, "watch", "bench-dmm", "--count", "1", "--json")
-        assert dmm.returncode == 0, dmm.stderr
-        assert 11.9 < json.loads(dmm.stdout)["values"]["voltage_dc"] < 12.1
 
         page = subprocess.run(
             ["curl", "-sf", url + "/"], capture_output=True, text=True, timeout=10, check=False
@@ -143,13 +162,13 @@ def test_demo_stops_at_once_with_the_reason_when_its_agent_dies(tmp_path: Path) 
 
 
 # sitecustomize runs at interpreter start-up, before any of our code: from then
-# on, the modbus and visa extras' modules cannot be imported, as if never installed.
+# on, the modbus, visa and i2c extras' modules cannot be imported, as if never installed.
 _REFUSE_EXTRAS = textwrap.dedent(
     """
     import sys
 
     class _NotInstalled:
-        refused = ("pymodbus", "pyvisa", "pyvisa_py", "pyvisa_sim")
+        refused = ("pymodbus", "pyvisa", "pyvisa_py", "pyvisa_sim", "smbus2")
 
         def find_spec(self, name, path=None, target=None):
             if name.split(".")[0] in self.refused:
@@ -161,7 +180,7 @@ _REFUSE_EXTRAS = textwrap.dedent(
 )
 
 
-def test_demo_without_the_modbus_and_visa_extras_runs_the_serial_lab_and_says_so(
+def test_demo_without_the_extras_runs_the_serial_lab_and_the_simulated_i2c_sensor_and_says_so(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     site = tmp_path / "site"
@@ -172,10 +191,11 @@ def test_demo_without_the_modbus_and_visa_extras_runs_the_serial_lab_and_says_so
     url = f"http://127.0.0.1:{port}"
     demo = Process("demo", ["demo", "--port", str(port), "--data", str(tmp_path / "d")], tmp_path)
     try:
-        serial_lab = {"steep-water", "germ-chamber", "kiln-air", "balance"}
+        serial_lab = {"steep-water", "kiln-air", "balance"}
+        lab = {*serial_lab, "germ-chamber"}
         wait_until(
-            lambda: True if online(url) == serial_lab else None,
-            f"all of {sorted(serial_lab)} online",
+            lambda: True if online(url) == lab else None,
+            f"all of {sorted(lab)} online",
             30.0,
             demo,
         )
@@ -183,9 +203,13 @@ def test_demo_without_the_modbus_and_visa_extras_runs_the_serial_lab_and_says_so
         assert output.count("running without") == 1, output
         assert "pip install 'kleinmaelzung[modbus]'" in output
         assert "pip install 'kleinmaelzung[visa]'" in output
+        assert "kleinmaelzung[i2c]" not in output  # a simulated sensor needs no smbus2
         assert "Traceback" not in output
         rows = banner_rows(output)
-        assert {i: row[0] for i, row in rows.items()} == dict.fromkeys(serial_lab, "serial_line")
+        assert {i: row[0] for i, row in rows.items()} == {
+            **dict.fromkeys(serial_lab, "serial_line"),
+            "germ-chamber": "i2c",
+        }
 
         # kiln-air falls back to its serial twin: the README's command still works.
         setpoint = kmz(url, "send", "kiln-air", "set_setpoint", "value=80")
@@ -194,3 +218,12 @@ def test_demo_without_the_modbus_and_visa_extras_runs_the_serial_lab_and_says_so
         assert demo.interrupt() == 0, demo.output()
     finally:
         demo.stop()
+
+
+def test_without_the_i2c_driver_the_germination_chamber_is_its_serial_twin() -> None:
+    plan = DemoPlan(i2c=False)
+    assert "germ-chamber" in serial_ids(plan)
+    lab = demo_instruments(plan, {"germ-chamber": "/dev/pts/9"}, modbus_port=None)
+    (chamber,) = [i for i in lab if i.config.id == "germ-chamber"]
+    assert (chamber.config.driver, chamber.config.profile) == ("serial_line", "kmz-hygrometer")
+    assert "germ-chamber" not in serial_ids(DemoPlan())
