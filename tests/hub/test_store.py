@@ -1,4 +1,8 @@
-"""The SQLite traffic log: batched, durable, acknowledges only what is committed."""
+"""The traffic log on every backend: batched, durable, acknowledges only what is committed.
+
+Each test taking `log_place` runs on SQLite and on a real PostgreSQL server
+(see log_backends.py for pointing it elsewhere).
+"""
 
 from __future__ import annotations
 
@@ -12,10 +16,14 @@ from typing import Any
 
 import pytest
 
-from kleinmaelzung.hub import Record, SqliteStore
-from kleinmaelzung.hub.store import StoreClosed, WriterFailed
+from kleinmaelzung.hub import Record
+from kleinmaelzung.hub.store import LogWriter, SqliteStore, StoreClosed, WriterFailed
 from kleinmaelzung.hub.store.sqlite import SCHEMA_VERSION
 from kleinmaelzung.protocol import Channel, InstrumentInfo
+
+from .log_backends import LogPlace, log_place, postgres_url, sqlite_place
+
+__all__ = ["log_place", "postgres_url", "sqlite_place"]  # fixtures, used by name
 
 
 def record(i: int, instrument: str = "kiln-air", ack: bool = False) -> Record:
@@ -30,8 +38,8 @@ def record(i: int, instrument: str = "kiln-air", ack: bool = False) -> Record:
     )
 
 
-async def test_appended_records_are_committed_and_queryable(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "t.sqlite3")
+async def test_appended_records_are_committed_and_queryable(log_place: LogPlace) -> None:
+    store = log_place.store()
     await store.open()
     for i in range(2500):
         store.append(record(i, "kiln-air" if i % 2 else "balance"))
@@ -41,15 +49,14 @@ async def test_appended_records_are_committed_and_queryable(tmp_path: Path) -> N
     assert [e.ts for e in newest] == [3499.0, 3497.0, 3495.0]
     assert all(e.instrument == "kiln-air" for e in newest)
     await store.close()
-    # What a user with the sqlite3 shell would see: the same rows, readable JSON.
-    with sqlite3.connect(tmp_path / "t.sqlite3") as connection:
-        (count,) = connection.execute("SELECT count(*) FROM traffic").fetchone()
-        (message,) = connection.execute("SELECT message FROM traffic LIMIT 1").fetchone()
+    # What a user with the database's own shell would see: the rows, readable JSON.
+    ((count,),) = await log_place.sql("SELECT count(*) FROM traffic")
+    ((message,),) = await log_place.sql("SELECT message FROM traffic LIMIT 1")
     assert count == 2500
     assert message.startswith('{"type":"data"')
 
 
-async def test_acks_follow_commits_with_the_highest_seq(tmp_path: Path) -> None:
+async def test_acks_follow_commits_with_the_highest_seq(log_place: LogPlace) -> None:
     acks: list[dict[str, dict[str, int]]] = []
     got = asyncio.Event()
 
@@ -58,7 +65,7 @@ async def test_acks_follow_commits_with_the_highest_seq(tmp_path: Path) -> None:
         if batch["pi-1"].get("kiln-air") == 9:
             got.set()
 
-    store = SqliteStore(tmp_path / "t.sqlite3", on_committed=on_committed)
+    store = log_place.store(on_committed=on_committed)
     await store.open()
     for i in range(10):
         store.append(record(i, ack=True))
@@ -66,36 +73,34 @@ async def test_acks_follow_commits_with_the_highest_seq(tmp_path: Path) -> None:
     seen = [a["pi-1"]["kiln-air"] for a in acks]
     assert seen == sorted(seen)
     entries = await store.query(limit=100)
-    assert len(entries) == 10  # acknowledged means already readable from the file
+    assert len(entries) == 10  # acknowledged means already readable from the log
     await store.close()
 
 
-async def test_close_commits_everything_queued(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "t.sqlite3")
+async def test_close_commits_everything_queued(log_place: LogPlace) -> None:
+    store = log_place.store()
     await store.open()
     for i in range(1000):
         store.append(record(i))
     await store.close()
-    reopened = SqliteStore(tmp_path / "t.sqlite3")
+    reopened = log_place.store()
     await reopened.open()
     assert len(await reopened.query(limit=5000)) == 1000
     await reopened.close()
 
 
-async def test_agents_wait_while_the_log_is_behind_and_nothing_is_lost(tmp_path: Path) -> None:
-    path = tmp_path / "t.sqlite3"
-    store = SqliteStore(path, high_water_rows=100, low_water_rows=10)
+async def test_agents_wait_while_the_log_is_behind_and_nothing_is_lost(
+    log_place: LogPlace,
+) -> None:
+    store = log_place.store(high_water_rows=100, low_water_rows=10)
     await store.open()
-    # Another process holding the write lock: the writer cannot commit.
-    blocker = sqlite3.connect(path, isolation_level=None)
-    blocker.execute("BEGIN IMMEDIATE")
-    for i in range(500):
-        store.append(record(i))
-    waiting = asyncio.create_task(store.wait_for_room())
-    done, _ = await asyncio.wait({waiting}, timeout=0.3)
-    assert not done, "the hub must stop reading agents while the log is behind"
-    blocker.execute("COMMIT")
-    blocker.close()
+    # Another session holding the write lock: the writer cannot commit.
+    async with log_place.writes_blocked():
+        for i in range(500):
+            store.append(record(i))
+        waiting = asyncio.create_task(store.wait_for_room())
+        done, _ = await asyncio.wait({waiting}, timeout=0.3)
+        assert not done, "the hub must stop reading agents while the log is behind"
     await asyncio.wait_for(waiting, 5)
     assert store.backlog < 10
     await store.flush()
@@ -103,16 +108,15 @@ async def test_agents_wait_while_the_log_is_behind_and_nothing_is_lost(tmp_path:
     await store.close()
 
 
-async def test_last_logged_seq_per_run_survives_a_restart(tmp_path: Path) -> None:
-    path = tmp_path / "t.sqlite3"
-    store = SqliteStore(path)
+async def test_last_logged_seq_per_run_survives_a_restart(log_place: LogPlace) -> None:
+    store = log_place.store()
     await store.open()
     for i in range(5):
         store.append(dataclasses.replace(record(i, ack=True), run="run-a"))
     store.append(dataclasses.replace(record(7, "balance", ack=True), run="run-a"))
     store.append(dataclasses.replace(record(3, "balance", ack=True), run="run-b"))
     await store.close()
-    reopened = SqliteStore(path)
+    reopened = log_place.store()
     await reopened.open()
     # The balance's newest run is b: seqs of run a no longer say anything about it.
     assert await reopened.last_seqs("run-a", ["kiln-air", "balance", "other"]) == {"kiln-air": 4}
@@ -120,15 +124,15 @@ async def test_last_logged_seq_per_run_survives_a_restart(tmp_path: Path) -> Non
     await reopened.close()
 
 
-async def test_a_row_sqlite_cannot_store_is_dropped_and_the_writer_goes_on(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+async def test_a_row_the_database_cannot_store_is_dropped_and_the_writer_goes_on(
+    log_place: LogPlace, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Defect 8: any error but OperationalError ended the writer; flush() then hung."""
-    store = SqliteStore(tmp_path / "t.sqlite3")
+    store = log_place.store()
     await store.open()
     store.append(record(0))
-    # A bug elsewhere in the hub: a peer name that is not text makes sqlite3
-    # raise InterfaceError (ProgrammingError on newer Pythons) for that row.
+    # A bug elsewhere in the hub: a peer name that is not text makes the
+    # database driver refuse that row (sqlite3 InterfaceError, asyncpg TypeError).
     store.append(dataclasses.replace(record(1), peer=["not", "text"]))  # type: ignore[arg-type]
     store.append(record(2))
     await asyncio.wait_for(store.flush(), 5)
@@ -149,15 +153,15 @@ class _WriterBug(BaseException):
     """What no handler in the writer expects: stands for a bug in the writer itself."""
 
 
-class _CrashingStore(SqliteStore):
-    """A store whose writer thread dies on its first batch."""
+class _CrashingWriter(LogWriter):
+    """A writer whose thread dies on its first batch."""
 
     def _write_batch(self, batch: list[Any], records: int) -> None:
         raise _WriterBug("a bug in the writer")
 
 
-async def test_a_dead_writer_fails_flush_close_and_append_at_once(tmp_path: Path) -> None:
-    store = _CrashingStore(tmp_path / "t.sqlite3")
+async def test_a_dead_writer_fails_flush_close_and_append_at_once(log_place: LogPlace) -> None:
+    store = _CrashingWriter(log_place.backend())
     await store.open()
     store.append(record(0))
     with pytest.raises(WriterFailed, match="a bug in the writer"):
@@ -170,17 +174,15 @@ async def test_a_dead_writer_fails_flush_close_and_append_at_once(tmp_path: Path
         await asyncio.wait_for(store.close(), 5)
 
 
-async def test_a_flush_given_up_by_its_caller_does_not_stop_the_writer(tmp_path: Path) -> None:
-    path = tmp_path / "t.sqlite3"
-    store = SqliteStore(path)
+async def test_a_flush_given_up_by_its_caller_does_not_stop_the_writer(
+    log_place: LogPlace,
+) -> None:
+    store = log_place.store()
     await store.open()
-    blocker = sqlite3.connect(path, isolation_level=None)
-    blocker.execute("BEGIN IMMEDIATE")  # the writer cannot commit for now
-    store.append(record(0))
-    with pytest.raises(TimeoutError):
-        await asyncio.wait_for(store.flush(), 0.2)  # cancels the flush
-    blocker.execute("COMMIT")
-    blocker.close()
+    async with log_place.writes_blocked():  # the writer cannot commit for now
+        store.append(record(0))
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(store.flush(), 0.2)  # cancels the flush
     store.append(record(1))
     await asyncio.wait_for(store.flush(), 10)
     assert len(await store.query(limit=10)) == 2
@@ -194,9 +196,10 @@ def info(id_: str, kind: str = "balance") -> InstrumentInfo:
     return InstrumentInfo(id=id_, kind=kind, channels=[Channel(name="mass", unit="g")])
 
 
-async def test_known_instruments_survive_a_restart_and_can_be_forgotten(tmp_path: Path) -> None:
-    path = tmp_path / "t.sqlite3"
-    store = SqliteStore(path)
+async def test_known_instruments_survive_a_restart_and_can_be_forgotten(
+    log_place: LogPlace,
+) -> None:
+    store = log_place.store()
     await store.open()
     store.save_instrument(info("balance"), "pi-1")
     store.save_instrument(info("kiln-air", "kiln"), "pi-1")
@@ -204,7 +207,7 @@ async def test_known_instruments_survive_a_restart_and_can_be_forgotten(tmp_path
     store.append(dataclasses.replace(record(5, "kiln-air"), ts=1234.5))  # a reading
     store.forget_instrument("ghost")
     await store.close()
-    reopened = SqliteStore(path)
+    reopened = log_place.store()
     await reopened.open()
     known = await reopened.load_instruments()
     assert [(k.id, k.agent, k.last_seen) for k in known] == [
@@ -223,26 +226,38 @@ async def test_known_instruments_survive_a_restart_and_can_be_forgotten(tmp_path
 
 
 async def test_saving_an_instrument_waits_for_nothing_but_commits_with_the_next_batch(
-    tmp_path: Path,
+    log_place: LogPlace,
 ) -> None:
-    path = tmp_path / "t.sqlite3"
-    store = SqliteStore(path)
+    store = log_place.store()
     await store.open()
-    blocker = sqlite3.connect(path, isolation_level=None)
-    blocker.execute("BEGIN IMMEDIATE")  # the writer cannot commit for now
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    store.save_instrument(info("balance"), "pi-1")
-    store.forget_instrument("kiln-air")
-    assert loop.time() - started < 0.05  # queued, not written on the loop
-    assert store.backlog == 0  # not traffic: never pauses agents
-    blocker.execute("COMMIT")
-    blocker.close()
+    async with log_place.writes_blocked():  # the writer cannot commit for now
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        store.save_instrument(info("balance"), "pi-1")
+        store.forget_instrument("kiln-air")
+        assert loop.time() - started < 0.05  # queued, not written on the loop
+        assert store.backlog == 0  # not traffic: never pauses agents
     await asyncio.wait_for(store.flush(), 10)
     assert [k.id for k in await store.load_instruments()] == ["balance"]
     await store.close()
     with pytest.raises(StoreClosed):
         store.save_instrument(info("balance"), "pi-1")
+
+
+async def test_closing_gives_up_on_a_log_that_stays_locked(
+    log_place: LogPlace, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = log_place.store()
+    await store.open()
+    # Say, someone left the database's shell in a transaction.
+    async with log_place.writes_blocked():
+        store.append(record(0, ack=True))
+        # Shutdown ends: the agent still holds the unacknowledged sample.
+        await asyncio.wait_for(store.close(), 10)
+    assert store.dropped_rows == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert "traffic log write failed; retrying" in errors
+    assert "traffic log dropped what it cannot write" in errors
 
 
 # --- files written by older hubs --------------------------------------------------
@@ -265,6 +280,12 @@ _V3 = (
     + "CREATE TABLE instrument_seq (instrument TEXT PRIMARY KEY, run TEXT NOT NULL,"
     + " seq INTEGER NOT NULL);\n"
 )
+# Version 4, as the hubs before the sample table wrote it.
+_V4 = (
+    _V3
+    + "CREATE TABLE known_instrument (id TEXT PRIMARY KEY, agent TEXT NOT NULL,"
+    + " info TEXT NOT NULL, last_seen REAL);\n"
+)
 _HELLO = (
     '{"type":"agent_hello","protocol":1,"agent_id":"pi-1","run":"r1","instruments":'
     '[{"id":"balance","kind":"balance","channels":[{"name":"mass","unit":"g"}]},'
@@ -277,7 +298,7 @@ _DATA = (
 
 def write_old_log(path: Path, version: int) -> None:
     """A traffic log as a hub of `version` left it: a hello, a reading, a refused frame."""
-    script = {1: _V1, 2: _V2, 3: _V3}[version]
+    script = {1: _V1, 2: _V2, 3: _V3, 4: _V4}[version]
     with contextlib.closing(sqlite3.connect(path)) as connection, connection:
         connection.executescript(script)
         if version > 1:  # version 1 never set it
@@ -293,11 +314,17 @@ def write_old_log(path: Path, version: int) -> None:
             " VALUES (?, ?, ?, ?, ?, ?)",
             rows,
         )
-        if version == 3:
+        if version >= 3:
             connection.execute("INSERT INTO instrument_seq VALUES ('balance', 'r1', 7)")
+        if version >= 4:  # what version 4 seeded from the hello
+            connection.execute(
+                "INSERT INTO known_instrument VALUES ('balance', 'pi-1', ?, NULL),"
+                ' (\'kiln-air\', \'pi-1\', \'{"id":"kiln-air","kind":"kiln"}\', NULL)',
+                ('{"id":"balance","kind":"balance","channels":[{"name":"mass","unit":"g"}]}',),
+            )
 
 
-@pytest.mark.parametrize("version", [1, 2, 3])
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
 async def test_a_log_of_an_older_hub_is_upgraded_in_place(tmp_path: Path, version: int) -> None:
     path = tmp_path / "old.sqlite3"
     write_old_log(path, version)
@@ -314,8 +341,17 @@ async def test_a_log_of_an_older_hub_is_upgraded_in_place(tmp_path: Path, versio
         ("kiln-air", "pi-1", None),
     ]
     assert known[0].info.channels == [Channel(name="mass", unit="g")]
-    if version == 3:
+    if version >= 3:
         assert await store.last_seqs("r1", ["balance"]) == {"balance": 7}
+    # The samples the old log holds are in the sample table, their run unknown.
+    (old_sample,) = await store.query_samples("balance", 0.0, 1000.0)
+    assert (old_sample.run, old_sample.seq, old_sample.ts, old_sample.received) == (
+        None,
+        7,
+        99.0,
+        11.0,
+    )
+    assert old_sample.values == {"mass": 1.5}
     # New rows and features work on the upgraded file.
     store.append(dataclasses.replace(record(20, "balance"), delivered_to="client-2/watch"))
     store.forget_instrument("kiln-air")
@@ -326,31 +362,10 @@ async def test_a_log_of_an_older_hub_is_upgraded_in_place(tmp_path: Path, versio
     await store.close()
     with contextlib.closing(sqlite3.connect(path)) as connection:
         (user_version,) = connection.execute("PRAGMA user_version").fetchone()
-    assert user_version == SCHEMA_VERSION == 4
+    assert user_version == SCHEMA_VERSION == 5
     # Opening again changes nothing: the upgrade ran once.
     again = SqliteStore(path)
     await again.open()
     assert [k.id for k in await again.load_instruments()] == ["balance"]
     assert len(await again.query(limit=10)) == 4
     await again.close()
-
-
-async def test_closing_gives_up_on_a_file_that_stays_locked(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    path = tmp_path / "t.sqlite3"
-    store = SqliteStore(path)
-    await store.open()
-    blocker = sqlite3.connect(path, isolation_level=None)
-    blocker.execute("BEGIN IMMEDIATE")  # say, someone left the sqlite3 shell in a transaction
-    try:
-        store.append(record(0, ack=True))
-        # Shutdown ends: the agent still holds the unacknowledged sample.
-        await asyncio.wait_for(store.close(), 10)
-    finally:
-        blocker.execute("ROLLBACK")
-        blocker.close()
-    assert store.dropped_rows == 1
-    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
-    assert "traffic log write failed; retrying" in errors
-    assert "traffic log dropped what it cannot write" in errors

@@ -25,7 +25,7 @@ from .fanout import Fanout
 from .handlers import default_handlers
 from .registry import Registry
 from .services import HUB_KEY, Hub
-from .store import SqliteStore, Store, StoreError
+from .store import SqliteStore, Store, StoreError, store_for_url
 from .subscriptions import Subscriptions
 from .traffic import TrafficLog, split_ack_key
 
@@ -49,6 +49,8 @@ def create_app(
 
     A `store` passed in must not be open yet: the app opens it, with the
     hub's acknowledgements wired to its commits, and closes it at cleanup.
+    Without one, the log is `config.log_url`, else SQLite in `config.data_dir`.
+    Raises `LogUrlError` for a `config.log_url` this hub cannot use.
     """
     app = web.Application()
     boot_id = secrets.token_hex(4)
@@ -56,7 +58,7 @@ def create_app(
     acks_to: list[Callable[[str, dict[str, int]], None]] = []
     gatherer = AckGatherer(lambda key, seqs: acks_to[0](key, seqs))
     if store is None:
-        store = SqliteStore(config.traffic_db)
+        store = store_for_url(config.log_url) if config.log_url else SqliteStore(config.traffic_db)
     store.set_on_committed(gatherer.committed)
     traffic = TrafficLog(store, clock)
     fanout = Fanout(subscriptions, traffic, max_message_bytes=config.limits.max_hub_message_bytes)
@@ -163,11 +165,19 @@ async def start_hub(
     """Start a hub in this event loop; port 0 picks a free port (see `.url`).
 
     Raises `HubStartError` if it cannot listen (the port is taken, the address
-    is not this machine's), with nothing left running.
+    is not this machine's) or cannot open its traffic log (a bad URL, a server
+    that cannot be reached), with nothing left running.
     """
-    app = create_app(config=config, clock=clock, store=store)
+    try:
+        app = create_app(config=config, clock=clock, store=store)
+    except StoreError as exc:
+        raise HubStartError(str(exc)) from None
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=2.0)
-    await runner.setup()
+    try:
+        await runner.setup()  # opens the store
+    except StoreError as exc:
+        await runner.cleanup()
+        raise HubStartError(str(exc)) from None
     site = web.TCPSite(runner, config.host, config.port)
     try:
         await site.start()
@@ -220,13 +230,14 @@ def serve_hub(
     host: str,
     port: int,
     data_dir: Path,
+    log_url: str | None = None,
     on_ready: Callable[[str], None] | None = None,
 ) -> None:
     """Run a hub in the foreground until Ctrl-C or SIGTERM (`kmz hub`).
 
-    Raises `HubStartError` if it cannot listen.
+    Raises `HubStartError` if it cannot listen or cannot open its traffic log.
     """
-    config = HubConfig(host=host, port=port, data_dir=data_dir)
+    config = HubConfig(host=host, port=port, data_dir=data_dir, log_url=log_url)
     # The traffic-log writer thread must not hold the GIL for the default
     # 5 ms while a sample waits to be forwarded: hand it over 10x sooner
     # (S2x p99 in benchmarks/run.py: 1.4-1.7 ms with this, 1.8-2.1 without).

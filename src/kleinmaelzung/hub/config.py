@@ -16,6 +16,9 @@ class HubConfig(msgspec.Struct, frozen=True, kw_only=True):
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     data_dir: Path = Path("kmz-data")
+    #: Where the traffic log is: ``sqlite:///path`` or ``postgresql://user@host/db``
+    #: (see `store.store_for_url`); None for SQLite at `traffic_db`.
+    log_url: str | None = None
     name: str = "kmz-hub"
     limits: Limits = Limits()
     timeouts: Timeouts = Timeouts()

@@ -1,27 +1,46 @@
-"""The traffic log: every message in and out, durable, queryable."""
+"""The traffic log: every message in and out, durable, queryable.
+
+`LogWriter` is the hub's `Store` over any `LogBackend`: SQLite (`SqliteStore`,
+the default) or PostgreSQL (`postgres.PostgresBackend`, extra ``postgres``);
+`store_for_url` picks one from a ``--log`` URL.
+"""
 
 from ...protocol import LogEntry
+from .backend import BackendUnavailable, LogBackend
 from .base import (
     Direction,
     KnownInstrument,
+    LoggedSample,
     OnCommitted,
     Record,
     Store,
     StoreClosed,
     StoreError,
+    StoreUnavailable,
     WriterFailed,
 )
-from .sqlite import SqliteStore
+from .sqlite import SqliteBackend, SqliteStore
+from .urls import LogUrlError, redact_url, store_for_url
+from .writer import LogWriter
 
 __all__ = [
+    "BackendUnavailable",
     "Direction",
     "KnownInstrument",
+    "LogBackend",
     "LogEntry",
+    "LogUrlError",
+    "LogWriter",
+    "LoggedSample",
     "OnCommitted",
     "Record",
+    "SqliteBackend",
     "SqliteStore",
     "Store",
     "StoreClosed",
     "StoreError",
+    "StoreUnavailable",
     "WriterFailed",
+    "redact_url",
+    "store_for_url",
 ]

@@ -6,7 +6,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from ...protocol import InstrumentInfo, LogEntry
+import msgspec
+
+from ...protocol import InstrumentInfo, LogEntry, Value
 from ..errors import HubError
 
 Direction = Literal["in", "out"]
@@ -48,8 +50,26 @@ class KnownInstrument:
         return self.info.id
 
 
+class LoggedSample(msgspec.Struct, frozen=True, kw_only=True):
+    """One logged sample, as the sample table holds it (`Store.query_samples`)."""
+
+    instrument: str
+    #: The agent's run it came in; None for samples logged before schema version 5.
+    run: str | None
+    seq: int
+    #: The agent's time of the reading.
+    ts: float
+    #: The hub's time when it received the sample: the `ts` of its message's log entry.
+    received: float
+    values: dict[str, Value]
+
+
 class StoreError(HubError):
     """The traffic log cannot do what was asked."""
+
+
+class StoreUnavailable(StoreError):
+    """The traffic log cannot be opened: the message names where it is and why."""
 
 
 class StoreClosed(StoreError):
@@ -82,6 +102,11 @@ class Store(Protocol):
 
     async def query(self, *, instrument: str | None = None, limit: int = 100) -> list[LogEntry]:
         """Return the newest entries, newest first."""
+
+    async def query_samples(
+        self, instrument: str, start: float, end: float, *, limit: int = 100_000
+    ) -> list[LoggedSample]:
+        """One instrument's committed samples with `start <= ts < end` (its time), oldest first."""
 
     def save_instrument(
         self, info: InstrumentInfo, agent: str, last_seen: float | None = None

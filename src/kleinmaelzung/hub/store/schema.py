@@ -7,6 +7,8 @@ Versions (``PRAGMA user_version``):
 3  ``instrument_seq``: the newest logged seq per instrument and agent run.
 4  ``known_instrument``: the instruments the hub has seen, kept across restarts;
    seeded from the ``agent_hello`` rows already in the log.
+5  ``sample``: every logged sample as a row, indexed by instrument and time;
+   filled from the ``data`` rows already in the log (their run unknown).
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ import sqlite3
 import msgspec
 
 from ...protocol import InstrumentInfo
+from .batch import sample_rows
 
 _log = logging.getLogger(__name__)
 
 #: Bumped with every schema change; `migrate` brings older files up to date.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS traffic (
@@ -50,6 +53,17 @@ CREATE TABLE IF NOT EXISTS known_instrument (
     info TEXT NOT NULL,  -- InstrumentInfo as JSON, as the agent announced it
     last_seen REAL       -- hub time of its newest reading; NULL if none yet
 );
+-- Every logged sample, beside the data message it came in (the traffic row
+-- of its instrument with ts = received), for time-range queries.
+CREATE TABLE IF NOT EXISTS sample (
+    instrument TEXT NOT NULL,
+    run TEXT,                -- the agent's run; NULL if logged before version 5
+    seq INTEGER NOT NULL,
+    ts REAL NOT NULL,        -- agent time of the reading
+    received REAL NOT NULL,  -- hub time it arrived
+    channel_values TEXT NOT NULL  -- JSON object, channel -> value, as the agent sent it
+);
+CREATE INDEX IF NOT EXISTS sample_instrument_ts ON sample (instrument, ts);
 """
 
 INSERT_TRAFFIC = (
@@ -66,6 +80,14 @@ INSERT INTO known_instrument (id, agent, info, last_seen) VALUES (?, ?, ?, ?)
 ON CONFLICT (id) DO UPDATE SET agent = excluded.agent, info = excluded.info,
     last_seen = coalesce(excluded.last_seen, known_instrument.last_seen)
 """
+INSERT_SAMPLE = (
+    "INSERT INTO sample (instrument, run, seq, ts, received, channel_values)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
+)
+SELECT_SAMPLES = (
+    "SELECT instrument, run, seq, ts, received, channel_values FROM sample"
+    " WHERE instrument = ? AND ts >= ? AND ts < ? ORDER BY ts LIMIT ?"
+)
 DELETE_INSTRUMENT = "DELETE FROM known_instrument WHERE id = ?"
 SELECT_INSTRUMENTS = "SELECT id, agent, info, last_seen FROM known_instrument ORDER BY id"
 # Walks the traffic_instrument index backwards from the newest row of the
@@ -98,6 +120,8 @@ def migrate(connection: sqlite3.Connection) -> None:
             connection.execute("ALTER TABLE traffic ADD COLUMN delivered_to TEXT")
         if version < 4:
             _remember_announced_instruments(connection)
+        if version < 5:
+            _fill_sample_table(connection)
         connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         connection.execute("COMMIT")
     except BaseException:
@@ -140,3 +164,24 @@ def _remember_announced_instruments(connection: sqlite3.Connection) -> None:
             remembered += 1
     if remembered:
         _log.info("traffic log upgraded", extra={"announcements": remembered})
+
+
+def _fill_sample_table(connection: sqlite3.Connection) -> None:
+    # One pass over the logged data, in chunks so that a big log is not read
+    # into memory at once; a one-time cost of the upgrade to version 5.
+    filled = 0
+    rows = connection.execute(
+        "SELECT ts, message FROM traffic WHERE direction = 'in' AND type = 'data' ORDER BY id"
+    )
+    while chunk := rows.fetchmany(10_000):
+        samples = []
+        for received, message in chunk:
+            try:
+                samples += sample_rows(message, received, None)
+            except msgspec.DecodeError:
+                continue  # logged under another protocol version
+        # A second cursor: `rows` is still being read.
+        connection.cursor().executemany(INSERT_SAMPLE, samples)
+        filled += len(samples)
+    if filled:
+        _log.info("traffic log upgraded", extra={"samples": filled})

@@ -1,190 +1,357 @@
-"""Committing one batch of the traffic log: retry what may heal, isolate what never will.
+"""The traffic log's writer: one thread commits batches through any `LogBackend`.
 
-Runs on the store's writer thread. A batch is log rows plus changes to the
-known instruments, written in one transaction. `BatchWriter.write` returns
-what it committed and what it had to drop; it never raises for a batch, so
-that no batch can stop the writer.
+`LogWriter` is the hub's `Store`. It owns what every backend needs the same:
+the queue, batching, backpressure (high and low water), flush markers, the
+newest-seq bookkeeping and the callback that turns commits into acks. The
+writer never stops on a bad batch (`committer.Committer`): errors that may
+heal (a full disk, a locked file, a database that is down) are retried with
+backoff, and anything the backend will never accept is found by halving the
+batch and dropped with an ERROR naming it. Should the thread end anyway,
+`flush`, `close`, `append` and `wait_for_room` raise `WriterFailed` at once
+rather than wait forever.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import logging
-import sqlite3
+import os
+import queue
+import sys
 import threading
-import time
-from dataclasses import dataclass
+from collections.abc import Iterable
 
-from . import schema
-from .base import Record
+import msgspec
+
+from ...protocol import InstrumentInfo, LogEntry
+from .backend import LogBackend
+from .base import (
+    KnownInstrument,
+    LoggedSample,
+    OnCommitted,
+    Record,
+    StoreClosed,
+    StoreUnavailable,
+    WriterFailed,
+)
+from .batch import ForgetInstrument, Item, SaveInstrument, describe
+from .committer import Committer
 
 _log = logging.getLogger(__name__)
 
-#: Retrying a write that failed in a way that may heal: the first delay,
-#: doubled per attempt up to the longest.
-RETRY_FIRST_S = 0.05
-RETRY_MAX_S = 5.0
-#: Once closing, how long a failing write is retried before its rows are
-#: given up (the agents still hold whatever was not acknowledged).
-CLOSE_GRACE_S = 2.0
+#: Rows per transaction at most; larger backlogs commit in several batches.
+BATCH_ROWS = 5000
+#: Backlog at which agents are no longer read from, and at which they are
+#: read again: with the writer at a lower priority, this is what keeps the
+#: log from falling behind without bound when the CPU is saturated.
+HIGH_WATER_ROWS = 20_000
+LOW_WATER_ROWS = 5_000
+#: The writer's nice value relative to the hub (Linux, per thread): the
+#: database work must not take the core from the loop while a sample waits to
+#: be forwarded. S2x p99 in benchmarks/run.py: 2.0-2.4 ms at 0, 1.1-1.4 at 10.
+WRITER_NICE = 10
 
 
-@dataclass(frozen=True, slots=True)
-class SaveInstrument:
-    """Remember an instrument (`info` is its InstrumentInfo as JSON)."""
+class _Flush:
+    """Marker: commit everything before me, then resolve `done`."""
 
-    id: str
-    agent: str
-    info: str
-    last_seen: float | None
+    def __init__(self) -> None:
+        self.done: concurrent.futures.Future[None] = concurrent.futures.Future()
 
-    def describe(self) -> str:
-        """What this change is, for a log line."""
-        return f"remembering instrument {self.id!r} of agent {self.agent!r}"
-
-
-@dataclass(frozen=True, slots=True)
-class ForgetInstrument:
-    """Forget a remembered instrument."""
-
-    id: str
-
-    def describe(self) -> str:
-        """What this change is, for a log line."""
-        return f"forgetting instrument {self.id!r}"
+    def resolve(self, failure: BaseException | None = None) -> None:
+        # The waiter may have been cancelled (a flush under a timeout), which
+        # cancels this future: setting it then must not end the writer.
+        with contextlib.suppress(concurrent.futures.InvalidStateError):
+            if failure is None:
+                self.done.set_result(None)
+            else:
+                self.done.set_exception(failure)
 
 
-#: What one transaction writes: log rows and changes to the known instruments.
-Item = Record | SaveInstrument | ForgetInstrument
+class _Stop:
+    """Marker: commit everything before me, then end the writer thread."""
 
 
-@dataclass(slots=True)
-class Outcome:
-    """What became of a batch."""
+class LogWriter:
+    """Append-only traffic log over a backend, written in batches off the loop."""
 
-    committed: list[Item]
-    #: Each dropped item with the reason SQLite gave.
-    dropped: list[tuple[Item, str]]
-    #: What to acknowledge: the highest committed seq per ack key and instrument.
-    acks: dict[str, dict[str, int]]
+    def __init__(
+        self,
+        backend: LogBackend,
+        *,
+        on_committed: OnCommitted | None = None,
+        high_water_rows: int = HIGH_WATER_ROWS,
+        low_water_rows: int = LOW_WATER_ROWS,
+    ) -> None:
+        self.backend = backend
+        self._on_committed = on_committed
+        self._high_water = high_water_rows
+        self._low_water = low_water_rows
+        self._room = asyncio.Event()
+        self._room.set()
+        self._throttled = False
+        self._queue: queue.SimpleQueue[Item | _Flush | _Stop] = queue.SimpleQueue()
+        self._pending = 0
+        self._pending_lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._reading = False
+        self._closed = False
+        #: Set by close(): cuts a retry delay short.
+        self._closing = threading.Event()
+        #: Why the writer thread stopped; set before waiters are failed.
+        self._failure: str | None = None
+        #: Flush markers the writer has taken from the queue but not resolved.
+        self._held: list[_Flush] = []
+        self._committer = Committer(backend, self._closing)
+        self.committed_rows = 0
+        #: Rows dropped because the backend refused them for good (see the ERROR log).
+        self.dropped_rows = 0
 
+    @property
+    def location(self) -> str:
+        """Where the log is: a path, or a URL without its password."""
+        return self.backend.location
 
-class BatchWriter:
-    """Writes batches on one connection; `closing` cuts retries short."""
+    def set_on_committed(self, on_committed: OnCommitted) -> None:
+        """Call `on_committed` after each commit that held records with an `ack`."""
+        self._on_committed = on_committed
 
-    def __init__(self, connection: sqlite3.Connection, closing: threading.Event) -> None:
-        self._connection = connection
-        self._closing = closing
+    async def open(self) -> None:
+        """Open the backend (creating or upgrading its schema), then start the writer thread.
 
-    def write(self, items: list[Item]) -> Outcome:
-        """Commit `items` in as few transactions as SQLite allows; never raises."""
-        outcome = Outcome([], [], {})
-        self._write(items, outcome)
-        return outcome
+        Raises `StoreUnavailable`, naming the log, if the backend cannot be opened.
+        """
+        self._loop = asyncio.get_running_loop()
+        ready: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._thread = threading.Thread(
+            target=self._run, args=(ready,), name="kmz-traffic-writer", daemon=True
+        )
+        self._thread.start()
+        try:
+            await asyncio.wrap_future(ready)
+            await self.backend.start_reading()
+        except Exception as exc:
+            self._closed = True
+            self._queue.put(_Stop())
+            await asyncio.to_thread(self._thread.join)
+            raise StoreUnavailable(
+                f"cannot open the traffic log {self.location}: {exc or type(exc).__name__}"
+            ) from exc
+        self._reading = True
 
-    def _write(self, items: list[Item], outcome: Outcome) -> None:
-        attempt = 0
-        give_up_at: float | None = None
+    def append(self, record: Record) -> None:
+        """Queue a record for writing; never blocks the event loop."""
+        if self._closed or self._failure is not None:  # inline: this is per frame
+            self._check_usable()
+        with self._pending_lock:
+            self._pending += 1
+        self._queue.put(record)
+
+    def save_instrument(
+        self, info: InstrumentInfo, agent: str, last_seen: float | None = None
+    ) -> None:
+        """Queue remembering an instrument (committed with the next batch); never blocks.
+
+        `last_seen` is the hub time of its newest reading, if the caller knows
+        it; None keeps the stored time (announcing is not a reading).
+        """
+        self._check_usable()
+        self._queue.put(
+            SaveInstrument(info.id, agent, msgspec.json.encode(info).decode(), last_seen)
+        )
+
+    def forget_instrument(self, instrument_id: str) -> None:
+        """Queue forgetting a remembered instrument; its logged traffic stays."""
+        self._check_usable()
+        self._queue.put(ForgetInstrument(instrument_id))
+
+    def _check_usable(self) -> None:
+        if self._failure is not None:
+            raise WriterFailed(self._failure)
+        if self._closed:
+            raise StoreClosed("traffic log is closed")
+
+    @property
+    def backlog(self) -> int:
+        """Records appended but not yet committed."""
+        return self._pending
+
+    async def wait_for_room(self) -> None:
+        """Return at once unless the backlog is over high water; then wait for low water."""
+        if self._pending <= self._high_water:
+            return
+        # Throttled first, backlog checked second: the writer decrements
+        # first and checks second, so one of the two sees the other.
+        first = not self._throttled
+        self._throttled = True
+        self._room.clear()
+        if self._pending > self._high_water and not self._closed and self._failure is None:
+            if first:  # once per pause, not once per agent
+                _log.warning("traffic log behind; pausing agents", extra={"backlog": self._pending})
+            await self._room.wait()
+        self._throttled = False
+        if self._failure is not None:
+            raise WriterFailed(self._failure)
+
+    def _make_room(self) -> None:
+        self._throttled = False
+        self._room.set()
+
+    async def flush(self) -> None:
+        """Wait until everything appended so far is committed (or dropped as unwritable)."""
+        if self._failure is not None:
+            raise WriterFailed(self._failure)
+        marker = _Flush()
+        self._queue.put(marker)
+        # Put first, check second: the writer sets _failure first and fails
+        # the queued markers second, so either it sees this marker or we see
+        # the failure.
+        if self._failure is not None:
+            raise WriterFailed(self._failure)
+        await asyncio.wrap_future(marker.done)
+
+    async def close(self) -> None:
+        """Commit what is queued, stop the writer thread, release the backend.
+
+        Raises `WriterFailed` if the writer had stopped.
+        """
+        if self._closed or self._thread is None:
+            self._closed = True
+            return
+        self._closed = True
+        self._closing.set()
+        self._make_room()
+        self._queue.put(_Stop())
+        await asyncio.to_thread(self._thread.join)
+        if self._reading:
+            self._reading = False
+            await self.backend.stop_reading()
+        if self._failure is not None:
+            raise WriterFailed(self._failure)
+
+    # --- reads: straight to the backend ---------------------------------------
+
+    async def last_seqs(self, run: str, instruments: Iterable[str]) -> dict[str, int]:
+        """The highest committed seq of each instrument in this agent run."""
+        return await self.backend.newest_seqs(run, instruments)
+
+    async def load_instruments(self) -> list[KnownInstrument]:
+        """Every remembered instrument, sorted by id, with its newest reading's time."""
+        return await self.backend.load_instruments()
+
+    async def query(self, *, instrument: str | None = None, limit: int = 100) -> list[LogEntry]:
+        """Return the newest entries, newest first."""
+        return await self.backend.query(instrument=instrument, limit=limit)
+
+    async def query_samples(
+        self, instrument: str, start: float, end: float, *, limit: int = 100_000
+    ) -> list[LoggedSample]:
+        """One instrument's committed samples with `start <= ts < end` (its time), oldest first."""
+        return await self.backend.query_samples(instrument, start, end, limit)
+
+    # --- the writer thread ---------------------------------------------------
+
+    def _run(self, ready: concurrent.futures.Future[None]) -> None:
+        try:
+            self.backend.open()
+        except Exception as exc:
+            ready.set_exception(exc)
+            return
+        ready.set_result(None)
+        _yield_to_the_loop()
+        try:
+            self._write_forever()
+        except BaseException as exc:  # the thread's top: nothing above it would say
+            # A bug here: the Committer handles every error a batch can cause.
+            _log.critical("traffic log writer stopped", exc_info=True)
+            self._stop_for_good(f"traffic-log writer stopped: {exc!r}")
+        finally:
+            try:
+                self.backend.close()
+            except Exception:  # the thread's top: closing must not hide what happened
+                _log.warning("traffic log did not close cleanly", exc_info=True)
+
+    def _stop_for_good(self, reason: str) -> None:
+        """Fail every waiter at once instead of letting it wait forever."""
+        self._failure = reason
+        failure = WriterFailed(reason)
+        for marker in self._held:
+            marker.resolve(failure)
+        self._held.clear()
         while True:
             try:
-                committed_acks = transact(self._connection, items)
-            except sqlite3.OperationalError as exc:
-                # A full disk, a locked or read-only file: it may heal, so keep
-                # the batch and retry; the agents keep unacknowledged samples
-                # and are paused once the backlog reaches high water.
-                attempt += 1
-                if self._closing.is_set():
-                    give_up_at = give_up_at or time.monotonic() + CLOSE_GRACE_S
-                    if time.monotonic() >= give_up_at:
-                        outcome.dropped.extend((item, f"closing: {exc}") for item in items)
-                        return
-                if attempt & (attempt - 1) == 0:  # attempts 1, 2, 4, 8...: not a flood
-                    _log.error(
-                        "traffic log write failed; retrying",
-                        extra={"batch": len(items), "attempt": attempt, "error": str(exc)},
-                    )
-                self._closing.wait(min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** (attempt - 1)))
-                continue
-            except Exception as exc:
-                # Not the file but the content: some item SQLite will never
-                # take (a bug upstream). Halve the batch until it is found, so
-                # that one bad row costs only itself, never the queue.
-                if len(items) == 1:
-                    outcome.dropped.append((items[0], repr(exc)))
-                    return
-                middle = len(items) // 2
-                self._write(items[:middle], outcome)
-                self._write(items[middle:], outcome)
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, _Flush):
+                item.resolve(failure)
+        if self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed
+                self._loop.call_soon_threadsafe(self._make_room)
+
+    def _write_forever(self) -> None:
+        while True:
+            batch: list[Item] = []
+            rows = 0
+            stop = False
+            item = self._queue.get()
+            while True:
+                if isinstance(item, _Stop):
+                    stop = True
+                elif isinstance(item, _Flush):
+                    self._held.append(item)
+                else:
+                    batch.append(item)
+                    rows += isinstance(item, Record)
+                if stop or rows >= BATCH_ROWS:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if batch:
+                self._write_batch(batch, rows)
+            for marker in self._held:
+                marker.resolve()
+            self._held.clear()
+            if stop:
                 return
-            if attempt:
-                _log.warning("traffic log writes again", extra={"attempts": attempt})
-            outcome.committed.extend(items)
-            merge_acks(outcome.acks, committed_acks)
-            return
+
+    def _write_batch(self, batch: list[Item], records: int) -> None:
+        outcome = self._committer.commit(batch)
+        with self._pending_lock:
+            self._pending -= records
+        if self._throttled and self._pending < self._low_water and self._loop is not None:
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._make_room)
+        committed = records
+        if outcome.dropped:
+            lost = sum(isinstance(item, Record) for item, _ in outcome.dropped)
+            committed -= lost
+            self.dropped_rows += lost
+            _log.error(
+                "traffic log dropped what it cannot write",
+                extra={
+                    "count": len(outcome.dropped),
+                    "batch": len(batch),
+                    "dropped": "; ".join(
+                        f"{describe(item)} [{reason}]" for item, reason in outcome.dropped[:10]
+                    ),
+                },
+            )
+        self.committed_rows += committed
+        ack = outcome.acks
+        if ack and self._on_committed is not None and self._loop is not None:
+            # RuntimeError: the loop has closed, nobody is left to acknowledge.
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._on_committed, ack)
 
 
-def transact(connection: sqlite3.Connection, items: list[Item]) -> dict[str, dict[str, int]]:
-    """Write items in one transaction, or not at all; return what to acknowledge."""
-    rows = []
-    # One pass for all three: the rows, what to acknowledge after the commit,
-    # and the newest seq per instrument run to commit with the rows (this
-    # thread competes with the loop for the GIL: S2x p50 measured it).
-    acks: dict[str, dict[str, int]] = {}
-    newest: dict[str, tuple[str, int]] = {}
-    others = False
-    for r in items:
-        if not isinstance(r, Record):
-            others = True
-            continue
-        rows.append(
-            (r.ts, r.direction, r.peer, r.instrument, r.type, r.message.decode(), r.delivered_to)
-        )
-        if r.ack is None:
-            continue
-        key, seqs = r.ack
-        key_acks = acks.setdefault(key, {})
-        for instrument, seq in seqs.items():
-            if seq > key_acks.get(instrument, -1):
-                key_acks[instrument] = seq
-            if r.run:
-                newest[instrument] = (r.run, seq)
-    try:
-        connection.execute("BEGIN")
-        connection.executemany(schema.INSERT_TRAFFIC, rows)
-        connection.executemany(
-            schema.UPSERT_SEQ, [(i, run, seq) for i, (run, seq) in newest.items()]
-        )
-        if others:
-            for item in items:
-                if isinstance(item, SaveInstrument):
-                    connection.execute(
-                        schema.UPSERT_INSTRUMENT, (item.id, item.agent, item.info, item.last_seen)
-                    )
-                elif isinstance(item, ForgetInstrument):
-                    connection.execute(schema.DELETE_INSTRUMENT, (item.id,))
-        connection.execute("COMMIT")
-    except BaseException:
-        if connection.in_transaction:
-            with contextlib.suppress(sqlite3.Error):  # keep the first error, not this one
-                connection.execute("ROLLBACK")
-        raise
-    return acks
-
-
-def merge_acks(into: dict[str, dict[str, int]], acks: dict[str, dict[str, int]]) -> None:
-    """Keep the highest seq per key and instrument of both."""
-    for key, seqs in acks.items():
-        key_acks = into.setdefault(key, {})
-        for instrument, seq in seqs.items():
-            if seq > key_acks.get(instrument, -1):
-                key_acks[instrument] = seq
-
-
-def describe(item: Item) -> str:
-    """An item for a log line: enough to find the bug that produced it."""
-    if isinstance(item, Record):
-        return (
-            f"{item.direction} {item.type} of {item.peer!r}"
-            f" (instrument {item.instrument!r}, ts {item.ts!r}): {repr(item.message)[:120]}"
-        )
-    return item.describe()
+def _yield_to_the_loop() -> None:
+    """Lower the calling thread's priority; no-op where threads have none of their own."""
+    if sys.platform == "linux":
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WRITER_NICE)

@@ -1,0 +1,94 @@
+"""What a traffic-log backend does: the seam between `LogWriter` and a database.
+
+A backend has two sides. The write side runs on the writer's own thread and
+blocks: it opens the database (creating or upgrading its schema), writes one
+`Batch` per transaction and closes. The read side runs on the hub's event
+loop. Everything else (queueing, batching, backpressure, retries, acks) is
+the writer's, once for every backend.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Protocol
+
+import msgspec
+
+from ...protocol import InstrumentInfo, LogEntry
+from .base import KnownInstrument, LoggedSample, StoreError
+from .batch import Batch
+
+_log = logging.getLogger(__name__)
+_info_decoder = msgspec.json.Decoder(InstrumentInfo)
+
+
+class BackendUnavailable(StoreError):
+    """A write or an open failed in a way that may heal: retry it later.
+
+    A full disk, a locked file, a database that is down or restarting. Any
+    other exception from `LogBackend.write` means the batch's content, which
+    the writer then isolates by halving the batch.
+    """
+
+
+class LogBackend(Protocol):
+    """A database that keeps the traffic log."""
+
+    @property
+    def location(self) -> str:
+        """Where the log is, for messages: a path, or a URL without its password."""
+
+    # --- the write side: on the writer thread, blocking ----------------------
+
+    def open(self) -> None:
+        """Connect, and create the schema or bring an older one up to date.
+
+        Raises `BackendUnavailable` if the database cannot be reached.
+        """
+
+    def write(self, batch: Batch) -> None:
+        """Commit the batch in one transaction, or nothing of it.
+
+        Raises `BackendUnavailable` for what may heal; anything else names
+        something in the batch the database will never take.
+        """
+
+    def close(self) -> None:
+        """Release the write side."""
+
+    # --- the read side: on the hub's event loop --------------------------------
+
+    async def start_reading(self) -> None:
+        """Get ready to answer queries (after `open` succeeded)."""
+
+    async def stop_reading(self) -> None:
+        """Release what `start_reading` took."""
+
+    async def newest_seqs(self, run: str, instruments: Iterable[str]) -> dict[str, int]:
+        """The highest committed seq of each instrument in this agent run."""
+
+    async def query(self, *, instrument: str | None, limit: int) -> list[LogEntry]:
+        """The newest log entries, newest first."""
+
+    async def query_samples(
+        self, instrument: str, start: float, end: float, limit: int
+    ) -> list[LoggedSample]:
+        """One instrument's samples with `start <= ts < end`, oldest first."""
+
+    async def load_instruments(self) -> list[KnownInstrument]:
+        """Every remembered instrument, sorted by id, with its newest reading's time."""
+
+
+def decode_info(instrument_id: str, info_json: str | bytes) -> InstrumentInfo | None:
+    """A remembered instrument's info; None (and a warning) if this hub cannot read it."""
+    try:
+        return _info_decoder.decode(info_json)
+    except msgspec.DecodeError as exc:
+        # Announced under another protocol version: the agent announces it
+        # again when it connects.
+        _log.warning(
+            "remembered instrument unreadable",
+            extra={"instrument": instrument_id, "error": str(exc)},
+        )
+        return None

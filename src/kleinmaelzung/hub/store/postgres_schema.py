@@ -1,0 +1,132 @@
+"""The PostgreSQL traffic log's schema, created and migrated by the hub.
+
+``kmz_schema_version`` holds one row per migration applied. Each migration
+runs in one transaction under an advisory lock, so that two hubs starting on
+the same database at once do not both apply it.
+
+Versions:
+
+1  ``traffic`` (the wire-exact message rows), ``instrument_seq``,
+   ``known_instrument``, and ``sample``: every logged sample, partitioned
+   by month of the hub's receive time.
+
+Times are ``timestamptz``; the hub's Python side keeps UNIX seconds.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+#: Bumped with every migration added to MIGRATIONS.
+SCHEMA_VERSION = 1
+
+#: Any number, the same for every hub: `pg_advisory_xact_lock` takes it.
+MIGRATION_LOCK = 0x6B6D7A  # "kmz"
+
+VERSION_TABLE = """
+CREATE TABLE IF NOT EXISTS kmz_schema_version (
+    version integer PRIMARY KEY,
+    applied timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+#: Migration to version N is MIGRATIONS[N - 1].
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE traffic (
+        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        ts timestamptz NOT NULL,
+        direction text NOT NULL CHECK (direction IN ('in', 'out')),
+        peer text NOT NULL,
+        instrument text,
+        type text NOT NULL,
+        message text NOT NULL,  -- the JSON exactly as it crossed the wire
+        delivered_to text
+    );
+    CREATE INDEX traffic_instrument ON traffic (instrument, id);
+    CREATE TABLE instrument_seq (
+        instrument text PRIMARY KEY,
+        run text NOT NULL,
+        seq bigint NOT NULL
+    );
+    CREATE TABLE known_instrument (
+        id text PRIMARY KEY,
+        agent text NOT NULL,
+        info jsonb NOT NULL,
+        last_seen timestamptz
+    );
+    -- Partitioned by the hub's receive time, which is the hub's own clock:
+    -- an agent without a battery clock may send readings dated 1970, and
+    -- retention drops a month's partition rather than deleting rows.
+    CREATE TABLE sample (
+        instrument text NOT NULL,
+        run text,
+        seq bigint NOT NULL,
+        ts timestamptz NOT NULL,
+        received timestamptz NOT NULL,
+        channel_values jsonb NOT NULL
+    ) PARTITION BY RANGE (received);
+    CREATE INDEX sample_instrument_ts ON sample (instrument, ts);
+    """,
+]
+assert len(MIGRATIONS) == SCHEMA_VERSION
+
+SELECT_VERSION = "SELECT coalesce(max(version), 0) FROM kmz_schema_version"
+RECORD_VERSION = "INSERT INTO kmz_schema_version (version) VALUES ($1)"
+
+TRAFFIC_COLUMNS = ("ts", "direction", "peer", "instrument", "type", "message", "delivered_to")
+SAMPLE_COLUMNS = ("instrument", "run", "seq", "ts", "received", "channel_values")
+
+UPSERT_SEQS = """
+INSERT INTO instrument_seq (instrument, run, seq)
+SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])
+ON CONFLICT (instrument) DO UPDATE SET run = excluded.run, seq = excluded.seq
+"""
+# A save without a time keeps the stored one: announcing is not a reading.
+UPSERT_INSTRUMENT = """
+INSERT INTO known_instrument (id, agent, info, last_seen) VALUES ($1, $2, $3, $4)
+ON CONFLICT (id) DO UPDATE SET agent = excluded.agent, info = excluded.info,
+    last_seen = coalesce(excluded.last_seen, known_instrument.last_seen)
+"""
+DELETE_INSTRUMENT = "DELETE FROM known_instrument WHERE id = $1"
+SELECT_SEQS = (
+    "SELECT instrument, seq FROM instrument_seq WHERE run = $1 AND instrument = ANY($2::text[])"
+)
+# COLLATE "C": sorted as SQLite sorts, whatever the database's locale.
+SELECT_INSTRUMENTS = """
+SELECT k.id, k.agent, k.info::text, k.last_seen,
+    (SELECT t.ts FROM traffic t
+     WHERE t.instrument = k.id AND t.direction = 'in' AND t.type = 'data'
+     ORDER BY t.id DESC LIMIT 1)
+FROM known_instrument k ORDER BY k.id COLLATE "C"
+"""
+SELECT_TRAFFIC = (
+    "SELECT id, ts, direction, peer, instrument, type, message, delivered_to FROM traffic"
+)
+SELECT_SAMPLES = """
+SELECT instrument, run, seq, ts, received, channel_values::text FROM sample
+WHERE instrument = $1 AND ts >= $2 AND ts < $3 ORDER BY ts LIMIT $4
+"""
+
+
+def month_of(ts: float) -> tuple[int, int]:
+    """The (year, month) in UTC of a UNIX time."""
+    moment = datetime.fromtimestamp(ts, UTC)
+    return moment.year, moment.month
+
+
+def next_month(month: tuple[int, int]) -> tuple[int, int]:
+    """The month after `month`."""
+    year, number = month
+    return (year + 1, 1) if number == 12 else (year, number + 1)
+
+
+def create_partition(month: tuple[int, int]) -> str:
+    """The statement that makes the sample partition of one month, unless it exists."""
+    year, number = month
+    following = next_month(month)
+    return (
+        f"CREATE TABLE IF NOT EXISTS sample_{year:04d}_{number:02d} PARTITION OF sample"
+        f" FOR VALUES FROM ('{year:04d}-{number:02d}-01 00:00:00+00')"
+        f" TO ('{following[0]:04d}-{following[1]:02d}-01 00:00:00+00')"
+    )

@@ -1,0 +1,75 @@
+"""Choosing the traffic log's backend from a URL (`kmz hub --log URL`).
+
+``sqlite:///abs/path.sqlite3`` or ``sqlite:relative/path.sqlite3`` for a
+SQLite file; ``postgresql://user[:password]@host[:port]/db[?schema=NAME]``
+for PostgreSQL (``postgres://`` too), which needs the ``postgres`` extra.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+
+from .base import StoreError
+from .writer import LogWriter
+
+SQLITE_SCHEMES = ("sqlite",)
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+
+
+class LogUrlError(StoreError):
+    """A traffic-log URL this hub cannot use: the message says why and what would do."""
+
+
+def redact_url(url: str) -> str:
+    """The URL without a password, in its user part or its query: safe to show and log."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if "@" in netloc:
+            user, _, host = netloc.rpartition("@")
+            netloc = f"{user.partition(':')[0]}@{host}"
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        if any(key == "password" for key, _ in query):
+            kept = [(k, v) for k, v in query if k != "password"]
+            parts = parts._replace(query=urlencode(kept))
+        return urlunsplit(parts._replace(netloc=netloc))
+    except ValueError:  # not a URL at all (a bad port, say): show none of it
+        return "(unreadable URL)"
+
+
+def sqlite_url(path: Path) -> str:
+    """The URL of a SQLite file."""
+    return "sqlite:///" + str(path.absolute()).lstrip("/")
+
+
+def store_for_url(url: str) -> LogWriter:
+    """A (not yet opened) traffic log for `url`; `LogUrlError` if it names none this hub has."""
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise LogUrlError(f"traffic log URL {redact_url(url)}: {exc}") from None
+    scheme = parts.scheme.lower()
+    if scheme in SQLITE_SCHEMES:
+        if parts.netloc or not parts.path:
+            raise LogUrlError(
+                f"traffic log URL {url}: a SQLite log is a file, such as"
+                " sqlite:///var/lib/kmz/traffic.sqlite3 (absolute) or sqlite:traffic.sqlite3"
+            )
+        from .sqlite import SqliteStore
+
+        return SqliteStore(Path(unquote(parts.path)))
+    if scheme in POSTGRES_SCHEMES:
+        try:
+            from .postgres import PostgresStore
+        except ImportError as exc:
+            raise LogUrlError(
+                f"traffic log {redact_url(url)} needs asyncpg ({exc}):"
+                " pip install 'kleinmaelzung[postgres]'"
+            ) from None
+        return PostgresStore(url)
+    what = f"unknown scheme {parts.scheme!r}" if parts.scheme else "no scheme"
+    raise LogUrlError(
+        f"traffic log URL {redact_url(url)}: {what}; use sqlite:///path/to/traffic.sqlite3"
+        " or postgresql://user@host/database"
+    )
