@@ -58,6 +58,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="folder for the traffic log (default kmz-data, in the current folder)",
     )
+    hub.add_argument(
+        "--log",
+        metavar="URL",
+        help="traffic log: sqlite:///path/to/file.sqlite3 or postgresql://user@host/database"
+        " (extra kleinmaelzung[postgres]; ?schema=NAME picks a schema);"
+        " default: SQLite in the --data folder",
+    )
 
     agent = commands.add_parser(
         "agent",
@@ -186,14 +193,21 @@ def _cmd_hub(args: argparse.Namespace) -> int:
             host=args.host,
             port=args.port,
             data_dir=args.data,
+            log_url=args.log,
             on_ready=lambda url: print(
-                f"kmz hub on {url}  (data in {args.data}); Ctrl-C stops it", flush=True
+                f"kmz hub on {url}  (log in {_log_shown(args)}); Ctrl-C stops it", flush=True
             ),
         )
     except HubStartError as exc:
         print(f"kmz hub: {exc}", file=sys.stderr)
         return EXIT_ERROR_REPLY
     return EXIT_OK
+
+
+def _log_shown(args: argparse.Namespace) -> str:
+    from .hub.store import redact_url
+
+    return redact_url(args.log) if args.log else str(args.data)
 
 
 def _cmd_agent(args: argparse.Namespace) -> int:

@@ -218,6 +218,10 @@ class PostgresBackend:
                 return
             month = schema.next_month(month)
 
+    def writer_pid(self) -> int | None:
+        """The server process of the writer's connection; None while it has none."""
+        return None if self._connection is None else int(self._connection.get_server_pid())
+
     def close(self) -> None:
         """Close the writer's connection and its loop."""
         if self._loop is None:

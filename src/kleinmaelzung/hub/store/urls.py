@@ -8,7 +8,7 @@ for PostgreSQL (``postgres://`` too), which needs the ``postgres`` extra.
 from __future__ import annotations
 
 from pathlib import Path
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from .base import StoreError
 from .writer import LogWriter
@@ -26,14 +26,18 @@ def redact_url(url: str) -> str:
     try:
         parts = urlsplit(url)
         netloc = parts.netloc
-        if "@" in netloc:
+        if parts.password is not None:
             user, _, host = netloc.rpartition("@")
-            netloc = f"{user.partition(':')[0]}@{host}"
+            user = user.partition(":")[0]
+            netloc = f"{user}@{host}" if user else host
         query = parse_qsl(parts.query, keep_blank_values=True)
         if any(key == "password" for key, _ in query):
-            kept = [(k, v) for k, v in query if k != "password"]
-            parts = parts._replace(query=urlencode(kept))
-        return urlunsplit(parts._replace(netloc=netloc))
+            parts = parts._replace(query=urlencode([(k, v) for k, v in query if k != "password"]))
+        elif netloc == parts.netloc:
+            return url  # nothing to hide: as given
+        # Rebuilt by hand: urlunsplit drops the // before an empty host.
+        shown = f"{parts.scheme}://{netloc}{parts.path}"
+        return shown + (f"?{parts.query}" if parts.query else "")
     except ValueError:  # not a URL at all (a bad port, say): show none of it
         return "(unreadable URL)"
 
