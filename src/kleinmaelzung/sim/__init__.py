@@ -1,6 +1,14 @@
 """Simulated laboratory instruments on pseudo-terminals (stdlib only)."""
 
-from .instruments import Balance, Hygrometer, Instrument, KilnController, Thermometer
+from .instruments import (
+    Balance,
+    Hygrometer,
+    Instrument,
+    KilnController,
+    SerialMultimeter,
+    StreamingHygrometer,
+    Thermometer,
+)
 from .simulator import DEMO_INSTRUMENTS, Simulator, run_simulator
 
 __all__ = [
@@ -9,7 +17,9 @@ __all__ = [
     "Hygrometer",
     "Instrument",
     "KilnController",
+    "SerialMultimeter",
     "Simulator",
+    "StreamingHygrometer",
     "Thermometer",
     "run_simulator",
 ]

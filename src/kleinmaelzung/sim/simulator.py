@@ -25,6 +25,8 @@ from .instruments import (
     Hygrometer,
     Instrument,
     KilnController,
+    SerialMultimeter,
+    StreamingHygrometer,
     Thermometer,
     make_instrument,
 )
@@ -36,6 +38,8 @@ KINDS: dict[str, tuple[type[Instrument], str]] = {
     "thermo-hygrometer": (Hygrometer, "germ-chamber"),
     "kiln-controller": (KilnController, "kiln-air"),
     "balance": (Balance, "balance"),
+    "multimeter": (SerialMultimeter, "dmm"),
+    "streaming-thermo-hygrometer": (StreamingHygrometer, "hygro"),
 }
 
 DEMO_INSTRUMENTS: tuple[str, ...] = ("steep-water", "germ-chamber", "kiln-air", "balance")
@@ -201,8 +205,14 @@ class Simulator:
                         continue
                     self._receive(port, now)
                 for port in self._ports.values():
-                    if port.waiting is not None and port.master >= 0:
+                    if port.master < 0:
+                        continue
+                    if port.waiting is not None:
                         self._answer(port, port.waiting, now)
+                    lines = port.model.emit(now)
+                    if not port.silent:  # a hung device does not stream either
+                        for line in lines:
+                            self._write(port, line)
 
     def _receive(self, port: _Port, now: float) -> None:
         try:
@@ -227,13 +237,15 @@ class Simulator:
     def _answer(self, port: _Port, line: str, now: float) -> None:
         reply = port.model.handle(line, now)
         port.waiting = line if reply is None else None
-        if reply is None:
-            return
+        if reply:  # "": taken, and nothing to say (an SCPI setting)
+            self._write(port, reply)
+
+    def _write(self, port: _Port, line: str) -> None:
         if port.garbled:
-            reply = reply.translate(_NOISE)
+            line = line.translate(_NOISE)
         with contextlib.suppress(BlockingIOError, OSError):
             # Nobody listening fills the pty buffer: drop, as a UART would.
-            os.write(port.master, reply.encode("ascii") + b"\r\n")
+            os.write(port.master, line.encode("ascii") + b"\r\n")
 
 
 def _write_paths(paths_file: str, paths: dict[str, str]) -> None:

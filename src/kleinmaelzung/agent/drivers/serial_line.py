@@ -1,155 +1,124 @@
 """A generic driver for instruments that speak a line protocol on a serial port.
 
-The instrument's I/O is a declaration, a profile in TOML (see `profiles/`):
-serial settings, a poll query with a regex whose named groups are channels,
-and commands with a send template and an expected-reply regex.
+The instrument is a declaration, a profile (`line_profiles.py` holds the
+schema, `profiles/` the built-in ones). This module owns the port: finding
+it (a path, a /dev/serial/by-id link, or a USB adapter's ids), the identify
+probe, and reading by asking (poll) or by listening (stream).
+
+Every line the instrument sends is sorted as it arrives: the answer a
+command or the probe waits for; else, on a streaming instrument, a frame (it
+matches the stream pattern), a known error (`error`, `errors`), or noise.
+
+How a streaming instrument's frames become samples: `read()` returns the
+newest frame that arrived since the previous `read()`, and if none has, waits
+for the next one up to the reply timeout. Polled as fast as the instrument
+sends or faster, every frame becomes exactly one sample, paced by the
+instrument. Polled slower, each sample is the newest frame; the older ones
+are counted in `frames_superseded`, never queued, since a queue would
+deliver readings ever further behind. A known error as the newest line (an
+overloaded balance) is an InstrumentError at once; noise (a frame cut at
+open, line noise) is skipped and counted in `lines_skipped`, and is an
+InstrumentError only if no frame arrives within the timeout. Silence is
+NoAnswer, after the start command went out again: an instrument switched
+off and on forgets that it was streaming.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import termios
+from collections.abc import Callable
 from typing import Any, Literal, NoReturn
 
-import msgspec
 import serial
 import serial_asyncio_fast
 
-from ...protocol import Channel, CommandArg, CommandSpec, InstrumentInfo, Value
+from ...protocol import Channel, CommandSpec, InstrumentInfo, Value
 from ..config import InstrumentConfig
 from ..errors import InstrumentError, NoAnswer, PortError
-from .declarations import builtin_names, load_declaration
+from ..ports import UsbIdentity, find_usb_port
+from .line_profiles import (
+    ChannelSpec,
+    LineCommand,
+    LineSettings,
+    Parity,
+    PollSpec,
+    Profile,
+    StreamSpec,
+    builtin_profiles,
+    compile_patterns,
+    load_profile,
+)
 from .settings import decode_settings
 
+__all__ = [
+    "ChannelSpec",
+    "LineCommand",
+    "LineSettings",
+    "Parity",
+    "PollSpec",
+    "Profile",
+    "SerialLineDriver",
+    "StreamSpec",
+    "builtin_profiles",
+    "load_profile",
+]
+
 _MAX_LINE = 4096
+#: Around a received line: the CR of CR LF, NULs some adapters send on
+#: open, STX of STX...ETX framing, padding.
+_STRIP = "\r\n\0\x02\x03 "
 
 
-class ChannelSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """One channel: a named group of the poll pattern."""
+class _LineReceiver(asyncio.Protocol):
+    """Splits what the port receives into lines for `on_line`; remembers when the port is lost."""
 
-    name: str
-    unit: str = ""
-    type: Literal["float", "bool", "str"] = "float"
-    true_value: str = ""
-    description: str = ""
-
-
-class PollSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """How to take a reading."""
-
-    query: str
-    pattern: str
-
-
-class LineCommand(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """One command: what to send and what answer means success."""
-
-    name: str
-    send: str
-    expect: str
-    description: str = ""
-    args: list[CommandArg] = []
-    timeout_s: float | None = None
-
-
-#: Parity as pyserial names it: none, even, odd, mark, space.
-Parity = Literal["N", "E", "O", "M", "S"]
-
-
-class Profile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """A line instrument, declared."""
-
-    name: str
-    kind: str
-    poll: PollSpec
-    channels: list[ChannelSpec]
-    description: str = ""
-    baudrate: int = 9600
-    #: The frame, when it is not 8N1: many balances speak 7O1 or 7E1.
-    bytesize: Literal[5, 6, 7, 8] = 8
-    parity: Parity = "N"
-    stopbits: float = 1  # 1, 1.5 or 2
-    line_ending: str = "\r\n"
-    reply_timeout_s: float = 1.0
-    identify: str = ""
-    #: A regex the answer to `identify` must match (searched, like visa's
-    #: `identify.expect`), or "" to skip the check. Checked on every open, so a
-    #: different instrument plugged into the same port is refused, not read.
-    identity: str = ""
-    error: str = ""
-    errors: dict[str, str] = {}
-    commands: list[LineCommand] = []
-
-
-class LineSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """`[instruments.settings]` of a serial line instrument: the frame, when not the profile's."""
-
-    bytesize: Literal[5, 6, 7, 8] | None = None
-    parity: Parity | None = None
-    stopbits: float | None = None  # 1, 1.5 or 2
-    #: Handshake: "none", software ("xonxoff") or hardware ("rtscts", "dsrdtr").
-    flow: Literal["none", "xonxoff", "rtscts", "dsrdtr"] = "none"
-
-
-def builtin_profiles() -> list[str]:
-    """Names of the profiles that ship with the agent."""
-    return builtin_names("profiles")
-
-
-def load_profile(name_or_path: str) -> Profile:
-    """A built-in profile by name, or a profile file by path; ValueError says what is wrong."""
-    return load_declaration(name_or_path, "profiles", Profile, "profile", _check_profile)
-
-
-def _check_profile(profile: Profile, source: str) -> None:
-    try:
-        poll = re.compile(profile.poll.pattern)
-        for command in profile.commands:
-            re.compile(command.expect)
-        if profile.error:
-            re.compile(profile.error)
-        if profile.identity:
-            re.compile(profile.identity)
-    except re.error as exc:
-        raise ValueError(f"{source}: bad regular expression: {exc}") from None
-    missing = {c.name for c in profile.channels} - set(poll.groupindex)
-    if missing:
-        raise ValueError(
-            f"{source}: poll.pattern has no named group for channel(s) {', '.join(sorted(missing))}"
-        )
-    if profile.identity and not profile.identify:
-        raise ValueError(f"{source}: identity needs identify, the query whose answer it checks")
-
-
-class _Lines(asyncio.Protocol):
-    """Collects lines from the serial transport; remembers when the port is lost."""
-
-    def __init__(self) -> None:
-        self.lines: asyncio.Queue[str] = asyncio.Queue()
+    def __init__(self, ending: bytes, on_line: Callable[[str], None]) -> None:
         self.lost: BaseException | None = None
         self.closed = asyncio.Event()
+        self.transport: asyncio.BaseTransport | None = None
+        self._ending = ending
+        self._on_line = on_line
         self._buffer = bytearray()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
-        while b"\n" in self._buffer:
-            raw, _, rest = self._buffer.partition(b"\n")
-            self._buffer = bytearray(rest)
-            self.lines.put_nowait(raw.decode("ascii", errors="replace").strip("\r\0 "))
+        while (end := self._buffer.find(self._ending)) >= 0:
+            raw = bytes(self._buffer[:end])
+            del self._buffer[: end + len(self._ending)]
+            self._on_line(raw.decode("ascii", errors="replace").strip(_STRIP))
         if len(self._buffer) > _MAX_LINE:
-            self._buffer.clear()
+            self._buffer.clear()  # no line ending in sight: noise, or the wrong baud rate
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = exc or ConnectionError("port closed")
         self.closed.set()
 
-    def flush(self) -> None:
-        """Forget stale input: late answers and line noise from before this exchange."""
+    def discard_partial(self) -> None:
+        """Forget a line begun before this exchange: line noise, or a late answer's start."""
         self._buffer.clear()
-        while not self.lines.empty():
-            self.lines.get_nowait()
+
+
+#: A stream's newest line not yet read: a frame's values, or a known error's text.
+_Newest = tuple[Literal["frame"], dict[str, Value]] | tuple[Literal["error"], str] | None
+
+
+class _Waiter:
+    """An exchange waiting for its answer: which lines it takes, and where the first goes."""
+
+    def __init__(self, accepts: Callable[[str], bool], future: asyncio.Future[str]) -> None:
+        self.accepts = accepts
+        self.future = future
+
+
+def _any_line(line: str) -> bool:
+    return True
 
 
 class SerialLineDriver:
@@ -158,26 +127,81 @@ class SerialLineDriver:
     def __init__(self, config: InstrumentConfig) -> None:
         self.config = config
         self.profile = load_profile(config.profile)
-        self._poll = re.compile(self.profile.poll.pattern)
-        self._error = re.compile(self.profile.error) if self.profile.error else None
-        self._identity = re.compile(self.profile.identity) if self.profile.identity else None
-        self._commands = {c.name: (c, re.compile(c.expect)) for c in self.profile.commands}
-        self._transport: asyncio.BaseTransport | None = None
-        self._lines: _Lines | None = None
-        self._timeout = config.reply_timeout_s or self.profile.reply_timeout_s
         self.settings = decode_settings(config, LineSettings)
+        self._usb = UsbIdentity.parse(self.settings.usb) if self.settings.usb else None
+        patterns = compile_patterns(self.profile)
+        self._stream = self.profile.stream
+        self._polls = patterns if self._stream is None else []
+        self._frame = patterns[0][1] if self._stream is not None else None
+        self._error = re.compile(self.profile.error) if self.profile.error else None
+        self._no_error = re.compile(self.profile.no_error)
+        # The profile's identity, then the settings' pin: the answer must match both.
+        self._identity_patterns = [
+            re.compile(text) for text in (self.profile.identity, self.settings.identity) if text
+        ]
+        self._commands = {
+            c.name: (c, re.compile(c.expect), re.compile(c.reply) if c.reply else None)
+            for c in self.profile.commands
+        }
+        self._timeout = config.reply_timeout_s or self.profile.reply_timeout_s
+        self._transport: asyncio.WriteTransport | None = None
+        self._receiver: _LineReceiver | None = None
+        self._waiter: _Waiter | None = None
+        self._identity: str | None = None
+        #: The device the port was opened on last (a by-id link or USB ids resolved).
+        self.device = ""
+        # The stream: the newest frame (or known error) not yet read, noise since the last read.
+        self._newest: _Newest = None
+        self._fresh = asyncio.Event()
+        self._skipped_since_read = 0
+        self._last_other = ""
+        #: Frames received since the driver was made.
+        self.frames_received = 0
+        #: Frames replaced by a newer one before a read took them (polled slower than sent).
+        self.frames_superseded = 0
+        #: Lines that were neither an answer, a frame nor a known error (cut frames, noise).
+        self.lines_skipped = 0
+
+    @property
+    def identity(self) -> str | None:
+        """What the identify probe answered at the latest open, even if it was refused.
+
+        None before the first probe, when it got no answer, and for a profile
+        without `identify`.
+        """
+        return self._identity
 
     @staticmethod
     def check_config(config: InstrumentConfig) -> None:
-        """Raise ValueError if the port or profile is missing or broken."""
-        if not config.port:
-            raise _KeyedError("port", 'the serial_line driver needs a port such as "/dev/ttyUSB0"')
+        """Raise ValueError if the port, the profile or a setting is missing or wrong."""
         if not config.profile:
             raise ValueError(
                 f"the serial_line driver needs a profile; built in: {', '.join(builtin_profiles())}"
             )
         profile = load_profile(config.profile)
         settings = decode_settings(config, LineSettings)
+        if config.port and settings.usb:
+            raise _KeyedError("settings.usb", "give either port or settings.usb, not both")
+        if not config.port and not settings.usb:
+            raise _KeyedError(
+                "port",
+                'the serial_line driver needs a port such as "/dev/serial/by-id/..." or'
+                ' "/dev/ttyUSB0", or settings.usb = "VID:PID[:SERIAL]" (see kmz ports)',
+            )
+        if settings.usb:
+            try:
+                UsbIdentity.parse(settings.usb)
+            except ValueError as exc:
+                raise _KeyedError("settings.usb", str(exc)) from None
+        if settings.identity:
+            if not profile.identify:
+                raise _KeyedError(
+                    "settings.identity", f"profile {profile.name!r} has no identify query to check"
+                )
+            try:
+                re.compile(settings.identity)
+            except re.error as exc:
+                raise _KeyedError("settings.identity", f"bad regular expression: {exc}") from None
         if settings.stopbits not in (None, 1, 1.5, 2):
             raise _KeyedError(
                 "settings.stopbits", f"expected 1, 1.5 or 2, got {settings.stopbits!r}"
@@ -202,15 +226,30 @@ class SerialLineDriver:
             poll_interval_s=self.config.poll_interval_s,
         )
 
+    # --- open and close ------------------------------------------------------
+
+    @property
+    def _port_name(self) -> str:
+        return self.config.port or f"USB adapter {self._usb}"
+
+    def _find_device(self) -> str:
+        # Looked up on every open: after a replug the adapter may be another
+        # /dev/ttyUSBn. A by-id link is followed by the kernel when opened.
+        if self._usb is not None:
+            return find_usb_port(self._usb)
+        return self.config.port
+
     async def open(self) -> None:
         """Open the serial port and check that the expected instrument answers on it."""
         await self.close()
+        device = self._find_device()
         loop = asyncio.get_running_loop()
+        receiver = _LineReceiver(self.profile.receive_ending.encode("ascii"), self._on_line)
         try:
-            transport, lines = await serial_asyncio_fast.create_serial_connection(
+            transport, _ = await serial_asyncio_fast.create_serial_connection(
                 loop,
-                _Lines,
-                self.config.port,
+                lambda: receiver,
+                device,
                 baudrate=self.config.baudrate or self.profile.baudrate,
                 bytesize=self.settings.bytesize or self.profile.bytesize,
                 parity=self.settings.parity or self.profile.parity,
@@ -222,76 +261,208 @@ class SerialLineDriver:
         except (serial.SerialException, OSError, ValueError, termios.error) as exc:
             # termios.error: the device refuses the frame (a pty and 7-bit
             # parity, say); it is no OSError, and must not escape as a bug.
-            raise PortError(f"cannot open {self.config.port}: {_reason(exc)}") from None
-        assert isinstance(lines, _Lines)
-        self._transport, self._lines = transport, lines
+            raise PortError(f"cannot open {self._describe(device)}: {_reason(exc)}") from None
+        assert isinstance(transport, asyncio.WriteTransport)
+        self._transport, self._receiver, self.device = transport, receiver, device
+        self._newest, self._skipped_since_read = None, 0
         try:
+            with contextlib.suppress(serial.SerialException, OSError, termios.error):
+                # What waited in the adapter's buffer is from before us: stale answers, old frames.
+                port = getattr(transport, "serial", None)
+                if isinstance(port, serial.Serial):
+                    port.reset_input_buffer()
+            receiver.discard_partial()
             await self._identify()
+            if self._stream is not None:
+                # A frame cut by the open, the probe's answer: no fault, and no reading.
+                self._newest, self._skipped_since_read = None, 0
+                if self._stream.start:
+                    self._send(self._stream.start)
         except BaseException:
             await self.close()  # half open is not open: the next open starts clean
             raise
+
+    def _describe(self, device: str) -> str:
+        if device == self._port_name:
+            return device
+        return f"{self._port_name} ({device})"
 
     async def _identify(self) -> None:
         # A port path names a socket, not an instrument: after a replug
         # (or a swapped cable) something else may answer there, and its
         # readings must not be delivered under this instrument's id.
-        if self._identity is None:
+        query = self.profile.identify
+        if not query:
             return
-        query, port = self.profile.identify, self.config.port
+        self._identity = None
+        patterns, port = self._identity_patterns, self._port_name
+        accepts: Callable[[str], bool] = _any_line
+        if self._stream is not None:
+            # Frames may be flowing already (an instrument streaming since
+            # before we came): the answer is the line that matches, or else
+            # the first that is no frame.
+            accepts = self._is_identity_answer
+        self._last_other = ""
         try:
-            answer = await self._exchange(query, self._timeout)
+            answer = await self._exchange(query, self._timeout, accepts)
         except NoAnswer:
-            raise PortError(
-                f"{port}: the instrument did not answer the identify query {query!r}"
-                f" within {self._timeout:g} s"
-            ) from None
-        if self._identity.search(answer) is None:
-            raise PortError(
-                f"{port}: wrong instrument: {query} answered {answer!r},"
-                f" expected {self._identity.pattern!r}"
-            )
+            if not (self._last_other and patterns):
+                raise PortError(
+                    f"{port}: the instrument did not answer the identify query {query!r}"
+                    f" within {self._timeout:g} s"
+                ) from None
+            answer = self._last_other  # what answered, though not as expected
+        self._identity = answer
+        for pattern in patterns:
+            if pattern.search(answer) is None:
+                raise PortError(
+                    f"{port}: wrong instrument: {query} answered {answer!r},"
+                    f" expected {pattern.pattern!r}"
+                )
+
+    def _is_identity_answer(self, line: str) -> bool:
+        if self._identity_patterns:
+            return all(p.search(line) is not None for p in self._identity_patterns)
+        assert self._frame is not None
+        try:
+            return bool(line) and self._frame.values(line) is None
+        except ValueError:
+            return True
 
     async def close(self) -> None:
-        """Close the serial port; idempotent."""
-        transport, lines = self._transport, self._lines
-        self._transport = self._lines = None
-        if transport is not None and lines is not None:
-            transport.close()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(lines.closed.wait(), 1.0)
+        """Close the serial port (switching a stream off first); idempotent."""
+        transport, receiver = self._transport, self._receiver
+        self._transport = self._receiver = None
+        if transport is None or receiver is None:
+            return
+        if self._stream is not None and self._stream.stop and receiver.lost is None:
+            # close() lets buffered writes leave first, so the stop command goes out.
+            transport.write((self._stream.stop + self.profile.line_ending).encode("ascii"))
+        transport.close()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(receiver.closed.wait(), 1.0)
+
+    # --- reading ---------------------------------------------------------------
 
     async def read(self) -> dict[str, Value]:
-        """Send the poll query and parse the answer into channel values."""
-        answer = await self._exchange(self.profile.poll.query, self._timeout)
-        match = self._poll.match(answer)
-        if match is None:
-            self._raise_instrument_error(
-                answer, f"unexpected answer to {self.profile.poll.query!r}"
-            )
+        """One reading: the poll's answers, or the newest streamed frame."""
+        if self._stream is not None:
+            return await self._read_stream()
         values: dict[str, Value] = {}
-        for channel in self.profile.channels:
-            text = match[channel.name]
-            if channel.type == "float":
-                values[channel.name] = float(text)
-            elif channel.type == "bool":
-                values[channel.name] = text == channel.true_value
-            else:
-                values[channel.name] = text
+        for query, pattern in self._polls:
+            answer = await self._query(query, self._timeout)
+            try:
+                got = pattern.values(answer)
+            except ValueError as exc:
+                raise InstrumentError(f"answer to {query!r} was {answer!r}: {exc}") from None
+            if got is None:
+                await self._raise_unexpected(query, answer)
+            values.update(got)
         return values
+
+    async def _read_stream(self) -> dict[str, Value]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout
+        while True:
+            newest, self._newest = self._newest, None
+            if newest is not None:
+                self._skipped_since_read = 0
+                if newest[0] == "frame":
+                    return newest[1]
+                self._raise_instrument_error(newest[1], "unexpected line in the stream")
+            receiver = self._check_open()
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            self._fresh.clear()
+            fresh = asyncio.ensure_future(self._fresh.wait())
+            closed = asyncio.ensure_future(receiver.closed.wait())
+            try:
+                await asyncio.wait(
+                    {fresh, closed}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                fresh.cancel()
+                closed.cancel()
+        skipped, self._skipped_since_read = self._skipped_since_read, 0
+        if skipped:
+            raise InstrumentError(
+                f"no frame within {self._timeout:g} s: {skipped} line(s) did not match"
+                f" the stream pattern, the last {self._last_other!r}"
+            )
+        if self._stream is not None and self._stream.start:
+            self._send(self._stream.start)  # switched off and on, it forgot: ask again
+        raise NoAnswer(f"no frame within {self._timeout:g} s")
+
+    def _on_line(self, line: str) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.future.done() and waiter.accepts(line):
+            waiter.future.set_result(line)
+            return
+        if self._frame is None:
+            return  # asking, and nobody asked: a late answer to an exchange that gave up
+        try:
+            values = self._frame.values(line)
+        except ValueError:
+            values = None  # a frame garbled into the pattern's shape: noise like any other
+        if values is not None:
+            self.frames_received += 1
+            if self._newest is not None and self._newest[0] == "frame":
+                self.frames_superseded += 1
+            self._newest = ("frame", values)
+            self._fresh.set()
+            return
+        if not line:
+            return  # an empty line between frames says nothing
+        self._last_other = line
+        if self._is_known_error(line):
+            self._newest = ("error", line)
+            self._fresh.set()
+            return
+        self.lines_skipped += 1
+        self._skipped_since_read += 1
+
+    # --- commands --------------------------------------------------------------
 
     async def execute(self, name: str, args: dict[str, Any]) -> Any:
         """Send a command and check its answer; the result is the answer's named groups."""
-        command, expect = self._commands[name]
+        command, expect, reply = self._commands[name]
         try:
             line = command.send.format(**args)
         except (KeyError, ValueError, IndexError) as exc:
             raise InstrumentError(f"cannot format {command.send!r} with {args}: {exc}") from None
-        answer = await self._exchange(line, command.timeout_s or self._timeout)
+        timeout_s = command.timeout_s or self._timeout
+        if not command.expect:
+            # An SCPI setting answers nothing; its error queue says whether it was taken.
+            self._check_open()
+            self._send(line)
+            await self._check_error_queue(line)
+            return dict(args)
+        accepts: Callable[[str], bool] = _any_line
+        if self._stream is not None:
+            # Stream frames keep coming while we wait: take only this command's answer.
+            accepts = self._reply_test(expect, reply)
+        answer = await self._exchange(line, timeout_s, accepts)
         match = expect.match(answer)
         if match is None:
-            self._raise_instrument_error(answer, f"unexpected answer to {line!r}")
+            await self._raise_unexpected(line, answer)
         result = {k: _number(v) for k, v in match.groupdict().items() if v is not None}
         return result or dict(args)
+
+    def _reply_test(
+        self, expect: re.Pattern[str], reply: re.Pattern[str] | None
+    ) -> Callable[[str], bool]:
+        if reply is not None:
+            answers = reply
+            return lambda line: answers.match(line) is not None
+        return lambda line: expect.match(line) is not None or self._is_known_error(line)
+
+    # --- exchanges -------------------------------------------------------------
+
+    def _is_known_error(self, line: str) -> bool:
+        return line in self.profile.errors or (
+            self._error is not None and self._error.match(line) is not None
+        )
 
     def _raise_instrument_error(self, answer: str, fallback: str) -> NoReturn:
         known = self.profile.errors.get(answer)
@@ -301,28 +472,84 @@ class SerialLineDriver:
             raise InstrumentError(f"instrument answered {answer!r}")
         raise InstrumentError(f"{fallback}: {answer!r}")
 
-    async def _exchange(self, line: str, timeout_s: float) -> str:
-        transport, lines = self._transport, self._lines
-        if transport is None or lines is None or transport.is_closing():
-            raise PortError(f"{self.config.port} is not open")
-        if lines.lost is not None:
-            raise PortError(f"{self.config.port} was lost: {_reason(lines.lost)}")
-        lines.flush()
-        assert isinstance(transport, asyncio.WriteTransport)
-        transport.write((line + self.profile.line_ending).encode("ascii"))
-        get = asyncio.ensure_future(lines.lines.get())
-        closed = asyncio.ensure_future(lines.closed.wait())
+    async def _raise_unexpected(self, line: str, answer: str) -> NoReturn:
+        if not self._is_known_error(answer):
+            error = await self._error_in_queue(quietly=True)
+            if error is not None:
+                raise InstrumentError(
+                    f"unexpected answer to {line!r}: {answer!r};"
+                    f" {self.profile.error_query} answered {error}"
+                )
+        self._raise_instrument_error(answer, f"unexpected answer to {line!r}")
+
+    async def _query(self, line: str, timeout_s: float) -> str:
         try:
+            return await self._exchange(line, timeout_s)
+        except NoAnswer:
+            # An SCPI instrument that does not know a query queues an
+            # error and stays silent: say which error, if it has one.
+            error = await self._error_in_queue(quietly=True)
+            if error is not None:
+                raise InstrumentError(f"{line!r}: instrument reported {error}") from None
+            raise
+
+    async def _check_error_queue(self, after: str) -> None:
+        """InstrumentError with the instrument's own message if its error queue holds one."""
+        error = await self._error_in_queue()
+        if error is not None:
+            raise InstrumentError(f"{after!r}: instrument reported {error}")
+
+    async def _error_in_queue(self, *, quietly: bool = False) -> str | None:
+        """The oldest error in the instrument's queue; None without one or without `error_query`.
+
+        `quietly`: asked only for a better message, so no answer is None, not NoAnswer.
+        """
+        if not self.profile.error_query:
+            return None
+        try:
+            answer = await self._exchange(self.profile.error_query, self._timeout)
+        except NoAnswer:
+            if quietly:
+                return None
+            raise
+        return None if self._no_error.search(answer) else answer
+
+    def _check_open(self) -> _LineReceiver:
+        transport, receiver = self._transport, self._receiver
+        if transport is None or receiver is None or transport.is_closing():
+            raise PortError(f"{self._port_name} is not open")
+        if receiver.lost is not None:
+            raise PortError(f"{self._port_name} was lost: {_reason(receiver.lost)}")
+        return receiver
+
+    def _send(self, line: str) -> None:
+        self._check_open()
+        assert self._transport is not None
+        self._transport.write((line + self.profile.line_ending).encode("ascii"))
+
+    async def _exchange(
+        self, line: str, timeout_s: float, accepts: Callable[[str], bool] = _any_line
+    ) -> str:
+        """Send `line`; the first line `accepts` takes is the answer."""
+        receiver = self._check_open()
+        if self._stream is None:
+            receiver.discard_partial()
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._waiter = _Waiter(accepts, future)
+        closed = asyncio.ensure_future(receiver.closed.wait())
+        try:
+            self._send(line)
             done, _ = await asyncio.wait(
-                {get, closed}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
+                (future, closed), timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
             )
         finally:
-            for task in (get, closed):
-                task.cancel()
-        if get in done:
-            return get.result()
+            self._waiter = None
+            closed.cancel()
+        if future.done():
+            return future.result()
+        future.cancel()
         if closed in done:
-            raise PortError(f"{self.config.port} was lost: {_reason(lines.lost)}")
+            raise PortError(f"{self._port_name} was lost: {_reason(receiver.lost)}")
         raise NoAnswer(f"no answer to {line!r} within {timeout_s:g} s")
 
 
@@ -334,6 +561,9 @@ def _number(text: str) -> float | str:
 
 
 def _reason(exc: BaseException | None) -> str:
+    if isinstance(exc, OSError) and isinstance(exc.errno, int) and exc.errno > 0:
+        # pyserial's own text repeats the path twice; the system's says what happened.
+        return os.strerror(exc.errno)
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return str(exc) or type(exc).__name__
