@@ -152,3 +152,39 @@ def test_identity_without_identify_is_a_profile_error(tmp_path: Path) -> None:
     )
     with pytest.raises(ValueError, match="identity needs identify"):
         load_profile(str(profile))
+
+
+async def test_identity_is_what_the_probe_answered(sim: Simulator, tmp_path: Path) -> None:
+    """`--check` shows it: None before the probe, the answer after, kept when refused."""
+    driver = _kiln(sim.paths["kiln-air"])
+    assert driver.identity is None
+    await driver.open()
+    await driver.close()
+    assert driver.identity is not None
+    assert driver.identity.startswith("Kleinmaelzung,KC-300,")
+    sim.unplug("kiln-air")
+    thermometer = sim.replug("kiln-air", as_kind="thermometer")
+    refused = _kiln(thermometer)
+    with pytest.raises(PortError, match="wrong instrument"):
+        await refused.open()
+    assert refused.identity is not None
+    assert refused.identity.startswith("Kleinmaelzung,T-10,")
+    sim.set_silent("kiln-air", True)
+    with pytest.raises(PortError, match="did not answer"):
+        await refused.open()
+    assert refused.identity is None, "no answer this time: nothing to show"
+    # A profile without identify has nothing to show.
+    profile = tmp_path / "anonymous.toml"
+    profile.write_text(
+        "\n".join(
+            line
+            for line in KILN_PROFILE.read_text(encoding="utf-8").splitlines()
+            if not line.startswith(("identity", "identify"))
+        ),
+        encoding="utf-8",
+    )
+    sim.set_silent("kiln-air", False)
+    anonymous = _kiln(thermometer, str(profile))
+    await anonymous.open()
+    await anonymous.close()
+    assert anonymous.identity is None

@@ -72,3 +72,36 @@ def test_run_simulator_writes_paths_atomically(tmp_path: Path) -> None:
     run_simulator(["balance"], seed=1, paths_file=str(paths_file), on_ready=ready)
     assert list(seen) == ["balance"]
     assert not paths_file.exists()
+
+
+def test_a_streaming_instrument_sends_lines_unasked_on_its_tty() -> None:
+    with Simulator(["hygro-floor"], seed=1) as sim:
+        with serial.Serial(sim.paths["hygro-floor"], 9600, timeout=2.0) as port:
+            port.reset_input_buffer()
+            port.readline()  # perhaps the tail of a line sent before we came
+            lines = [port.readline() for _ in range(3)]
+        assert all(line.startswith(b"T=") and line.endswith(b"%\r\n") for line in lines), lines
+
+
+def test_the_balance_streams_after_sir_until_reset() -> None:
+    with (
+        Simulator(["balance"], seed=1) as sim,
+        serial.Serial(sim.paths["balance"], 9600, timeout=2.0) as port,
+    ):
+        port.write(b"SIR\r\n")
+        assert port.readline().startswith(b"S S ")
+        assert port.readline().startswith(b"S S ")
+        port.write(b"@\r\n")
+        # Weight lines sent before the reset may still be on their way.
+        while (line := port.readline()).startswith(b"S "):
+            pass
+        assert line.startswith(b'I4 A "'), line
+        port.timeout = 0.3
+        assert port.readline() == b""
+
+
+def test_a_scpi_setting_is_answered_by_silence_and_its_error_queue() -> None:
+    with Simulator(["dmm-bench"], seed=1) as sim:
+        assert ask(sim.paths["dmm-bench"], "CONF:VOLT:DC 3", timeout=0.3) == b""
+        assert ask(sim.paths["dmm-bench"], "SYST:ERR?") == b'-222,"Data out of range"\r\n'
+        assert ask(sim.paths["dmm-bench"], "*IDN?").startswith(b"KLEINMAELZUNG,KMZ-DMM-1,")
