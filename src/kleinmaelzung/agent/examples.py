@@ -22,19 +22,32 @@ agent_id = "malthouse-pi-1"
 INSTRUMENT_EXAMPLES: dict[str, str] = {
     "serial_line": """\
 # A line-based ASCII instrument on a serial port (here an MT-SICS balance).
-# `kmz ports` lists the serial ports; prefer the /dev/serial/by-id/... path,
-# which stays the same when the adapter is plugged into another USB socket.
 [[instruments]]
 id = "balance"
 driver = "serial_line"
 description = "Balance at the steeping tanks"
-# Built-in profiles: mt-sics-balance, kmz-thermometer, kmz-hygrometer, kmz-kiln;
-# or the path of your own .toml profile.
+# Built-in profiles: mt-sics-balance (asked once per poll), mt-sics-balance-stream
+# (continuous: every weight it sends), kmz-thermometer, kmz-hygrometer,
+# kmz-hygrometer-stream, kmz-kiln, scpi-dmm-serial; or the path of your own .toml.
 profile = "mt-sics-balance"
+# Where it is: `kmz ports` lists the serial ports and what to write here. Prefer
+# the /dev/serial/by-id/... path, which stays with the adapter when it is plugged
+# into another USB socket; /dev/ttyUSB0 goes to whichever adapter came first.
 port = "/dev/ttyUSB0"
+# A streaming profile: set poll_interval_s below the instrument's own interval
+# (0.05, say) and every line it sends becomes a sample; slower, each sample is
+# the newest line and the ones between are dropped.
 poll_interval_s = 1.0
 # baudrate = 9600          # default: the profile's
 # reply_timeout_s = 1.0    # default: the profile's
+
+# [instruments.settings]
+# usb = "0403:6001:A50285BI"  # instead of port: the USB adapter's VID:PID[:SERIAL]
+# identity = "B123456789"     # a regex the identify answer must also match (its serial)
+# bytesize = 7                # the frame, when not the profile's: 5 to 8 data bits,
+# parity = "O"                # N, E, O, M or S,
+# stopbits = 1                # 1, 1.5 or 2,
+# flow = "none"               # none, xonxoff, rtscts or dsrdtr
 """,
     "visa": """\
 # A SCPI bench instrument through VISA (needs: pip install 'kleinmaelzung[visa]').
