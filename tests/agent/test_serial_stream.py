@@ -24,6 +24,7 @@ from kleinmaelzung.agent import (
     NoAnswer,
     PortError,
 )
+from kleinmaelzung.agent.drivers import serial_line
 from kleinmaelzung.agent.drivers.serial_line import SerialLineDriver, load_profile
 from kleinmaelzung.hub import RunningHub
 from kleinmaelzung.protocol import Timeouts
@@ -326,3 +327,25 @@ def test_a_profile_with_both_poll_and_stream_is_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(ValueError, match=r"either \[poll\] .* or \[stream\], not both"):
         load_profile(str(profile))
+
+
+async def test_a_slow_instrument_gets_the_stream_timeout_not_the_reply_timeout(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    shipped = Path(serial_line.__file__).parent / "profiles" / "kmz-hygrometer-stream.toml"
+    profile = tmp_path / "slow-logger.toml"
+    profile.write_text(
+        shipped.read_text(encoding="utf-8").replace("[stream]\n", "[stream]\ntimeout_s = 0.8\n"),
+        encoding="utf-8",
+    )
+    driver = SerialLineDriver(
+        InstrumentConfig(id=HYGRO, profile=str(profile), port=sim.paths[HYGRO], reply_timeout_s=0.3)
+    )
+    await driver.open()
+    try:
+        assert "humidity" in await driver.read()
+        sim.set_silent(HYGRO, True)
+        failure = await first_failure(driver)
+        assert str(failure) == "no frame within 0.8 s"
+    finally:
+        await driver.close()

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -52,6 +52,9 @@ class StreamSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     start: str = ""
     #: Sent before the port is closed to switch it off again, e.g. "@".
     stop: str = ""
+    #: How long a read waits for the next frame: longer than the instrument's
+    #: interval. Default: the profile's (or the config's) reply_timeout_s.
+    timeout_s: Annotated[float, msgspec.Meta(gt=0)] | None = None
 
 
 class LineCommand(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -144,6 +144,7 @@ class SerialLineDriver:
             for c in self.profile.commands
         }
         self._timeout = config.reply_timeout_s or self.profile.reply_timeout_s
+        self._frame_timeout = (self._stream and self._stream.timeout_s) or self._timeout
         self._transport: asyncio.WriteTransport | None = None
         self._receiver: _LineReceiver | None = None
         self._waiter: _Waiter | None = None
@@ -152,7 +153,8 @@ class SerialLineDriver:
         self.device = ""
         # The stream: the newest frame (or known error) not yet read, noise since the last read.
         self._newest: _Newest = None
-        self._fresh = asyncio.Event()
+        self._fresh: asyncio.Event | None = None  # made in open(): it belongs to that loop
+        self._opened = False
         self._skipped_since_read = 0
         self._last_other = ""
         #: Frames received since the driver was made.
@@ -264,7 +266,7 @@ class SerialLineDriver:
             raise PortError(f"cannot open {self._describe(device)}: {_reason(exc)}") from None
         assert isinstance(transport, asyncio.WriteTransport)
         self._transport, self._receiver, self.device = transport, receiver, device
-        self._newest, self._skipped_since_read = None, 0
+        self._newest, self._skipped_since_read, self._fresh = None, 0, asyncio.Event()
         try:
             with contextlib.suppress(serial.SerialException, OSError, termios.error):
                 # What waited in the adapter's buffer is from before us: stale answers, old frames.
@@ -278,6 +280,7 @@ class SerialLineDriver:
                 self._newest, self._skipped_since_read = None, 0
                 if self._stream.start:
                     self._send(self._stream.start)
+            self._opened = True
         except BaseException:
             await self.close()  # half open is not open: the next open starts clean
             raise
@@ -322,7 +325,8 @@ class SerialLineDriver:
 
     def _is_identity_answer(self, line: str) -> bool:
         if self._identity_patterns:
-            return all(p.search(line) is not None for p in self._identity_patterns)
+            # The first pattern picks the answer; all of them then judge it.
+            return self._identity_patterns[0].search(line) is not None
         assert self._frame is not None
         try:
             return bool(line) and self._frame.values(line) is None
@@ -331,11 +335,13 @@ class SerialLineDriver:
 
     async def close(self) -> None:
         """Close the serial port (switching a stream off first); idempotent."""
-        transport, receiver = self._transport, self._receiver
+        transport, receiver, opened = self._transport, self._receiver, self._opened
         self._transport = self._receiver = None
+        self._opened = False
         if transport is None or receiver is None:
             return
-        if self._stream is not None and self._stream.stop and receiver.lost is None:
+        # Only to the instrument we opened: a refused one is not sent commands.
+        if opened and self._stream is not None and self._stream.stop and receiver.lost is None:
             # close() lets buffered writes leave first, so the stop command goes out.
             transport.write((self._stream.stop + self.profile.line_ending).encode("ascii"))
         transport.close()
@@ -362,7 +368,7 @@ class SerialLineDriver:
 
     async def _read_stream(self) -> dict[str, Value]:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._timeout
+        deadline = loop.time() + self._frame_timeout
         while True:
             newest, self._newest = self._newest, None
             if newest is not None:
@@ -374,6 +380,7 @@ class SerialLineDriver:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
+            assert self._fresh is not None  # made by open()
             self._fresh.clear()
             fresh = asyncio.ensure_future(self._fresh.wait())
             closed = asyncio.ensure_future(receiver.closed.wait())
@@ -387,12 +394,12 @@ class SerialLineDriver:
         skipped, self._skipped_since_read = self._skipped_since_read, 0
         if skipped:
             raise InstrumentError(
-                f"no frame within {self._timeout:g} s: {skipped} line(s) did not match"
+                f"no frame within {self._frame_timeout:g} s: {skipped} line(s) did not match"
                 f" the stream pattern, the last {self._last_other!r}"
             )
         if self._stream is not None and self._stream.start:
             self._send(self._stream.start)  # switched off and on, it forgot: ask again
-        raise NoAnswer(f"no frame within {self._timeout:g} s")
+        raise NoAnswer(f"no frame within {self._frame_timeout:g} s")
 
     def _on_line(self, line: str) -> None:
         waiter = self._waiter
@@ -410,14 +417,16 @@ class SerialLineDriver:
             if self._newest is not None and self._newest[0] == "frame":
                 self.frames_superseded += 1
             self._newest = ("frame", values)
-            self._fresh.set()
+            if self._fresh is not None:
+                self._fresh.set()
             return
         if not line:
             return  # an empty line between frames says nothing
         self._last_other = line
         if self._is_known_error(line):
             self._newest = ("error", line)
-            self._fresh.set()
+            if self._fresh is not None:
+                self._fresh.set()
             return
         self.lines_skipped += 1
         self._skipped_since_read += 1
