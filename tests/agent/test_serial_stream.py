@@ -97,35 +97,35 @@ async def test_polled_faster_than_it_sends_every_frame_is_one_reading(
         assert 85 <= values["humidity"] <= 100  # type: ignore[operator]
     # Paced by the instrument (a frame every 0.2 s), never a frame twice.
     assert elapsed >= 5 * 0.2 * 0.8, elapsed
-    assert hygro.frames_superseded == 0
-    assert hygro.frames_received >= 6
+    assert hygro.stream.frames_superseded == 0
+    assert hygro.stream.frames_received >= 6
 
 
 async def test_polled_slower_than_it_sends_each_reading_is_the_newest_frame(
     sim: Simulator, hygro: SerialLineDriver
 ) -> None:
     await hygro.read()
-    received = hygro.frames_received
+    received = hygro.stream.frames_received
     # Three frames arrive meanwhile; wait for them by the driver's own count.
     async with asyncio.timeout(DEADLINE_S):
-        while hygro.frames_received < received + 3:  # noqa: ASYNC110 - counted by the driver
+        while hygro.stream.frames_received < received + 3:  # noqa: ASYNC110 - counted by the driver
             await asyncio.sleep(0.05)
     started = time.monotonic()
     await hygro.read()
     assert time.monotonic() - started < 0.15, "a waiting frame is returned at once"
-    assert hygro.frames_superseded >= 2
+    assert hygro.stream.frames_superseded >= 2
 
 
 async def test_garbled_lines_are_skipped_and_only_fault_when_nothing_good_comes(
     sim: Simulator, hygro: SerialLineDriver
 ) -> None:
     sim.set_garbled(HYGRO, True)
-    skipped = hygro.lines_skipped
+    skipped = hygro.stream.lines_skipped
     # Frames that came before the noise may still be read first.
     failure = await first_failure(hygro)
     assert isinstance(failure, InstrumentError)
     assert re.match(r"no frame within 0.6 s: \d+ line\(s\) did not match", str(failure))
-    assert hygro.lines_skipped > skipped
+    assert hygro.stream.lines_skipped > skipped
     sim.set_garbled(HYGRO, False)
     assert "humidity" in await hygro.read()
 
@@ -173,7 +173,7 @@ async def test_tare_while_streaming_tells_its_reply_from_the_weight_lines(sim: S
         model.place(20.0, time.monotonic())  # just placed: not stable
         with pytest.raises(InstrumentError, match="not stable: tare was not possible"):
             await driver.execute("tare", {})
-        assert driver.frames_received > 0
+        assert driver.stream.frames_received > 0
     finally:
         await driver.close()
 
@@ -289,7 +289,7 @@ async def test_full_path_frames_a_command_and_a_garbled_stream_that_faults(
         runner = agent.runners[HYGRO]
         driver = runner.driver
         assert isinstance(driver, SerialLineDriver)
-        assert driver.frames_superseded == 0
+        assert driver.stream.frames_superseded == 0
         await client.send(
             {"type": "command", "id": "t", "instrument": BALANCE, "name": "tare", "args": {}}
         )

@@ -14,10 +14,10 @@ newest frame that arrived since the previous `read()`, and if none has, waits
 for the next one up to the reply timeout. Polled as fast as the instrument
 sends or faster, every frame becomes exactly one sample, paced by the
 instrument. Polled slower, each sample is the newest frame; the older ones
-are counted in `frames_superseded`, never queued, since a queue would
+are counted in `stream.frames_superseded`, never queued, since a queue would
 deliver readings ever further behind. A known error as the newest line (an
 overloaded balance) is an InstrumentError at once; noise (a frame cut at
-open, line noise) is skipped and counted in `lines_skipped`, and is an
+open, line noise) is skipped and counted in `stream.lines_skipped`, and is an
 InstrumentError only if no frame arrives within the timeout. Silence is
 NoAnswer, after the start command went out again: an instrument switched
 off and on forgets that it was streaming.
@@ -31,7 +31,7 @@ import os
 import re
 import termios
 from collections.abc import Callable
-from typing import Any, Literal, NoReturn
+from typing import Any, NoReturn
 
 import serial
 import serial_asyncio_fast
@@ -52,6 +52,7 @@ from .line_profiles import (
     compile_patterns,
     load_profile,
 )
+from .line_stream import LineReceiver, StreamLines
 from .settings import decode_settings
 
 __all__ = [
@@ -66,47 +67,6 @@ __all__ = [
     "builtin_profiles",
     "load_profile",
 ]
-
-_MAX_LINE = 4096
-#: Around a received line: the CR of CR LF, NULs some adapters send on
-#: open, STX of STX...ETX framing, padding.
-_STRIP = "\r\n\0\x02\x03 "
-
-
-class _LineReceiver(asyncio.Protocol):
-    """Splits what the port receives into lines for `on_line`; remembers when the port is lost."""
-
-    def __init__(self, ending: bytes, on_line: Callable[[str], None]) -> None:
-        self.lost: BaseException | None = None
-        self.closed = asyncio.Event()
-        self.transport: asyncio.BaseTransport | None = None
-        self._ending = ending
-        self._on_line = on_line
-        self._buffer = bytearray()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        self._buffer += data
-        while (end := self._buffer.find(self._ending)) >= 0:
-            raw = bytes(self._buffer[:end])
-            del self._buffer[: end + len(self._ending)]
-            self._on_line(raw.decode("ascii", errors="replace").strip(_STRIP))
-        if len(self._buffer) > _MAX_LINE:
-            self._buffer.clear()  # no line ending in sight: noise, or the wrong baud rate
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = exc or ConnectionError("port closed")
-        self.closed.set()
-
-    def discard_partial(self) -> None:
-        """Forget a line begun before this exchange: line noise, or a late answer's start."""
-        self._buffer.clear()
-
-
-#: A stream's newest line not yet read: a frame's values, or a known error's text.
-_Newest = tuple[Literal["frame"], dict[str, Value]] | tuple[Literal["error"], str] | None
 
 
 class _Waiter:
@@ -132,7 +92,6 @@ class SerialLineDriver:
         patterns = compile_patterns(self.profile)
         self._stream = self.profile.stream
         self._polls = patterns if self._stream is None else []
-        self._frame = patterns[0][1] if self._stream is not None else None
         self._error = re.compile(self.profile.error) if self.profile.error else None
         self._no_error = re.compile(self.profile.no_error)
         # The profile's identity, then the settings' pin: the answer must match both.
@@ -146,23 +105,16 @@ class SerialLineDriver:
         self._timeout = config.reply_timeout_s or self.profile.reply_timeout_s
         self._frame_timeout = (self._stream and self._stream.timeout_s) or self._timeout
         self._transport: asyncio.WriteTransport | None = None
-        self._receiver: _LineReceiver | None = None
+        self._receiver: LineReceiver | None = None
         self._waiter: _Waiter | None = None
         self._identity: str | None = None
         #: The device the port was opened on last (a by-id link or USB ids resolved).
         self.device = ""
-        # The stream: the newest frame (or known error) not yet read, noise since the last read.
-        self._newest: _Newest = None
-        self._fresh: asyncio.Event | None = None  # made in open(): it belongs to that loop
         self._opened = False
-        self._skipped_since_read = 0
-        self._last_other = ""
-        #: Frames received since the driver was made.
-        self.frames_received = 0
-        #: Frames replaced by a newer one before a read took them (polled slower than sent).
-        self.frames_superseded = 0
-        #: Lines that were neither an answer, a frame nor a known error (cut frames, noise).
-        self.lines_skipped = 0
+        #: A streaming instrument's lines between reads (None for one that is asked).
+        self.stream = (
+            StreamLines(patterns[0][1], self._is_known_error) if self._stream is not None else None
+        )
 
     @property
     def identity(self) -> str | None:
@@ -246,7 +198,7 @@ class SerialLineDriver:
         await self.close()
         device = self._find_device()
         loop = asyncio.get_running_loop()
-        receiver = _LineReceiver(self.profile.receive_ending.encode("ascii"), self._on_line)
+        receiver = LineReceiver(self.profile.receive_ending.encode("ascii"), self._on_line)
         try:
             transport, _ = await serial_asyncio_fast.create_serial_connection(
                 loop,
@@ -266,7 +218,8 @@ class SerialLineDriver:
             raise PortError(f"cannot open {self._describe(device)}: {_reason(exc)}") from None
         assert isinstance(transport, asyncio.WriteTransport)
         self._transport, self._receiver, self.device = transport, receiver, device
-        self._newest, self._skipped_since_read, self._fresh = None, 0, asyncio.Event()
+        if self.stream is not None:
+            self.stream.reset()
         try:
             with contextlib.suppress(serial.SerialException, OSError, termios.error):
                 # What waited in the adapter's buffer is from before us: stale answers, old frames.
@@ -275,9 +228,8 @@ class SerialLineDriver:
                     port.reset_input_buffer()
             receiver.discard_partial()
             await self._identify()
-            if self._stream is not None:
-                # A frame cut by the open, the probe's answer: no fault, and no reading.
-                self._newest, self._skipped_since_read = None, 0
+            if self._stream is not None and self.stream is not None:
+                self.stream.reset()  # a frame cut by the open, the probe's answer: no reading
                 if self._stream.start:
                     self._send(self._stream.start)
             self._opened = True
@@ -305,16 +257,18 @@ class SerialLineDriver:
             # before we came): the answer is the line that matches, or else
             # the first that is no frame.
             accepts = self._is_identity_answer
-        self._last_other = ""
+        if self.stream is not None:
+            self.stream.last_other = ""
         try:
             answer = await self._exchange(query, self._timeout, accepts)
         except NoAnswer:
-            if not (self._last_other and patterns):
+            other = self.stream.last_other if self.stream is not None else ""
+            if not (other and patterns):
                 raise PortError(
                     f"{port}: the instrument did not answer the identify query {query!r}"
                     f" within {self._timeout:g} s"
                 ) from None
-            answer = self._last_other  # what answered, though not as expected
+            answer = other  # what answered, though not as expected
         self._identity = answer
         for pattern in patterns:
             if pattern.search(answer) is None:
@@ -327,11 +281,8 @@ class SerialLineDriver:
         if self._identity_patterns:
             # The first pattern picks the answer; all of them then judge it.
             return self._identity_patterns[0].search(line) is not None
-        assert self._frame is not None
-        try:
-            return bool(line) and self._frame.values(line) is None
-        except ValueError:
-            return True
+        assert self.stream is not None
+        return bool(line) and not self.stream.is_frame(line)
 
     async def close(self) -> None:
         """Close the serial port (switching a stream off first); idempotent."""
@@ -352,8 +303,8 @@ class SerialLineDriver:
 
     async def read(self) -> dict[str, Value]:
         """One reading: the poll's answers, or the newest streamed frame."""
-        if self._stream is not None:
-            return await self._read_stream()
+        if self.stream is not None:
+            return await self._read_stream(self.stream)
         values: dict[str, Value] = {}
         for query, pattern in self._polls:
             answer = await self._query(query, self._timeout)
@@ -366,13 +317,12 @@ class SerialLineDriver:
             values.update(got)
         return values
 
-    async def _read_stream(self) -> dict[str, Value]:
+    async def _read_stream(self, stream: StreamLines) -> dict[str, Value]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._frame_timeout
         while True:
-            newest, self._newest = self._newest, None
+            newest = stream.take()
             if newest is not None:
-                self._skipped_since_read = 0
                 if newest[0] == "frame":
                     return newest[1]
                 self._raise_instrument_error(newest[1], "unexpected line in the stream")
@@ -380,22 +330,12 @@ class SerialLineDriver:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
-            assert self._fresh is not None  # made by open()
-            self._fresh.clear()
-            fresh = asyncio.ensure_future(self._fresh.wait())
-            closed = asyncio.ensure_future(receiver.closed.wait())
-            try:
-                await asyncio.wait(
-                    {fresh, closed}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
-                )
-            finally:
-                fresh.cancel()
-                closed.cancel()
-        skipped, self._skipped_since_read = self._skipped_since_read, 0
+            await stream.wait(remaining, receiver.closed)
+        skipped, stream.skipped_since_taken = stream.skipped_since_taken, 0
         if skipped:
             raise InstrumentError(
                 f"no frame within {self._frame_timeout:g} s: {skipped} line(s) did not match"
-                f" the stream pattern, the last {self._last_other!r}"
+                f" the stream pattern, the last {stream.last_other!r}"
             )
         if self._stream is not None and self._stream.start:
             self._send(self._stream.start)  # switched off and on, it forgot: ask again
@@ -405,31 +345,9 @@ class SerialLineDriver:
         waiter = self._waiter
         if waiter is not None and not waiter.future.done() and waiter.accepts(line):
             waiter.future.set_result(line)
-            return
-        if self._frame is None:
-            return  # asking, and nobody asked: a late answer to an exchange that gave up
-        try:
-            values = self._frame.values(line)
-        except ValueError:
-            values = None  # a frame garbled into the pattern's shape: noise like any other
-        if values is not None:
-            self.frames_received += 1
-            if self._newest is not None and self._newest[0] == "frame":
-                self.frames_superseded += 1
-            self._newest = ("frame", values)
-            if self._fresh is not None:
-                self._fresh.set()
-            return
-        if not line:
-            return  # an empty line between frames says nothing
-        self._last_other = line
-        if self._is_known_error(line):
-            self._newest = ("error", line)
-            if self._fresh is not None:
-                self._fresh.set()
-            return
-        self.lines_skipped += 1
-        self._skipped_since_read += 1
+        elif self.stream is not None:
+            self.stream.add(line)
+        # Else asked, and nobody asked: a late answer to an exchange that gave up.
 
     # --- commands --------------------------------------------------------------
 
@@ -523,7 +441,7 @@ class SerialLineDriver:
             raise
         return None if self._no_error.search(answer) else answer
 
-    def _check_open(self) -> _LineReceiver:
+    def _check_open(self) -> LineReceiver:
         transport, receiver = self._transport, self._receiver
         if transport is None or receiver is None or transport.is_closing():
             raise PortError(f"{self._port_name} is not open")
