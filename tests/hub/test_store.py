@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from kleinmaelzung.hub import Record
-from kleinmaelzung.hub.store import LogWriter, SqliteStore, StoreClosed, WriterFailed
+from kleinmaelzung.hub.store import LogHealth, LogWriter, SqliteStore, StoreClosed, WriterFailed
 from kleinmaelzung.hub.store.sqlite import SCHEMA_VERSION
 from kleinmaelzung.protocol import Channel, InstrumentInfo
 
@@ -369,3 +369,56 @@ async def test_a_log_of_an_older_hub_is_upgraded_in_place(tmp_path: Path, versio
     assert [k.id for k in await again.load_instruments()] == ["balance"]
     assert len(await again.query(limit=10)) == 4
     await again.close()
+
+
+# --- health: a log that cannot keep up says so ------------------------------------
+
+
+async def test_a_log_that_cannot_write_turns_degraded_and_recovers_with_nothing_lost(
+    log_place: LogPlace,
+) -> None:
+    changes: list[LogHealth] = []
+    changed = asyncio.Event()
+
+    def on_health(health: LogHealth) -> None:
+        changes.append(health)
+        changed.set()
+
+    acks: list[dict[str, dict[str, int]]] = []
+    store = log_place.store(degraded_after_s=0.3, on_committed=acks.append)
+    store.set_on_health(on_health)
+    await store.open()
+    assert store.health == LogHealth()
+    async with log_place.writes_blocked():  # a full disk, a server that is down
+        for i in range(20):
+            store.append(record(i, ack=True))
+        await asyncio.wait_for(changed.wait(), 10)
+        changed.clear()
+        (degraded,) = changes
+        assert degraded.state == "degraded"
+        assert f"traffic log {store.location} cannot be written: " in degraded.reason
+        assert store.health == degraded
+        assert acks == []  # nothing acknowledged that is not committed
+    await asyncio.wait_for(changed.wait(), 10)
+    assert changes[1:] == [LogHealth()]
+    await store.flush()
+    assert len(await store.query(limit=100)) == 20
+    assert acks[-1] == {"pi-1": {"kiln-air": 19}}
+    await store.close()
+
+
+async def test_a_log_behind_high_water_for_too_long_turns_degraded(log_place: LogPlace) -> None:
+    changed = asyncio.Event()
+    store = log_place.store(
+        high_water_rows=5, low_water_rows=2, degraded_after_s=0.2, on_health=lambda _: changed.set()
+    )
+    await store.open()
+    async with log_place.writes_blocked():
+        for i in range(10):
+            store.append(record(i))
+        await asyncio.wait_for(changed.wait(), 10)
+        assert store.health.state == "degraded"
+        # Before any write failed for long: the backlog is what is reported.
+        assert "is behind: 10 rows wait to be written" in store.health.reason
+    await store.flush()
+    await store.close()

@@ -64,6 +64,18 @@ class LoggedSample(msgspec.Struct, frozen=True, kw_only=True):
     values: dict[str, Value]
 
 
+@dataclass(frozen=True, slots=True)
+class LogHealth:
+    """Whether the traffic log keeps up; `degraded` says why in `reason`."""
+
+    state: Literal["ok", "degraded"] = "ok"
+    reason: str = ""
+
+
+#: Called (on the event loop) when the log's health changes.
+OnHealth = Callable[[LogHealth], None]
+
+
 class StoreError(HubError):
     """The traffic log cannot do what was asked."""
 
@@ -137,3 +149,10 @@ class Store(Protocol):
     @property
     def backlog(self) -> int:
         """Records appended but not yet committed."""
+
+    @property
+    def health(self) -> LogHealth:
+        """Whether the log keeps up, and if not why."""
+
+    def set_on_health(self, on_health: OnHealth) -> None:
+        """Call `on_health` (on the loop) whenever the log turns degraded or ok again."""

@@ -43,6 +43,9 @@ class Committer:
     def __init__(self, backend: LogBackend, closing: threading.Event) -> None:
         self._backend = backend
         self._closing = closing
+        #: Since when (monotonic) and why writes fail in a way that may heal;
+        #: None while they succeed. Read by the writer's health check.
+        self.failing: tuple[float, str] | None = None
 
     def commit(self, items: list[Item]) -> Outcome:
         """Commit `items` in as few transactions as the backend allows; never raises."""
@@ -62,6 +65,8 @@ class Committer:
                 # heal, so keep the batch and retry; the agents keep what is
                 # unacknowledged and are paused once the backlog reaches high water.
                 attempt += 1
+                if self.failing is None:
+                    self.failing = (time.monotonic(), str(exc))
                 if self._closing.is_set():
                     give_up_at = give_up_at or time.monotonic() + CLOSE_GRACE_S
                     if time.monotonic() >= give_up_at:
@@ -85,6 +90,7 @@ class Committer:
                 self._commit(items[:middle], outcome)
                 self._commit(items[middle:], outcome)
                 return
+            self.failing = None
             if attempt:
                 _log.warning("traffic log writes again", extra={"attempts": attempt})
             outcome.committed.extend(items)

@@ -9,6 +9,11 @@ backoff, and anything the backend will never accept is found by halving the
 batch and dropped with an ERROR naming it. Should the thread end anyway,
 `flush`, `close`, `append` and `wait_for_room` raise `WriterFailed` at once
 rather than wait forever.
+
+The writer also says whether the log keeps up (`health`): a log whose writes
+have failed, or whose backlog has stayed over high water, for longer than
+`degraded_after_s` is ``degraded``, with the reason; it is ``ok`` again once
+a write succeeds and the backlog is back under low water.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import os
 import queue
 import sys
 import threading
+import time
 from collections.abc import Iterable
 
 import msgspec
@@ -30,7 +36,9 @@ from .backend import LogBackend
 from .base import (
     KnownInstrument,
     LoggedSample,
+    LogHealth,
     OnCommitted,
+    OnHealth,
     Record,
     StoreClosed,
     StoreUnavailable,
@@ -52,6 +60,9 @@ LOW_WATER_ROWS = 5_000
 #: database work must not take the core from the loop while a sample waits to
 #: be forwarded. S2x p99 in benchmarks/run.py: 2.0-2.4 ms at 0, 1.1-1.4 at 10.
 WRITER_NICE = 10
+#: How long writes may fail, or the backlog stay over high water, before the
+#: log counts as degraded: long enough for a lock or a server restart.
+DEGRADED_AFTER_S = 10.0
 
 
 class _Flush:
@@ -84,11 +95,19 @@ class LogWriter:
         on_committed: OnCommitted | None = None,
         high_water_rows: int = HIGH_WATER_ROWS,
         low_water_rows: int = LOW_WATER_ROWS,
+        degraded_after_s: float = DEGRADED_AFTER_S,
+        on_health: OnHealth | None = None,
     ) -> None:
         self.backend = backend
         self._on_committed = on_committed
         self._high_water = high_water_rows
         self._low_water = low_water_rows
+        self._degraded_after_s = degraded_after_s
+        self._on_health = on_health
+        self._health = LogHealth()
+        #: Since when (monotonic) the backlog is over high water, until it is under low water.
+        self._behind_since: float | None = None
+        self._health_task: asyncio.Task[None] | None = None
         self._room = asyncio.Event()
         self._room.set()
         self._throttled = False
@@ -119,6 +138,15 @@ class LogWriter:
         """Call `on_committed` after each commit that held records with an `ack`."""
         self._on_committed = on_committed
 
+    def set_on_health(self, on_health: OnHealth) -> None:
+        """Call `on_health` (on the loop) whenever the log turns degraded or ok again."""
+        self._on_health = on_health
+
+    @property
+    def health(self) -> LogHealth:
+        """Whether the log keeps up, and if not why (checked every second or so)."""
+        return self._health
+
     async def open(self) -> None:
         """Open the backend (creating or upgrading its schema), then start the writer thread.
 
@@ -141,6 +169,7 @@ class LogWriter:
                 f"cannot open the traffic log {self.location}: {exc or type(exc).__name__}"
             ) from exc
         self._reading = True
+        self._health_task = asyncio.create_task(self._watch_health(), name="kmz-log-health")
 
     def append(self, record: Record) -> None:
         """Queue a record for writing; never blocks the event loop."""
@@ -222,6 +251,10 @@ class LogWriter:
             self._closed = True
             return
         self._closed = True
+        if self._health_task is not None:
+            self._health_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._health_task
         self._closing.set()
         self._make_room()
         self._queue.put(_Stop())
@@ -231,6 +264,45 @@ class LogWriter:
             await self.backend.stop_reading()
         if self._failure is not None:
             raise WriterFailed(self._failure)
+
+    async def _watch_health(self) -> None:
+        # Polled rather than pushed: "for longer than" needs a clock anyway,
+        # and the writer thread must not call into the loop for every batch.
+        interval = min(1.0, self._degraded_after_s / 4)
+        while True:
+            await asyncio.sleep(interval)
+            self._check_health()
+
+    def _check_health(self) -> None:
+        now = time.monotonic()
+        pending = self._pending
+        if pending > self._high_water:
+            if self._behind_since is None:
+                self._behind_since = now
+        elif pending <= self._low_water:
+            self._behind_since = None
+        failing = self._committer.failing
+        reason = ""
+        if self._failure is not None:
+            reason = self._failure
+        elif failing is not None and now - failing[0] >= self._degraded_after_s:
+            reason = f"traffic log {self.location} cannot be written: {failing[1]}"
+        elif self._behind_since is not None and now - self._behind_since >= self._degraded_after_s:
+            reason = (
+                f"traffic log {self.location} is behind: {pending} rows wait to be written"
+                f" for {now - self._behind_since:.0f} s"
+            )
+        health = LogHealth("degraded", reason) if reason else LogHealth()
+        changed = health.state != self._health.state
+        self._health = health
+        if not changed:
+            return
+        if reason:
+            _log.warning("traffic log degraded", extra={"reason": reason})
+        else:
+            _log.info("traffic log keeps up again")
+        if self._on_health is not None:
+            self._on_health(health)
 
     # --- reads: straight to the backend ---------------------------------------
 
