@@ -31,6 +31,7 @@ from kleinmaelzung.protocol import Timeouts
 from kleinmaelzung.sim import Balance, Simulator, StreamingHygrometer
 
 from ..hub.peers import raw_client
+from .test_agent import link
 
 DEADLINE_S = 15.0
 HYGRO = "hygro-floor"
@@ -349,3 +350,42 @@ async def test_a_slow_instrument_gets_the_stream_timeout_not_the_reply_timeout(
         assert str(failure) == "no frame within 0.8 s"
     finally:
         await driver.close()
+
+
+async def test_a_streaming_balance_unplugged_and_replugged_streams_again(
+    hub: RunningHub, sim: Simulator, tmp_path: Path
+) -> None:
+    by_id = link(tmp_path, "usb-balance", sim.paths[BALANCE])
+    config = AgentConfig(
+        hub=hub.url,
+        agent_id="test-pi",
+        instruments=[
+            InstrumentConfig(
+                id=BALANCE,
+                profile="mt-sics-balance-stream",
+                port=by_id,
+                poll_interval_s=0.02,
+                reply_timeout_s=0.5,
+            )
+        ],
+    )
+    running = Agent(config, timeouts=Timeouts(reconnect_max_s=0.5))
+    task = asyncio.create_task(running.run())
+    try:
+        async with raw_client(hub.url) as client:
+            await client.send({"type": "subscribe", "id": "s", "patterns": [BALANCE]})
+            await client.receive_type("subscribed")
+            await client.receive_type("data", timeout=DEADLINE_S)
+            sim.unplug(BALANCE)
+            await status_of(client, BALANCE, "faulted")
+            model = sim.model(BALANCE)
+            assert isinstance(model, Balance)
+            model.streaming = False  # as if it had been switched off and on meanwhile
+            link(tmp_path, "usb-balance", sim.replug(BALANCE))
+            await status_of(client, BALANCE, "online")
+            data = await client.receive_type("data", timeout=DEADLINE_S)
+            assert data["samples"][0]["values"]["mass"] == pytest.approx(12.345, abs=0.01)
+            assert model.streaming, "the start command went out again on reopen"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
