@@ -90,8 +90,10 @@ class SerialLineDriver:
         self.settings = decode_settings(config, LineSettings)
         self._usb = UsbIdentity.parse(self.settings.usb) if self.settings.usb else None
         patterns = compile_patterns(self.profile)
-        self._stream = self.profile.stream
-        self._polls = patterns if self._stream is None else []
+        spec = self.profile.stream
+        self._polls = patterns if spec is None else []
+        #: Sent to switch a stream on after open, and off before close.
+        self._start, self._stop = (spec.start, spec.stop) if spec is not None else ("", "")
         self._error = re.compile(self.profile.error) if self.profile.error else None
         self._no_error = re.compile(self.profile.no_error)
         # The profile's identity, then the settings' pin: the answer must match both.
@@ -103,7 +105,7 @@ class SerialLineDriver:
             for c in self.profile.commands
         }
         self._timeout = config.reply_timeout_s or self.profile.reply_timeout_s
-        self._frame_timeout = (self._stream and self._stream.timeout_s) or self._timeout
+        self._frame_timeout = (spec.timeout_s if spec is not None else None) or self._timeout
         self._transport: asyncio.WriteTransport | None = None
         self._receiver: LineReceiver | None = None
         self._waiter: _Waiter | None = None
@@ -113,7 +115,7 @@ class SerialLineDriver:
         self._opened = False
         #: A streaming instrument's lines between reads (None for one that is asked).
         self.stream = (
-            StreamLines(patterns[0][1], self._is_known_error) if self._stream is not None else None
+            StreamLines(patterns[0][1], self._is_known_error) if spec is not None else None
         )
 
     @property
@@ -228,10 +230,10 @@ class SerialLineDriver:
                     port.reset_input_buffer()
             receiver.discard_partial()
             await self._identify()
-            if self._stream is not None and self.stream is not None:
+            if self.stream is not None:
                 self.stream.reset()  # a frame cut by the open, the probe's answer: no reading
-                if self._stream.start:
-                    self._send(self._stream.start)
+            if self._start:
+                self._send(self._start)
             self._opened = True
         except BaseException:
             await self.close()  # half open is not open: the next open starts clean
@@ -252,7 +254,7 @@ class SerialLineDriver:
         self._identity = None
         patterns, port = self._identity_patterns, self._port_name
         accepts: Callable[[str], bool] = _any_line
-        if self._stream is not None:
+        if self.stream is not None:
             # Frames may be flowing already (an instrument streaming since
             # before we came): the answer is the line that matches, or else
             # the first that is no frame.
@@ -292,9 +294,9 @@ class SerialLineDriver:
         if transport is None or receiver is None:
             return
         # Only to the instrument we opened: a refused one is not sent commands.
-        if opened and self._stream is not None and self._stream.stop and receiver.lost is None:
+        if opened and self._stop and receiver.lost is None:
             # close() lets buffered writes leave first, so the stop command goes out.
-            transport.write((self._stream.stop + self.profile.line_ending).encode("ascii"))
+            transport.write((self._stop + self.profile.line_ending).encode("ascii"))
         transport.close()
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(receiver.closed.wait(), 1.0)
@@ -337,8 +339,8 @@ class SerialLineDriver:
                 f"no frame within {self._frame_timeout:g} s: {skipped} line(s) did not match"
                 f" the stream pattern, the last {stream.last_other!r}"
             )
-        if self._stream is not None and self._stream.start:
-            self._send(self._stream.start)  # switched off and on, it forgot: ask again
+        if self._start:
+            self._send(self._start)  # switched off and on, it forgot: ask again
         raise NoAnswer(f"no frame within {self._frame_timeout:g} s")
 
     def _on_line(self, line: str) -> None:
@@ -366,7 +368,7 @@ class SerialLineDriver:
             await self._check_error_queue(line)
             return dict(args)
         accepts: Callable[[str], bool] = _any_line
-        if self._stream is not None:
+        if self.stream is not None:
             # Stream frames keep coming while we wait: take only this command's answer.
             accepts = self._reply_test(expect, reply)
         answer = await self._exchange(line, timeout_s, accepts)
@@ -459,7 +461,7 @@ class SerialLineDriver:
     ) -> str:
         """Send `line`; the first line `accepts` takes is the answer."""
         receiver = self._check_open()
-        if self._stream is None:
+        if self.stream is None:
             receiver.discard_partial()
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._waiter = _Waiter(accepts, future)
