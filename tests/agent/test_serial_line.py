@@ -6,10 +6,12 @@ import asyncio
 import re
 import termios
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
 from kleinmaelzung.agent import InstrumentConfig, InstrumentError, NoAnswer, PortError
+from kleinmaelzung.agent.drivers import serial_line
 from kleinmaelzung.agent.drivers.serial_line import SerialLineDriver
 from kleinmaelzung.sim import Simulator
 
@@ -159,3 +161,26 @@ def test_a_wrong_serial_setting_names_the_key(
     with pytest.raises(ValueError, match=re.escape(message)) as info:
         SerialLineDriver.check_config(config)
     assert getattr(info.value, "key", None) == key
+
+
+async def test_a_text_argument_that_is_not_ascii_is_refused_before_it_is_sent(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    shipped = Path(serial_line.__file__).parent / "profiles" / "kmz-kiln.toml"
+    profile = tmp_path / "kiln-with-label.toml"
+    profile.write_text(
+        shipped.read_text(encoding="utf-8")
+        + '\n[[commands]]\nname = "label"\nsend = "LBL {text}"\nexpect = "^OK$"\n'
+        'args = [{ name = "text", type = "str" }]\n',
+        encoding="utf-8",
+    )
+    driver = SerialLineDriver(
+        InstrumentConfig(id="kiln-air", profile=str(profile), port=sim.paths["kiln-air"])
+    )
+    await driver.open()
+    try:
+        with pytest.raises(InstrumentError, match="only ASCII goes on the line"):
+            await driver.execute("label", {"text": "Prüfung"})
+        assert "temperature" in await driver.read()  # nothing half-sent in the way
+    finally:
+        await driver.close()

@@ -454,7 +454,12 @@ class SerialLineDriver:
     def _send(self, line: str) -> None:
         self._check_open()
         assert self._transport is not None
-        self._transport.write((line + self.profile.line_ending).encode("ascii"))
+        try:
+            data = (line + self.profile.line_ending).encode("ascii")
+        except UnicodeEncodeError:
+            # A command's text argument ("Prüfung"): the line protocol is ASCII.
+            raise InstrumentError(f"cannot send {line!r}: only ASCII goes on the line") from None
+        self._transport.write(data)
 
     async def _exchange(
         self, line: str, timeout_s: float, accepts: Callable[[str], bool] = _any_line
