@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import re
 import termios
@@ -217,7 +218,10 @@ class SerialLineDriver:
         except (serial.SerialException, OSError, ValueError, termios.error) as exc:
             # termios.error: the device refuses the frame (a pty and 7-bit
             # parity, say); it is no OSError, and must not escape as a bug.
-            raise PortError(f"cannot open {self._describe(device)}: {_reason(exc)}") from None
+            reason = _reason(exc)
+            if isinstance(exc, OSError) and exc.errno == errno.ENOENT:
+                reason += " (is it plugged in?)"  # udev removes a by-id link with its adapter
+            raise PortError(f"cannot open {self._describe(device)}: {reason}") from None
         assert isinstance(transport, asyncio.WriteTransport)
         self._transport, self._receiver, self.device = transport, receiver, device
         if self.stream is not None:
