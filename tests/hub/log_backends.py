@@ -126,6 +126,14 @@ class LogPlace:
         finally:
             await connection.close()
 
+    async def script(self, statements: str) -> None:
+        """Run several statements from outside the hub (PostgreSQL)."""
+        connection = await self._connect()
+        try:
+            await connection.execute(statements)
+        finally:
+            await connection.close()
+
     async def _connect(self) -> Any:
         assert self.postgres_url is not None
         return await asyncpg.connect(

@@ -21,6 +21,7 @@ from kleinmaelzung.hub.store import (
     LogUrlError,
     SqliteStore,
     StoreUnavailable,
+    postgres_schema,
     redact_url,
     store_for_url,
 )
@@ -148,6 +149,28 @@ async def test_postgres_schema_is_versioned_and_migrated_once(postgres_place: Lo
         await store.close()
     rows = await postgres_place.sql("SELECT version FROM kmz_schema_version ORDER BY version")
     assert [v for (v,) in rows] == list(range(1, POSTGRES_SCHEMA_VERSION + 1))
+
+
+async def test_postgres_log_of_version_1_is_upgraded_in_place(postgres_place: LogPlace) -> None:
+    # A log as the first PostgreSQL hubs left it: one run per instrument.
+    await postgres_place.sql(f'CREATE SCHEMA "{postgres_place.schema}"')
+    for statement in (
+        postgres_schema.VERSION_TABLE,
+        postgres_schema.MIGRATIONS[0],
+        "INSERT INTO kmz_schema_version (version) VALUES (1)",
+        "INSERT INTO instrument_seq (instrument, run, seq) VALUES ('balance', 'r1', 7)",
+    ):
+        await postgres_place.script(statement)
+    store = postgres_place.store()
+    await store.open()
+    assert await store.last_seqs("r1", ["balance"]) == {"balance": 7}
+    store.append(dataclasses.replace(samples_record("balance", "r2", 0, [MARCH], MARCH)))
+    await store.flush()
+    assert await store.last_seqs("r1", ["balance"]) == {"balance": 7}  # kept beside r2's
+    assert await store.last_seqs("r2", ["balance"]) == {"balance": 0}
+    await store.close()
+    rows = await postgres_place.sql("SELECT version FROM kmz_schema_version ORDER BY version")
+    assert [v for (v,) in rows] == [1, 2] == list(range(1, POSTGRES_SCHEMA_VERSION + 1))
 
 
 async def test_postgres_refuses_a_log_of_a_newer_hub(postgres_place: LogPlace) -> None:

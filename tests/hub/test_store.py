@@ -118,9 +118,12 @@ async def test_last_logged_seq_per_run_survives_a_restart(log_place: LogPlace) -
     await store.close()
     reopened = log_place.store()
     await reopened.open()
-    # The balance's newest run is b: seqs of run a no longer say anything about it.
-    assert await reopened.last_seqs("run-a", ["kiln-air", "balance", "other"]) == {"kiln-air": 4}
-    assert await reopened.last_seqs("run-b", ["balance"]) == {"balance": 3}
+    # Each run's own: an agent sends spooled samples of earlier runs beside its current run's.
+    assert await reopened.last_seqs("run-a", ["kiln-air", "balance", "other"]) == {
+        "kiln-air": 4,
+        "balance": 7,
+    }
+    assert await reopened.last_seqs("run-b", ["balance", "kiln-air"]) == {"balance": 3}
     await reopened.close()
 
 
@@ -286,6 +289,13 @@ _V4 = (
     + "CREATE TABLE known_instrument (id TEXT PRIMARY KEY, agent TEXT NOT NULL,"
     + " info TEXT NOT NULL, last_seen REAL);\n"
 )
+# Version 5 added the sample table (the file's data rows filled in below).
+_V5 = (
+    _V4
+    + "CREATE TABLE sample (instrument TEXT NOT NULL, run TEXT, seq INTEGER NOT NULL,"
+    + " ts REAL NOT NULL, received REAL NOT NULL, channel_values TEXT NOT NULL);\n"
+    + "CREATE INDEX sample_instrument_ts ON sample (instrument, ts);\n"
+)
 _HELLO = (
     '{"type":"agent_hello","protocol":1,"agent_id":"pi-1","run":"r1","instruments":'
     '[{"id":"balance","kind":"balance","channels":[{"name":"mass","unit":"g"}]},'
@@ -298,7 +308,7 @@ _DATA = (
 
 def write_old_log(path: Path, version: int) -> None:
     """A traffic log as a hub of `version` left it: a hello, a reading, a refused frame."""
-    script = {1: _V1, 2: _V2, 3: _V3, 4: _V4}[version]
+    script = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: _V5}[version]
     with contextlib.closing(sqlite3.connect(path)) as connection, connection:
         connection.executescript(script)
         if version > 1:  # version 1 never set it
@@ -322,9 +332,13 @@ def write_old_log(path: Path, version: int) -> None:
                 ' (\'kiln-air\', \'pi-1\', \'{"id":"kiln-air","kind":"kiln"}\', NULL)',
                 ('{"id":"balance","kind":"balance","channels":[{"name":"mass","unit":"g"}]}',),
             )
+        if version >= 5:
+            connection.execute(
+                "INSERT INTO sample VALUES ('balance', NULL, 7, 99.0, 11.0, '{\"mass\":1.5}')"
+            )
 
 
-@pytest.mark.parametrize("version", [1, 2, 3, 4])
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5])
 async def test_a_log_of_an_older_hub_is_upgraded_in_place(tmp_path: Path, version: int) -> None:
     path = tmp_path / "old.sqlite3"
     write_old_log(path, version)
@@ -362,7 +376,7 @@ async def test_a_log_of_an_older_hub_is_upgraded_in_place(tmp_path: Path, versio
     await store.close()
     with contextlib.closing(sqlite3.connect(path)) as connection:
         (user_version,) = connection.execute("PRAGMA user_version").fetchone()
-    assert user_version == SCHEMA_VERSION == 5
+    assert user_version == SCHEMA_VERSION == 6
     # Opening again changes nothing: the upgrade ran once.
     again = SqliteStore(path)
     await again.open()

@@ -85,9 +85,10 @@ class Batch:
 
     records: list[Record]
     samples: list[SampleRow]
-    #: The newest seq per instrument and its run, committed with the rows, so
-    #: that samples an agent sends again after a hub restart are recognised.
-    newest_seqs: dict[str, tuple[str, int]]
+    #: The newest seq per (agent run, instrument), committed with the rows, so
+    #: that samples an agent sends again after a hub restart are recognised,
+    #: whichever of its runs they belong to.
+    newest_seqs: dict[tuple[str, str], int]
     #: In the order they were asked for: a save then a forget forgets.
     instrument_changes: list[InstrumentChange]
     #: The highest seq per ack key and instrument among the records.
@@ -100,7 +101,7 @@ class Batch:
         samples: list[SampleRow] = []
         changes: list[InstrumentChange] = []
         acks: dict[str, dict[str, int]] = {}
-        newest: dict[str, tuple[str, int]] = {}
+        newest: dict[tuple[str, str], int] = {}
         for r in items:
             if not isinstance(r, Record):
                 changes.append(r)
@@ -123,8 +124,8 @@ class Batch:
             for instrument, seq in seqs.items():
                 if seq > key_acks.get(instrument, -1):
                     key_acks[instrument] = seq
-                if r.run:
-                    newest[instrument] = (r.run, seq)
+                if r.run and seq > newest.get((r.run, instrument), -1):
+                    newest[r.run, instrument] = seq
         return cls(records, samples, newest, changes, acks)
 
 

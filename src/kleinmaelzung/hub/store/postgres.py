@@ -188,9 +188,9 @@ class PostgresBackend:
                 newest = batch.newest_seqs
                 await connection.execute(
                     schema.UPSERT_SEQS,
-                    list(newest),
-                    [run for run, _ in newest.values()],
-                    [seq for _, seq in newest.values()],
+                    [run for run, _ in newest],
+                    [instrument for _, instrument in newest],
+                    list(newest.values()),
                 )
             for change in batch.instrument_changes:
                 if isinstance(change, SaveInstrument):

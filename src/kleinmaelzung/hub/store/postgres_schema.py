@@ -9,6 +9,8 @@ Versions:
 1  ``traffic`` (the wire-exact message rows), ``instrument_seq``,
    ``known_instrument``, and ``sample``: every logged sample, partitioned
    by month of the hub's receive time.
+2  ``instrument_seq`` keyed by run and instrument: an agent sends samples of
+   earlier runs (its spool's backlog) beside its current run's.
 
 Times are ``timestamptz``; the hub's Python side keeps UNIX seconds.
 """
@@ -18,7 +20,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 #: Bumped with every migration added to MIGRATIONS.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: Any number, the same for every hub: `pg_advisory_xact_lock` takes it.
 MIGRATION_LOCK = 0x6B6D7A  # "kmz"
@@ -68,6 +70,10 @@ MIGRATIONS: list[str] = [
     ) PARTITION BY RANGE (received);
     CREATE INDEX sample_instrument_ts ON sample (instrument, ts);
     """,
+    """
+    ALTER TABLE instrument_seq DROP CONSTRAINT instrument_seq_pkey;
+    ALTER TABLE instrument_seq ADD PRIMARY KEY (run, instrument);
+    """,
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
@@ -78,9 +84,10 @@ TRAFFIC_COLUMNS = ("ts", "direction", "peer", "instrument", "type", "message", "
 SAMPLE_COLUMNS = ("instrument", "run", "seq", "ts", "received", "channel_values")
 
 UPSERT_SEQS = """
-INSERT INTO instrument_seq (instrument, run, seq)
+INSERT INTO instrument_seq (run, instrument, seq)
 SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])
-ON CONFLICT (instrument) DO UPDATE SET run = excluded.run, seq = excluded.seq
+ON CONFLICT (run, instrument) DO UPDATE
+SET seq = greatest(instrument_seq.seq, excluded.seq)
 """
 # A save without a time keeps the stored one: announcing is not a reading.
 UPSERT_INSTRUMENT = """

@@ -9,6 +9,8 @@ Versions (``PRAGMA user_version``):
    seeded from the ``agent_hello`` rows already in the log.
 5  ``sample``: every logged sample as a row, indexed by instrument and time;
    filled from the ``data`` rows already in the log (their run unknown).
+6  ``instrument_seq`` keyed by run and instrument: an agent sends samples of
+   earlier runs (its spool's backlog) beside its current run's.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from .batch import sample_rows
 _log = logging.getLogger(__name__)
 
 #: Bumped with every schema change; `migrate` brings older files up to date.
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS traffic (
@@ -38,12 +40,13 @@ CREATE TABLE IF NOT EXISTS traffic (
     delivered_to TEXT
 );
 CREATE INDEX IF NOT EXISTS traffic_instrument ON traffic (instrument, id);
--- The newest logged seq per instrument and its agent run, committed with the
+-- The newest logged seq per agent run and instrument, committed with the
 -- rows: samples an agent sends again after a hub restart are not logged twice.
 CREATE TABLE IF NOT EXISTS instrument_seq (
-    instrument TEXT PRIMARY KEY,
     run TEXT NOT NULL,
-    seq INTEGER NOT NULL
+    instrument TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (run, instrument)
 );
 -- Every instrument the hub has seen, so that after a restart it can list
 -- those whose agent is down as offline rather than not at all.
@@ -71,8 +74,8 @@ INSERT_TRAFFIC = (
     " VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 UPSERT_SEQ = """
-INSERT INTO instrument_seq (instrument, run, seq) VALUES (?, ?, ?)
-ON CONFLICT (instrument) DO UPDATE SET run = excluded.run, seq = excluded.seq
+INSERT INTO instrument_seq (run, instrument, seq) VALUES (?, ?, ?)
+ON CONFLICT (run, instrument) DO UPDATE SET seq = max(seq, excluded.seq)
 """
 # A save without a time keeps the stored one: announcing is not a reading.
 UPSERT_INSTRUMENT = """
@@ -122,6 +125,8 @@ def migrate(connection: sqlite3.Connection) -> None:
             _remember_announced_instruments(connection)
         if version < 5:
             _fill_sample_table(connection)
+        if version < 6:
+            _key_seqs_by_run(connection)
         connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         connection.execute("COMMIT")
     except BaseException:
@@ -185,3 +190,19 @@ def _fill_sample_table(connection: sqlite3.Connection) -> None:
         filled += len(samples)
     if filled:
         _log.info("traffic log upgraded", extra={"samples": filled})
+
+
+def _key_seqs_by_run(connection: sqlite3.Connection) -> None:
+    # Versions 3 to 5 kept one run per instrument (its newest): copied over.
+    keys = [row[1] for row in connection.execute("PRAGMA table_info(instrument_seq)") if row[5]]
+    if keys == ["run", "instrument"]:
+        return  # made by this version's SCHEMA
+    connection.execute(
+        "CREATE TABLE instrument_seq_by_run (run TEXT NOT NULL, instrument TEXT NOT NULL,"
+        " seq INTEGER NOT NULL, PRIMARY KEY (run, instrument))"
+    )
+    connection.execute(
+        "INSERT INTO instrument_seq_by_run SELECT run, instrument, seq FROM instrument_seq"
+    )
+    connection.execute("DROP TABLE instrument_seq")
+    connection.execute("ALTER TABLE instrument_seq_by_run RENAME TO instrument_seq")

@@ -79,7 +79,7 @@ class SqliteBackend:
             connection.executemany(schema.INSERT_SAMPLE, batch.samples)
             connection.executemany(
                 schema.UPSERT_SEQ,
-                [(i, run, seq) for i, (run, seq) in batch.newest_seqs.items()],
+                [(run, i, seq) for (run, i), seq in batch.newest_seqs.items()],
             )
             for change in batch.instrument_changes:
                 if isinstance(change, SaveInstrument):
