@@ -221,7 +221,10 @@ async def test_postgres_writer_reconnects_after_losing_its_connection(
     assert isinstance(store.backend, PostgresBackend)
     pid = store.backend.writer_pid()
     await postgres_place.sql("SELECT pg_terminate_backend($1)", pid)
-    store.append(samples_record("kiln-air", "r1", 1, [MARCH + 1], MARCH + 1))
+    # Received in a month without a partition yet: making one is the first
+    # statement the writer sends after losing its connection.
+    later = datetime(2027, 6, 1, tzinfo=UTC).timestamp()
+    store.append(samples_record("kiln-air", "r1", 1, [MARCH + 1], later))
     await asyncio.wait_for(store.flush(), 10)
     assert [s.seq for s in await store.query_samples("kiln-air", 0.0, MARCH + HOUR)] == [0, 1]
     assert acks[-1] == {"pi-1/r1": {"kiln-air": 1}}

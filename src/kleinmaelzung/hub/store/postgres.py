@@ -209,6 +209,8 @@ class PostgresBackend:
             if month not in self._months:
                 try:
                     await connection.execute(schema.create_partition(month))
+                except _MAY_HEAL:
+                    raise  # a lost connection is reset by `write`
                 except asyncpg.PostgresError as exc:
                     # Another hub making the same partition, or no right to:
                     # either way not the batch's fault, so retried.
