@@ -19,10 +19,11 @@ FORBIDDEN = {
         "kleinmaelzung.agent",
         "kleinmaelzung.client",
     ],
-    # The agent runs on a Pi: no web server, no database, no hub or client code.
+    # The agent runs on a Pi: no web server, no database server's client, no
+    # hub or client code. (Its spool is SQLite, from the standard library.)
     "kleinmaelzung.agent": [
         "aiohttp.web",
-        "sqlite3",
+        "asyncpg",
         "kleinmaelzung.hub",
         "kleinmaelzung.client",
         "kleinmaelzung.sim",

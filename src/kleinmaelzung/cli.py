@@ -248,7 +248,7 @@ def _cmd_agent(args: argparse.Namespace) -> int:
     async def run() -> None:
         import signal
 
-        # SIGTERM (systemd) and Ctrl-C both end the agent cleanly, outbox flushed.
+        # SIGTERM (systemd) and Ctrl-C both end the agent cleanly, every sample spooled.
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -409,8 +409,8 @@ def _cmd_instruments(args: argparse.Namespace) -> int:
 
 def _cmd_watch(args: argparse.Namespace) -> int:
     from .client import Client, Sample
-    from .client.formatting import format_sample, format_status, sample_json, units_of
-    from .protocol import is_pattern, matching
+    from .client.formatting import format_gap, format_sample, format_status, sample_json, units_of
+    from .protocol import Gap, is_pattern, matching
 
     bad = [p for p in args.patterns if not is_pattern(p)]
     if bad:
@@ -432,6 +432,9 @@ def _cmd_watch(args: argparse.Namespace) -> int:
                     )
             seen = 0
             async for event in client.subscribe(*args.patterns, status=True):
+                if isinstance(event, Gap):
+                    print(format_gap(event), file=status_out, flush=True)
+                    continue
                 if not isinstance(event, Sample):
                     print(format_status(event), file=status_out, flush=True)
                     continue

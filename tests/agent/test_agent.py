@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 
 from kleinmaelzung.agent import Agent, AgentConfig, AgentError, InstrumentConfig
 from kleinmaelzung.agent import link as link_module
+from kleinmaelzung.agent.config import SpoolConfig
 from kleinmaelzung.hub import HubConfig, RunningHub, start_hub
 from kleinmaelzung.protocol import Limits, Timeouts
 from kleinmaelzung.sim import Simulator
@@ -171,7 +173,7 @@ async def test_hub_restart_loses_nothing(sim: Simulator, tmp_path: Path) -> None
         await asyncio.wait_for(_until(lambda: agent.link.sessions >= 2), DEADLINE_S)
         target = agent.runners["kiln-air"]._seq + 5
         await asyncio.wait_for(
-            _until(lambda: agent.runners["kiln-air"]._seq > target and len(agent.outbox) < 5),
+            _until(lambda: agent.runners["kiln-air"]._seq > target and agent.spool.depth < 5),
             DEADLINE_S,
         )
         await hub.hub.store.flush()
@@ -236,34 +238,70 @@ async def test_stopping_delivers_what_is_pending_then_closes_the_ports(
     # Every sample taken reached the hub's log: a stop loses nothing the hub could take.
     made = agent.runners["kiln-air"]._seq
     assert await logged_seqs(hub, "kiln-air") == list(range(made))
-    assert len(agent.outbox) == 0
+    assert agent.spool.depth == 0
     assert "unacknowledged" not in caplog.text
     assert {i: open_fds(p) for i, p in paths.items()} == before
 
 
-async def test_stopping_without_a_hub_says_what_is_discarded(
+async def logged_runs(hub: RunningHub, instrument: str) -> dict[str, list[int]]:
+    """The seqs of `instrument`'s logged samples by agent process run (the run before its '.')."""
+    await hub.hub.store.flush()
+    entries = await hub.hub.store.query(instrument=instrument, limit=100_000)
+    runs: dict[str, list[int]] = {}
+    for entry in entries:
+        if entry.direction == "in" and entry.type == "data":
+            data = msgspec.json.decode(entry.message)
+            process = data["run"].split(".")[0]
+            runs.setdefault(process, []).extend(
+                s["seq"] for s in data["samples"] if s["instrument"] == instrument
+            )
+    return {run: sorted(seqs) for run, seqs in runs.items()}
+
+
+async def test_samples_taken_while_the_hub_is_away_survive_an_agent_restart(
     sim: Simulator, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    hub = await start_hub(HubConfig(host="127.0.0.1", port=0, data_dir=tmp_path / "hub"))
-    agent = Agent(
+    # Issue 9: the outbox was memory only; an agent restarted during a hub
+    # outage lost every sample it had queued, and said "outbox flushed".
+    caplog.set_level(logging.INFO, "kleinmaelzung.agent.agent")
+    hub_config = HubConfig(host="127.0.0.1", port=0, data_dir=tmp_path / "hub")
+    hub = await start_hub(hub_config)
+    port = int(hub.url.rsplit(":", 1)[1])
+    first = Agent(
         config(hub.url, sim.paths["kiln-air"], sim.paths["balance"]),
         timeouts=Timeouts(reconnect_max_s=0.3),
     )
     stop = asyncio.Event()
-    task = asyncio.create_task(agent.run(stop))
+    task = asyncio.create_task(first.run(stop))
     try:
-        await asyncio.wait_for(agent.link.connected.wait(), DEADLINE_S)
+        await asyncio.wait_for(first.link.connected.wait(), DEADLINE_S)
     finally:
         await hub.stop()
-    gone_at = agent.runners["kiln-air"]._seq
-    await asyncio.wait_for(_until(lambda: agent.runners["kiln-air"]._seq > gone_at + 3), DEADLINE_S)
+    gone_at = first.runners["kiln-air"]._seq
+    await asyncio.wait_for(_until(lambda: first.runners["kiln-air"]._seq > gone_at + 5), DEADLINE_S)
     stop.set()
     # No hub to deliver to: no waiting for one.
     await asyncio.wait_for(task, 1.5)
-    [warning] = [r for r in caplog.records if "unacknowledged" in r.getMessage()]
-    assert warning.getMessage() == "stopping with unacknowledged samples: discarded"
-    assert warning.count == len(agent.outbox) > 0  # type: ignore[attr-defined]
-    assert "in memory" in warning.why  # type: ignore[attr-defined]
+    taken = first.runners["kiln-air"]._seq
+    [kept] = [r for r in caplog.records if "kept in the spool" in r.getMessage()]
+    assert kept.count == first.spool.depth > 0  # type: ignore[attr-defined]
+
+    hub = await start_hub(msgspec.structs.replace(hub_config, port=port))
+    second = Agent(config(hub.url, sim.paths["kiln-air"], sim.paths["balance"]))
+    stop = asyncio.Event()
+    task = asyncio.create_task(second.run(stop))
+    try:
+        await asyncio.wait_for(second.link.connected.wait(), DEADLINE_S)
+        expected = list(range(taken))
+        deadline = asyncio.get_running_loop().time() + DEADLINE_S
+        while (logged := (await logged_runs(hub, "kiln-air")).get(first.link._run)) != expected:
+            assert logged is None or logged == expected[: len(logged)], "lost or logged twice"
+            assert asyncio.get_running_loop().time() < deadline, f"logged only {logged}"
+            await asyncio.sleep(0.05)  # the log has no event for "this is logged"
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, DEADLINE_S)
+        await hub.stop()
 
 
 class LinkGaveUp(AgentError):
@@ -302,7 +340,7 @@ async def test_a_link_that_gives_up_ends_the_agent_with_its_error_and_closes_the
     not hasattr(link_module, "AgentReplaced"), reason="the link does not stop on close 4003 yet"
 )
 async def test_an_agent_replaced_by_another_with_its_id_stops(
-    hub: RunningHub, sim: Simulator, caplog: pytest.LogCaptureFixture
+    hub: RunningHub, sim: Simulator, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
     kiln, balance = sim.paths["kiln-air"], sim.paths["balance"]
     before = open_fds(kiln)
@@ -314,6 +352,8 @@ async def test_an_agent_replaced_by_another_with_its_id_stops(
             hub=hub.url,
             agent_id="test-pi",
             instruments=[InstrumentConfig(id="balance-2", profile="mt-sics-balance", port=balance)],
+            # Another Pi: its own spool (one spool is locked by one agent).
+            spool=SpoolConfig(path=str(tmp_path / "other-pi.spool")),
         )
     )
     second_task = asyncio.create_task(second.run())

@@ -8,6 +8,7 @@ driver is: by entry point, with no change to this project.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import subprocess
 import sys
@@ -54,7 +55,11 @@ async def start_agent(config: Path, package: Path) -> asyncio.subprocess.Process
         *[sys.executable, "-m", "kleinmaelzung.cli", "agent", str(config)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        env={"PYTHONPATH": str(package), "PATH": "/usr/bin:/bin"},
+        env={
+            "PYTHONPATH": str(package),
+            "PATH": "/usr/bin:/bin",
+            "XDG_STATE_HOME": os.environ["XDG_STATE_HOME"],
+        },
     )
 
 

@@ -20,14 +20,14 @@ from pathlib import Path
 import pytest
 from aiohttp import WSMsgType, web
 
-from kleinmaelzung.agent import Outbox
+from kleinmaelzung.agent import Spool
 from kleinmaelzung.agent.link import AgentReplaced, Link
 from kleinmaelzung.agent.permit import Permit
 from kleinmaelzung.hub import HubConfig, RunningHub, start_hub
 from kleinmaelzung.protocol import Command, InstrumentInfo, Reply, Timeouts
 
 DEADLINE_S = 10.0
-WELCOME = {"type": "welcome", "protocol": 1, "hub": "h", "session": "s", "server_time": 0.0}
+WELCOME = {"type": "welcome", "protocol": 2, "hub": "h", "session": "s", "server_time": 0.0}
 
 
 def free_port() -> int:
@@ -48,7 +48,7 @@ def make_link(hub: str, agent_id: str = "pi-1", **timeouts: float) -> Link:
         token=None,
         run="r1",
         instruments=[InstrumentInfo(id=f"{agent_id}-thermo", kind="thermometer")],
-        outbox=Outbox(100),
+        spool=Spool(None, run="r.0"),
         statuses=list,
         execute=execute,
         timeouts=Timeouts(**timeouts),

@@ -22,8 +22,8 @@ from kleinmaelzung.agent import (
     InstrumentConfig,
     InstrumentError,
     NoAnswer,
-    Outbox,
     PortError,
+    Spool,
 )
 from kleinmaelzung.agent import agent as agent_module
 from kleinmaelzung.agent.drivers import discovery
@@ -270,7 +270,7 @@ async def test_a_lasting_fault_is_summarised_now_and_then_with_the_latest_detail
     caplog.set_level(logging.DEBUG, RUNNER_LOG)
     config = kiln(sim, poll_s=0.02)
     statuses: list[Status] = []
-    outbox = Outbox(100)
+    outbox = Spool(None, run="r.0")
     runner = InstrumentRunner(
         config, SerialLineDriver(config), outbox, statuses.append, fault_summary_s=0.3
     )
@@ -278,7 +278,7 @@ async def test_a_lasting_fault_is_summarised_now_and_then_with_the_latest_detail
     task = asyncio.create_task(runner.run())
     try:
         # Garbled once open: garbled from the start, the identify probe refuses the port.
-        await asyncio.wait_for(until(lambda: len(outbox) > 0), DEADLINE_S)
+        await asyncio.wait_for(until(lambda: outbox.depth > 0), DEADLINE_S)
         sim.set_garbled("kiln-air", True)
         started = loop.time()
         await asyncio.wait_for(until(lambda: runner.fault_count >= 50), DEADLINE_S)

@@ -171,23 +171,28 @@ async def test_an_agent_replaced_by_a_newer_connection_is_told_why(tmp_path: Pat
         await running.stop()
 
 
-async def test_acks_go_only_to_the_agent_run_whose_samples_were_committed(
+async def test_every_ack_names_the_agent_run_whose_samples_were_committed(
     tmp_path: Path,
 ) -> None:
-    """A restarted agent counts from 0 again: an ack for its old run must not reach the new one."""
+    """A restarted agent counts from 0 again: an ack for its old run must name that run.
+
+    Issue 9: acks carried no run id, and a restarted agent received an ack
+    for its previous run's seqs and forgot samples the hub may not have logged.
+    """
     running = await start_hub(HubConfig(port=0, data_dir=tmp_path / "h"))
     try:
         hub = running.hub
         async with raw_agent(running.url, "pi", [instrument("balance")], run="old") as old:
             await old.send(data("balance", 0, 1, 2, 3, 4, 5, 6, 7, 8, 9))
-            await old.receive_type("ack")
+            ack = await old.receive_type("ack")
+            assert (ack["run"], ack["seqs"]) == ("old", {"balance": 9})
         async with raw_agent(running.url, "pi", [instrument("balance")], run="new") as new:
             # A commit of the old run lands now (a slow disk): its ack names seq 9.
             hub.acks.committed({"pi/old": {"balance": 9}})
             hub.acks.flush()
             await new.send(data("balance", 0))
-            ack = await new.receive_type("ack")
-            assert ack["seqs"] == {"balance": 0}
+            acks = [await new.receive_type("ack"), await new.receive_type("ack")]
+            assert {(a["run"], a["seqs"]["balance"]) for a in acks} == {("old", 9), ("new", 0)}
     finally:
         await running.stop()
 

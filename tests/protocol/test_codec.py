@@ -24,6 +24,7 @@ from kleinmaelzung.protocol import (
     Error,
     ErrorCode,
     ErrorInfo,
+    Gap,
     InstrumentInfo,
     InstrumentList,
     InstrumentRecord,
@@ -61,20 +62,31 @@ KILN = InstrumentInfo(
 )
 
 EXAMPLES: list[Any] = [
-    AgentHello(protocol=1, agent_id="malthouse-pi-1", instruments=[KILN], token="t", run="ab"),
-    ClientHello(protocol=1, name="notebook"),
-    Welcome(protocol=1, hub="kmz-hub", session="s1", server_time=1.7e9),
+    AgentHello(protocol=2, agent_id="malthouse-pi-1", instruments=[KILN], token="t", run="ab"),
+    ClientHello(protocol=2, name="notebook"),
+    Welcome(protocol=2, hub="kmz-hub", session="s1", server_time=1.7e9),
     Data(
         samples=[
             Sample(instrument="kiln-air", seq=0, ts=1.7e9, values={"temperature": 64.5}),
             Sample(instrument="balance", seq=7, ts=1.7e9, values={"mass": 12.3, "stable": True}),
         ]
     ),
+    Data(samples=[], run="9f2c61d0a4b7e3f1.1"),
+    Gap(
+        instrument="kiln-air",
+        run="9f2c61d0a4b7e3f1.1",
+        first_seq=0,
+        last_seq=99,
+        count=100,
+        reason="spool full",
+        id=3,
+    ),
     Status(instrument="kiln-air", state="faulted", ts=1.7e9, reason="no answer within 1.0 s"),
     Command(id="1", instrument="kiln-air", name="set_setpoint", args={"value": 80.0}),
     Reply(id="1", ok=True, result={"setpoint": 80.0}),
     Reply(id="2", ok=False, error=ErrorInfo(code="command_timeout", message="late")),
     Ack(seqs={"kiln-air": 41}),
+    Ack(seqs={}, run="9f2c61d0a4b7e3f1.1", gaps=[3]),
     Subscribe(id="1", patterns=["kiln-*", "balance"]),
     Unsubscribe(id="2", patterns=["kiln-*"]),
     Subscribed(id="1", patterns=["kiln-*"], instruments=["kiln-air"]),
@@ -185,14 +197,14 @@ def test_bad_input_gives_a_typed_error_that_says_where(frame: bytes, code: str, 
         ),
         (
             agent_decoder(),
-            b'{"type": "agent_hello", "protocol": 1, "agent_id": "pi", "instruments":'
+            b'{"type": "agent_hello", "protocol": 2, "agent_id": "pi", "instruments":'
             b' [{"id": "kiln", "kind": "k", "channels": [{"name": "Temp"}]}]}',
             "`$.instruments[0].channels[0].name`",
             "'Temp' is not a valid channel name; a channel name is a lowercase letter",
         ),
         (
             agent_decoder(),
-            b'{"type": "agent_hello", "protocol": 1, "agent_id": "Pi 1", "instruments": []}',
+            b'{"type": "agent_hello", "protocol": 2, "agent_id": "Pi 1", "instruments": []}',
             "`$.agent_id`",
             "'Pi 1' is not a valid agent id",
         ),
@@ -303,7 +315,7 @@ def test_any_name_gives_a_message_or_words_not_a_regex(
     subscribe = {"type": "subscribe", "id": "7", "patterns": [pattern]}
     hello = {
         "type": "agent_hello",
-        "protocol": 1,
+        "protocol": 2,
         "agent_id": instrument,
         "run": "r1",
         "instruments": [{"id": "kiln", "kind": "k", "channels": [{"name": channel}]}],

@@ -5,7 +5,7 @@ from .config import AgentConfig, InstrumentConfig, load_config, parse_config
 from .drivers.discovery import MissingExtra, load_drivers
 from .errors import AgentError, ConfigError, DriverError, InstrumentError, NoAnswer, PortError
 from .link import AgentReplaced
-from .outbox import Outbox
+from .spool import Spool, SpoolError, SpoolLimits
 
 __all__ = [
     "Agent",
@@ -18,8 +18,10 @@ __all__ = [
     "InstrumentError",
     "MissingExtra",
     "NoAnswer",
-    "Outbox",
     "PortError",
+    "Spool",
+    "SpoolError",
+    "SpoolLimits",
     "load_config",
     "load_drivers",
     "parse_config",

@@ -1,4 +1,4 @@
-"""The Agent: instruments, outbox and hub link wired together, run as one task group."""
+"""The Agent: instruments, spool and hub link wired together, run as one task group."""
 
 from __future__ import annotations
 
@@ -13,17 +13,17 @@ from .config import AgentConfig, check_config
 from .drivers.base import DriverClass
 from .drivers.discovery import find_driver
 from .link import Link
-from .outbox import Outbox
 from .permit import Permit
 from .runner import InstrumentRunner
+from .spool import Spool, SpoolLimits, default_spool_path
 
 _log = logging.getLogger(__name__)
 
 #: On stop, how long the link may still deliver unacknowledged samples. The
 #: hub acknowledges every 0.25 s once committed, so a healthy hub needs well
-#: under a second; an unhealthy one costs this much of the stop.
+#: under a second; what is not acknowledged by then waits in the spool.
 DRAIN_S = 2.0
-#: How often the drain looks at the outbox (it has no event for "empty").
+#: How often the drain looks at the spool (it has no event for "empty").
 _DRAIN_CHECK_S = 0.02
 
 
@@ -42,7 +42,17 @@ class Agent:
         check_config(config, drivers=drivers)
         limits = limits or Limits()
         self.config = config
-        self.outbox = Outbox(limits.outbox_samples)
+        run = secrets.token_hex(8)
+        spool = config.spool
+        self.spool = Spool(
+            spool.path if spool.path is not None else default_spool_path(config.agent_id),
+            run=f"{run}.0",
+            limits=SpoolLimits(
+                max_samples=spool.max_samples,
+                max_age_s=spool.max_age_s,
+                commit_interval_s=spool.commit_interval_s,
+            ),
+        )
         self.buses = Buses()
         self.runners: dict[str, InstrumentRunner] = {}
         for instrument in config.instruments:
@@ -50,7 +60,7 @@ class Agent:
             self.runners[instrument.id] = InstrumentRunner(
                 instrument,
                 driver_class(instrument),
-                self.outbox,
+                self.spool,
                 self._on_status,
                 bus=self.buses.get(instrument.bus_name),
             )
@@ -58,9 +68,9 @@ class Agent:
             hub=config.hub,
             agent_id=config.agent_id,
             token=config.token,
-            run=secrets.token_hex(8),
+            run=run,
             instruments=[r.info for r in self.runners.values()],
-            outbox=self.outbox,
+            spool=self.spool,
             statuses=lambda: [r.status() for r in self.runners.values()],
             execute=self._execute,
             limits=limits,
@@ -77,20 +87,25 @@ class Agent:
         ExceptionGroup, after every port is closed.
         """
         _log.info("agent starting", extra={"agent": self.config.agent_id, "hub": self.link.url})
+        await self.spool.open()
         try:
             async with asyncio.TaskGroup() as group:
                 runners = [
                     group.create_task(r.run(), name=f"kmz-{i}") for i, r in self.runners.items()
                 ]
                 link = group.create_task(self.link.run(), name="kmz-link")
+                commits = group.create_task(self.spool.run_commits(), name="kmz-spool")
                 await (stop or asyncio.Event()).wait()
                 await self._stop(runners, link)
+                commits.cancel()
         except ExceptionGroup as failed:
             if len(failed.exceptions) == 1:
                 raise failed.exceptions[0] from None
             raise
         finally:
             self.buses.close()
+            # Whatever happened above: every sample taken goes to the file.
+            await asyncio.shield(self.spool.close())
             self._report_unacknowledged()
             _log.info("agent stopped", extra={"agent": self.config.agent_id})
 
@@ -100,30 +115,24 @@ class Agent:
             runner.cancel()
         if runners:
             await asyncio.wait(runners)
-        # The outbox lives in memory: what the hub has not acknowledged when
-        # the link ends is gone. Give a connected link a moment to finish.
+        # What the hub has not acknowledged when the link ends waits in the
+        # spool for the next start; a connected link may finish it first.
         loop = asyncio.get_running_loop()
         deadline = loop.time() + DRAIN_S
-        # Polled: the outbox has no event for "empty".
+        # Polled: the spool has no event for "empty".
         while self._delivering() and loop.time() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(_DRAIN_CHECK_S)
         link.cancel()
 
     def _delivering(self) -> bool:
-        return len(self.outbox) > 0 and self.link.connected.is_set()
+        return self.spool.depth > 0 and self.link.connected.is_set()
 
     def _report_unacknowledged(self) -> None:
-        unacknowledged = len(self.outbox)
-        if unacknowledged:
-            unsent = self.outbox.unsent
-            _log.warning(
-                "stopping with unacknowledged samples: discarded",
-                extra={
-                    "count": unacknowledged,
-                    "sent": unacknowledged - unsent,
-                    "unsent": unsent,
-                    "why": "the outbox is in memory; the hub may have logged the sent ones",
-                },
+        kept = self.spool.depth
+        if kept:
+            _log.info(
+                "samples not yet acknowledged by the hub are kept in the spool for the next start",
+                extra={"count": kept, "spool": str(self.spool.path or "in memory")},
             )
 
     def _on_status(self, status: Status) -> None:

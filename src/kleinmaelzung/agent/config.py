@@ -53,6 +53,19 @@ class InstrumentConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
         return self.bus or self.port or f"instrument:{self.id}"
 
 
+class SpoolConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The `[spool]` table: where samples wait for the hub, and how many may wait.
+
+    Defaults: `$XDG_STATE_HOME/kleinmaelzung/spool-AGENT_ID.sqlite`; 5 million
+    samples (about 70 hours of 20 instruments at 1 Hz, some 500 MB); a week.
+    """
+
+    path: str | None = None
+    max_samples: Annotated[int, msgspec.Meta(gt=0)] = 5_000_000
+    max_age_s: Annotated[float, msgspec.Meta(gt=0)] = 7 * 24 * 3600.0
+    commit_interval_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 0.5
+
+
 class AgentConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The whole agent config."""
 
@@ -60,6 +73,7 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     agent_id: Annotated[str, msgspec.Meta(pattern=ID_REGEX)]
     instruments: list[InstrumentConfig]
     token: str | None = None
+    spool: SpoolConfig = SpoolConfig()
 
 
 #: What a user should write, by key, for messages that say "expected ...".
@@ -72,6 +86,10 @@ _HINTS = {
     "port": 'a device path such as "/dev/ttyUSB0"',
     "hub": 'a URL such as "http://hub.lab:8765"',
     "instruments": "a list of [[instruments]] tables",
+    "max_samples": "a whole number of samples greater than 0, such as 5000000",
+    "max_age_s": "a number of seconds greater than 0, such as 604800 (a week)",
+    "commit_interval_s": "a number of seconds greater than 0 and at most 60, such as 0.5",
+    "path": 'a file path such as "/var/lib/kleinmaelzung/spool.sqlite"',
 }
 _AT = re.compile(r"^(?P<what>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
 

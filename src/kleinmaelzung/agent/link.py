@@ -2,7 +2,8 @@
 
 Connecting, the handshake, reconnecting with backoff and saying what is
 wrong are the transport's (`transport.connection`). What is the agent's:
-sending what the outbox holds, acknowledgements, commands that never start
+sending what the spool holds (a new run per connection: the backlog of
+earlier runs and the live samples share the link), acknowledgements, commands that never start
 after their deadline or from a connection that has gone, and stopping when
 another agent took this agent's id (`AgentReplaced`).
 """
@@ -26,6 +27,7 @@ from ..protocol import (
     Error,
     ErrorCode,
     ErrorInfo,
+    Gap,
     HubClock,
     HubToAgentMessage,
     InstrumentInfo,
@@ -46,8 +48,8 @@ from ..transport import (
     websocket_url,
 )
 from .errors import AgentError
-from .outbox import Outbox
 from .permit import Permit
+from .spool import Spool
 
 _log = logging.getLogger(__name__)
 
@@ -82,7 +84,7 @@ class Link:
         token: str | None,
         run: str,
         instruments: Sequence[InstrumentInfo],
-        outbox: Outbox,
+        spool: Spool,
         statuses: Callable[[], list[Status]],
         execute: Callable[[Command, Permit], Awaitable[Reply]],
         limits: Limits | None = None,
@@ -101,7 +103,8 @@ class Link:
             software=f"kleinmaelzung/{__version__}",
             run=run,
         )
-        self._outbox = outbox
+        self._spool = spool
+        self._run = run
         self._statuses = statuses
         self._execute = execute
         self._limits = limits or Limits()
@@ -149,9 +152,11 @@ class Link:
         self.sessions += 1
         self.connected.set()
         _log.info("connected to hub", extra={"url": self.url})
-        self._outbox.rewind()
         sender: asyncio.Task[None] | None = None
         try:
+            # A new run per connection: what was taken before it is backlog,
+            # in order by itself, and new samples go live beside it.
+            await self._spool.start_session(f"{self._run}.{self.sessions}")
             for status in self._statuses():
                 await self._send(status)
             sender = asyncio.create_task(self._send_samples(connection))
@@ -164,11 +169,12 @@ class Link:
                 await connection.close()
             self.connected.clear()
             self._connection = None
+            self._spool.end_session()
             if sender is not None:
                 sender.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await sender
-            _log.info("disconnected from hub", extra={"unacked": len(self._outbox)})
+            _log.info("disconnected from hub", extra={"unacknowledged": self._spool.depth})
 
     def _handle(
         self, message: HubToAgentMessage, clock: HubClock, connection: Connection[Any]
@@ -176,7 +182,9 @@ class Link:
         if isinstance(message, Ack):
             if message.clock is not None:
                 clock.observe(message.clock, time.monotonic())
-            self._outbox.acknowledge(message.seqs)
+            self._spool.acknowledge(message.run or self._spool.run, message.seqs)
+            if message.gaps:
+                self._spool.acknowledge_gaps(message.gaps)
         elif isinstance(message, Command):
             self._spawn(self._run_command(message, _permit(message, clock, connection)))
         elif isinstance(message, Error):
@@ -201,17 +209,38 @@ class Link:
         await self._send(reply)
 
     async def _send_samples(self, connection: Connection[Any]) -> None:
-        while True:
-            await self._outbox.wait_unsent()
-            # Whatever accumulated while the last frame was written goes in
-            # one frame: batching that adds no delay of its own.
-            batch = self._outbox.take_unsent(self._limits.max_samples_per_data)
+        """Send gaps, live samples and the backlog, sharing the link between them.
+
+        Each turn sends every live sample waiting (as one frame), then at most
+        one frame of backlog: a live sample waits behind one backlog frame at
+        most, and a backlog drains at whatever rate the hub accepts.
+        """
+        spool = self._spool
+        most = self._limits.max_samples_per_data
+
+        async def send(message: Data | Gap) -> None:
             try:
-                await connection.send(Data(samples=batch))
-            except ConnectionLost:
-                return  # unacknowledged: sent again on the next connection
+                await connection.send(message)
             except ProtocolError as exc:
-                _log.error("samples not sent", extra={"code": exc.code, "detail": exc.message})
+                # Ours to fix, not the link's: the rest still goes.
+                _log.error("not sent", extra={"code": exc.code, "detail": exc.message})
+
+        try:
+            while True:
+                await spool.wait_sendable()
+                for gap in spool.take_gaps():
+                    await send(gap)
+                # Whatever accumulated while the last frame was written goes
+                # in one frame: batching that adds no delay of its own.
+                live = spool.take_live(most)
+                if live:
+                    await send(Data(samples=live, run=spool.run))
+                backlog = await spool.take_backlog(most)
+                if backlog is not None:
+                    run, samples = backlog
+                    await send(Data(samples=samples, run=run, backlog=True))
+        except ConnectionLost:
+            return  # unacknowledged: backlog of the next connection
 
     async def _send(self, message: Status | Reply) -> None:
         connection = self._connection

@@ -12,6 +12,7 @@ import math
 import re
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from ..protocol import (
     Command,
@@ -31,7 +32,6 @@ from .config import InstrumentConfig
 from .drivers.base import Driver
 from .drivers.blocking import BlockingDriver
 from .errors import DriverError, InstrumentError, NoAnswer, PortError
-from .outbox import Outbox
 from .permit import ALWAYS, Permit
 
 _log = logging.getLogger(__name__)
@@ -61,6 +61,13 @@ def fault_kind(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {_VARIABLE_DETAIL.sub('…', str(exc))}"
 
 
+class SampleSink(Protocol):
+    """Where readings go: the agent's spool."""
+
+    def put(self, sample: Sample) -> None:
+        """Take one sample; never blocks."""
+
+
 class InstrumentRunner:
     """One instrument: keeps its port open, polls it, and serialises access to it."""
 
@@ -68,7 +75,7 @@ class InstrumentRunner:
         self,
         config: InstrumentConfig,
         driver: Driver,
-        outbox: Outbox,
+        outbox: SampleSink,
         on_status: Callable[[Status], None],
         *,
         reopen_max_s: float = 10.0,

@@ -9,7 +9,6 @@ patterns match.
 
 from __future__ import annotations
 
-import array
 import asyncio
 import contextlib
 import itertools
@@ -26,6 +25,7 @@ from ..protocol import (
     Data,
     Error,
     ErrorCode,
+    Gap,
     HubToClientMessage,
     InstrumentList,
     InstrumentRecord,
@@ -245,12 +245,12 @@ class Client:
         for subscription in self._subscriptions:
             subscription.instruments = [i for i in answer.instruments if subscription.wants(i)]
 
-    def _seen_before(self, sample: Sample) -> bool:
+    def _seen_before(self, run: str, sample: Sample) -> bool:
         """Whether this very sample was delivered already; note it if not."""
         window = self._recent.get(sample.instrument)
         if window is None:
             window = self._recent[sample.instrument] = _RecentSamples()
-        return window.seen(sample.seq, sample.ts)
+        return window.seen(run, sample.seq)
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coroutine)
@@ -261,13 +261,14 @@ class Client:
 
     def _dispatch(self, message: HubToClientMessage) -> None:
         if isinstance(message, Data):
+            run = message.run or ""
             for sample in message.samples:
-                if self._seen_before(sample):
+                if self._seen_before(run, sample):
                     continue
                 for subscription in self._subscriptions:
                     if subscription.wants(sample.instrument):
                         subscription._deliver(sample)
-        elif isinstance(message, Status):
+        elif isinstance(message, Status | Gap):
             for subscription in self._subscriptions:
                 if subscription.status and subscription.wants(message.instrument):
                     subscription._deliver(message)
@@ -366,30 +367,28 @@ class Client:
 
 
 class _RecentSamples:
-    """The times of the last `size` samples of one instrument, by seq.
+    """The newest seq delivered per run of one instrument: a repeat is at or below it.
 
     The hub forwards a sample before its log commits it; after a hub crash
     the agent sends again what was not acknowledged, and the next hub, which
-    never logged it, forwards it again. A repeat carries the very seq and
-    time it had; a restarted agent's new run counts from 0 again, but at
-    other times. 8 KiB per instrument; a repeat older than the window (a hub
-    whose log was more than `size` samples behind when it crashed) would get
-    through. Delivery by (run, seq) from the log is issue 9.
+    never logged it, forwards it again, with its run. Seqs only grow within
+    a run, so (run, seq) recognises every repeat exactly. A few runs are live
+    at once (an agent's backlog beside its current run); the oldest of more
+    than `runs` is forgotten.
     """
 
-    def __init__(self, size: int = 1024) -> None:
-        self._size = size
-        self._times = array.array("d", bytes(8 * size))
-        self._newest = -1
+    def __init__(self, runs: int = 16) -> None:
+        self._runs = runs
+        self._newest: dict[str, int] = {}
 
-    def seen(self, seq: int, ts: float) -> bool:
-        """Whether (seq, ts) was delivered already; remember it if not."""
-        if self._newest - self._size < seq <= self._newest and self._times[seq % self._size] == ts:
+    def seen(self, run: str, seq: int) -> bool:
+        """Whether (run, seq) was delivered already; remember it if not."""
+        newest = self._newest.get(run)
+        if newest is not None and seq <= newest:
             return True
-        if seq <= self._newest:  # a new run: what came before is another stream
-            self._times = array.array("d", bytes(8 * self._size))
-        self._newest = seq
-        self._times[seq % self._size] = ts
+        self._newest[run] = seq
+        if newest is None and len(self._newest) > self._runs:
+            del self._newest[next(iter(self._newest))]
         return False
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from ..protocol import InstrumentRecord, Sample, Status
+from ..protocol import Gap, InstrumentRecord, Sample, Status
 from .log import LogEntry
 
 
@@ -52,6 +52,16 @@ def format_status(status: Status) -> str:
     """A status change as a line."""
     reason = f" ({status.reason})" if status.reason else ""
     return f"{clock(status.ts)}  {status.instrument}  is {status.state}{reason}"
+
+
+def format_gap(gap: Gap) -> str:
+    """Samples that will never arrive, as a line."""
+    seqs = (
+        f"seq {gap.first_seq}"
+        if gap.first_seq == gap.last_seq
+        else (f"seqs {gap.first_seq}..{gap.last_seq}")
+    )
+    return f"{gap.instrument}  missed {gap.count} samples ({seqs} of run {gap.run}): {gap.reason}"
 
 
 def units_of(records: list[InstrumentRecord]) -> dict[str, dict[str, str]]:

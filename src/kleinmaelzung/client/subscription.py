@@ -9,10 +9,11 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol
 
-from ..protocol import Sample, Status, matches
+from ..protocol import Gap, Sample, Status, matches
 
-Event = Sample | Status
-"""What a subscription yields: samples, and status changes when asked for."""
+Event = Sample | Status | Gap
+"""What a subscription yields: samples; status changes and gaps (samples that
+will never arrive) when asked for with status=True."""
 
 
 class _Owner(Protocol):

@@ -54,9 +54,11 @@ class AckGatherer:
                     self._interval_s, self._send_one, key
                 )
 
-    def forget(self, key: str) -> None:
-        """Drop the memory of what was sent to an agent run whose connection ended."""
-        self._sent.pop(key, None)
+    def forget(self, agent_id: str) -> None:
+        """Drop the memory of what was sent to an agent whose connection ended (every run)."""
+        prefix = f"{agent_id}/"
+        for key in [k for k in self._sent if k.startswith(prefix)]:
+            del self._sent[key]
 
     def flush(self) -> None:
         """Send everything gathered now."""

@@ -80,10 +80,10 @@ def create_app(
     def send_ack(key: str, seqs: dict[str, int]) -> None:
         agent_id, run = split_ack_key(key)
         entry = hub.registry.agents.get(agent_id)
-        # Only to the run whose samples were committed: a restarted agent
-        # counts from 0 again and would forget samples of its new run.
-        if entry is not None and entry.hello.run == run:
-            hub.fanout.send(entry.peer, Ack(seqs=seqs, clock=hub.commands.monotonic()))
+        # Named by run: the agent holds the samples of earlier runs (its
+        # spool's backlog) beside its current one, and seqs are per run.
+        if entry is not None:
+            hub.fanout.send(entry.peer, Ack(seqs=seqs, clock=hub.commands.monotonic(), run=run))
 
     acks_to.append(send_ack)
     app[HUB_KEY] = hub

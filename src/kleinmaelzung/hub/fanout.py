@@ -6,9 +6,12 @@ import logging
 from collections import defaultdict
 from collections.abc import Sequence
 
+import msgspec
+
 from ..protocol import (
     Error,
     ErrorCode,
+    Gap,
     Message,
     Sample,
     Status,
@@ -64,13 +67,14 @@ class Fanout:
         peer.send(frame)
 
     def publish_samples(
-        self, samples: Sequence[Sample], frame: bytes | None = None
+        self, samples: Sequence[Sample], frame: bytes | None = None, run: bytes = b""
     ) -> dict[str, str]:
-        """Send samples to their subscribers; return the recipients per instrument.
+        """Send samples of one run to their subscribers; return the recipients per instrument.
 
         One encoding per distinct recipient set. `frame`, if given, is the
         agent's original encoding of exactly these samples, all of one
-        instrument: its samples array is forwarded as is.
+        instrument: its samples array is forwarded as is. `run` is the run
+        as `encode_run` gives it.
         """
         if not samples:
             return {}
@@ -81,7 +85,7 @@ class Fanout:
                 return {}
             array = (samples_array(frame) if frame is not None else None) or encode_samples(samples)
             for peer in subscribers:
-                peer.send_samples(array)
+                peer.send_samples(array, run)
             return {first: self._subscriptions.recipients(first)}
         by_peer: dict[Peer, list[Sample]] = defaultdict(list)
         for sample in samples:
@@ -94,12 +98,20 @@ class Fanout:
         for group_samples, peers in groups.values():
             array = encode_samples(group_samples)
             for peer in peers:
-                peer.send_samples(array)
+                peer.send_samples(array, run)
         return {
             instrument: self._subscriptions.recipients(instrument)
             for instrument in {s.instrument for s in samples}
             if self._subscriptions.subscribers(instrument)
         }
+
+    def publish_gap(self, gap: Gap) -> None:
+        """Tell an instrument's subscribers which samples will never arrive."""
+        subscribers = self._subscriptions.subscribers(gap.instrument)
+        if subscribers:
+            frame = encode(msgspec.structs.replace(gap, id=None))
+            for peer in subscribers:
+                peer.send(frame)
 
     def publish_status(self, status: Status) -> None:
         """Send an instrument's status change to its subscribers, logged once."""

@@ -14,22 +14,27 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..protocol import (
+    Ack,
     Command,
     Data,
     Error,
     ErrorCode,
+    Gap,
     InstrumentList,
     ListInstruments,
     PeerKind,
     Reply,
+    Sample,
     Status,
     Subscribe,
     Subscribed,
     Unsubscribe,
     check_arguments,
     encode,
+    encode_run,
 )
 from .peers import Peer
+from .traffic import ack_key
 
 if TYPE_CHECKING:
     from .services import Hub
@@ -93,6 +98,7 @@ def default_handlers() -> Handlers:
     handlers.register(PeerKind.AGENT, Status, agent_status)
     handlers.register(PeerKind.AGENT, Reply, agent_reply)
     handlers.register(PeerKind.AGENT, Error, agent_error)
+    handlers.register(PeerKind.AGENT, Gap, agent_gap)
     handlers.register(PeerKind.CLIENT, Subscribe, client_subscribe)
     handlers.register(PeerKind.CLIENT, Unsubscribe, client_unsubscribe)
     handlers.register(PeerKind.CLIENT, ListInstruments, client_list)
@@ -111,8 +117,17 @@ async def agent_data(ctx: Context, message: Data) -> None:
     agent = hub.registry.agents.get(peer.name)
     if agent is None or agent.peer is not peer:
         return  # a replaced connection: its agent resends on the new one
+    run = message.run or agent.hello.run
+    registry = hub.registry
+    missing = registry.needs_lookup(agent, run, message.samples)
+    if missing:
+        # A run this hub has not seen since it started: what did it log of it
+        # before? (Frames of one connection are handled one at a time, so no
+        # sample of this run is accepted meanwhile.)
+        logged = await hub.store.last_seqs(run, missing)
+        registry.merge_logged_seqs(run, missing, logged)
     now = hub.clock()
-    accepted, duplicates, foreign = hub.registry.accept(agent, message.samples, now)
+    accepted, duplicates, foreign = registry.accept(agent, run, message.samples, now)
     if foreign:
         ctx.send(
             Error(
@@ -121,31 +136,50 @@ async def agent_data(ctx: Context, message: Data) -> None:
                 + ", ".join(sorted(foreign)),
             )
         )
+    key = ack_key(agent.hello.agent_id, run)
     if duplicates:
-        hub.tasks.spawn(_ack_when_committed(hub, agent.ack_key, duplicates), "kmz-ack")
+        hub.tasks.spawn(_ack_when_committed(hub, key, duplicates), "kmz-ack")
     if not accepted:
         return
     _note_undeclared_channels(ctx, accepted)
     first = accepted[0].instrument
     traffic = hub.traffic
+    if message.backlog:
+        # Taken while this agent had no connection: logged, not sent to live
+        # subscribers, who would see time go backwards (and, after a hub
+        # crash, samples the previous hub had already forwarded).
+        for instrument, samples in _by_instrument(accepted).items():
+            frame = (
+                ctx.frame
+                if instrument == first and len(samples) == len(message.samples)
+                else (encode(Data(samples=samples, run=run, backlog=True)))
+            )
+            traffic.samples(agent, run, instrument, frame, samples[-1].seq, None, now)
+        return
+    encoded_run = encode_run(run)
     if len(accepted) == len(message.samples) and all(s.instrument == first for s in accepted):
         # The common case: the agent's frame as it arrived, forwarded and logged.
-        delivered = hub.fanout.publish_samples(accepted, ctx.frame)
-        traffic.samples(agent, first, ctx.frame, accepted[-1].seq, delivered.get(first), now)
+        delivered = hub.fanout.publish_samples(accepted, ctx.frame, encoded_run)
+        traffic.samples(agent, run, first, ctx.frame, accepted[-1].seq, delivered.get(first), now)
         return
-    delivered = hub.fanout.publish_samples(accepted)
-    by_instrument: dict[str, list[Any]] = {}
-    for sample in accepted:
-        by_instrument.setdefault(sample.instrument, []).append(sample)
-    for instrument, samples in by_instrument.items():
+    delivered = hub.fanout.publish_samples(accepted, None, encoded_run)
+    for instrument, samples in _by_instrument(accepted).items():
         traffic.samples(
             agent,
+            run,
             instrument,
-            encode(Data(samples=samples)),
+            encode(Data(samples=samples, run=run)),
             samples[-1].seq,
             delivered.get(instrument),
             now,
         )
+
+
+def _by_instrument(samples: list[Sample]) -> dict[str, list[Sample]]:
+    by_instrument: dict[str, list[Sample]] = {}
+    for sample in samples:
+        by_instrument.setdefault(sample.instrument, []).append(sample)
+    return by_instrument
 
 
 async def _ack_when_committed(hub: Hub, key: str, seqs: dict[str, int]) -> None:
@@ -154,6 +188,41 @@ async def _ack_when_committed(hub: Hub, key: str, seqs: dict[str, int]) -> None:
     # them forever. The seqs are the newest accepted, so no ack goes back.
     await hub.store.flush()
     hub.acks.committed({key: seqs})
+
+
+async def agent_gap(ctx: Context, message: Gap) -> None:
+    """Samples the agent dropped: logged, told to subscribers, acknowledged once committed."""
+    agent = ctx.hub.registry.agents.get(ctx.peer.name)
+    if agent is None or agent.peer is not ctx.peer or message.instrument not in agent.instruments:
+        ctx.send(
+            Error(
+                code=ErrorCode.UNKNOWN_INSTRUMENT,
+                message=f"gap for instrument {message.instrument!r}, "
+                "which this agent did not announce",
+            )
+        )
+        return
+    _log.warning(
+        "agent dropped samples",
+        extra={
+            "agent": agent.hello.agent_id,
+            "instrument": message.instrument,
+            "run": message.run,
+            "seqs": f"{message.first_seq}..{message.last_seq}",
+            "count": message.count,
+            "reason": message.reason,
+        },
+    )
+    ctx.log_in(message, message.instrument)
+    ctx.hub.fanout.publish_gap(message)
+    if message.id is not None:
+        ctx.hub.tasks.spawn(_ack_gap_when_committed(ctx, message.id), "kmz-gap-ack")
+
+
+async def _ack_gap_when_committed(ctx: Context, gap_id: int) -> None:
+    await ctx.hub.store.flush()
+    if not ctx.peer.ws.closed:
+        ctx.send(Ack(seqs={}, gaps=[gap_id]))
 
 
 def _note_undeclared_channels(ctx: Context, samples: list[Any]) -> None:

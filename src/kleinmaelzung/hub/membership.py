@@ -28,7 +28,6 @@ from ..protocol import (
 )
 from .errors import Conflict
 from .peers import Peer
-from .traffic import ack_key
 
 if TYPE_CHECKING:
     from .services import Hub
@@ -75,16 +74,8 @@ async def _join_agent(
         return Refusal(
             Error(code=ErrorCode.DUPLICATE_ID, message=str(exc)), CloseCode.DUPLICATE_AGENT
         )
-    # A hub that restarted remembers nothing of this run but what it logged:
-    # samples the agent sends again (unacknowledged when the hub went away)
-    # must be recognised as already logged. Before the welcome: once
-    # welcomed, the agent sends them.
-    unknown = [
-        info.id
-        for info in hello.instruments
-        if (entry := registry.instruments.get(info.id)) is None or entry.run != hello.run
-    ]
-    logged = await hub.store.last_seqs(hello.run, unknown) if unknown else {}
+    # What the log holds of each run the agent sends is looked up when its
+    # first frame of that run arrives (`handlers.agent_data`).
     peer = _welcome(hub, PeerKind.AGENT, hello.agent_id, ws, connection, hello, frame)
     previous = registry.agents.get(hello.agent_id)
     if previous is not None:
@@ -106,7 +97,6 @@ async def _join_agent(
     }
     for instrument_id in registry.add_agent(peer, hello):
         hub.subscriptions.instrument_added(instrument_id)
-    registry.merge_logged_seqs(logged)
     now = hub.clock()
     for info in hello.instruments:
         hub.traffic.remember_instrument(info, hello.agent_id, None)
@@ -162,7 +152,7 @@ def leave(hub: Hub, peer: Peer, reason: str = "agent disconnected") -> None:
         return  # an older connection of an agent that has a newer one
     hub.commands.agent_left(peer.name, reason)
     if run is not None:
-        hub.acks.forget(ack_key(peer.name, run))
+        hub.acks.forget(peer.name)
     now = hub.clock()
     for instrument_id in offline:
         entry_ = hub.registry.instruments[instrument_id]

@@ -42,8 +42,9 @@ class Peer:
         #: (instrument, channel) pairs this agent was told it did not declare.
         self.noted: set[tuple[str, str]] = set()
         self._limit = queue_frames
-        # Items in send order: (True, JSON array of samples) or (False, a frame).
-        self._items: deque[tuple[bool, bytes]] = deque()
+        # Items in send order: (run, JSON array of samples) for data, the run
+        # as `encode_run` gives it; (None, a frame) for anything else.
+        self._items: deque[tuple[bytes | None, bytes]] = deque()
         self._data_items = 0
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -56,14 +57,14 @@ class Peer:
 
     def send(self, frame: bytes) -> None:
         """Queue one encoded message; never dropped for being slow."""
-        self._items.append((False, frame))
+        self._items.append((None, frame))
         self._kick()
 
-    def send_samples(self, samples_array: bytes) -> None:
-        """Queue samples (an encoded JSON array); the oldest go first if the peer lags."""
+    def send_samples(self, samples_array: bytes, run: bytes = b"") -> None:
+        """Queue one run's samples (an encoded JSON array); the oldest go first on lag."""
         if self._data_items >= self._limit:
             self._drop_oldest_data()
-        self._items.append((True, samples_array))
+        self._items.append((run, samples_array))
         self._data_items += 1
         self._kick()
 
@@ -89,8 +90,8 @@ class Peer:
         self._wake.set()
 
     def _drop_oldest_data(self) -> None:
-        for index, (is_data, _) in enumerate(self._items):
-            if is_data:
+        for index, (run, _) in enumerate(self._items):
+            if run is not None:
                 del self._items[index]
                 self._data_items -= 1
                 self.missed += 1
@@ -101,19 +102,25 @@ class Peer:
                 return
 
     def _frames(self) -> list[bytes]:
-        """Take everything queued; consecutive sample arrays become one data frame."""
+        """Take everything queued; consecutive sample arrays of one run become one data frame."""
         frames: list[bytes] = []
-        run: list[bytes] = []
-        for is_data, payload in self._items:
-            if is_data:
-                run.append(payload)
+        arrays: list[bytes] = []
+        current = b""
+        for run, payload in self._items:
+            if run is not None and (run == current or not arrays):
+                current = run
+                arrays.append(payload)
                 continue
-            if run:
-                frames.append(data_frame(run))
-                run = []
-            frames.append(payload)
-        if run:
-            frames.append(data_frame(run))
+            if arrays:
+                frames.append(data_frame(arrays, current))
+                arrays = []
+            if run is None:
+                frames.append(payload)
+            else:
+                current = run
+                arrays.append(payload)
+        if arrays:
+            frames.append(data_frame(arrays, current))
         self._items.clear()
         self._data_items = 0
         return frames

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from ..protocol import AgentHello, InstrumentInfo, InstrumentRecord, InstrumentState, Sample
 from .errors import Conflict
 from .peers import Peer
-from .traffic import ack_key
 
 #: Why an instrument remembered from before a hub restart is offline.
 NOT_SEEN_SINCE_START = "its agent has not connected since the hub started"
@@ -28,9 +27,11 @@ class InstrumentEntry:
     reason: str = ""
     #: Hub time of its newest reading; None until it sends one.
     last_seen: float | None = None
-    #: Highest seq accepted in `run`; samples at or below it are duplicates.
-    last_seq: int = -1
-    run: str = ""
+    #: Highest seq accepted per agent run; samples at or below it are
+    #: duplicates. A run missing here is looked up in the log first
+    #: (`needs_lookup`). Several runs are live at once while an agent sends
+    #: the backlog of earlier runs beside its current one.
+    seqs: dict[str, int] = field(default_factory=dict)
     #: The names of the channels it declared; kept with `info` by the registry.
     channel_names: frozenset[str] = frozenset()
 
@@ -56,9 +57,11 @@ class AgentEntry:
     peer: Peer
     hello: AgentHello
     instruments: set[str] = field(default_factory=set)
-    #: Under which its acknowledgements are gathered (`traffic.ack_key`).
-    ack_key: str = ""
 
+
+#: Runs remembered per instrument: an agent sends the backlog of at most a
+#: few earlier runs beside its current one.
+MAX_RUNS_PER_INSTRUMENT = 16
 
 #: What became of one data message's samples: the new ones, in order, to log
 #: and deliver; per instrument with samples already logged in this run, the
@@ -110,7 +113,7 @@ class Registry:
     def add_agent(self, peer: Peer, hello: AgentHello) -> list[str]:
         """Record a connected agent; return the ids of instruments new to the hub."""
         new: list[str] = []
-        entry = AgentEntry(peer=peer, hello=hello, ack_key=ack_key(hello.agent_id, hello.run))
+        entry = AgentEntry(peer=peer, hello=hello)
         for info in hello.instruments:
             known = self._instruments.get(info.id)
             if known is None:
@@ -122,19 +125,42 @@ class Registry:
             known.agent = hello.agent_id
             known.state = "online"
             known.reason = ""
-            if known.run != hello.run:
-                known.run = hello.run
-                known.last_seq = -1
             entry.instruments.add(info.id)
         self._agents[hello.agent_id] = entry
         return new
 
-    def merge_logged_seqs(self, logged: Mapping[str, int]) -> None:
-        """Take what the log holds of an agent's run: samples up to these seqs are duplicates."""
-        for instrument_id, seq in logged.items():
+    def needs_lookup(self, agent: AgentEntry, run: str, samples: Sequence[Sample]) -> list[str]:
+        """Instruments of these samples for which the hub has not seen `run` since it started."""
+        missing: list[str] = []
+        instruments = self._instruments
+        for sample in samples:
+            instrument_id = sample.instrument
+            if (
+                instrument_id in agent.instruments
+                and run not in instruments[instrument_id].seqs
+                and instrument_id not in missing
+            ):
+                missing.append(instrument_id)
+        return missing
+
+    def merge_logged_seqs(
+        self, run: str, instruments: Iterable[str], logged: Mapping[str, int]
+    ) -> None:
+        """Take what the log holds of a run: samples up to these seqs are duplicates.
+
+        Every instrument looked up gets an entry for `run` (-1 if nothing was
+        logged), so it is looked up once.
+        """
+        for instrument_id in instruments:
             entry = self._instruments.get(instrument_id)
-            if entry is not None:
-                entry.last_seq = max(entry.last_seq, seq)
+            if entry is None:
+                continue
+            seq = max(entry.seqs.get(run, -1), logged.get(instrument_id, -1))
+            entry.seqs[run] = seq
+            if len(entry.seqs) > MAX_RUNS_PER_INSTRUMENT:
+                # The oldest first (dicts keep insertion order): long since
+                # committed, so the log answers for it if it comes back.
+                del entry.seqs[next(iter(entry.seqs))]
 
     def remove_agent(self, agent_id: str, peer: Peer, reason: str) -> list[str]:
         """Forget a disconnected agent; return the instruments that went offline."""
@@ -150,12 +176,15 @@ class Registry:
             offline.append(instrument_id)
         return offline
 
-    def accept(self, agent: AgentEntry, samples: Sequence[Sample], now: float) -> Accepted:
-        """Sort an agent's samples into new ones, ones already logged, and foreign ones.
+    def accept(
+        self, agent: AgentEntry, run: str, samples: Sequence[Sample], now: float
+    ) -> Accepted:
+        """Sort an agent's samples of one run into new ones, ones already logged, and foreign ones.
 
         Within a run seqs only grow: a sample at or below the newest accepted
         seq of its instrument was logged before (the agent resends what was not
-        acknowledged when its connection dropped).
+        acknowledged when its connection dropped). `needs_lookup` and
+        `merge_logged_seqs` come first for a run not seen since the hub started.
         """
         served = agent.instruments
         instruments = self._instruments
@@ -167,12 +196,13 @@ class Registry:
             if instrument_id not in served:
                 foreign.add(instrument_id)
                 continue
-            entry = instruments[instrument_id]
-            if sample.seq <= entry.last_seq:
-                duplicates[instrument_id] = entry.last_seq
+            seqs = instruments[instrument_id].seqs
+            last = seqs.get(run, -1)
+            if sample.seq <= last:
+                duplicates[instrument_id] = last
                 continue
-            entry.last_seq = sample.seq
-            entry.last_seen = now
+            seqs[run] = sample.seq
+            instruments[instrument_id].last_seen = now
             accepted.append(sample)
         return accepted, duplicates, foreign
 

@@ -76,6 +76,7 @@ class TrafficLog:
     def samples(
         self,
         agent: AgentEntry,
+        run: str,
         instrument: str,
         frame: bytes,
         last_seq: int,
@@ -92,8 +93,8 @@ class TrafficLog:
                 frame,
                 instrument,
                 delivered_to,
-                (agent.ack_key, {instrument: last_seq}),
-                agent.hello.run,
+                (ack_key(agent.hello.agent_id, run), {instrument: last_seq}),
+                run,
             )
         )
 

@@ -110,22 +110,40 @@ def encode_samples(samples: Sequence[Sample]) -> bytes:
 
 # A data frame as `encode` lays it out: the hub forwards an agent's samples
 # array as it arrived, and joins the arrays queued for one client into one
-# frame, without decoding and encoding them again.
+# frame (one per run), without decoding and encoding them again.
 _DATA_HEAD = b'{"type":"data","samples":['
 _DATA_TAIL = b"]}"
+# Samples hold no arrays, so the only `]` before this is the array's own:
+# and inside a JSON string a `"` is escaped, so this is never inside a value.
+_RUN_TAIL = b'],"run":'
 
 
 def samples_array(frame: bytes) -> bytes | None:
     """The samples array of a data frame as `encode` lays it out, or None if laid out otherwise."""
-    if frame.startswith(_DATA_HEAD) and frame.endswith(_DATA_TAIL):
-        return frame[len(_DATA_HEAD) - 1 : -len(_DATA_TAIL) + 1]
+    if frame.startswith(_DATA_HEAD):
+        if frame.endswith(_DATA_TAIL):
+            return frame[len(_DATA_HEAD) - 1 : -len(_DATA_TAIL) + 1]
+        end = frame.rfind(_RUN_TAIL)
+        if end > 0 and frame.endswith(b"}"):
+            return frame[len(_DATA_HEAD) - 1 : end + 1]
     return None
 
 
-def data_frame(arrays: Sequence[bytes]) -> bytes:
-    """One data frame holding the samples of several encoded samples arrays, in order."""
+def data_frame(arrays: Sequence[bytes], run: bytes = b"") -> bytes:
+    """One data frame holding the samples of several encoded samples arrays, in order.
+
+    `run` is the run's encoded JSON string (quotes included), or empty for none.
+    """
     # A list, not a generator: join() builds one anyway, and this is per frame.
-    return _DATA_HEAD + b",".join([a[1:-1] for a in arrays if len(a) > 2]) + _DATA_TAIL
+    body = _DATA_HEAD + b",".join([a[1:-1] for a in arrays if len(a) > 2])
+    if run:
+        return body + _RUN_TAIL + run + b"}"
+    return body + _DATA_TAIL
+
+
+def encode_run(run: str | None) -> bytes:
+    """A run as it goes into `data_frame`."""
+    return _encoder.encode(run) if run is not None else b""
 
 
 class Decoder(Generic[T]):

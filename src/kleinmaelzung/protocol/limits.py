@@ -17,8 +17,6 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     max_pending_commands: int = 64
     #: Frames queued for one slow client before the oldest data is dropped.
     client_queue_frames: int = 1024
-    #: Samples an agent keeps while the hub is unreachable.
-    outbox_samples: int = 100_000
 
 
 class Timeouts(msgspec.Struct, frozen=True, kw_only=True):

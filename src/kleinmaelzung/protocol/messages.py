@@ -17,8 +17,8 @@ from .topics import ID_REGEX, NAME_REGEX, PATTERN_REGEX
 
 #: Bumped on any change an old peer could misread. The hub accepts exactly the
 #: versions in `SUPPORTED_PROTOCOLS`.
-PROTOCOL_VERSION = 1
-SUPPORTED_PROTOCOLS = frozenset({1})
+PROTOCOL_VERSION = 2
+SUPPORTED_PROTOCOLS = frozenset({2})
 
 InstrumentId = Annotated[str, msgspec.Meta(pattern=ID_REGEX, description="instrument id")]
 AgentId = Annotated[str, msgspec.Meta(pattern=ID_REGEX, description="agent id")]
@@ -121,11 +121,9 @@ class AgentHello(_Struct, frozen=True, tag="agent_hello"):
     protocol: int
     agent_id: AgentId
     instruments: list[InstrumentInfo]
-    #: Random per agent process start. Sequence numbers restart with a new
-    #: run; within one run the hub drops samples at or below the newest seq
-    #: it has logged, so an agent may resend everything not yet acknowledged
-    #: after a reconnect. Required: without it, every reconnect would look
-    #: like a new run and resent samples would be logged twice.
+    #: Random per agent process start; the run of its `data` that name none.
+    #: Within one run the hub drops samples at or below the newest seq it
+    #: has logged, so an agent may resend everything not yet acknowledged.
     run: RunId
     token: str | None = None
     software: str = ""
@@ -155,6 +153,33 @@ class Data(_Struct, frozen=True, tag="data"):
     """A batch of samples, of one or several instruments, oldest first."""
 
     samples: list[Sample]
+    #: The agent run the samples belong to; None: the run of the agent's
+    #: hello. Seqs only grow within a run and instrument, so `(run, seq)`
+    #: names a sample exactly: clients drop a repeat by it, and resume from it.
+    run: RunId | None = None
+    #: From an agent: these samples were taken before the current connection
+    #: (its spool's backlog). The hub logs and acknowledges them but does not
+    #: send them to live subscribers, who get them from the log.
+    backlog: bool = False
+
+
+class Gap(_Struct, frozen=True, tag="gap"):
+    """Samples that will never arrive: the agent dropped them, and says exactly which.
+
+    From an agent (with its `id`, acknowledged by the hub once logged) and
+    from the hub to the instrument's subscribers.
+    """
+
+    instrument: InstrumentId
+    run: RunId
+    first_seq: Annotated[int, msgspec.Meta(ge=0)]
+    last_seq: Annotated[int, msgspec.Meta(ge=0)]
+    #: How many samples in the range were dropped (seqs may have holes of
+    #: their own: a reading that failed takes no seq).
+    count: Annotated[int, msgspec.Meta(ge=0)]
+    reason: str
+    #: The agent's number for this gap, echoed in `Ack.gaps`.
+    id: int | None = None
 
 
 class Status(_Struct, frozen=True, tag="status"):
@@ -195,6 +220,11 @@ class Ack(_Struct, frozen=True, tag="ack"):
     seqs: dict[str, int]
     #: The hub's monotonic clock when it sent this, as in `welcome`.
     clock: float | None = None
+    #: The agent run the seqs belong to (None from hubs before runs were
+    #: named here: the run of the current connection).
+    run: RunId | None = None
+    #: Ids of `gap` messages now durably logged.
+    gaps: list[int] = []
 
 
 class Subscribe(_Struct, frozen=True, tag="subscribe"):
@@ -249,13 +279,13 @@ class Error(_Struct, frozen=True, tag="error"):
 
 # --- directions ----------------------------------------------------------------
 
-AgentMessage = AgentHello | Data | Status | Reply | Error
+AgentMessage = AgentHello | Data | Gap | Status | Reply | Error
 """Agent to hub."""
 HubToAgentMessage = Welcome | Command | Ack | Error
 """Hub to agent."""
 ClientMessage = ClientHello | Subscribe | Unsubscribe | ListInstruments | Command
 """Client to hub."""
-HubToClientMessage = Welcome | Data | Status | Reply | Subscribed | InstrumentList | Error
+HubToClientMessage = Welcome | Data | Gap | Status | Reply | Subscribed | InstrumentList | Error
 """Hub to client."""
 
 Message = (
@@ -263,6 +293,7 @@ Message = (
     | ClientHello
     | Welcome
     | Data
+    | Gap
     | Status
     | Command
     | Reply
@@ -281,6 +312,7 @@ ALL_MESSAGE_TYPES: tuple[type[msgspec.Struct], ...] = (
     ClientHello,
     Welcome,
     Data,
+    Gap,
     Status,
     Command,
     Reply,
