@@ -421,6 +421,27 @@ def test_a_similar_sensor_takes_a_map_not_a_fork(tmp_path: Path) -> None:
     assert sensor.measure(bus) == {"temperature": 25.0, "humidity": 56.5}
 
 
+class RecordingBus(sim_i2c.SimulatedBus):
+    """A simulated bus that keeps what was written to it."""
+
+    def __init__(self, devices: dict[int, sim_i2c.Device]) -> None:
+        super().__init__(devices)
+        self.written: list[bytes] = []
+
+    def write(self, address: int, data: bytes) -> None:
+        self.written.append(bytes(data))
+        super().write(address, data)
+
+
+@pytest.mark.parametrize(("mode", "command"), [("", b"\x24\x00"), ("low", b"\x24\x16")])
+def test_the_mode_picks_the_maps_measuring_command(mode: str, command: bytes) -> None:
+    sensor = Sensor(load_map("sht3x"), 0x44, "test@0x44", mode)
+    bus = RecordingBus({0x44: sim_i2c.Sht3x(temperature_c=21.5)})
+    sensor.probe(bus)
+    assert sensor.measure(bus)["temperature"] == pytest.approx(21.5, abs=0.01)
+    assert bus.written == [b"\xf3\x2d", command]  # the status read, then the measurement
+
+
 async def test_identity_is_what_answered_once_opened() -> None:
     sht3x = I2cDriver(i2c_config())
     bme280 = I2cDriver(i2c_config(sensor="bme280", address=None))
