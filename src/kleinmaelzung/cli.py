@@ -125,6 +125,11 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("name", metavar="COMMAND")
     send.add_argument("args", nargs="*", metavar="KEY=VALUE", help="values are JSON if they parse")
     send.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
+    send.add_argument(
+        "--key",
+        default=None,
+        help="idempotency key: sent again with the same key, the command runs at most once",
+    )
     send.add_argument("--json", action="store_true", help="print the reply as JSON")
     _hub_option(send)
 
@@ -480,7 +485,11 @@ def _cmd_send(args: argparse.Namespace) -> int:
         async with Client(url, name="kmz-send") as client:
             try:
                 result = await client.command(
-                    args.instrument, args.name, timeout_s=args.timeout, **kwargs
+                    args.instrument,
+                    args.name,
+                    timeout_s=args.timeout,
+                    idempotency_key=args.key,
+                    **kwargs,
                 )
             except CommandError as exc:
                 if args.json:

@@ -12,6 +12,7 @@ from .buses import Buses
 from .config import AgentConfig, check_config
 from .drivers.base import DriverClass
 from .drivers.discovery import find_driver
+from .ledger import CommandLedger
 from .link import Link
 from .permit import Permit
 from .runner import InstrumentRunner
@@ -53,6 +54,8 @@ class Agent:
                 commit_interval_s=spool.commit_interval_s,
             ),
         )
+        # Keyed commands, in the spool's file: they must outlive restarts too.
+        self.ledger = CommandLedger(self.spool.path)
         self.buses = Buses()
         self.runners: dict[str, InstrumentRunner] = {}
         for instrument in config.instruments:
@@ -88,6 +91,7 @@ class Agent:
         """
         _log.info("agent starting", extra={"agent": self.config.agent_id, "hub": self.link.url})
         await self.spool.open()
+        await self.ledger.open()
         try:
             async with asyncio.TaskGroup() as group:
                 runners = [
@@ -106,6 +110,7 @@ class Agent:
             self.buses.close()
             # Whatever happened above: every sample taken goes to the file.
             await asyncio.shield(self.spool.close())
+            await asyncio.shield(self.ledger.close())
             self._report_unacknowledged()
             _log.info("agent stopped", extra={"agent": self.config.agent_id})
 
@@ -149,6 +154,8 @@ class Agent:
                     message=f"this agent has no instrument {command.instrument!r}",
                 ),
             )
+        if command.key is not None:
+            return await self.ledger.run_once(command, lambda c: runner.execute(c, permit))
         return await runner.execute(command, permit)
 
 

@@ -166,16 +166,33 @@ class Client:
         )
 
     async def command(
-        self, instrument: str, command: str, /, *, timeout_s: float | None = None, **args: Any
+        self,
+        instrument: str,
+        command: str,
+        /,
+        *,
+        timeout_s: float | None = None,
+        idempotency_key: str | None = None,
+        **args: Any,
     ) -> Any:
-        """Run a command on an instrument; return its result or raise CommandError."""
+        """Run a command on an instrument; return its result or raise CommandError.
+
+        With an `idempotency_key`, sending the same command again with the
+        same key (say after `outcome_unknown`, or a lost connection) runs it
+        at most once at the instrument and returns the first outcome.
+        """
         timeout_s = self._timeouts.command_default_s if timeout_s is None else timeout_s
         if not is_instrument_id(instrument):
             raise ValueError(f"not an instrument id: {instrument!r}")
         if not 0 < timeout_s <= self._timeouts.command_max_s:
             raise ValueError(f"timeout_s must be in (0, {self._timeouts.command_max_s:g}]")
         message = Command(
-            id=self._next_id(), instrument=instrument, name=command, args=args, timeout_s=timeout_s
+            id=self._next_id(),
+            instrument=instrument,
+            name=command,
+            args=args,
+            timeout_s=timeout_s,
+            key=idempotency_key,
         )
         try:
             reply = await self._request(message, Reply, timeout_s + COMMAND_SLACK_S)

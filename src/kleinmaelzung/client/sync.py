@@ -78,10 +78,21 @@ class SyncClient:
             self._stop_loop()
 
     def command(
-        self, instrument: str, command: str, /, *, timeout_s: float | None = None, **args: Any
+        self,
+        instrument: str,
+        command: str,
+        /,
+        *,
+        timeout_s: float | None = None,
+        idempotency_key: str | None = None,
+        **args: Any,
     ) -> Any:
-        """Run a command; return its result or raise CommandError."""
-        return self._call(self._client.command(instrument, command, timeout_s=timeout_s, **args))
+        """Run a command; return its result or raise CommandError (see `Client.command`)."""
+        return self._call(
+            self._client.command(
+                instrument, command, timeout_s=timeout_s, idempotency_key=idempotency_key, **args
+            )
+        )
 
     def instruments(self) -> list[InstrumentRecord]:
         """Every instrument the hub knows."""

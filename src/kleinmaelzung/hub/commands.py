@@ -72,6 +72,7 @@ class Commands:
             args=command.args,
             timeout_s=command.timeout_s,
             deadline=deadline,
+            key=command.key,
         )
         self._fanout.send(agent, forwarded, instrument=command.instrument)
 

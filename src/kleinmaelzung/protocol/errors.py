@@ -49,6 +49,8 @@ class ErrorCode(enum.StrEnum):
     #: The command did not run: the agent's connection to the hub closed
     #: before it could start.
     AGENT_DISCONNECTED = "agent_disconnected"
+    #: A command's idempotency key was used before for a different command.
+    IDEMPOTENCY_CONFLICT = "idempotency_conflict"
     INSTRUMENT_ERROR = "instrument_error"
     INSTRUMENT_UNREACHABLE = "instrument_unreachable"
     TOO_MANY_PENDING = "too_many_pending"

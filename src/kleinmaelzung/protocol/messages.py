@@ -29,6 +29,7 @@ CommandName = Annotated[str, msgspec.Meta(pattern=NAME_REGEX)]
 ChannelName = Annotated[str, msgspec.Meta(pattern=NAME_REGEX)]
 Timeout = Annotated[float, msgspec.Meta(gt=0, le=300)]
 RunId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+IdempotencyKey = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 #: Seconds since the Unix epoch (UTC), as the source clock saw it.
 Timestamp = float
 #: A channel value: a number (an integer stays an integer), a flag (a
@@ -203,6 +204,10 @@ class Command(_Struct, frozen=True, tag="command"):
     #: its `welcome`: the agent must not start the command after it. A
     #: client's value is replaced by the hub's.
     deadline: float | None = None
+    #: An idempotency key, chosen by the client: a command sent again with
+    #: the same key (after a lost reply) runs at most once at the instrument,
+    #: and every attempt gets the first outcome. Kept a day, per instrument.
+    key: IdempotencyKey | None = None
 
 
 class Reply(_Struct, frozen=True, tag="reply"):
