@@ -42,7 +42,13 @@ def test_check_shows_the_reading_and_the_error_and_fails(sim: Simulator, tmp_pat
 
     assert result.returncode == 1, result.stderr
     rows = {line.split()[0]: line for line in result.stdout.splitlines() if line}
-    assert rows["INSTRUMENT"].split()[:4] == ["INSTRUMENT", "DRIVER", "PORT/RESOURCE", "READING"]
+    assert rows["INSTRUMENT"].split()[:5] == [
+        "INSTRUMENT",
+        "DRIVER",
+        "PORT/RESOURCE",
+        "IDENTITY",
+        "READING",
+    ]
     kiln, balance = rows["kiln-air"], rows["balance"]
     assert "serial_line" in kiln and sim.paths["kiln-air"] in kiln
     assert "temperature=" in kiln and "°C" in kiln and "error" not in kiln

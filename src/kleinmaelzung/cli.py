@@ -237,12 +237,10 @@ def _cmd_agent(args: argparse.Namespace) -> int:
         print(f"kmz agent: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if args.check:
-        from .agent.check import check_instruments
+        from .agent.check import check_instruments, format_table
 
         results = asyncio.run(check_instruments(config, timeout_s=args.timeout))
-        rows = [("INSTRUMENT", "DRIVER", "PORT/RESOURCE", "READING")]
-        rows += [(r.instrument, r.driver, r.where or "-", r.describe_reading()) for r in results]
-        _print_table(rows)
+        print(format_table(results))
         failed = [r.instrument for r in results if not r.ok]
         if failed:
             print(f"{len(failed)} of {len(results)} instruments failed: {', '.join(failed)}")

@@ -39,6 +39,7 @@ FAILURES: dict[str, Callable[[], Exception]] = {
     "struct.error": lambda: struct.error("unpack requires a buffer of 4 bytes"),
     "ValueError": lambda: ValueError("could not convert string to float: 'OVLD'"),
     "ModbusException": lambda: ModbusException("unexpected function code 0x83"),
+    "BadModel": lambda: ValueError("no such scale model 'XS-9'"),
 }
 
 
@@ -48,13 +49,16 @@ class BrokenDriver:
     def __init__(self, config: InstrumentConfig) -> None:
         self.config = config
         self.raises: dict[str, str] = dict(config.settings)
+        if "build" in self.raises:
+            raise FAILURES[self.raises["build"]]()
         self.calls = dict.fromkeys(("open", "read", "execute", "close"), 0)
 
     @staticmethod
     def check_config(config: InstrumentConfig) -> None:
         """Any stage may be broken with any of FAILURES."""
         for stage, failure in config.settings.items():
-            if stage not in ("open", "read", "execute", "close") or failure not in FAILURES:
+            stages = ("build", "open", "read", "execute", "close")
+            if stage not in stages or failure not in FAILURES:
                 raise ValueError(f"settings.{stage}: cannot break with {failure!r}")
 
     def info(self) -> InstrumentInfo:
@@ -119,6 +123,9 @@ async def test_broken_drivers_fault_their_instruments_and_the_agent_and_the_othe
         broken("scale-keyerror", read="KeyError", execute="ValueError"),
         # A library's exceptions from read (decoding bytes) and from execute.
         broken("scale-garbled", read="struct.error", execute="ModbusException"),
+        # A driver that cannot even be built: Agent() used to raise it, and
+        # `kmz agent` showed a traceback instead of starting the others.
+        broken("scale-unbuildable", build="BadModel"),
         InstrumentConfig(
             id="germ-air",
             driver="i2c",
@@ -132,9 +139,11 @@ async def test_broken_drivers_fault_their_instruments_and_the_agent_and_the_othe
         drivers={"broken": BrokenDriver, "i2c": I2cDriver},
     )
     expected_reasons = {
-        "scale-unplugged": "driver error: SerialException: device reports readiness to read",
+        "scale-unplugged": "driver error: serial.SerialException: device reports readiness",
         "scale-keyerror": "driver error: KeyError: 'weight'",
-        "scale-garbled": "unpack requires a buffer of 4 bytes",
+        # Whose exception it is, not just "error" (struct.error's own name).
+        "scale-garbled": "driver error: struct.error: unpack requires a buffer of 4 bytes",
+        "scale-unbuildable": "driver error: ValueError: no such scale model 'XS-9'",
     }
     task = asyncio.create_task(agent.run())
     try:
@@ -152,7 +161,9 @@ async def test_broken_drivers_fault_their_instruments_and_the_agent_and_the_othe
                 assert reason in reasons[instrument], (instrument, reasons[instrument])
 
             # The healthy sensor keeps delivering while the broken ones keep failing.
-            drivers = {i: agent.runners[i].driver for i in expected_reasons}
+            drivers = {
+                i: agent.runners[i].driver for i in expected_reasons if i != "scale-unbuildable"
+            }
             before = {i: dict(d.calls) for i, d in drivers.items()}  # type: ignore[attr-defined]
             after = {i: d.calls for i, d in drivers.items()}  # type: ignore[attr-defined]
             # Until the unplugged one was reopened (after its backoff, about 0.5 s).
@@ -170,7 +181,8 @@ async def test_broken_drivers_fault_their_instruments_and_the_agent_and_the_othe
                 False,
                 "instrument_unreachable",
             )
-            assert "is not open" in unplugged["error"]["message"]
+            # Named by its id: a driver configured by settings has no `port`.
+            assert unplugged["error"]["message"].startswith("scale-unplugged is not open")
             assert "SerialException" in unplugged["error"]["message"]
             for instrument, id_, raised in (
                 ("scale-keyerror", "c2", "ValueError: could not convert string to float"),

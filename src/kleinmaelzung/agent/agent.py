@@ -6,11 +6,22 @@ import asyncio
 import logging
 import secrets
 from collections.abc import Mapping
+from typing import Any
 
-from ..protocol import Command, ErrorCode, ErrorInfo, Limits, Reply, Status, Timeouts
+from ..protocol import (
+    Command,
+    ErrorCode,
+    ErrorInfo,
+    InstrumentInfo,
+    Limits,
+    Reply,
+    Status,
+    Timeouts,
+    Value,
+)
 from .buses import Buses
-from .config import AgentConfig, check_config
-from .drivers.base import DriverClass
+from .config import AgentConfig, InstrumentConfig, check_config
+from .drivers.base import Driver, DriverClass
 from .drivers.discovery import find_driver
 from .ledger import CommandLedger
 from .link import Link
@@ -60,9 +71,18 @@ class Agent:
         self.runners: dict[str, InstrumentRunner] = {}
         for instrument in config.instruments:
             driver_class = (drivers or {}).get(instrument.driver) or find_driver(instrument.driver)
+            driver: Driver
+            try:
+                driver = driver_class(instrument)
+                driver.info()
+            except Exception as exc:
+                # A driver that cannot even be built is that instrument's
+                # fault, not the agent's: it is faulted, the others run.
+                _log.exception("driver failed to start", extra={"instrument": instrument.id})
+                driver = _Unusable(instrument, exc)
             self.runners[instrument.id] = InstrumentRunner(
                 instrument,
-                driver_class(instrument),
+                driver,
                 self.spool,
                 self._on_status,
                 bus=self.buses.get(instrument.bus_name),
@@ -157,6 +177,33 @@ class Agent:
         if command.key is not None:
             return await self.ledger.run_once(command, lambda c: runner.execute(c, permit))
         return await runner.execute(command, permit)
+
+
+class _Unusable:
+    """Stands in for a driver whose constructor or `info()` raised: every open fails with it."""
+
+    def __init__(self, config: InstrumentConfig, error: Exception) -> None:
+        self._config = config
+        self._error = error
+
+    @staticmethod
+    def check_config(config: InstrumentConfig) -> None:
+        """Checked already, by the real driver."""
+
+    def info(self) -> InstrumentInfo:
+        return InstrumentInfo(id=self._config.id, kind=self._config.driver)
+
+    async def open(self) -> None:
+        raise self._error
+
+    async def read(self) -> dict[str, Value]:
+        raise self._error
+
+    async def execute(self, name: str, args: dict[str, Any]) -> Any:
+        raise self._error
+
+    async def close(self) -> None:
+        pass
 
 
 async def run_agent(config: AgentConfig, *, stop: asyncio.Event | None = None) -> None:

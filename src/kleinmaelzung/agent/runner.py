@@ -181,8 +181,9 @@ class InstrumentRunner:
     async def _close_driver(self) -> None:
         try:
             await self.driver.close()
-        except Exception:
-            _log.exception("closing the driver failed", extra={"instrument": self.config.id})
+        except Exception as exc:
+            # Once per kind: a driver whose close fails fails at every reopen.
+            self._log_unexpected(exc, "closing the driver failed")
 
     async def execute(self, command: Command, permit: Permit = ALWAYS) -> Reply:
         """Run a command from the hub and answer it; never raises.
@@ -213,7 +214,9 @@ class InstrumentRunner:
                 if refusal is not None:
                     return self._not_run(command, *refusal)
                 if not self._open:
-                    raise PortError(f"{self.config.port} is not open ({self.reason})")
+                    raise PortError(
+                        f"{self.config.port or self.config.id} is not open ({self.reason})"
+                    )
                 started = True
                 result = await self.driver.execute(command.name, dict(command.args))
         except TimeoutError:
@@ -312,7 +315,12 @@ def check_values(values: object) -> dict[str, Value]:
 
 
 def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    """`struct.error: unpack requires ...`: a library's exception says whose it is."""
+    kind = type(exc)
+    name = kind.__qualname__
+    if kind.__module__ != "builtins":
+        name = f"{kind.__module__.split('.')[0]}.{name}"
+    return f"{name}: {exc}" if str(exc) else name
 
 
 def _error(command: Command, code: ErrorCode, message: str) -> Reply:
