@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .agent import Agent, AgentConfig, AgentError, InstrumentConfig, MissingExtra, load_drivers
+from .agent.config import SpoolConfig
 from .agent.drivers import find_driver
 from .hub import HubConfig, HubStartError, start_hub
 from .sim import Simulator
@@ -185,9 +186,17 @@ def demo_instruments(
     return lab
 
 
-def demo_agent_config(hub_url: str, lab: list[DemoInstrument]) -> AgentConfig:
-    """The demo agent's config for the instruments of `lab`."""
-    return AgentConfig(hub=hub_url, agent_id="malthouse-pi-1", instruments=[i.config for i in lab])
+def demo_agent_config(
+    hub_url: str, lab: list[DemoInstrument], data_dir: Path | None = None
+) -> AgentConfig:
+    """The demo agent's config for the instruments of `lab`; its spool beside the hub's log."""
+    spool = SpoolConfig(path=str(data_dir / "agent-spool.sqlite")) if data_dir else SpoolConfig()
+    return AgentConfig(
+        hub=hub_url,
+        agent_id="malthouse-pi-1",
+        instruments=[i.config for i in lab],
+        spool=spool,
+    )
 
 
 def set_germination_air(agent: Agent) -> None:
@@ -300,7 +309,7 @@ async def _run(host: str, port: int, data_dir: Path, say: Say, complain: Say) ->
             lab = demo_instruments(plan, simulator.paths, modbus_port)
             try:
                 # Built before the banner, so a config the agent refuses never gets one.
-                agent = Agent(demo_agent_config(hub.url, lab))
+                agent = Agent(demo_agent_config(hub.url, lab, data_dir))
             except AgentError as exc:
                 complain(f"kmz demo: the agent cannot start: {exc}")
                 return 1
