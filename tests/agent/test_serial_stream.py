@@ -25,6 +25,8 @@ from kleinmaelzung.agent import (
     PortError,
 )
 from kleinmaelzung.agent.drivers import serial_line
+from kleinmaelzung.agent.drivers.line_profiles import compile_patterns
+from kleinmaelzung.agent.drivers.line_stream import StreamLines
 from kleinmaelzung.agent.drivers.serial_line import SerialLineDriver, load_profile
 from kleinmaelzung.hub import RunningHub
 from kleinmaelzung.protocol import Timeouts
@@ -390,3 +392,20 @@ async def test_a_streaming_balance_unplugged_and_replugged_streams_again(
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+def test_stream_lines_keep_the_newest_frame_and_count_the_rest() -> None:
+    """The one-slot store on its own, line by line, no port."""
+    profile = load_profile("mt-sics-balance-stream")
+    ((_, frame),) = compile_patterns(profile)
+    lines = StreamLines(frame, lambda line: line in profile.errors)
+    lines.reset()
+    for line in ["  1.234 g", "S S      1.000 g", "", "S D      2.000 g", "S S 3.0.0 g"]:
+        lines.add(line)
+    assert lines.take() == ("frame", {"mass": 2.0, "stable": False})
+    assert lines.take() is None
+    assert (lines.frames_received, lines.frames_superseded) == (2, 1)
+    assert (lines.lines_skipped, lines.last_other) == (2, "S S 3.0.0 g")
+    lines.add("S S      4.000 g")
+    lines.add("S +")
+    assert lines.take() == ("error", "S +"), "an error after a frame is the newest news"
