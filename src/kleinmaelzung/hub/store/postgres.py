@@ -296,7 +296,7 @@ class PostgresBackend:
         return [
             LogEntry(
                 id=row[0],
-                ts=row[1].timestamp(),
+                ts=row[1],
                 direction=row[2],
                 peer=row[3],
                 instrument=row[4],
@@ -319,8 +319,8 @@ class PostgresBackend:
                 instrument=row[0],
                 run=row[1],
                 seq=row[2],
-                ts=row[3].timestamp(),
-                received=row[4].timestamp(),
+                ts=row[3],
+                received=row[4],
                 values=_values_decoder.decode(row[5]),
             )
             for row in rows

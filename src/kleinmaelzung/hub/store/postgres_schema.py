@@ -107,11 +107,15 @@ SELECT k.id, k.agent, k.info::text, k.last_seen,
      ORDER BY t.id DESC LIMIT 1)
 FROM known_instrument k ORDER BY k.id COLLATE "C"
 """
+# Times as UNIX seconds computed by the server: making a datetime per row and
+# converting it took 1 ms of 8.5 (p50) for an hour of one instrument (3600 rows).
 SELECT_TRAFFIC = (
-    "SELECT id, ts, direction, peer, instrument, type, message, delivered_to FROM traffic"
+    "SELECT id, extract(epoch FROM ts)::float8, direction, peer, instrument, type, message,"
+    " delivered_to FROM traffic"
 )
 SELECT_SAMPLES = """
-SELECT instrument, run, seq, ts, received, channel_values::text FROM sample
+SELECT instrument, run, seq, extract(epoch FROM ts)::float8,
+    extract(epoch FROM received)::float8, channel_values::text FROM sample
 WHERE instrument = $1 AND ts >= $2 AND ts < $3 ORDER BY ts LIMIT $4
 """
 
