@@ -114,6 +114,12 @@ def _parser() -> argparse.ArgumentParser:
     instruments.add_argument("--json", action="store_true", help="print JSON")
     _hub_option(instruments)
 
+    agents = commands.add_parser(
+        "agents", help="list connected agents: spool depth, clock offset, logged seqs"
+    )
+    agents.add_argument("--json", action="store_true", help="print JSON")
+    _hub_option(agents)
+
     watch = commands.add_parser("watch", help="print live readings")
     watch.add_argument("patterns", nargs="+", metavar="INSTRUMENT_OR_PATTERN")
     watch.add_argument("--count", type=_positive_int, default=None, help="stop after N readings")
@@ -408,6 +414,27 @@ def _cmd_instruments(args: argparse.Namespace) -> int:
         return EXIT_OK
 
     return _run_client("instruments", run())
+
+
+def _cmd_agents(args: argparse.Namespace) -> int:
+    import time
+
+    import msgspec
+
+    from .client import fetch_agents
+    from .client.formatting import format_agents
+
+    url = _hub_url(args)
+
+    async def run() -> int:
+        records = await fetch_agents(url)
+        if args.json:
+            print(msgspec.json.format(msgspec.json.encode(records)).decode())
+        else:
+            print(format_agents(records, time.time()))
+        return EXIT_OK
+
+    return _run_client("agents", run())
 
 
 def _cmd_watch(args: argparse.Namespace) -> int:

@@ -22,6 +22,7 @@ from ..protocol import (
     PROTOCOL_VERSION,
     Ack,
     AgentHello,
+    AgentState,
     Command,
     Data,
     Error,
@@ -52,6 +53,9 @@ from .permit import Permit
 from .spool import Spool
 
 _log = logging.getLogger(__name__)
+
+#: How often the agent tells the hub what its spool holds, when it changed.
+STATE_INTERVAL_S = 5.0
 
 
 class AgentReplaced(AgentError):
@@ -153,6 +157,7 @@ class Link:
         self.connected.set()
         _log.info("connected to hub", extra={"url": self.url})
         sender: asyncio.Task[None] | None = None
+        reporter: asyncio.Task[None] | None = None
         try:
             # A new run per connection: what was taken before it is backlog,
             # in order by itself, and new samples go live beside it.
@@ -160,6 +165,7 @@ class Link:
             for status in self._statuses():
                 await self._send(status)
             sender = asyncio.create_task(self._send_samples(connection))
+            reporter = asyncio.create_task(self._report_state())
             async for message in connection:
                 self._handle(message, clock, connection)
         finally:
@@ -170,10 +176,11 @@ class Link:
             self.connected.clear()
             self._connection = None
             self._spool.end_session()
-            if sender is not None:
-                sender.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await sender
+            for task in (sender, reporter):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             _log.info("disconnected from hub", extra={"unacknowledged": self._spool.depth})
 
     def _handle(
@@ -242,7 +249,21 @@ class Link:
         except ConnectionLost:
             return  # unacknowledged: backlog of the next connection
 
-    async def _send(self, message: Status | Reply) -> None:
+    async def _report_state(self) -> None:
+        """Tell the hub what the spool holds: at once, then whenever it changed, at most every
+        `STATE_INTERVAL_S` (for `kmz agents`)."""
+        last: AgentState | None = None
+        while True:
+            spool = self._spool
+            state = AgentState(
+                spool_depth=spool.depth, spool_oldest=spool.oldest, dropped=spool.dropped
+            )
+            if state != last:
+                await self._send(state)
+                last = state
+            await asyncio.sleep(STATE_INTERVAL_S)
+
+    async def _send(self, message: Status | Reply | AgentState) -> None:
         connection = self._connection
         if connection is None or not connection.live:
             return

@@ -111,6 +111,7 @@ class _Committed:
 
     rows: int
     last_id: int
+    oldest_ts: float | None = None
     gaps: list[Gap] = field(default_factory=list)
     runs: dict[str, int] = field(default_factory=dict)
 
@@ -150,6 +151,7 @@ class Spool:
         self._gap_acks: list[int] = []
         self._rows = 0
         self._last_id = 0
+        self._oldest_in_file: float | None = None
         self._limits_checked = 0.0
         # Backlog still to send on this connection: ids in (after, end].
         self._backlog_after = 0
@@ -170,6 +172,7 @@ class Spool:
         self._rows = rows
         self._last_id = last_id
         self._runs = runs
+        self._oldest_in_file = await self._call(self._oldest_blocking)
         for gap in gaps:
             assert gap.id is not None
             self._gaps[gap.id] = gap
@@ -293,6 +296,7 @@ class Spool:
             self._limits_checked = now
         self._rows = done.rows
         self._last_id = done.last_id
+        self._oldest_in_file = done.oldest_ts
         for run, removed in done.runs.items():
             self._forget_one(run, removed)
         for key in [k for k in self._acked if k[0] not in self._runs]:
@@ -321,6 +325,13 @@ class Spool:
     def depth(self) -> int:
         """Samples not yet acknowledged by the hub (committed or not)."""
         return sum(self._runs.values())
+
+    @property
+    def oldest(self) -> float | None:
+        """Time of the oldest sample not yet acknowledged (as of the last commit), if any."""
+        if self._oldest_in_file is not None:
+            return self._oldest_in_file
+        return self._unwritten[0][1].ts if self._unwritten else None
 
     @property
     def committed_rows(self) -> int:
@@ -398,6 +409,11 @@ class Spool:
         self._db = db
         return rows, last_id, gaps, runs
 
+    def _oldest_blocking(self) -> float | None:
+        assert self._db is not None
+        row = self._db.execute("SELECT ts FROM samples ORDER BY id LIMIT 1").fetchone()
+        return float(row[0]) if row else None
+
     def _close_blocking(self) -> None:
         if self._db is not None:
             self._db.close()
@@ -454,7 +470,14 @@ class Spool:
                 dropped = db.execute("DELETE FROM samples WHERE id <= ?", (cutoff_id,)).rowcount
                 rows -= dropped
             last_id = db.execute("SELECT coalesce(max(id), 0) FROM samples").fetchone()[0]
-        return _Committed(rows=rows, last_id=last_id, gaps=gaps, runs=removed)
+            oldest = db.execute("SELECT ts FROM samples ORDER BY id LIMIT 1").fetchone()
+        return _Committed(
+            rows=rows,
+            last_id=last_id,
+            oldest_ts=oldest[0] if oldest else None,
+            gaps=gaps,
+            runs=removed,
+        )
 
     def _drop_cutoff(
         self, db: sqlite3.Connection, rows: int, oldest_ts: float

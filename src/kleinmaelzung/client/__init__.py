@@ -11,7 +11,7 @@ from ..protocol import (
 )
 from .aio import Client
 from .errors import ConnectionLost, HubUnreachable, RequestError, RequestTimeout
-from .log import LogEntry, fetch_log, forget_instrument
+from .log import LogEntry, fetch_agents, fetch_log, forget_instrument
 from .subscription import Event, Subscription
 from .sync import SyncClient
 
@@ -32,6 +32,7 @@ __all__ = [
     "Status",
     "Subscription",
     "SyncClient",
+    "fetch_agents",
     "fetch_log",
     "forget_instrument",
 ]

@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from ..protocol import Gap, InstrumentRecord, Sample, Status
+from ..protocol import AgentRecord, Gap, InstrumentRecord, Sample, Status
 from .log import LogEntry
 
 
@@ -93,6 +93,32 @@ def format_instruments(records: list[InstrumentRecord], now: float) -> str:
         seen = ago(None if r.last_seen is None else max(0.0, now - r.last_seen))
         channels = ", ".join(f"{c.name} [{c.unit}]" if c.unit else c.name for c in r.channels)
         rows.append((r.id, r.kind, state, r.agent, seen, channels))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1]
+        for row in rows
+    )
+
+
+def format_agents(records: list[AgentRecord], now: float) -> str:
+    """A table of connected agents: spool, clock, instruments."""
+    if not records:
+        return "no agents connected"
+    header = ("AGENT", "CONNECTED", "SPOOL", "OLDEST UNACKED", "DROPPED", "CLOCK", "INSTRUMENTS")
+    rows = [header]
+    for r in records:
+        spool = "?" if r.spool_depth is None else str(r.spool_depth)
+        oldest = "-" if r.spool_oldest is None else ago(max(0.0, now - r.spool_oldest))
+        dropped = "?" if r.dropped is None else str(r.dropped)
+        if r.clock_offset_s is None:
+            clock_text = "?"
+        else:
+            clock_text = f"{r.clock_offset_s:+.3f} s" + ("" if r.clock_ok else " OFF")
+        instruments = ", ".join(
+            f"{i} (seq {r.logged_seqs[i]})" if i in r.logged_seqs else i for i in r.instruments
+        )
+        since = ago(max(0.0, now - r.connected_since))
+        rows.append((r.id, since, spool, oldest, dropped, clock_text, instruments))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
     return "\n".join(
         "  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1]

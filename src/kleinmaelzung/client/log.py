@@ -8,15 +8,28 @@ from __future__ import annotations
 
 import msgspec
 
-from ..protocol import ErrorCode, LogEntry, LogPage, ProtocolError
+from ..protocol import AgentRecord, ErrorCode, LogEntry, LogPage, ProtocolError
 from ..transport import base_url
 from .http import request
 
 # LogEntry is protocol's, re-exported here for `client` and its formatting.
-__all__ = ["LogEntry", "fetch_log", "forget_instrument"]
+__all__ = ["LogEntry", "fetch_agents", "fetch_log", "forget_instrument"]
 
 
 _page_decoder = msgspec.json.Decoder(LogPage)
+_agents_decoder = msgspec.json.Decoder(list[AgentRecord])
+
+
+async def fetch_agents(url: str, *, timeout_s: float = 10.0) -> list[AgentRecord]:
+    """The agents connected to the hub at `url`: spools, clocks, newest logged seqs."""
+    endpoint = base_url(url) + "/api/agents"
+    body = await request("GET", endpoint, timeout_s=timeout_s)
+    try:
+        return _agents_decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        raise ProtocolError(
+            ErrorCode.INVALID_MESSAGE, f"unexpected answer from {endpoint}: {exc}"
+        ) from None
 
 
 async def fetch_log(

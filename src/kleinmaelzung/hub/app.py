@@ -96,6 +96,7 @@ def create_app(
     app.router.add_get("/api/health", rest.health)
     app.router.add_get("/api/instruments", rest.instruments)
     app.router.add_delete("/api/instruments/{instrument}", rest.forget_instrument)
+    app.router.add_get("/api/agents", rest.agents)
     app.router.add_get("/api/log", rest.traffic_log)
     app.router.add_get("/", rest.status_page)
     return app

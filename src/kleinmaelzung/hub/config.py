@@ -20,6 +20,9 @@ class HubConfig(msgspec.Struct, frozen=True, kw_only=True):
     #: (see `store.store_for_url`); None for SQLite at `traffic_db`.
     log_url: str | None = None
     name: str = "kmz-hub"
+    #: An agent whose clock is further than this from the hub's is flagged
+    #: (logged, and `clock_ok: false` in `/api/agents`).
+    clock_warning_s: float = 1.0
     limits: Limits = Limits()
     timeouts: Timeouts = Timeouts()
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..protocol import (
     Ack,
+    AgentState,
     Command,
     Data,
     Error,
@@ -37,6 +38,7 @@ from .peers import Peer
 from .traffic import ack_key
 
 if TYPE_CHECKING:
+    from .registry import AgentEntry
     from .services import Hub
 
 _log = logging.getLogger(__name__)
@@ -99,6 +101,7 @@ def default_handlers() -> Handlers:
     handlers.register(PeerKind.AGENT, Reply, agent_reply)
     handlers.register(PeerKind.AGENT, Error, agent_error)
     handlers.register(PeerKind.AGENT, Gap, agent_gap)
+    handlers.register(PeerKind.AGENT, AgentState, agent_state)
     handlers.register(PeerKind.CLIENT, Subscribe, client_subscribe)
     handlers.register(PeerKind.CLIENT, Unsubscribe, client_unsubscribe)
     handlers.register(PeerKind.CLIENT, ListInstruments, client_list)
@@ -156,6 +159,9 @@ async def agent_data(ctx: Context, message: Data) -> None:
             )
             traffic.samples(agent, run, instrument, frame, samples[-1].seq, None, now)
         return
+    agent.clock.observe(accepted[-1].ts, now)
+    if agent.clock.within(hub.config.clock_warning_s) == agent.clock_warned:
+        _clock_changed(hub, agent)
     encoded_run = encode_run(run)
     if len(accepted) == len(message.samples) and all(s.instrument == first for s in accepted):
         # The common case: the agent's frame as it arrived, forwarded and logged.
@@ -173,6 +179,32 @@ async def agent_data(ctx: Context, message: Data) -> None:
             delivered.get(instrument),
             now,
         )
+
+
+def _clock_changed(hub: Hub, agent: AgentEntry) -> None:
+    """An agent's clock went off (its samples' times are wrong by as much), or came back.
+
+    Logged once per crossing; `/api/agents` and `kmz agents` show it meanwhile.
+    """
+    agent.clock_warned = not agent.clock_warned
+    extra = {
+        "agent": agent.hello.agent_id,
+        "offset_s": agent.clock.offset_s,
+        "bound_s": hub.config.clock_warning_s,
+    }
+    if agent.clock_warned:
+        hint = "run NTP (systemd-timesyncd, chrony) on the agent's machine"
+        _log.warning("agent clock is off", extra={**extra, "hint": hint})
+    else:
+        _log.info("agent clock is back within bounds", extra=extra)
+
+
+async def agent_state(ctx: Context, message: AgentState) -> None:
+    """What the agent's spool holds, for `/api/agents` and `kmz agents`."""
+    ctx.log_in(message)
+    agent = ctx.hub.registry.agents.get(ctx.peer.name)
+    if agent is not None and agent.peer is ctx.peer:
+        agent.state = message
 
 
 def _by_instrument(samples: list[Sample]) -> dict[str, list[Sample]]:

@@ -95,7 +95,7 @@ async def _join_agent(
         for info in hello.instruments
         if (entry := registry.instruments.get(info.id)) is not None
     }
-    for instrument_id in registry.add_agent(peer, hello):
+    for instrument_id in registry.add_agent(peer, hello, hub.clock()):
         hub.subscriptions.instrument_added(instrument_id)
     now = hub.clock()
     for info in hello.instruments:

@@ -9,7 +9,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from ..protocol import AgentHello, InstrumentInfo, InstrumentRecord, InstrumentState, Sample
+from ..protocol import (
+    AgentHello,
+    AgentRecord,
+    AgentState,
+    InstrumentInfo,
+    InstrumentRecord,
+    InstrumentState,
+    Sample,
+)
+from .clocks import ClockOffset
 from .errors import Conflict
 from .peers import Peer
 
@@ -70,6 +79,14 @@ MAX_RUNS_PER_INSTRUMENT = 16
 #: plain tuple: this is per frame, and a frozen dataclass costs 0.5 us more.
 Accepted = tuple[list[Sample], dict[str, int], set[str]]
 
+    #: Hub time of its handshake.
+    connected_since: float = 0.0
+    #: What its spool holds, as it last said.
+    state: AgentState | None = None
+    #: Its clock minus the hub's, from its live samples.
+    clock: ClockOffset = field(default_factory=ClockOffset)
+    #: Whether the hub has warned that its clock is off (warned once per crossing).
+    clock_warned: bool = False
 
 class Registry:
     """Agents and instruments, changed only through these methods."""
@@ -110,10 +127,10 @@ class Registry:
         if duplicates:
             raise Conflict(f"instrument ids announced twice: {', '.join(duplicates)}")
 
-    def add_agent(self, peer: Peer, hello: AgentHello) -> list[str]:
+    def add_agent(self, peer: Peer, hello: AgentHello, now: float = 0.0) -> list[str]:
         """Record a connected agent; return the ids of instruments new to the hub."""
         new: list[str] = []
-        entry = AgentEntry(peer=peer, hello=hello)
+        entry = AgentEntry(peer=peer, hello=hello, connected_since=now)
         for info in hello.instruments:
             known = self._instruments.get(info.id)
             if known is None:
@@ -237,3 +254,35 @@ class Registry:
 
 def _channel_names(info: InstrumentInfo) -> frozenset[str]:
     return frozenset(c.name for c in info.channels)
+    def agent_records(self, clock_bound_s: float) -> list[AgentRecord]:
+        """Connected agents, sorted by id, with what their spools hold and their clocks."""
+        records = []
+        for agent_id in sorted(self._agents):
+            entry = self._agents[agent_id]
+            state = entry.state
+            run, prefix = entry.hello.run, f"{entry.hello.run}."
+            logged = {}
+            for instrument_id in sorted(entry.instruments):
+                runs = self._instruments[instrument_id].seqs
+                # The newest run of this process (the last one inserted).
+                mine = [seq for r, seq in runs.items() if r == run or r.startswith(prefix)]
+                if mine and mine[-1] >= 0:
+                    logged[instrument_id] = mine[-1]
+            offset = entry.clock.offset_s
+            records.append(
+                AgentRecord(
+                    id=agent_id,
+                    software=entry.hello.software,
+                    run=entry.hello.run,
+                    connected_since=entry.connected_since,
+                    instruments=sorted(entry.instruments),
+                    spool_depth=state.spool_depth if state else None,
+                    spool_oldest=state.spool_oldest if state else None,
+                    dropped=state.dropped if state else None,
+                    clock_offset_s=round(offset, 4) if offset is not None else None,
+                    clock_ok=entry.clock.within(clock_bound_s),
+                    logged_seqs=logged,
+                )
+            )
+        return records
+

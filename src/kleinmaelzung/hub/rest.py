@@ -47,6 +47,12 @@ async def instruments(request: web.Request) -> web.Response:
     return _json(request.app[HUB_KEY].registry.records())
 
 
+async def agents(request: web.Request) -> web.Response:
+    """`GET /api/agents`: connected agents, their spools, clocks and logged seqs."""
+    hub = request.app[HUB_KEY]
+    return _json(hub.registry.agent_records(hub.config.clock_warning_s))
+
+
 async def forget_instrument(request: web.Request) -> web.Response:
     """`DELETE /api/instruments/{id}`: stop listing an instrument whose agent is gone."""
     hub = request.app[HUB_KEY]

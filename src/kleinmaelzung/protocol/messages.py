@@ -113,6 +113,30 @@ class InstrumentRecord(_Struct, frozen=True):
     commands: list[CommandSpec] = []
 
 
+class AgentRecord(_Struct, frozen=True):
+    """The hub's view of one connected agent (`GET /api/agents`, `kmz agents`)."""
+
+    id: AgentId
+    software: str
+    run: RunId
+    #: Hub time of the handshake.
+    connected_since: Timestamp
+    instruments: list[InstrumentId]
+    #: Samples the agent holds that the hub has not acknowledged; None until
+    #: the agent said (`agent_state`).
+    spool_depth: int | None = None
+    #: Time of the oldest of them.
+    spool_oldest: Timestamp | None = None
+    #: Samples its spool dropped (each named by a `gap`) since it started.
+    dropped: int | None = None
+    #: Its clock minus the hub's, in seconds, estimated from its live samples.
+    clock_offset_s: float | None = None
+    #: False when the offset is beyond the hub's bound (1 s by default).
+    clock_ok: bool = True
+    #: Per instrument, the newest seq logged of its current run.
+    logged_seqs: dict[str, int] = {}
+
+
 # --- messages ----------------------------------------------------------------
 
 
@@ -181,6 +205,14 @@ class Gap(_Struct, frozen=True, tag="gap"):
     reason: str
     #: The agent's number for this gap, echoed in `Ack.gaps`.
     id: int | None = None
+
+
+class AgentState(_Struct, frozen=True, tag="agent_state"):
+    """Agent to hub, every few seconds while something changes: what its spool holds."""
+
+    spool_depth: Annotated[int, msgspec.Meta(ge=0)]
+    spool_oldest: Timestamp | None
+    dropped: Annotated[int, msgspec.Meta(ge=0)]
 
 
 class Status(_Struct, frozen=True, tag="status"):
@@ -284,7 +316,7 @@ class Error(_Struct, frozen=True, tag="error"):
 
 # --- directions ----------------------------------------------------------------
 
-AgentMessage = AgentHello | Data | Gap | Status | Reply | Error
+AgentMessage = AgentHello | Data | Gap | AgentState | Status | Reply | Error
 """Agent to hub."""
 HubToAgentMessage = Welcome | Command | Ack | Error
 """Hub to agent."""
@@ -299,6 +331,7 @@ Message = (
     | Welcome
     | Data
     | Gap
+    | AgentState
     | Status
     | Command
     | Reply
@@ -318,6 +351,7 @@ ALL_MESSAGE_TYPES: tuple[type[msgspec.Struct], ...] = (
     Welcome,
     Data,
     Gap,
+    AgentState,
     Status,
     Command,
     Reply,
