@@ -66,6 +66,14 @@ class AgentEntry:
     peer: Peer
     hello: AgentHello
     instruments: set[str] = field(default_factory=set)
+    #: Hub time of its handshake.
+    connected_since: float = 0.0
+    #: What its spool holds, as it last said.
+    state: AgentState | None = None
+    #: Its clock minus the hub's, from its live samples.
+    clock: ClockOffset = field(default_factory=ClockOffset)
+    #: Whether the hub has warned that its clock is off (warned once per crossing).
+    clock_warned: bool = False
 
 
 #: Runs remembered per instrument: an agent sends the backlog of at most a
@@ -79,14 +87,6 @@ MAX_RUNS_PER_INSTRUMENT = 16
 #: plain tuple: this is per frame, and a frozen dataclass costs 0.5 us more.
 Accepted = tuple[list[Sample], dict[str, int], set[str]]
 
-    #: Hub time of its handshake.
-    connected_since: float = 0.0
-    #: What its spool holds, as it last said.
-    state: AgentState | None = None
-    #: Its clock minus the hub's, from its live samples.
-    clock: ClockOffset = field(default_factory=ClockOffset)
-    #: Whether the hub has warned that its clock is off (warned once per crossing).
-    clock_warned: bool = False
 
 class Registry:
     """Agents and instruments, changed only through these methods."""
@@ -246,14 +246,6 @@ class Registry:
         agent = self._agents.get(entry.agent)
         return agent if agent is not None and instrument_id in agent.instruments else None
 
-    def records(self, ids: Iterable[str] | None = None) -> list[InstrumentRecord]:
-        """Known instruments (all, or those in `ids`), sorted by id."""
-        chosen = self._instruments if ids is None else set(ids) & self._instruments.keys()
-        return [self._instruments[i].record() for i in sorted(chosen)]
-
-
-def _channel_names(info: InstrumentInfo) -> frozenset[str]:
-    return frozenset(c.name for c in info.channels)
     def agent_records(self, clock_bound_s: float) -> list[AgentRecord]:
         """Connected agents, sorted by id, with what their spools hold and their clocks."""
         records = []
@@ -286,3 +278,11 @@ def _channel_names(info: InstrumentInfo) -> frozenset[str]:
             )
         return records
 
+    def records(self, ids: Iterable[str] | None = None) -> list[InstrumentRecord]:
+        """Known instruments (all, or those in `ids`), sorted by id."""
+        chosen = self._instruments if ids is None else set(ids) & self._instruments.keys()
+        return [self._instruments[i].record() for i in sorted(chosen)]
+
+
+def _channel_names(info: InstrumentInfo) -> frozenset[str]:
+    return frozenset(c.name for c in info.channels)
