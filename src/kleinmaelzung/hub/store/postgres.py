@@ -16,7 +16,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
@@ -25,10 +25,10 @@ import msgspec
 from ...protocol import LogEntry, Value
 from . import postgres_schema as schema
 from .backend import BackendUnavailable, decode_info
-from .base import KnownInstrument, LoggedSample, OnCommitted, StoreError
+from .base import KnownInstrument, LoggedSample, StoreError
 from .batch import Batch, SaveInstrument
 from .urls import redact_url
-from .writer import HIGH_WATER_ROWS, LOW_WATER_ROWS, LogWriter
+from .writer import LogWriter, WriterOptions
 
 _log = logging.getLogger(__name__)
 
@@ -348,17 +348,5 @@ async def migrate(connection: Any) -> None:
 class PostgresStore(LogWriter):
     """The traffic log in PostgreSQL: a `LogWriter` over a `PostgresBackend`."""
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        on_committed: OnCommitted | None = None,
-        high_water_rows: int = HIGH_WATER_ROWS,
-        low_water_rows: int = LOW_WATER_ROWS,
-    ) -> None:
-        super().__init__(
-            PostgresBackend(url),
-            on_committed=on_committed,
-            high_water_rows=high_water_rows,
-            low_water_rows=low_water_rows,
-        )
+    def __init__(self, url: str, **options: Unpack[WriterOptions]) -> None:
+        super().__init__(PostgresBackend(url), **options)

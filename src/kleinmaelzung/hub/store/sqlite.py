@@ -13,15 +13,16 @@ import logging
 import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Unpack
 
 import msgspec
 
 from ...protocol import LogEntry, Value
 from . import schema
 from .backend import BackendUnavailable, decode_info
-from .base import KnownInstrument, LoggedSample, OnCommitted
+from .base import KnownInstrument, LoggedSample
 from .batch import Batch, ForgetInstrument, SaveInstrument
-from .writer import HIGH_WATER_ROWS, LOW_WATER_ROWS, LogWriter
+from .writer import LogWriter, WriterOptions
 
 _log = logging.getLogger(__name__)
 
@@ -195,18 +196,6 @@ class SqliteBackend:
 class SqliteStore(LogWriter):
     """The traffic log in one SQLite file: a `LogWriter` over a `SqliteBackend`."""
 
-    def __init__(
-        self,
-        path: Path,
-        *,
-        on_committed: OnCommitted | None = None,
-        high_water_rows: int = HIGH_WATER_ROWS,
-        low_water_rows: int = LOW_WATER_ROWS,
-    ) -> None:
-        super().__init__(
-            SqliteBackend(path),
-            on_committed=on_committed,
-            high_water_rows=high_water_rows,
-            low_water_rows=low_water_rows,
-        )
+    def __init__(self, path: Path, **options: Unpack[WriterOptions]) -> None:
+        super().__init__(SqliteBackend(path), **options)
         self.path = path

@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterable
+from typing import TypedDict
 
 import msgspec
 
@@ -83,6 +84,16 @@ class _Flush:
 
 class _Stop:
     """Marker: commit everything before me, then end the writer thread."""
+
+
+class WriterOptions(TypedDict, total=False):
+    """`LogWriter`'s keyword arguments, for the stores that build one over their backend."""
+
+    on_committed: OnCommitted | None
+    high_water_rows: int
+    low_water_rows: int
+    degraded_after_s: float
+    on_health: OnHealth | None
 
 
 class LogWriter:
