@@ -10,7 +10,7 @@ import argparse
 import asyncio
 import logging
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -272,12 +272,13 @@ def _cmd_agent(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _print_table(rows: list[tuple[str, str, str, str]]) -> None:
-    # The last column is free text (a reading, an error): it is not padded, so it may run long.
-    widths = [max(len(row[column]) for row in rows) for column in range(3)]
+def _print_table(rows: Sequence[tuple[str, ...]]) -> None:
+    # The last column is free text: it is not padded, so it may run long.
+    last = len(rows[0]) - 1
+    widths = [max(len(row[column]) for row in rows) for column in range(last)]
     for row in rows:
-        padded = [cell.ljust(width) for cell, width in zip(row[:3], widths, strict=True)]
-        print(*padded, row[3], sep="  ")
+        padded = [cell.ljust(width) for cell, width in zip(row[:last], widths, strict=True)]
+        print(*padded, row[last], sep="  ")
 
 
 def _print_example(driver: str | None) -> int:
@@ -310,8 +311,11 @@ def _cmd_ports(args: argparse.Namespace) -> int:
     if not ports:
         print("no serial ports found")
         return EXIT_OK
-    rows = [("DEVICE", "BY-ID", "USB VID:PID:SERIAL", "DESCRIPTION")]
-    rows += [(p.device, p.by_id or "-", p.usb or "-", p.description or "-") for p in ports]
+    rows = [("DEVICE", "BY-ID", "USB VID:PID:SERIAL", "DESCRIPTION", "IN THE CONFIG")]
+    rows += [
+        (p.device, p.by_id or "-", p.usb or "-", p.description or "-", p.config_line)
+        for p in ports
+    ]
     _print_table(rows)
     return EXIT_OK
 

@@ -75,9 +75,12 @@ def write_agent_config(
     *,
     agent_id: str = "e2e-pi",
     ids: Iterable[str] = INSTRUMENTS,
+    spool: Path | None = None,
 ) -> Path:
     """An agent config for (some of) the simulated lab, as a user would write it."""
     lines = [f'hub = "{url}"', f'agent_id = "{agent_id}"', ""]
+    if spool is not None:
+        lines += ["[spool]", f'path = "{spool}"', ""]
     for instrument_id in ids:
         profile, poll_s = INSTRUMENTS[instrument_id]
         lines += [

@@ -38,11 +38,22 @@ def test_the_replaced_agent_is_told_why_and_stops(tmp_path: Path) -> None:
         hub = start_hub(tmp_path, port)
         started.append(hub)
         url = f"http://127.0.0.1:{port}"
+        # Two Pis by mistake given one id: each has its own disk, and spool.
         first_config = write_agent_config(
-            tmp_path / "a.toml", url, paths, agent_id="twin-pi", ids=["kiln-air", "balance"]
+            tmp_path / "a.toml",
+            url,
+            paths,
+            agent_id="twin-pi",
+            ids=["kiln-air", "balance"],
+            spool=tmp_path / "a.spool",
         )
         second_config = write_agent_config(
-            tmp_path / "b.toml", url, paths, agent_id="twin-pi", ids=["steep-water", "germ-chamber"]
+            tmp_path / "b.toml",
+            url,
+            paths,
+            agent_id="twin-pi",
+            ids=["steep-water", "germ-chamber"],
+            spool=tmp_path / "b.spool",
         )
         first = Process("first", ["agent", str(first_config)], tmp_path)
         started.append(first)

@@ -96,6 +96,9 @@ def where_of(config: InstrumentConfig) -> str:
     if config.port:
         return config.port
     settings = config.settings
+    usb = settings.get("usb")
+    if isinstance(usb, str) and usb:
+        return f"usb {usb}"
     for key in ("resource", "serial_port"):
         value = settings.get(key)
         if isinstance(value, str) and value:
