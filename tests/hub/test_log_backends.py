@@ -6,11 +6,13 @@ Tests taking `log_place` run on SQLite and on a real PostgreSQL server.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import msgspec
 import pytest
@@ -18,6 +20,7 @@ from aiohttp import web
 
 from kleinmaelzung.hub import HubConfig, HubStartError, Record, create_app, start_hub
 from kleinmaelzung.hub.store import (
+    LogHealth,
     LogUrlError,
     SqliteStore,
     StoreUnavailable,
@@ -337,3 +340,84 @@ async def test_a_hub_started_with_a_log_url_logs_there(log_place: LogPlace, tmp_
     ((count,),) = await log_place.sql("SELECT count(*) FROM sample")
     assert count == 1
     assert not (tmp_path / "h").exists()
+
+
+# --- PostgreSQL going away ------------------------------------------------------------
+
+
+class Cable:
+    """A TCP relay to the server that can be pulled out (all connections cut, none
+    accepted) and plugged in again: the server down, as the hub sees it."""
+
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        self.upstream = upstream
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def plug_in(self) -> None:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def pull_out(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in list(self._writers):
+            writer.transport.abort()
+        await self._server.wait_closed()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+        self._writers |= {writer, up_writer}
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            sink.transport.abort()
+
+        try:
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        finally:
+            self._writers -= {writer, up_writer}
+
+
+async def test_postgres_down_degrades_the_log_and_it_recovers_with_nothing_lost(
+    postgres_place: LogPlace,
+) -> None:
+    server = urlsplit(postgres_place.url)
+    cable = Cable((server.hostname or "127.0.0.1", server.port or 5432))
+    await cable.plug_in()
+    through_cable = postgres_place.url.replace(
+        server.netloc, f"{server.username}@127.0.0.1:{cable.port}"
+    )
+    changed = asyncio.Event()
+    acks: list[dict[str, dict[str, int]]] = []
+    store = PostgresStore(
+        through_cable,
+        degraded_after_s=0.3,
+        on_committed=acks.append,
+        on_health=lambda _: changed.set(),
+    )
+    await store.open()
+    store.append(samples_record("kiln-air", "r1", 0, [MARCH], MARCH))
+    await store.flush()
+    committed = list(acks)
+    await cable.pull_out()
+    for seq in range(1, 50):
+        store.append(samples_record("kiln-air", "r1", seq, [MARCH + seq], MARCH + seq))
+    await asyncio.wait_for(changed.wait(), 20)
+    changed.clear()
+    assert store.health.state == "degraded"
+    assert f"traffic log {redact_url(through_cable)} cannot be written" in store.health.reason
+    assert acks == committed  # nothing acknowledged that is not committed
+    await cable.plug_in()
+    await asyncio.wait_for(changed.wait(), 20)
+    assert store.health == LogHealth()
+    await asyncio.wait_for(store.flush(), 20)
+    logged = await store.query_samples("kiln-air", 0.0, MARCH + HOUR)
+    assert [s.seq for s in logged] == list(range(50))
+    assert acks[-1] == {"pi-1/r1": {"kiln-air": 49}}
+    assert store.dropped_rows == 0
+    await store.close()
