@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import aiohttp
 import msgspec
 import pytest
 from aiohttp import web
@@ -421,3 +422,32 @@ async def test_postgres_down_degrades_the_log_and_it_recovers_with_nothing_lost(
     assert acks[-1] == {"pi-1/r1": {"kiln-air": 49}}
     assert store.dropped_rows == 0
     await store.close()
+
+
+async def test_health_says_why_the_log_is_degraded_and_when_it_is_ok_again(
+    log_place: LogPlace, tmp_path: Path
+) -> None:
+    changed = asyncio.Event()
+    store = log_place.store(degraded_after_s=0.3, on_health=lambda _: changed.set())
+    running = await start_hub(HubConfig(port=0, data_dir=tmp_path / "h"), store=store)
+    try:
+        async with (
+            aiohttp.ClientSession() as http,
+            raw_agent(running.url, "pi", [instrument("balance")]) as agent,
+        ):
+            async with log_place.writes_blocked():
+                await agent.send(data("balance", 0, 1))
+                await asyncio.wait_for(changed.wait(), 20)
+                changed.clear()
+                async with http.get(running.url + "/api/health") as response:
+                    health = await response.json()
+                assert health["status"] == "degraded"
+                assert health["log"]["state"] == "degraded"
+                assert "cannot be written" in health["log"]["reason"]
+            await asyncio.wait_for(changed.wait(), 20)
+            async with http.get(running.url + "/api/health") as response:
+                health = await response.json()
+            assert (health["status"], health["log"]) == ("ok", {"state": "ok", "reason": ""})
+            assert (await agent.receive_type("ack"))["seqs"] == {"balance": 1}
+    finally:
+        await running.stop()

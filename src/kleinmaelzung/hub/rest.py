@@ -26,11 +26,12 @@ def _bad_request(code: str, message: str) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
-    """`GET /api/health`: is the hub up, and how busy."""
+    """`GET /api/health`: is the hub up, how busy, and whether its log keeps up (and if not why)."""
     hub = request.app[HUB_KEY]
+    log = hub.store.health
     return _json(
         {
-            "status": "ok",
+            "status": log.state,
             "hub": hub.config.name,
             "version": __version__,
             "uptime_s": round(time.monotonic() - hub.started, 3),
@@ -38,6 +39,7 @@ async def health(request: web.Request) -> web.Response:
             "clients": sum(1 for p in hub.peers if p.kind is PeerKind.CLIENT),
             "instruments": len(hub.registry.instruments),
             "log_backlog": hub.store.backlog,
+            "log": {"state": log.state, "reason": log.reason},
         }
     )
 
