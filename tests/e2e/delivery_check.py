@@ -486,3 +486,21 @@ class RawWatcher:
         elif kind == "subscribed":
             self.subscribed += 1
             self.subscribed_event.set()
+
+
+def spool_gaps(path: Path) -> list[LoggedGap]:
+    """The gaps a running agent's spool holds (not yet acknowledged), by a read-only query."""
+    if not path.exists():
+        return []
+    try:
+        with contextlib.closing(
+            sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1.0)
+        ) as db:
+            return [
+                LoggedGap(instrument, run, first, last, count, reason)
+                for instrument, run, first, last, count, reason in db.execute(
+                    "SELECT instrument, run, first_seq, last_seq, count, reason FROM gaps"
+                )
+            ]
+    except sqlite3.OperationalError:
+        return []
