@@ -73,11 +73,34 @@ async def test_a_sample_acknowledged_before_its_commit_is_never_written(spool: S
         spool.put(sample("kiln-air", seq))
     assert [s.seq for s in spool.take_live(1000)] == list(range(100))
     spool.acknowledge("a.1", {"kiln-air": 89})
-    await spool.commit()
+    await spool.commit(everything=True)
     assert spool.committed_rows == 10  # only the ten the hub has not logged yet
     spool.acknowledge("a.1", {"kiln-air": 99})
     await spool.commit()
     assert spool.committed_rows == 0 and spool.depth == 0
+
+
+async def test_while_connected_young_samples_wait_for_their_ack_instead_of_the_disk(
+    tmp_path: Path,
+) -> None:
+    # SD wear: a commit every 0.5 s wrote each sample (400 bytes per sample,
+    # benchmarks/spool_io.py) although the hub acknowledges within 0.3 s.
+    spool = await reopened(tmp_path / "spool.sqlite", run="a.0", hold_s=3600)
+    try:
+        for seq in range(5):
+            spool.put(sample("kiln-air", seq))  # disconnected: written at once
+        await spool.commit()
+        assert spool.committed_rows == 5
+        await spool.start_session("a.1")
+        for seq in range(5, 10):
+            spool.put(sample("kiln-air", seq))
+        await spool.commit()
+        assert spool.committed_rows == 5 and spool.depth == 10  # held, not lost
+        spool.end_session()
+        await spool.commit()  # the link went down: everything goes to the file
+        assert spool.committed_rows == 10
+    finally:
+        await spool.close()
 
 
 async def test_an_ack_applies_to_its_own_run_only(spool: Spool) -> None:
@@ -88,7 +111,7 @@ async def test_an_ack_applies_to_its_own_run_only(spool: Spool) -> None:
         spool.put(sample("kiln-air", seq))
     # An ack for the new run's seqs must not make the spool forget the old run's.
     spool.acknowledge("a.1", {"kiln-air": 4})
-    await spool.commit()
+    await spool.commit(everything=True)
     assert spool.depth == 5
     assert await drain_backlog(spool) == [("a.0", s) for s in range(5)]
 
