@@ -172,6 +172,7 @@ def run_agent_footprint(scenario: Scenario, args: argparse.Namespace) -> list[di
     ):
         hub = stack.enter_context(servers.start("hub", args.server_cpus))
         lines = [f'hub = "{hub.http}"', 'agent_id = "bench-pi"']
+        lines += ["[spool]", f'path = "{Path(folder) / "spool.sqlite"}"']
         drivers: dict[str, str] = {}
         if mix.get("serial_line"):
             # AGENT's ids and profile as before, so its figures stay comparable.
@@ -207,7 +208,7 @@ def run_agent_footprint(scenario: Scenario, args: argparse.Namespace) -> list[di
         rss = _rss_mb(agent.pid)
         health = hub.health() or {}
         # A stalled agent would look cheap: count what reached the hub's log.
-        counts = _logged_samples(hub.http or "", since, since + args.duration)
+        counts = _logged_samples(hub.http or "", since, since + args.duration, list(drivers))
     rate = sum(counts.values()) / args.duration
     by_driver = {
         driver: sum(counts.get(i, 0) for i, d in drivers.items() if d == driver) / args.duration
@@ -344,17 +345,24 @@ def _modbus_simulator(units: list[int]) -> Iterator[int]:
         yield port
 
 
-def _logged_samples(hub_http: str, start: float, end: float) -> Counter[str]:
+def _logged_samples(
+    hub_http: str, start: float, end: float, instruments: list[str]
+) -> Counter[str]:
     """Samples by instrument the hub logged as received with a hub timestamp in [start, end)."""
-    url = f"{hub_http}/api/log?limit=10000"
-    with urllib.request.urlopen(url, timeout=10) as response:
-        entries = json.loads(response.read())["entries"]
-    return Counter(
-        sample["instrument"]
-        for e in entries
-        if e["type"] == "data" and e["direction"] == "in" and start <= e["ts"] < end
-        for sample in e["message"]["samples"]
-    )
+    counts: Counter[str] = Counter()
+    # One instrument per request: an answer is held to the hub's 1 MiB frame rule.
+    for instrument in instruments:
+        url = f"{hub_http}/api/log?limit=10000&instrument={instrument}"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            entries = json.loads(response.read())["entries"]
+        counts.update(
+            sample["instrument"]
+            for e in entries
+            if e["type"] == "data" and e["direction"] == "in" and start <= e["ts"] < end
+            for sample in e["message"]["samples"]
+            if sample["instrument"] == instrument
+        )
+    return counts
 
 
 def _cpu_seconds(pid: int) -> float:
