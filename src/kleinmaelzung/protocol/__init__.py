@@ -74,6 +74,7 @@ from .messages import (
     Value,
     Welcome,
 )
+from .text import printable
 from .topics import (
     ID_REGEX,
     ID_RULE,
@@ -172,6 +173,7 @@ __all__ = [
     "is_pattern",
     "matches",
     "matching",
+    "printable",
     "refused_entry_message",
     "samples_array",
 ]

@@ -1,4 +1,4 @@
-"""Bytes to messages and back, within size limits.
+"""Bytes to messages and back, within size and nesting limits.
 
 Decoding never raises: bad input becomes an `Error` value whose code says what
 kind of wrong it was and whose message says where (msgspec's JSON path).
@@ -20,6 +20,7 @@ from .messages import (
     AgentMessage,
     ChannelName,
     ClientMessage,
+    Command,
     CommandName,
     Error,
     HubToAgentMessage,
@@ -27,6 +28,7 @@ from .messages import (
     InstrumentId,
     Message,
     Pattern,
+    Reply,
     Sample,
 )
 from .topics import ID_RULE, NAME_RULE, PATTERN_RULE
@@ -170,13 +172,37 @@ class Decoder(Generic[T]):
                 )
             )
         try:
-            return self._decoder.decode(data)
+            message = self._decoder.decode(data)
         except msgspec.ValidationError as exc:
             return Invalid(self._explain(data, str(exc)))
         except msgspec.DecodeError as exc:
             return Invalid(Error(code=ErrorCode.INVALID_JSON, message=f"not valid JSON: {exc}"))
+        except RecursionError:
+            # msgspec parses free JSON (a command's args) recursively: a 2 KB
+            # frame of brackets reaches the interpreter's recursion limit.
+            return Invalid(self._too_deep(data))
+        if isinstance(message, Command | Reply):
+            free = message.args if isinstance(message, Command) else message.result
+            if _deeper_than(free, self._limits.max_nesting_depth):
+                return Invalid(self._too_deep(data, message.id))
+        return message
+
+    def _too_deep(self, data: bytes | str, request_id: str | None = None) -> Error:
+        return Error(
+            code=ErrorCode.NESTING_TOO_DEEP,
+            message="arrays and objects may be nested at most "
+            f"{self._limits.max_nesting_depth} deep in a message's free-form JSON "
+            "(a command's args, a reply's result)",
+            id=request_id,
+        )
 
     def _explain(self, data: bytes | str, detail: str) -> Error:
+        try:
+            return self._explain_valid_json(data, detail)
+        except RecursionError:
+            return self._too_deep(data)
+
+    def _explain_valid_json(self, data: bytes | str, detail: str) -> Error:
         try:
             # msgspec validates while it parses, so a type error can be found
             # before a syntax error further on; check the syntax first.
@@ -209,6 +235,21 @@ class Decoder(Generic[T]):
             message=f"invalid {probe.type!r} message: {_in_words(detail, parsed)}",
             id=request_id,
         )
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether arrays and objects in `value` nest deeper than `limit` (a container is depth 1)."""
+    if not isinstance(value, dict | list):
+        return False
+    # Iterative, so that checking depth cannot itself run out of stack.
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        container, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = container.values() if isinstance(container, dict) else container
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
 
 
 def _in_words(detail: str, parsed: Any) -> str:

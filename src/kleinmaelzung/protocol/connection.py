@@ -36,6 +36,8 @@ from .messages import (
     Error,
     HubToAgentMessage,
     HubToClientMessage,
+    Subscribe,
+    Unsubscribe,
     Welcome,
 )
 
@@ -66,10 +68,15 @@ class Received(Generic[M]):
 
 @dataclass(frozen=True, slots=True)
 class Refused:
-    """Send `error` back; if `close` is set, close the connection with it."""
+    """Send `error` back; if `close` is set, close the connection with it.
+
+    A `silent` refusal was already answered (a flood of frames over the rate
+    limit): drop the frame without answering or logging it again.
+    """
 
     error: Error
     close: CloseCode | None = None
+    silent: bool = False
 
 
 _HELLO: dict[PeerKind, type[Any]] = {PeerKind.AGENT: AgentHello, PeerKind.CLIENT: ClientHello}
@@ -85,11 +92,30 @@ class HubConnection(Generic[M]):
         self._decoder = decoder
         self._limits = limits or Limits()
         self._pending: set[str] = set()
+        #: The client's active patterns, counted against `max_subscriptions`.
+        self._patterns: set[str] = set()
+        #: Frames refused for coming too fast, over the connection's life.
+        self.rate_refused = 0
+        # A token bucket: `_tokens` messages may come now; it refills at the
+        # rate up to the burst. `_flooding_since` is when the current run of
+        # refusals began (None while under the rate).
+        self._tokens = float(self._limits.client_burst_messages)
+        self._refilled: float | None = None
+        self._flooding_since: float | None = None
 
-    def receive(self, data: bytes | str) -> Received[M] | Refused:
-        """Decode one frame and check it against the connection's state."""
+    def receive(self, data: bytes | str, now: float | None = None) -> Received[M] | Refused:
+        """Decode one frame and check it against the connection's state.
+
+        `now` (monotonic seconds) paces a client to `Limits.client_messages_per_s`;
+        without it, frames are not rate-limited.
+        """
         if self.state is State.CLOSED:
             return Refused(Error(code=ErrorCode.UNEXPECTED_MESSAGE, message="connection is closed"))
+        if now is not None and self.kind is PeerKind.CLIENT and self.state is State.OPEN:
+            # Before decoding: a flood must cost the hub as little as possible.
+            refusal = self._pace(now)
+            if refusal is not None:
+                return refusal
         message = self._decoder.decode(data)
         if isinstance(message, Invalid):
             if self.state is State.HANDSHAKE:
@@ -110,6 +136,14 @@ class HubConnection(Generic[M]):
                     f"{sorted(SUPPORTED_PROTOCOLS)}",
                 )
                 return self._close(error, CloseCode.UNSUPPORTED_PROTOCOL)
+            limit = self._limits.max_instruments_per_agent
+            if isinstance(message, AgentHello) and len(message.instruments) > limit:
+                error = Error(
+                    code=ErrorCode.TOO_MANY_INSTRUMENTS,
+                    message=f"this hello announces {len(message.instruments)} instruments; "
+                    f"an agent may serve at most {limit} (split them over several agents)",
+                )
+                return self._close(error, CloseCode.TOO_MANY_INSTRUMENTS)
             self.hello = message
             self.state = State.OPEN
             return Received(message)
@@ -129,6 +163,22 @@ class HubConnection(Generic[M]):
             refusal = self._begin_command(message.id)
             if refusal is not None:
                 return refusal
+        elif isinstance(message, Subscribe):
+            new = set(message.patterns) - self._patterns
+            limit = self._limits.max_subscriptions
+            if len(self._patterns) + len(new) > limit:
+                return Refused(
+                    Error(
+                        code=ErrorCode.TOO_MANY_SUBSCRIPTIONS,
+                        message=f"at most {limit} patterns may be active per connection; "
+                        f"{len(self._patterns)} are, and this would add {len(new)} "
+                        "(none were added; unsubscribe some, or use a wider pattern)",
+                        id=message.id,
+                    )
+                )
+            self._patterns |= new
+        elif isinstance(message, Unsubscribe):
+            self._patterns.difference_update(message.patterns)
         return Received(message)
 
     def refuse_handshake(self, error: Error, close: CloseCode) -> Refused:
@@ -163,6 +213,36 @@ class HubConnection(Generic[M]):
     def close(self) -> None:
         """Mark the connection closed."""
         self.state = State.CLOSED
+
+    def _pace(self, now: float) -> Refused | None:
+        """Take a token for one frame, or say why the frame is refused."""
+        limits = self._limits
+        burst = float(limits.client_burst_messages)
+        if self._refilled is not None:
+            self._tokens = min(
+                burst, self._tokens + (now - self._refilled) * limits.client_messages_per_s
+            )
+        self._refilled = now
+        if self._flooding_since is not None and self._tokens >= burst:
+            self._flooding_since = None  # it paused long enough: a new start
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return None
+        self.rate_refused += 1
+        error = Error(
+            code=ErrorCode.RATE_LIMITED,
+            message=f"more than {limits.client_messages_per_s:g} messages per second "
+            f"(bursts of {limits.client_burst_messages}); frames are dropped unanswered "
+            f"until the rate falls, and the connection closes after "
+            f"{limits.rate_limited_close_s:g} s of this",
+        )
+        if self._flooding_since is None:
+            self._flooding_since = now
+            return Refused(error)
+        if now - self._flooding_since >= limits.rate_limited_close_s:
+            # Still open: the error goes out before the close frame.
+            return Refused(error, CloseCode.RATE_LIMITED)
+        return Refused(error, silent=True)
 
     def _begin_command(self, command_id: str) -> Refused | None:
         if command_id in self._pending:

@@ -22,7 +22,18 @@ class ErrorCode(enum.StrEnum):
     INVALID_MESSAGE = "invalid_message"
     UNKNOWN_TYPE = "unknown_type"
     MESSAGE_TOO_LARGE = "message_too_large"
+    #: Arrays and objects nested deeper than `Limits.max_nesting_depth`.
+    NESTING_TOO_DEEP = "nesting_too_deep"
     UNEXPECTED_MESSAGE = "unexpected_message"
+    # Limits per connection (see `Limits`).
+    #: More messages per second than `Limits.client_messages_per_s` allows.
+    RATE_LIMITED = "rate_limited"
+    #: More patterns at once than `Limits.max_subscriptions`.
+    TOO_MANY_SUBSCRIPTIONS = "too_many_subscriptions"
+    #: A hello announcing more than `Limits.max_instruments_per_agent`.
+    TOO_MANY_INSTRUMENTS = "too_many_instruments"
+    #: (HTTP) more connections than the hub holds, in total or from one address.
+    TOO_MANY_CONNECTIONS = "too_many_connections"
     # Handshake.
     HELLO_EXPECTED = "hello_expected"
     UNSUPPORTED_PROTOCOL = "unsupported_protocol"
@@ -69,6 +80,8 @@ class CloseCode(enum.IntEnum):
     DUPLICATE_AGENT = 4003
     HANDSHAKE_TIMEOUT = 4004
     SLOW_CONSUMER = 4005
+    TOO_MANY_INSTRUMENTS = 4006
+    RATE_LIMITED = 4007
 
 
 class KmzError(Exception):
