@@ -86,6 +86,9 @@ class LoggedFrame:
     backlog: bool
     #: (instrument, seq, ts) in frame order.
     samples: tuple[tuple[str, int, float], ...]
+    #: Which connection of its agent process it came on: 1 for the first
+    #: welcome (whose live run is `abc.1`), 0 if the log holds no hello.
+    connection: int = 0
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,7 @@ def read_hub_log(path: Path) -> HubLog:
     """Read a hub's traffic log file (`DATA/traffic.sqlite3`) after the hub stopped."""
     log = HubLog()
     hello_runs: dict[str, str] = {}
+    connections: Counter[str] = Counter()  # hellos per agent process run
     with snapshot(path) as db:
         rows = db.execute(
             "SELECT id, peer, type, message FROM traffic"
@@ -140,13 +144,16 @@ def read_hub_log(path: Path) -> HubLog:
             message = msgspec.json.decode(text)
             if kind == "agent_hello":
                 hello_runs[peer] = message["run"]
+                connections[message["run"]] += 1
             elif kind == "gap":
                 log.gaps.append(_gap(message))
             else:
                 # An agent may leave `run` out: then it is its hello's.
                 run = message.get("run") or hello_runs[peer]
                 samples = tuple((s["instrument"], s["seq"], s["ts"]) for s in message["samples"])
-                log.frames.append(LoggedFrame(row_id, run, bool(message.get("backlog")), samples))
+                connection = connections[hello_runs.get(peer, "")]
+                backlog = bool(message.get("backlog"))
+                log.frames.append(LoggedFrame(row_id, run, backlog, samples, connection))
     return log
 
 
@@ -504,3 +511,20 @@ def spool_gaps(path: Path) -> list[LoggedGap]:
             ]
     except sqlite3.OperationalError:
         return []
+
+
+def spool_taken_before(path: Path, ts: float) -> dict[str, int]:
+    """Rows per wire run a running agent's spool holds of samples taken before `ts`."""
+    if not path.exists():
+        return {}
+    try:
+        with contextlib.closing(
+            sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1.0)
+        ) as db:
+            return dict(
+                db.execute(
+                    "SELECT run, count(*) FROM samples WHERE ts < ? GROUP BY run", (ts,)
+                ).fetchall()
+            )
+    except sqlite3.OperationalError:
+        return {}

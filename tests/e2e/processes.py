@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -270,3 +271,15 @@ def watch_lines(output: str) -> list[dict[str, Any]]:
         if line.startswith('{"instrument"'):
             samples.append(json.loads(line))
     return samples
+
+
+def logged_times(output: str, message: str) -> list[float]:
+    """When a `kmz` process logged `message` (Unix time, from its log lines' local time)."""
+    times = []
+    for line in output.splitlines():
+        if f": {message}" in line:
+            stamp, _, millis = line[:23].partition(",")
+            with contextlib.suppress(ValueError):
+                local = time.strptime(stamp, "%Y-%m-%d %H:%M:%S")
+                times.append(time.mktime(local) + int(millis) / 1000)
+    return times

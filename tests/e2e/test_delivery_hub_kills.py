@@ -90,7 +90,11 @@ async def kill_the_hub_repeatedly(
         crash = check_delivery(at_crash, spool=spooled)
         assert crash.count("lost") == 0, "acknowledged but not stored:\n" + crash.explain()
         assert crash.count("duplicated") == crash.count("out_of_order") == 0, crash.explain()
-        assert kept_in_spool(lab.agent.output()) == len(spooled.samples), lab.agent.output()
+        kept = kept_in_spool(lab.agent.output())
+        assert (kept or 0) == len(spooled.samples), (
+            f"the agent said it kept {kept}; its spool holds {dict(spooled.runs)}\n"
+            + lab.agent.output()[-3000:]
+        )
 
         # A new hub and agent deliver what the spool kept.
         old_runs = {process_run(run) for run in spooled.runs}
