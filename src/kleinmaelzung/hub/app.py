@@ -18,6 +18,7 @@ from aiohttp import web
 from ..protocol import Ack, CloseCode, PeerKind
 from . import rest, views
 from .acks import AckGatherer
+from .admission import Admission, AdmittingSite, raise_open_file_limit
 from .commands import Commands
 from .config import HubConfig
 from .errors import HubStartError
@@ -66,7 +67,7 @@ def create_app(
         config=config,
         store=store,
         traffic=traffic,
-        registry=Registry(),
+        registry=Registry(max_remembered=config.limits.max_remembered_instruments),
         subscriptions=subscriptions,
         fanout=fanout,
         commands=Commands(fanout, boot_id=boot_id, monotonic=monotonic),
@@ -107,6 +108,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     await hub.store.open()
     for known in await hub.store.load_instruments():
         hub.registry.remember(known.info, known.agent, known.last_seen)
+    for evicted in hub.registry.evict_offline():
+        hub.traffic.forget_instrument(evicted)
     yield
     await hub.tasks.cancel_all()
     try:
@@ -173,13 +176,22 @@ async def start_hub(
         app = create_app(config=config, clock=clock, store=store)
     except StoreError as exc:
         raise HubStartError(str(exc)) from None
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=2.0)
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log=None,
+        shutdown_timeout=2.0,
+        # Closes a connection with no complete request this long after it
+        # opened (aiohttp's default is an hour: slowloris held sockets for good).
+        keepalive_timeout=config.timeouts.http_idle_s,
+    )
     try:
         await runner.setup()  # opens the store
     except StoreError as exc:
         await runner.cleanup()
         raise HubStartError(str(exc)) from None
-    site = web.TCPSite(runner, config.host, config.port)
+    admission = Admission(config.limits, raise_open_file_limit())
+    site = AdmittingSite(runner, config.host, config.port, admission=admission)
     try:
         await site.start()
     except OSError as exc:

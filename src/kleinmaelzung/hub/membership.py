@@ -25,6 +25,7 @@ from ..protocol import (
     Status,
     Welcome,
     encode,
+    printable,
 )
 from .errors import Conflict
 from .peers import Peer
@@ -33,6 +34,9 @@ if TYPE_CHECKING:
     from .services import Hub
 
 _log = logging.getLogger(__name__)
+
+#: A client's `name` as it appears in peer names and the log, at most.
+MAX_CLIENT_NAME_CHARS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +57,9 @@ async def join(
     """Welcome a peer whose hello was valid, or say why not."""
     if isinstance(hello, AgentHello):
         return await _join_agent(hub, ws, connection, hello, frame)
-    suffix = f"/{hello.name}" if hello.name else ""
+    # The name is the client's free text and goes into log lines: a newline
+    # in it forged lines in the hub's log.
+    suffix = f"/{printable(hello.name, MAX_CLIENT_NAME_CHARS)}" if hello.name else ""
     name = f"client-{hub.boot_id}.{next(hub.client_numbers)}{suffix}"
     peer = _welcome(hub, PeerKind.CLIENT, name, ws, connection, hello, frame)
     _log.info("client joined", extra={"peer": name})
@@ -160,6 +166,9 @@ def leave(hub: Hub, peer: Peer, reason: str = "agent disconnected") -> None:
         hub.fanout.publish_status(
             Status(instrument=instrument_id, state="offline", ts=now, reason=reason)
         )
+    # Within the cap on remembered instruments (a registration flood).
+    for evicted in hub.registry.evict_offline():
+        hub.traffic.forget_instrument(evicted)
     _log.info("agent left", extra={"agent": peer.name, "reason": reason})
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from typing import Any
@@ -49,49 +50,82 @@ async def _serve(request: web.Request, kind: PeerKind) -> web.WebSocketResponse:
         # message_too_large error; beyond that aiohttp closes (1009) rather
         # than buffer an unbounded frame.
         max_msg_size=4 * limits.max_message_bytes,
+        # How long a close waits for the peer's close frame (aiohttp's default
+        # is 10 s: a silent socket refused at the handshake deadline was held
+        # 10 s past it).
+        timeout=hub.config.timeouts.close_s,
     )
     await ws.prepare(request)
     connection = (
         hub_agent_connection(limits) if kind is PeerKind.AGENT else hub_client_connection(limits)
     )
-    hello = await _receive_hello(hub, ws, connection, request.remote or "?")
-    if hello is None:
-        return ws
-    joined = await join(hub, ws, connection, *hello)
-    if isinstance(joined, Refusal):
-        hub.traffic.refused(f"?{request.remote}", joined.error, hello[1])
-        await _refuse(ws, joined.error, joined.close)
-        return ws
-    peer = joined
     try:
-        await _receive_loop(hub, ws, peer)
+        hello = await _receive_hello(hub, ws, connection, request)
+        if hello is None:
+            return ws
+        joined = await join(hub, ws, connection, *hello)
+        if isinstance(joined, Refusal):
+            hub.traffic.refused(f"?{request.remote}", joined.error, hello[1])
+            await _refuse(ws, joined.error, joined.close)
+            return ws
+        peer = joined
+        try:
+            await _receive_loop(hub, ws, peer)
+        finally:
+            leave(hub, peer)
+            await peer.close()
+            if not ws.closed:
+                await ws.close()
+            _log.info(
+                "peer left",
+                extra={
+                    "peer": peer.name,
+                    "close_code": ws.close_code,
+                    "rate_refused": peer.connection.rate_refused,
+                },
+            )
     finally:
-        leave(hub, peer)
-        await peer.close()
-        if not ws.closed:
-            await ws.close()
-        _log.info("peer left", extra={"peer": peer.name, "close_code": ws.close_code})
+        _release(ws)
     return ws
 
 
+def _release(ws: web.WebSocketResponse) -> None:
+    """Let a closed WebSocket and its compressor go now, not when its heartbeat next fires.
+
+    aiohttp (3.14) re-arms the heartbeat timer when the peer's close frame
+    arrives after ours; the timer holds the response, and with it the
+    permessage-deflate compressor of the refusal frame (about 256 KiB), for
+    another 10-30 s: 1,000 refused hellos held 98 MB.
+    """
+    cancel = getattr(ws, "_cancel_heartbeat", None)
+    if callable(cancel):
+        cancel()
+
+
 async def _receive_hello(
-    hub: Hub, ws: web.WebSocketResponse, connection: HubConnection[Any], remote: str
+    hub: Hub, ws: web.WebSocketResponse, connection: HubConnection[Any], request: web.Request
 ) -> tuple[AgentHello | ClientHello, bytes] | None:
     """The peer's valid hello and its frame, or None once the peer has been refused."""
     try:
         msg = await ws.receive(timeout=hub.config.timeouts.handshake_s)
     except TimeoutError:
-        await _refuse(
-            ws,
-            Error(code=ErrorCode.HELLO_EXPECTED, message="no hello within the handshake timeout"),
-            CloseCode.HANDSHAKE_TIMEOUT,
+        error = Error(
+            code=ErrorCode.HELLO_EXPECTED, message="no hello within the handshake timeout"
         )
+        # A peer that sent nothing is owed no close handshake: the socket
+        # goes at the deadline, not a close timeout later (it was held 10 s).
+        with contextlib.suppress(ConnectionError, RuntimeError, TimeoutError):
+            async with asyncio.timeout(0.1):
+                await ws.send_frame(encode(error), WSMsgType.TEXT)
+                await _close_frame(ws, CloseCode.HANDSHAKE_TIMEOUT, error)
+        if request.transport is not None:
+            request.transport.abort()
         return None
     if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
         return None
     result = connection.receive(msg.data)
     if isinstance(result, Refused):
-        hub.traffic.refused(f"?{remote}", result.error, msg.data)
+        hub.traffic.refused(f"?{request.remote}", result.error, msg.data)
         await _refuse(ws, result.error, result.close or CloseCode.HELLO_EXPECTED)
         return None
     hello = result.message
@@ -99,12 +133,32 @@ async def _receive_hello(
     return hello, _frame(msg.data)
 
 
+#: Refusals that mean a peer ran into a limit: logged once per connection.
+_LIMITS = frozenset(
+    {
+        ErrorCode.RATE_LIMITED,
+        ErrorCode.TOO_MANY_SUBSCRIPTIONS,
+        ErrorCode.TOO_MANY_PENDING,
+        ErrorCode.MESSAGE_TOO_LARGE,
+        ErrorCode.NESTING_TOO_DEEP,
+    }
+)
+
+
 async def _receive_loop(hub: Hub, ws: web.WebSocketResponse, peer: Peer) -> None:
+    loop = asyncio.get_running_loop()
+    breached: set[str] = set()
     async for msg in ws:
         if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
             continue
-        result = peer.connection.receive(msg.data)
+        result = peer.connection.receive(msg.data, now=loop.time())
         if isinstance(result, Refused):
+            if result.silent and result.close is None:
+                continue  # answered once already; counted in the connection
+            code = result.error.code
+            if code in _LIMITS and code not in breached:
+                breached.add(code)
+                _log.warning("peer over a limit", extra={"peer": peer.name, "code": code})
             hub.traffic.refused(peer.name, result.error, msg.data)
             hub.fanout.send(peer, result.error)
             if result.close is not None:
@@ -141,7 +195,11 @@ def _request_id(message: object) -> str | None:
 async def _refuse(ws: web.WebSocketResponse, error: Error, close: CloseCode) -> None:
     with contextlib.suppress(ConnectionError, RuntimeError):
         await ws.send_frame(encode(error), WSMsgType.TEXT)
-        await ws.close(code=close, message=error.code.encode())
+        await _close_frame(ws, close, error)
+
+
+async def _close_frame(ws: web.WebSocketResponse, close: CloseCode, error: Error) -> None:
+    await ws.close(code=close, message=error.code.encode())
 
 
 def _frame(data: str | bytes) -> bytes:
