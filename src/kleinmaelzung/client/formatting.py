@@ -1,4 +1,10 @@
-"""How the CLI shows samples, statuses, instruments and log entries (pure functions)."""
+"""How the CLI shows samples, statuses, instruments and log entries (pure functions).
+
+Every string a peer chose (a kind, a unit, a reason, a client's name, a
+string value) goes through `printable` on its way to the terminal: an ANSI
+escape in an instrument's `kind` must not clear or retitle an operator's
+terminal, nor a newline forge a line.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from ..protocol import AgentRecord, Gap, InstrumentRecord, Sample, Status
+from ..protocol import AgentRecord, Gap, InstrumentRecord, Sample, Status, printable
 from .log import LogEntry
 
 
@@ -29,15 +35,15 @@ def format_value(value: float | bool | str, unit: str = "") -> str:
             text = f"{value:.3f}"
             text = text[:-1] if text.endswith("0") else text
     else:
-        text = str(value)
-    return f"{text} {unit}" if unit else text
+        text = printable(str(value))
+    return f"{text} {printable(unit)}" if unit else text
 
 
 def format_sample(sample: Sample, units: dict[str, dict[str, str]] | None = None) -> str:
     """A human line: time, instrument, channel=value unit ..."""
     channel_units = (units or {}).get(sample.instrument, {})
     values = "  ".join(
-        f"{name}={format_value(value, channel_units.get(name, ''))}"
+        f"{printable(name)}={format_value(value, channel_units.get(name, ''))}"
         for name, value in sample.values.items()
     )
     return f"{clock(sample.ts)}  {sample.instrument}  {values}"
@@ -50,7 +56,7 @@ def sample_json(sample: Sample) -> str:
 
 def format_status(status: Status) -> str:
     """A status change as a line."""
-    reason = f" ({status.reason})" if status.reason else ""
+    reason = f" ({printable(status.reason)})" if status.reason else ""
     return f"{clock(status.ts)}  {status.instrument}  is {status.state}{reason}"
 
 
@@ -61,7 +67,10 @@ def format_gap(gap: Gap) -> str:
         if gap.first_seq == gap.last_seq
         else (f"seqs {gap.first_seq}..{gap.last_seq}")
     )
-    return f"{gap.instrument}  missed {gap.count} samples ({seqs} of run {gap.run}): {gap.reason}"
+    return (
+        f"{gap.instrument}  missed {gap.count} samples ({seqs} of run {printable(gap.run)}): "
+        f"{printable(gap.reason)}"
+    )
 
 
 def units_of(records: list[InstrumentRecord]) -> dict[str, dict[str, str]]:
@@ -89,10 +98,12 @@ def format_instruments(records: list[InstrumentRecord], now: float) -> str:
     header = ("INSTRUMENT", "KIND", "STATE", "AGENT", "LAST SEEN", "CHANNELS")
     rows = [header]
     for r in records:
-        state = r.state + (f" ({r.reason})" if r.reason else "")
+        state = r.state + (f" ({printable(r.reason)})" if r.reason else "")
         seen = ago(None if r.last_seen is None else max(0.0, now - r.last_seen))
-        channels = ", ".join(f"{c.name} [{c.unit}]" if c.unit else c.name for c in r.channels)
-        rows.append((r.id, r.kind, state, r.agent, seen, channels))
+        channels = ", ".join(
+            f"{c.name} [{printable(c.unit)}]" if c.unit else c.name for c in r.channels
+        )
+        rows.append((r.id, printable(r.kind), state, r.agent, seen, channels))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
     return "\n".join(
         "  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1]
@@ -129,11 +140,11 @@ def format_agents(records: list[AgentRecord], now: float) -> str:
 def format_log_entry(entry: LogEntry, width: int = 100) -> str:
     """One traffic-log line: time, direction, peer, instrument, type, compact message."""
     arrow = "<-" if entry.direction == "in" else "->"
-    body = msgspec.json.encode(entry.message).decode()
-    if len(body) > width:
-        body = body[: width - 1] + "…"
-    instrument = entry.instrument or "-"
-    return f"{clock(entry.ts)}  {arrow} {entry.peer:<20} {instrument:<14} {entry.type:<16} {body}"
+    # JSON escapes C0 controls, but not C1 (U+009B is a CSI) nor bidi overrides.
+    body = printable(msgspec.json.encode(entry.message).decode(), width)
+    instrument = printable(entry.instrument or "-")
+    peer = printable(entry.peer)  # logged by older hubs as the client named itself
+    return f"{clock(entry.ts)}  {arrow} {peer:<20} {instrument:<14} {entry.type:<16} {body}"
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:
@@ -154,7 +165,8 @@ def format_result(result: Any) -> str:
         return "ok"
     if isinstance(result, dict):
         return "ok  " + "  ".join(
-            f"{k}={format_value(v) if isinstance(v, float | bool | str) else v}"
+            f"{printable(str(k))}="
+            + (format_value(v) if isinstance(v, float | bool | str) else printable(str(v)))
             for k, v in result.items()
         )
-    return f"ok  {result}"
+    return f"ok  {printable(str(result))}"
