@@ -313,8 +313,7 @@ def _cmd_ports(args: argparse.Namespace) -> int:
         return EXIT_OK
     rows = [("DEVICE", "BY-ID", "USB VID:PID:SERIAL", "DESCRIPTION", "IN THE CONFIG")]
     rows += [
-        (p.device, p.by_id or "-", p.usb or "-", p.description or "-", p.config_line)
-        for p in ports
+        (p.device, p.by_id or "-", p.usb or "-", p.description or "-", p.config_line) for p in ports
     ]
     _print_table(rows)
     return EXIT_OK
@@ -443,8 +442,15 @@ def _cmd_agents(args: argparse.Namespace) -> int:
 
 def _cmd_watch(args: argparse.Namespace) -> int:
     from .client import Client, Sample
-    from .client.formatting import format_gap, format_sample, format_status, sample_json, units_of
-    from .protocol import Gap, is_pattern, matching
+    from .client.formatting import (
+        format_gap,
+        format_missed,
+        format_sample,
+        format_status,
+        sample_json,
+        units_of,
+    )
+    from .protocol import Gap, Missed, is_pattern, matching
 
     bad = [p for p in args.patterns if not is_pattern(p)]
     if bad:
@@ -468,6 +474,9 @@ def _cmd_watch(args: argparse.Namespace) -> int:
             async for event in client.subscribe(*args.patterns, status=True):
                 if isinstance(event, Gap):
                     print(format_gap(event), file=status_out, flush=True)
+                    continue
+                if isinstance(event, Missed):
+                    print(format_missed(event), file=status_out, flush=True)
                     continue
                 if not isinstance(event, Sample):
                     print(format_status(event), file=status_out, flush=True)

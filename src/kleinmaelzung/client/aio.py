@@ -15,7 +15,7 @@ import itertools
 import logging
 from collections.abc import Coroutine
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from ..protocol import (
     PROTOCOL_VERSION,
@@ -31,6 +31,7 @@ from ..protocol import (
     InstrumentRecord,
     Limits,
     ListInstruments,
+    Missed,
     ProtocolError,
     Reply,
     Sample,
@@ -154,15 +155,31 @@ class Client:
             await self._connector.aclose()
             self._connector = None
 
-    def subscribe(self, *patterns: str, status: bool = False) -> Subscription:
-        """Live samples of instruments matching the ids or glob patterns (`kiln-*`)."""
+    def subscribe(
+        self,
+        *patterns: str,
+        status: bool = False,
+        overflow: Literal["latest", "disconnect"] = "latest",
+    ) -> Subscription:
+        """Live samples of instruments matching the ids or glob patterns (`kiln-*`).
+
+        With `status=True` it also yields status changes, and `Gap` and
+        `Missed` events: samples dropped at the agent, and samples this
+        client did not get because it fell behind (they are in the log).
+        `overflow="disconnect"`: the hub closes the connection instead of
+        dropping samples for this client (the client reconnects).
+        """
         if not patterns:
             raise ValueError("subscribe() needs at least one instrument id or pattern")
         bad = [p for p in patterns if not is_pattern(p)]
         if bad:
             raise ValueError(f"not an instrument id or pattern: {', '.join(map(repr, bad))}")
         return Subscription(
-            self, patterns, status=status, queue_size=self._limits.client_queue_frames
+            self,
+            patterns,
+            status=status,
+            queue_size=self._limits.client_queue_frames,
+            overflow=overflow,
         )
 
     async def command(
@@ -247,10 +264,12 @@ class Client:
 
     async def _subscribe_again(self) -> None:
         patterns = sorted({p for s in self._subscriptions for p in s.patterns})
+        strict = any(s.overflow == "disconnect" for s in self._subscriptions)
+        request = Subscribe(
+            id=self._next_id(), patterns=patterns, overflow="disconnect" if strict else "latest"
+        )
         try:
-            answer = await self._request(
-                Subscribe(id=self._next_id(), patterns=patterns), Subscribed, REQUEST_TIMEOUT_S
-            )
+            answer = await self._request(request, Subscribed, REQUEST_TIMEOUT_S)
         except ConnectionLost:
             return  # the next reconnect tries again
         except (RequestTimeout, RequestError, ProtocolError) as exc:
@@ -285,7 +304,7 @@ class Client:
                 for subscription in self._subscriptions:
                     if subscription.wants(sample.instrument):
                         subscription._deliver(sample)
-        elif isinstance(message, Status | Gap):
+        elif isinstance(message, Status | Gap | Missed):
             for subscription in self._subscriptions:
                 if subscription.status and subscription.wants(message.instrument):
                     subscription._deliver(message)
@@ -362,7 +381,11 @@ class Client:
         # Listed before asking, so no sample sent right after the answer is lost.
         if subscription not in self._subscriptions:
             self._subscriptions.append(subscription)
-        request = Subscribe(id=self._next_id(), patterns=list(subscription.patterns))
+        request = Subscribe(
+            id=self._next_id(),
+            patterns=list(subscription.patterns),
+            overflow=subscription.overflow,
+        )
         try:
             answer = await self._request(request, Subscribed, REQUEST_TIMEOUT_S)
         except BaseException:

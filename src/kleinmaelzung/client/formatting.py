@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from ..protocol import AgentRecord, Gap, InstrumentRecord, Sample, Status, printable
+from ..protocol import AgentRecord, Gap, InstrumentRecord, Missed, Sample, Status, printable
 from .log import LogEntry
 
 
@@ -70,6 +70,19 @@ def format_gap(gap: Gap) -> str:
     return (
         f"{gap.instrument}  missed {gap.count} samples ({seqs} of run {printable(gap.run)}): "
         f"{printable(gap.reason)}"
+    )
+
+
+def format_missed(missed: Missed) -> str:
+    """Samples this client fell too far behind to get, as a line."""
+    seqs = (
+        f"seq {missed.first_seq}"
+        if missed.first_seq == missed.last_seq
+        else f"seqs {missed.first_seq}..{missed.last_seq}"
+    )
+    return (
+        f"{missed.instrument}  missed {missed.count} samples ({seqs}): this client fell "
+        "behind; they are in the hub's log"
     )
 
 

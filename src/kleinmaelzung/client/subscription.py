@@ -7,13 +7,14 @@ import contextlib
 from collections.abc import AsyncIterator, Generator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
-from ..protocol import Gap, Sample, Status, matches
+from ..protocol import Gap, Missed, Sample, Status, matches
 
-Event = Sample | Status | Gap
-"""What a subscription yields: samples; status changes and gaps (samples that
-will never arrive) when asked for with status=True."""
+Event = Sample | Status | Gap | Missed
+"""What a subscription yields: samples; with status=True also status changes,
+gaps (samples dropped at the agent: they will never arrive) and misses
+(samples this client fell too far behind to get: they are in the log)."""
 
 
 class _Owner(Protocol):
@@ -41,10 +42,18 @@ class Subscription:
     """
 
     def __init__(
-        self, owner: _Owner, patterns: tuple[str, ...], *, status: bool, queue_size: int
+        self,
+        owner: _Owner,
+        patterns: tuple[str, ...],
+        *,
+        status: bool,
+        queue_size: int,
+        overflow: Literal["latest", "disconnect"] = "latest",
     ) -> None:
         self.patterns = patterns
         self.status = status
+        #: What the hub does when this client falls behind (see `Client.subscribe`).
+        self.overflow = overflow
         #: Instruments the patterns matched when the hub confirmed the subscription.
         self.instruments: list[str] = []
         #: Events dropped because the consumer fell behind.

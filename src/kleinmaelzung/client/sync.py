@@ -6,7 +6,7 @@ import asyncio
 import threading
 from collections.abc import Coroutine, Iterator
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from ..protocol import InstrumentRecord, Limits, Status, Timeouts
 from .aio import Client
@@ -104,6 +104,7 @@ class SyncClient:
         count: int | None = None,
         status: bool = False,
         timeout_s: float | None = None,
+        overflow: Literal["latest", "disconnect"] = "latest",
     ) -> Iterator[Event]:
         """Yield live events of matching instruments; stop after `count` samples if given.
 
@@ -112,7 +113,7 @@ class SyncClient:
         """
 
         async def start() -> Subscription:
-            return await self._client.subscribe(*patterns, status=status)
+            return await self._client.subscribe(*patterns, status=status, overflow=overflow)
 
         subscription = self._call(start())
         return self._iterate(subscription, count, timeout_s)

@@ -19,7 +19,7 @@ from ..protocol import (
     encode_samples,
     samples_array,
 )
-from .peers import Peer
+from .peers import Peer, Span
 from .subscriptions import Subscriptions
 from .traffic import TrafficLog
 
@@ -84,8 +84,9 @@ class Fanout:
             if not subscribers:
                 return {}
             array = (samples_array(frame) if frame is not None else None) or encode_samples(samples)
+            spans: tuple[Span, ...] = ((first, samples[0].seq, samples[-1].seq, len(samples)),)
             for peer in subscribers:
-                peer.send_samples(array, run)
+                peer.send_samples(array, run, spans)
             return {first: self._subscriptions.recipients(first)}
         by_peer: dict[Peer, list[Sample]] = defaultdict(list)
         for sample in samples:
@@ -97,8 +98,9 @@ class Fanout:
             groups.setdefault(key, (peer_samples, []))[1].append(peer)
         for group_samples, peers in groups.values():
             array = encode_samples(group_samples)
+            spans = _spans(group_samples)
             for peer in peers:
-                peer.send_samples(array, run)
+                peer.send_samples(array, run, spans)
         return {
             instrument: self._subscriptions.recipients(instrument)
             for instrument in {s.instrument for s in samples}
@@ -123,3 +125,16 @@ class Fanout:
             )
             for peer in subscribers:
                 peer.send(frame)
+
+
+def _spans(samples: Sequence[Sample]) -> tuple[Span, ...]:
+    """Per instrument: first seq, last seq and count of these samples (of one run)."""
+    seen: dict[str, list[int]] = {}
+    for sample in samples:
+        span = seen.get(sample.instrument)
+        if span is None:
+            seen[sample.instrument] = [sample.seq, sample.seq, 1]
+        else:
+            span[1] = sample.seq
+            span[2] += 1
+    return tuple((instrument, first, last, n) for instrument, (first, last, n) in seen.items())

@@ -321,6 +321,8 @@ async def client_subscribe(ctx: Context, message: Subscribe) -> None:
     """Subscribe, answer with what now matches, then send those instruments' states."""
     ctx.log_in(message)
     hub = ctx.hub
+    if message.overflow == "disconnect":
+        ctx.peer.disconnect_on_overflow = True  # the strictest of its subscriptions
     known = hub.registry.instruments
     matched = hub.subscriptions.subscribe(ctx.peer, message.patterns, known)
     ctx.send(

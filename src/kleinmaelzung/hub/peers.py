@@ -14,11 +14,20 @@ import logging
 from collections import deque
 from typing import Any
 
+import msgspec
 from aiohttp import WSMsgType, web
 
-from ..protocol import CloseCode, HubConnection, PeerKind, data_frame
+from ..protocol import CloseCode, HubConnection, Missed, PeerKind, data_frame, encode
 
 _log = logging.getLogger(__name__)
+
+#: Bytes of samples queued for one slow client before the oldest are dropped,
+#: beside the frame count: a frame may hold 1000 samples.
+QUEUE_BYTES = 16 << 20
+
+#: What a queued samples array holds, per instrument: (instrument, first seq,
+#: last seq, count). Kept so that a client that missed it can be told exactly.
+Span = tuple[str, int, int, int]
 
 
 class Peer:
@@ -39,17 +48,23 @@ class Peer:
         self.connection = connection
         #: Sample batches dropped because this peer did not keep up.
         self.missed = 0
+        #: Close the connection (4005) rather than drop samples when it lags.
+        self.disconnect_on_overflow = False
         #: (instrument, channel) pairs this agent was told it did not declare.
         self.noted: set[tuple[str, str]] = set()
         self._limit = queue_frames
-        # Items in send order: (run, JSON array of samples) for data, the run
-        # as `encode_run` gives it; (None, a frame) for anything else.
-        self._items: deque[tuple[bytes | None, bytes]] = deque()
+        # Items in send order: (run, JSON array of samples, spans) for data,
+        # the run as `encode_run` gives it; (None, a frame, ()) for the rest.
+        self._items: deque[tuple[bytes | None, bytes, tuple[Span, ...]]] = deque()
         self._data_items = 0
+        self._data_bytes = 0
+        # Dropped and not yet told: (instrument, run) -> [first, last, count].
+        self._dropped: dict[tuple[str, bytes], list[int]] = {}
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
         self._writer: asyncio.Task[None] | None = None
+        self._closing: asyncio.Future[None] | None = None
 
     def start(self) -> None:
         """Start the task that drains the send buffer into the socket."""
@@ -57,15 +72,27 @@ class Peer:
 
     def send(self, frame: bytes) -> None:
         """Queue one encoded message; never dropped for being slow."""
-        self._items.append((None, frame))
+        self._items.append((None, frame, ()))
         self._kick()
 
-    def send_samples(self, samples_array: bytes, run: bytes = b"") -> None:
-        """Queue one run's samples (an encoded JSON array); the oldest go first on lag."""
-        if self._data_items >= self._limit:
+    def send_samples(
+        self, samples_array: bytes, run: bytes = b"", spans: tuple[Span, ...] = ()
+    ) -> None:
+        """Queue one run's samples (an encoded JSON array); the oldest go first on lag.
+
+        `spans` says what the array holds, so that the client is told exactly
+        what it missed (`missed`) if it is dropped.
+        """
+        while self._data_items and (
+            self._data_items >= self._limit or self._data_bytes >= QUEUE_BYTES
+        ):
+            if self.disconnect_on_overflow:
+                self._overflowed()
+                return
             self._drop_oldest_data()
-        self._items.append((run, samples_array))
+        self._items.append((run, samples_array, spans))
         self._data_items += 1
+        self._data_bytes += len(samples_array)
         self._kick()
 
     async def close(self) -> None:
@@ -90,23 +117,57 @@ class Peer:
         self._wake.set()
 
     def _drop_oldest_data(self) -> None:
-        for index, (run, _) in enumerate(self._items):
+        for index, (run, payload, spans) in enumerate(self._items):
             if run is not None:
                 del self._items[index]
                 self._data_items -= 1
+                self._data_bytes -= len(payload)
                 self.missed += 1
+                for instrument, first, last, count in spans:
+                    dropped = self._dropped.get((instrument, run))
+                    if dropped is None:
+                        self._dropped[(instrument, run)] = [first, last, count]
+                    else:
+                        dropped[0] = min(dropped[0], first)
+                        dropped[1] = max(dropped[1], last)
+                        dropped[2] += count
                 if self.missed == 1 or self.missed % 1000 == 0:
                     _log.warning(
                         "slow peer, dropping data", extra={"peer": self.name, "missed": self.missed}
                     )
                 return
 
+    def _overflowed(self) -> None:
+        """A client that asked not to skip fell behind: close it, saying why (once)."""
+        if self._closing is None:
+            reason = f"fell behind: {self._data_items} frames queued"
+            _log.warning("slow peer, closing", extra={"peer": self.name, "reason": reason})
+            self._closing = asyncio.ensure_future(self.disconnect(CloseCode.SLOW_CONSUMER, reason))
+
+    def _missed_frames(self) -> list[bytes]:
+        """`missed` messages for what was dropped since the last ones."""
+        frames = [
+            encode(
+                Missed(
+                    instrument=instrument,
+                    run=msgspec.json.decode(run) if run else None,
+                    first_seq=first,
+                    last_seq=last,
+                    count=count,
+                )
+            )
+            for (instrument, run), (first, last, count) in self._dropped.items()
+        ]
+        self._dropped.clear()
+        return frames
+
     def _frames(self) -> list[bytes]:
         """Take everything queued; consecutive sample arrays of one run become one data frame."""
-        frames: list[bytes] = []
+        # Told before the samples that come after the gap.
+        frames: list[bytes] = self._missed_frames() if self._dropped else []
         arrays: list[bytes] = []
         current = b""
-        for run, payload in self._items:
+        for run, payload, _ in self._items:
             if run is not None and (run == current or not arrays):
                 current = run
                 arrays.append(payload)
@@ -123,6 +184,7 @@ class Peer:
             frames.append(data_frame(arrays, current))
         self._items.clear()
         self._data_items = 0
+        self._data_bytes = 0
         return frames
 
     async def _write(self) -> None:

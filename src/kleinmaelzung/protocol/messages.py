@@ -215,6 +215,19 @@ class AgentState(_Struct, frozen=True, tag="agent_state"):
     dropped: Annotated[int, msgspec.Meta(ge=0)]
 
 
+class Missed(_Struct, frozen=True, tag="missed"):
+    """Hub to client: live samples this client did not get because it fell behind.
+
+    They were logged: a client that must have them reads them from the log.
+    """
+
+    instrument: InstrumentId
+    run: RunId | None
+    first_seq: Annotated[int, msgspec.Meta(ge=0)]
+    last_seq: Annotated[int, msgspec.Meta(ge=0)]
+    count: Annotated[int, msgspec.Meta(ge=0)]
+
+
 class Status(_Struct, frozen=True, tag="status"):
     """An instrument went online, offline or faulted, and why."""
 
@@ -269,6 +282,12 @@ class Subscribe(_Struct, frozen=True, tag="subscribe"):
 
     id: CorrelationId
     patterns: Annotated[list[Pattern], msgspec.Meta(min_length=1, max_length=256)]
+    #: What the hub does when this client falls so far behind that its send
+    #: queue is full: `latest` drops the oldest samples and says which
+    #: (`missed`); `disconnect` closes the connection (4005) instead, for a
+    #: consumer that must not skip. One connection has one policy: the
+    #: strictest any of its subscriptions asked for.
+    overflow: Literal["latest", "disconnect"] = "latest"
 
 
 class Unsubscribe(_Struct, frozen=True, tag="unsubscribe"):
@@ -332,6 +351,7 @@ Message = (
     | Data
     | Gap
     | AgentState
+    | Missed
     | Status
     | Command
     | Reply
@@ -352,6 +372,7 @@ ALL_MESSAGE_TYPES: tuple[type[msgspec.Struct], ...] = (
     Data,
     Gap,
     AgentState,
+    Missed,
     Status,
     Command,
     Reply,
