@@ -35,11 +35,6 @@ CONNECTED_S = 1.5
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: samples taken while Spool.start_session commits are neither live nor in "
-    "that connection's backlog; they wait in the spool for the next connection",
-)
 async def test_a_connected_agent_sends_all_it_took_on_that_connection(tmp_path: Path) -> None:
     port = free_port()
     async with FaultProxy(port) as proxy:

@@ -214,14 +214,21 @@ class Spool:
             self._ready.set()
 
     async def start_session(self, run: str) -> None:
-        """A connection was welcomed: commit, then send the backlog and `run`'s samples live."""
-        await self.commit(everything=True)
+        """A connection was welcomed: send `run`'s samples live, and what came before as backlog.
+
+        Live first, then the commit: a sample taken while the commit waits for
+        the disk is this connection's, live (found by the hub-kill fault test:
+        such samples were neither live nor backlog, and waited for the next
+        connection).
+        """
         self.run = run
         self._live = []
-        # Everything in the file now is of earlier runs: that is the backlog.
+        self._sending = True
+        self._backlog_after = self._backlog_end = 0
+        await self.commit(everything=True)
+        # Everything in the file now but this run's is the backlog.
         self._backlog_after, self._backlog_end = 0, self._last_id
         self._gaps_unsent = sorted(self._gaps.values(), key=lambda g: g.id or 0)
-        self._sending = True
         self._ready.set()
 
     def end_session(self) -> None:
@@ -257,7 +264,7 @@ class Spool:
         if self._backlog_after >= self._backlog_end:
             return None
         after, end = self._backlog_after, self._backlog_end
-        last, run, samples = await self._call(self._read_blocking, after, end, limit)
+        last, run, samples = await self._call(self._read_blocking, after, end, limit, self.run)
         if last is None:
             self._backlog_after = end
             return None
@@ -527,13 +534,15 @@ class Spool:
         return (cutoff, reason) if cutoff is not None else None
 
     def _read_blocking(
-        self, after: int, end: int, limit: int
+        self, after: int, end: int, limit: int, live_run: str
     ) -> tuple[int | None, str, list[Sample]]:
         db = self._db
         assert db is not None
+        # The live run's own rows are not backlog: they were sent live.
         rows = db.execute(
-            "SELECT id, run, sample FROM samples WHERE id > ? AND id <= ? ORDER BY id LIMIT ?",
-            (after, end, limit),
+            "SELECT id, run, sample FROM samples WHERE id > ? AND id <= ? AND run != ?"
+            " ORDER BY id LIMIT ?",
+            (after, end, live_run, limit),
         ).fetchall()
         if not rows:
             return None, "", []
