@@ -45,7 +45,8 @@ async def _serve(request: web.Request, kind: PeerKind) -> web.WebSocketResponse:
     hub = request.app[HUB_KEY]
     limits = hub.config.limits
     ws = web.WebSocketResponse(
-        heartbeat=hub.config.timeouts.heartbeat_s,
+        # Pings so that a dead link is noticed within heartbeat_s (not 1.5x).
+        heartbeat=hub.config.timeouts.ping_after_s,
         # Frames up to 4x the limit reach the codec and get a typed
         # message_too_large error; beyond that aiohttp closes (1009) rather
         # than buffer an unbounded frame.

@@ -56,8 +56,22 @@ class Timeouts(msgspec.Struct, frozen=True, kw_only=True):
     http_idle_s: float = 15.0
     #: How long a closing WebSocket waits for the peer's close frame.
     close_s: float = 2.0
+    #: A link that passes no byte (a black hole: the socket stays open) is
+    #: noticed by both ends within this many seconds (see `ping_after_s`).
     heartbeat_s: float = 10.0
     command_default_s: float = 5.0
     command_max_s: float = 300.0
     #: Longest wait between reconnect attempts of an agent or client.
     reconnect_max_s: float = 30.0
+
+    @property
+    def ping_after_s(self) -> float:
+        """aiohttp's `heartbeat`: seconds of silence before a ping, so that a dead link is
+        noticed within `heartbeat_s`.
+
+        aiohttp pings after `heartbeat` seconds without a frame, then waits
+        `heartbeat / 2` for the pong, each timer rounded up to a whole second:
+        up to `1.5 * heartbeat + 2` in all. Passing `heartbeat_s` itself took
+        15.7 s to notice a black hole (tests/e2e/test_delivery_blackhole.py).
+        """
+        return max(1.0, (self.heartbeat_s - 2.0) / 1.5)

@@ -306,7 +306,7 @@ class Connector(Generic[M]):
                 try:
                     ws = await self._session.ws_connect(
                         self.url,
-                        heartbeat=self._timeouts.heartbeat_s,
+                        heartbeat=self._timeouts.ping_after_s,
                         # The hub may send up to max_hub_message_bytes (an
                         # instrument list); frames up to twice that reach the
                         # codec and get a typed error, beyond it aiohttp closes.
