@@ -23,6 +23,11 @@ class HubConfig(msgspec.Struct, frozen=True, kw_only=True):
     #: An agent whose clock is further than this from the hub's is flagged
     #: (logged, and `clock_ok: false` in `/api/agents`).
     clock_warning_s: float = 1.0
+    #: Serve beyond loopback without auth (no credentials store): refused otherwise.
+    insecure: bool = False
+    #: Origins (``https://dash.lab.example``) whose pages may use the hub,
+    #: besides the hub's own; browsers' other origins are refused (`auth.web`).
+    allowed_origins: tuple[str, ...] = ()
     limits: Limits = Limits()
     timeouts: Timeouts = Timeouts()
 

@@ -34,6 +34,7 @@ from ..protocol import (
     encode,
     encode_run,
 )
+from .auth.guard import permit
 from .peers import Peer
 from .traffic import ack_key
 
@@ -90,7 +91,10 @@ class Handlers:
                 Error(code=ErrorCode.UNEXPECTED_MESSAGE, message=f"{tag!r} is not accepted here")
             )
             return
-        await handler(ctx, message)
+        # Credentials, grants, the control lease, absurd seqs: refused before
+        # any handler runs (`auth.guard`), so no handler can forget a check.
+        if await permit(ctx, message):
+            await handler(ctx, message)
 
 
 def default_handlers() -> Handlers:
@@ -354,7 +358,11 @@ async def client_unsubscribe(ctx: Context, message: Unsubscribe) -> None:
 async def client_list(ctx: Context, message: ListInstruments) -> None:
     """Answer with every known instrument."""
     ctx.log_in(message)
-    ctx.send(InstrumentList(id=message.id, instruments=ctx.hub.registry.records()))
+    records = ctx.hub.registry.records()
+    principal = ctx.hub.auth.principal(ctx.peer)
+    if principal is not None and not principal.is_admin:
+        records = [r for r in records if principal.may_watch(r.id)]
+    ctx.send(InstrumentList(id=message.id, instruments=records))
 
 
 async def client_command(ctx: Context, message: Command) -> None:

@@ -27,6 +27,7 @@ from ..protocol import (
     encode,
     printable,
 )
+from .auth.guard import AuthRefusal, admit
 from .errors import Conflict
 from .peers import Peer
 
@@ -53,15 +54,25 @@ async def join(
     connection: HubConnection[Any],
     hello: AgentHello | ClientHello,
     frame: bytes,
+    header_token: str | None = None,
 ) -> Peer | Refusal:
-    """Welcome a peer whose hello was valid, or say why not."""
+    """Welcome a peer whose hello was valid and whose credentials hold, or say why not."""
+    principal = admit(hub, hello, header_token)
+    if isinstance(principal, AuthRefusal):
+        return Refusal(principal.error, CloseCode(principal.close))
     if isinstance(hello, AgentHello):
-        return await _join_agent(hub, ws, connection, hello, frame)
+        joined = await _join_agent(hub, ws, connection, hello, frame)
+        if isinstance(joined, Peer):
+            hub.auth.attach(joined, principal)
+        return joined
     # The name is the client's free text and goes into log lines: a newline
-    # in it forged lines in the hub's log.
+    # in it forged lines in the hub's log. With auth, the user's name follows
+    # (`@alice`): every command in the log names the person who sent it.
     suffix = f"/{printable(hello.name, MAX_CLIENT_NAME_CHARS)}" if hello.name else ""
-    name = f"client-{hub.boot_id}.{next(hub.client_numbers)}{suffix}"
+    user = f"@{principal.name}" if principal.token_id is not None else ""
+    name = f"client-{hub.boot_id}.{next(hub.client_numbers)}{suffix}{user}"
     peer = _welcome(hub, PeerKind.CLIENT, name, ws, connection, hello, frame)
+    hub.auth.attach(peer, principal)
     _log.info("client joined", extra={"peer": name})
     return peer
 
@@ -147,6 +158,7 @@ def _welcome(
 def leave(hub: Hub, peer: Peer, reason: str = "agent disconnected") -> None:
     """Undo everything a peer's presence set up; idempotent."""
     hub.peers.discard(peer)
+    hub.auth.detach(peer)
     hub.subscriptions.remove_peer(peer)
     if peer.kind is PeerKind.CLIENT:
         hub.commands.client_left(peer)

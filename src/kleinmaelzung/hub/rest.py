@@ -10,6 +10,7 @@ from aiohttp import web
 
 from .. import __version__
 from ..protocol import ErrorCode, LogEntry, LogPage, PeerKind, is_instrument_id
+from .auth.web import log_types, principal_of, visible_agents
 from .services import HUB_KEY
 
 #: Entries a log query reads first; each further read asks for 4x more.
@@ -46,14 +47,19 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def instruments(request: web.Request) -> web.Response:
-    """`GET /api/instruments`: every known instrument with its state."""
-    return _json(request.app[HUB_KEY].registry.records())
+    """`GET /api/instruments`: every known instrument the caller may watch, with its state."""
+    may_watch = principal_of(request).may_watch
+    return _json([r for r in request.app[HUB_KEY].registry.records() if may_watch(r.id)])
 
 
 async def agents(request: web.Request) -> web.Response:
     """`GET /api/agents`: connected agents, their spools, clocks and logged seqs."""
     hub = request.app[HUB_KEY]
-    return _json(hub.registry.agent_records(hub.config.clock_warning_s))
+    return _json(
+        visible_agents(
+            principal_of(request), hub.registry.agent_records(hub.config.clock_warning_s)
+        )
+    )
 
 
 async def forget_instrument(request: web.Request) -> web.Response:
@@ -86,9 +92,13 @@ async def forget_instrument(request: web.Request) -> web.Response:
 
 
 async def traffic_log(request: web.Request) -> web.Response:
-    """`GET /api/log?instrument=ID&limit=N`: newest traffic-log entries first."""
+    """`GET /api/log?instrument=ID&limit=N&kind=K`: newest traffic-log entries first."""
     hub = request.app[HUB_KEY]
     instrument = request.query.get("instrument")
+    kind = request.query.get("kind")
+    types = log_types(kind) if kind is not None else ()
+    if types is None:
+        return _bad_request(ErrorCode.INVALID_ARGUMENTS, f"not a kind of log entry: {kind!r}")
     if instrument is not None and not is_instrument_id(instrument):
         return _bad_request(
             ErrorCode.INVALID_INSTRUMENT_ID, f"not an instrument id: {instrument!r}"
@@ -112,7 +122,7 @@ async def traffic_log(request: web.Request) -> web.Response:
     budget = min(limits.max_message_bytes, limits.max_hub_message_bytes)
     asked = min(limit, FIRST_LOG_PAGE)
     while True:
-        entries = await hub.store.query(instrument=instrument, limit=asked)
+        entries = await hub.store.query(instrument=instrument, limit=asked, types=types)
         fitting = _within(entries, budget)
         if len(fitting) < len(entries) or len(entries) < asked or asked == limit:
             return _json(LogPage(entries=fitting))
@@ -163,7 +173,10 @@ async def status_page(request: web.Request) -> web.Response:
     hub = request.app[HUB_KEY]
     now = hub.clock()
     rows = []
+    may_watch = principal_of(request).may_watch
     for record in hub.registry.records():
+        if not may_watch(record.id):
+            continue
         seen = (
             "never" if record.last_seen is None else f"{max(0.0, now - record.last_seen):.1f} s ago"
         )

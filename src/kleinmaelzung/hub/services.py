@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from .acks import AckGatherer
+from .auth import Authenticator
 from .commands import Commands
 from .config import HubConfig
 from .fanout import Fanout
@@ -72,6 +74,8 @@ class Hub:
     #: Connected peers; written only by the join and leave handlers.
     peers: set[Peer] = field(default_factory=set)
     tasks: BackgroundTasks = field(default_factory=BackgroundTasks)
+    #: Who each peer is, the control leases; replaced by `auth.web.install`.
+    auth: Authenticator = field(default_factory=lambda: Authenticator(None, time.time))
     client_numbers: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
 

@@ -23,6 +23,7 @@ from ..protocol import (
     hub_agent_connection,
     hub_client_connection,
 )
+from .auth.guard import bearer
 from .handlers import Context
 from .membership import Refusal, join, leave
 from .peers import Peer
@@ -64,7 +65,9 @@ async def _serve(request: web.Request, kind: PeerKind) -> web.WebSocketResponse:
         hello = await _receive_hello(hub, ws, connection, request)
         if hello is None:
             return ws
-        joined = await join(hub, ws, connection, *hello)
+        joined = await join(
+            hub, ws, connection, *hello, bearer(request.headers.get("Authorization"))
+        )
         if isinstance(joined, Refusal):
             hub.traffic.refused(f"?{request.remote}", joined.error, hello[1])
             await _refuse(ws, joined.error, joined.close)

@@ -37,11 +37,17 @@ class ErrorCode(enum.StrEnum):
     # Handshake.
     HELLO_EXPECTED = "hello_expected"
     UNSUPPORTED_PROTOCOL = "unsupported_protocol"
+    #: No token, or a wrong, expired or revoked one (close 4001: do not retry as is).
     UNAUTHORIZED = "unauthorized"
+    #: The token is good but its grant does not allow this (an instrument or
+    #: command outside it, another agent's id, a viewer's command).
+    FORBIDDEN = "forbidden"
     DUPLICATE_AGENT = "duplicate_agent"
     # Subscriptions and ids.
     INVALID_INSTRUMENT_ID = "invalid_instrument_id"
     DUPLICATE_ID = "duplicate_id"
+    #: A sample's seq jumps absurdly beyond the newest logged of its run.
+    SEQ_OUT_OF_RANGE = "seq_out_of_range"
     # Commands.
     UNKNOWN_INSTRUMENT = "unknown_instrument"
     INSTRUMENT_OFFLINE = "instrument_offline"
@@ -62,6 +68,8 @@ class ErrorCode(enum.StrEnum):
     AGENT_DISCONNECTED = "agent_disconnected"
     #: A command's idempotency key was used before for a different command.
     IDEMPOTENCY_CONFLICT = "idempotency_conflict"
+    #: Another operator holds the instrument's control lease.
+    LEASE_HELD = "lease_held"
     INSTRUMENT_ERROR = "instrument_error"
     INSTRUMENT_UNREACHABLE = "instrument_unreachable"
     TOO_MANY_PENDING = "too_many_pending"
@@ -74,6 +82,8 @@ class CloseCode(enum.IntEnum):
 
     NORMAL = 1000
     GOING_AWAY = 1001
+    #: The hub cannot check credentials right now: retry later.
+    TRY_AGAIN_LATER = 1013
     HELLO_EXPECTED = 4000
     UNAUTHORIZED = 4001
     UNSUPPORTED_PROTOCOL = 4002

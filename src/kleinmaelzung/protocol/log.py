@@ -12,6 +12,7 @@ refused bytes were.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 import msgspec
@@ -93,16 +94,24 @@ def refused_entry_message(error: Error, frame: bytes | str) -> bytes:
     """The JSON message to log for a refused frame: a `RefusedInput` object."""
     # surrogatepass: a lone surrogate cannot fail here; it becomes U+FFFD below.
     data = frame.encode("utf-8", "surrogatepass") if isinstance(frame, str) else frame
+    size = len(data)
+    # A refused hello may carry a real token (revoked, expired, another
+    # agent's): the log never holds one, whatever shape the frame has.
+    data = _TOKEN_FIELD.sub(rb'"token":"***"', _TOKEN.sub(rb"\1***", data))
     # Cut bytes, then decode: a character split at the cut becomes U+FFFD,
     # so the logged text is always valid, whatever the peer sent.
     text = data[:REFUSED_FRAME_BYTES].decode("utf-8", errors="replace")
     refused = RefusedInput(
-        error=ErrorInfo(code=error.code, message=error.message), frame=text, frame_bytes=len(data)
+        error=ErrorInfo(code=error.code, message=error.message), frame=text, frame_bytes=size
     )
     return _encoder.encode(refused)
 
 
 _encoder = msgspec.json.Encoder()
+#: A kmz token (`hub.auth.tokens`): its public id is kept, its secret is not.
+_TOKEN = re.compile(rb"(kmz_[0-9a-f]{12}_)[A-Za-z0-9_-]+")
+#: A hello's token field, whatever it holds.
+_TOKEN_FIELD = re.compile(rb'"token"\s*:\s*"(?:[^"\\]|\\.)*"')
 _refused_decoder = msgspec.json.Decoder(RefusedInput)
 # The hub logs what it sends too, which may exceed what it accepts from peers.
 _message_decoder = any_decoder(Limits(max_message_bytes=1 << 31))

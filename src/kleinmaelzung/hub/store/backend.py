@@ -10,7 +10,7 @@ the writer's, once for every backend.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 import msgspec
@@ -68,8 +68,10 @@ class LogBackend(Protocol):
     async def newest_seqs(self, run: str, instruments: Iterable[str]) -> dict[str, int]:
         """The highest committed seq of each instrument in this agent run."""
 
-    async def query(self, *, instrument: str | None, limit: int) -> list[LogEntry]:
-        """The newest log entries, newest first."""
+    async def query(
+        self, *, instrument: str | None, limit: int, types: Sequence[str] = ()
+    ) -> list[LogEntry]:
+        """The newest log entries (of these `types`, if any), newest first."""
 
     async def query_samples(
         self, instrument: str, start: float, end: float, limit: int

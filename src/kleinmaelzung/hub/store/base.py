@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -112,8 +112,10 @@ class Store(Protocol):
         Raises `StoreClosed` after `close()`, `WriterFailed` once the writer stopped.
         """
 
-    async def query(self, *, instrument: str | None = None, limit: int = 100) -> list[LogEntry]:
-        """Return the newest entries, newest first."""
+    async def query(
+        self, *, instrument: str | None = None, limit: int = 100, types: Sequence[str] = ()
+    ) -> list[LogEntry]:
+        """Return the newest entries (of these `types`, if any are named), newest first."""
 
     async def query_samples(
         self, instrument: str, start: float, end: float, *, limit: int = 100_000

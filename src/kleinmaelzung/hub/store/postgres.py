@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar, Unpack
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -285,14 +285,25 @@ class PostgresBackend:
             known.append(KnownInstrument(info, agent, max(times) if times else None))
         return known
 
-    async def query(self, *, instrument: str | None, limit: int) -> list[LogEntry]:
-        """The newest log entries, newest first."""
-        if instrument is None:
-            sql = schema.SELECT_TRAFFIC + " ORDER BY id DESC LIMIT $1"
-            rows = await self._read(lambda c: c.fetch(sql, limit))
-        else:
-            sql = schema.SELECT_TRAFFIC + " WHERE instrument = $1 ORDER BY id DESC LIMIT $2"
-            rows = await self._read(lambda c: c.fetch(sql, instrument, limit))
+    async def query(
+        self, *, instrument: str | None, limit: int, types: Sequence[str] = ()
+    ) -> list[LogEntry]:
+        """The newest log entries (of these `types`, if any), newest first."""
+        where: list[str] = []
+        params: list[object] = []
+        if instrument is not None:
+            params.append(instrument)
+            where.append(f"instrument = ${len(params)}")
+        if types:
+            params.append(list(types))
+            where.append(f"type = ANY(${len(params)}::text[])")
+        params.append(limit)
+        sql = (
+            schema.SELECT_TRAFFIC
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + f" ORDER BY id DESC LIMIT ${len(params)}"
+        )
+        rows = await self._read(lambda c: c.fetch(sql, *params))
         return [
             LogEntry(
                 id=row[0],

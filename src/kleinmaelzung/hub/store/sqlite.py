@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Unpack
 
@@ -140,16 +140,24 @@ class SqliteBackend:
                 known.append(KnownInstrument(info, agent, max(times) if times else None))
         return known
 
-    async def query(self, *, instrument: str | None, limit: int) -> list[LogEntry]:
-        """The newest log entries, newest first."""
-        return await asyncio.to_thread(self._query, instrument, limit)
+    async def query(
+        self, *, instrument: str | None, limit: int, types: Sequence[str] = ()
+    ) -> list[LogEntry]:
+        """The newest log entries (of these `types`, if any), newest first."""
+        return await asyncio.to_thread(self._query, instrument, limit, tuple(types))
 
-    def _query(self, instrument: str | None, limit: int) -> list[LogEntry]:
+    def _query(self, instrument: str | None, limit: int, types: tuple[str, ...]) -> list[LogEntry]:
         sql = "SELECT id, ts, direction, peer, instrument, type, message, delivered_to FROM traffic"
+        where: list[str] = []
         params: tuple[object, ...] = ()
         if instrument is not None:
-            sql += " WHERE instrument = ?"
+            where.append("instrument = ?")
             params = (instrument,)
+        if types:
+            where.append(f"type IN ({', '.join('?' * len(types))})")
+            params = (*params, *types)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY id DESC LIMIT ?"
         with contextlib.closing(sqlite3.connect(self.path)) as connection:
             rows = connection.execute(sql, (*params, limit)).fetchall()

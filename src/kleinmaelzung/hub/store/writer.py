@@ -27,7 +27,7 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TypedDict
 
 import msgspec
@@ -325,9 +325,11 @@ class LogWriter:
         """Every remembered instrument, sorted by id, with its newest reading's time."""
         return await self.backend.load_instruments()
 
-    async def query(self, *, instrument: str | None = None, limit: int = 100) -> list[LogEntry]:
-        """Return the newest entries, newest first."""
-        return await self.backend.query(instrument=instrument, limit=limit)
+    async def query(
+        self, *, instrument: str | None = None, limit: int = 100, types: Sequence[str] = ()
+    ) -> list[LogEntry]:
+        """Return the newest entries (of these `types`, if any are named), newest first."""
+        return await self.backend.query(instrument=instrument, limit=limit, types=types)
 
     async def query_samples(
         self, instrument: str, start: float, end: float, *, limit: int = 100_000

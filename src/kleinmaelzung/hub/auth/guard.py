@@ -1,0 +1,309 @@
+"""The checks between a decoded message and its handler, and at the handshake.
+
+`admit` decides a hello (who is it, may they be this agent with these
+instruments); `permit` decides every later message against the peer's
+principal as it stands now; `enforce` applies a changed or revoked principal
+to an open connection. Every refusal is answered with a code (`forbidden`,
+`unauthorized`, `lease_held`, `seq_out_of_range`), logged as a `refused`
+entry of the traffic log with the frame that was refused, and nothing of it
+reaches an agent.
+
+The control lease lives here too: ``lease`` and ``release`` are command names
+the hub answers itself, for any instrument (an instrument's own command of
+that name is shadowed). ``lease`` takes or renews the lease (argument
+``duration_s``, default 300), ``release`` gives it back; an admin's ``release``
+ends anyone's. Everyone watching the instrument sees a `status` whose reason
+names the holder and expiry, and again when it ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ...protocol import (
+    AgentHello,
+    ClientHello,
+    CloseCode,
+    Command,
+    Data,
+    Error,
+    ErrorCode,
+    ListInstruments,
+    PeerKind,
+    Reply,
+    Status,
+    Subscribe,
+)
+from .leases import DEFAULT_LEASE_S, Lease
+from .permissions import Principal, Role
+
+if TYPE_CHECKING:
+    from ..handlers import Context
+    from ..peers import Peer
+    from ..services import Hub
+
+_log = logging.getLogger(__name__)
+
+#: A sample whose seq is further than this beyond the newest seq logged of its
+#: instrument and run is refused: one sample at seq 10^15 would otherwise make
+#: every later real sample look like a duplicate, silencing the instrument for
+#: good. 10^6 is 28 hours at 10 Hz, far more than an agent's spool holds back.
+MAX_SEQ_JUMP = 1_000_000
+
+#: Hub-answered command names (the control lease).
+LEASE, RELEASE = "lease", "release"
+
+
+@dataclass(frozen=True, slots=True)
+class AuthRefusal:
+    """A hello refused for its credentials: send `error`, close with `close`."""
+
+    error: Error
+    close: int
+
+
+def bearer(header: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer`` header, if one was given."""
+    if not header:
+        return None
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else ""
+
+
+def admit(
+    hub: Hub, hello: AgentHello | ClientHello, header_token: str | None
+) -> Principal | AuthRefusal:
+    """Who the peer of this hello is, or why it may not join."""
+    auth = hub.auth
+    if header_token is not None and hello.token and hello.token != header_token:
+        return _unauthorized("two different tokens (Authorization header and hello)")
+    token = hello.token or header_token
+    principal = auth.authenticate(token)
+    if isinstance(principal, str):
+        if not auth.ready:
+            return AuthRefusal(
+                Error(code=ErrorCode.INTERNAL_ERROR, message=principal), CloseCode.TRY_AGAIN_LATER
+            )
+        return _unauthorized(principal)
+    if isinstance(hello, AgentHello):
+        why = principal.may_announce(hello.agent_id, (i.id for i in hello.instruments))
+        if why is not None:
+            return _forbidden(why)
+    elif principal.role is Role.AGENT:
+        return _forbidden("an agent token cannot be used by a client")
+    return principal
+
+
+def _unauthorized(why: str) -> AuthRefusal:
+    return AuthRefusal(Error(code=ErrorCode.UNAUTHORIZED, message=why), CloseCode.UNAUTHORIZED)
+
+
+def _forbidden(why: str) -> AuthRefusal:
+    return AuthRefusal(Error(code=ErrorCode.FORBIDDEN, message=why), CloseCode.UNAUTHORIZED)
+
+
+async def permit(ctx: Context, message: Any) -> bool:
+    """Whether the handler may run; if not, the peer was answered and the refusal logged."""
+    hub, peer = ctx.hub, ctx.peer
+    principal = hub.auth.principal(peer)
+    if principal is None:
+        _refuse(ctx, message, ErrorCode.UNAUTHORIZED, "this connection's token no longer holds")
+        return False
+    if peer.kind is PeerKind.AGENT:
+        if isinstance(message, Data):
+            return _seqs_in_range(ctx, message)
+        return True
+    request_id = getattr(message, "id", None)
+    if isinstance(message, Subscribe):
+        beyond = [p for p in message.patterns if not principal.may_subscribe(p)]
+        if beyond:
+            grant = ", ".join(principal.instruments)
+            _refuse(
+                ctx,
+                message,
+                ErrorCode.FORBIDDEN,
+                f"{principal.name} may not watch {', '.join(beyond)} (may watch: {grant}; "
+                "subscribe to those patterns or to single ids); nothing was subscribed",
+            )
+            return False
+        return True
+    if isinstance(message, Command):
+        if message.name in (LEASE, RELEASE):
+            _lease_command(ctx, message, principal)
+            return False
+        if not principal.may_command(message.instrument, message.name):
+            _refuse(
+                ctx,
+                message,
+                ErrorCode.FORBIDDEN,
+                f"{principal.name} ({principal.role}) may not run {message.name!r} on "
+                f"{message.instrument!r}",
+            )
+            return False
+        lease = hub.auth.leases.permits(message.instrument, principal.name, hub.clock())
+        if lease is not None:
+            _refuse(ctx, message, ErrorCode.LEASE_HELD, _held(lease))
+            return False
+        return True
+    if (
+        isinstance(message, ListInstruments)
+        or request_id is None
+        or principal.at_least(Role.VIEWER)
+    ):
+        return True
+    _refuse(ctx, message, ErrorCode.FORBIDDEN, f"{principal.name} may not do this")
+    return False
+
+
+def visible(hub: Hub, peer: Peer, instrument_id: str) -> bool:
+    """Whether `peer` may see `instrument_id` (in lists, subscriptions, history)."""
+    principal = hub.auth.principal(peer)
+    return principal is not None and principal.may_watch(instrument_id)
+
+
+def _seqs_in_range(ctx: Context, message: Data) -> bool:
+    registry = ctx.hub.registry
+    agent = registry.agents.get(ctx.peer.name)
+    if agent is None:
+        return True  # a replaced connection: the handler drops its data
+    run = message.run or agent.hello.run
+    instruments = registry.instruments
+    for sample in message.samples:
+        entry = instruments.get(sample.instrument)
+        newest = entry.seqs.get(run) if entry is not None else None
+        # Nothing logged of this run yet (-1, or not looked up): any seq may start it.
+        if newest is not None and newest >= 0 and sample.seq > newest + MAX_SEQ_JUMP:
+            error = Error(
+                code=ErrorCode.SEQ_OUT_OF_RANGE,
+                message=f"sample seq {sample.seq} of {sample.instrument!r} is more than "
+                f"{MAX_SEQ_JUMP} beyond the newest logged ({newest}) in run {run!r}; "
+                "none of this message was accepted",
+            )
+            _log.warning(
+                "absurd seq refused",
+                extra={"agent": ctx.peer.name, "instrument": sample.instrument, "seq": sample.seq},
+            )
+            ctx.hub.traffic.refused(ctx.peer.name, error, ctx.frame)
+            ctx.send(error)
+            return False
+    return True
+
+
+def _refuse(ctx: Context, message: Any, code: ErrorCode, text: str) -> None:
+    """Answer a refused message (a failed reply for a command), and log it as refused."""
+    hub = ctx.hub
+    error = Error(code=code, message=text, id=getattr(message, "id", None))
+    hub.traffic.refused(ctx.peer.name, error, ctx.frame)
+    _log.info("refused", extra={"peer": ctx.peer.name, "code": code, "type": _tag(message)})
+    if isinstance(message, Command):
+        hub.commands.refuse(ctx.peer, message, code, text)
+    else:
+        ctx.send(error)
+
+
+def _lease_command(ctx: Context, message: Command, principal: Principal) -> None:
+    hub = ctx.hub
+    ctx.log_in(message, message.instrument)
+    if not principal.may_command(message.instrument, message.name):
+        _refuse(
+            ctx,
+            message,
+            ErrorCode.FORBIDDEN,
+            f"{principal.name} ({principal.role}) may not {message.name} {message.instrument!r}",
+        )
+        return
+    if message.instrument not in hub.registry.instruments:
+        hub.commands.refuse(
+            ctx.peer,
+            message,
+            ErrorCode.UNKNOWN_INSTRUMENT,
+            f"no instrument {message.instrument!r} is known to this hub",
+        )
+        return
+    leases, now = hub.auth.leases, hub.clock()
+    if message.name == LEASE:
+        duration = message.args.get("duration_s", DEFAULT_LEASE_S)
+        if not isinstance(duration, int | float) or isinstance(duration, bool) or duration <= 0:
+            hub.commands.refuse(
+                ctx.peer, message, ErrorCode.INVALID_ARGUMENTS, "duration_s must be seconds > 0"
+            )
+            return
+        lease = leases.take(message.instrument, principal.name, float(duration), now)
+        if lease.holder != principal.name:
+            _refuse(ctx, message, ErrorCode.LEASE_HELD, _held(lease))
+            return
+        _answer(ctx, message, {"holder": lease.holder, "expires": lease.expires})
+        publish_lease(hub, message.instrument, lease)
+        return
+    if not leases.release(message.instrument, principal.name, now, force=principal.is_admin):
+        current = leases.holder(message.instrument, now)
+        if current is not None:
+            _refuse(ctx, message, ErrorCode.LEASE_HELD, _held(current))
+            return
+        _answer(ctx, message, {"holder": None, "expires": None})
+        return
+    _answer(ctx, message, {"holder": None, "expires": None})
+    publish_lease(hub, message.instrument, None)
+
+
+def _answer(ctx: Context, message: Command, result: dict[str, Any]) -> None:
+    ctx.peer.connection.complete_command(message.id)
+    ctx.send(Reply(id=message.id, ok=True, result=result), instrument=message.instrument)
+
+
+def publish_lease(hub: Hub, instrument: str, lease: Lease | None) -> None:
+    """Tell everyone watching `instrument` who holds its lease now (a status with that reason)."""
+    entry = hub.registry.instruments.get(instrument)
+    if entry is None:
+        return
+    reason = _held(lease) if lease is not None else "lease released"
+    hub.fanout.publish_status(
+        Status(instrument=instrument, state=entry.state, ts=hub.clock(), reason=reason)
+    )
+
+
+def expire_leases(hub: Hub) -> None:
+    """End the leases that ran out, telling their watchers."""
+    for lease in hub.auth.leases.expired(hub.clock()):
+        publish_lease(hub, lease.instrument, None)
+
+
+def _held(lease: Lease) -> str:
+    until = time.strftime("%H:%M:%S", time.gmtime(lease.expires))
+    return f"leased by {lease.holder} until {until} UTC"
+
+
+def enforce(hub: Hub, peer: Peer, change: Principal | str) -> None:
+    """Apply a changed principal to an open connection: close it, or narrow its subscriptions."""
+    if isinstance(change, str):
+        error = Error(code=ErrorCode.UNAUTHORIZED, message=change)
+        hub.subscriptions.remove_peer(peer)
+        hub.traffic.refused(peer.name, error, b"")
+        hub.fanout.send(peer, error)
+        _log.warning("credentials withdrawn", extra={"peer": peer.name, "reason": change})
+        hub.tasks.spawn(peer.disconnect(CloseCode.UNAUTHORIZED, change), "kmz-revoke")
+        return
+    if peer.kind is PeerKind.AGENT:
+        entry = hub.registry.agents.get(peer.name)
+        instruments = entry.instruments if entry is not None else ()
+        why = change.may_announce(peer.name, instruments)
+        if why is not None:
+            enforce(hub, peer, why)
+        return
+    beyond = [p for p in hub.subscriptions.patterns(peer) if not change.may_subscribe(p)]
+    if beyond:
+        hub.subscriptions.unsubscribe(peer, beyond, hub.registry.instruments)
+        hub.fanout.send(
+            peer,
+            Error(
+                code=ErrorCode.FORBIDDEN,
+                message=f"{change.name} may no longer watch {', '.join(beyond)}: unsubscribed",
+            ),
+        )
+
+
+def _tag(message: Any) -> str:
+    return str(type(message).__struct_config__.tag)
