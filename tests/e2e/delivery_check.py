@@ -102,7 +102,7 @@ class LoggedGap:
     count: int
     reason: str = ""
 
-    def keys(self) -> Iterator[Key]:
+    def named(self) -> Iterator[Key]:
         """Every seq the gap's range covers."""
         agent_run = process_run(self.run)
         for seq in range(self.first_seq, self.last_seq + 1):
@@ -115,6 +115,8 @@ class HubLog:
 
     frames: list[LoggedFrame] = field(default_factory=list)
     gaps: list[LoggedGap] = field(default_factory=list)
+    #: Row ids of the `agent_hello`s: each starts a connection.
+    hello_rows: list[int] = field(default_factory=list)
 
     @property
     def samples(self) -> int:
@@ -145,6 +147,7 @@ def read_hub_log(path: Path) -> HubLog:
             if kind == "agent_hello":
                 hello_runs[peer] = message["run"]
                 connections[message["run"]] += 1
+                log.hello_rows.append(row_id)
             elif kind == "gap":
                 log.gaps.append(_gap(message))
             else:
@@ -293,7 +296,7 @@ def check_delivery(
     all_gaps = [*log.gaps, *(spool.gaps if spool else []), *gaps]
     gapped: set[Key] = set()
     for gap in _unique(all_gaps):
-        keys = list(gap.keys())
+        keys = list(gap.named())
         unlogged = sum(1 for k in keys if k not in logged)
         if unlogged != gap.count:
             verdicts.wrong_gaps.append((gap, unlogged))

@@ -23,6 +23,7 @@ from .delivery_check import (
     LoggedGap,
     RawWatcher,
     check_delivery,
+    process_run,
     read_hub_log,
     read_spool,
     spool_depth,
@@ -59,7 +60,7 @@ async def test_hub_down_past_the_spool_limit_drops_the_oldest_and_says_which(
     async with FaultProxy(port) as proxy:
         lab = StreamingLab(
             tmp_path,
-            instruments=4,
+            instruments=8,
             poll_interval_s=0.05,
             port=port,
             agent_hub_url=proxy.url,
@@ -92,9 +93,7 @@ async def test_hub_down_past_the_spool_limit_drops_the_oldest_and_says_which(
                 proxy.refuse(True)
                 await proxy.reset()
                 await wait_until_async(
-                    lambda: (
-                        sum(g.count for g in spool_gaps(lab.spool_path)) >= 2 * MAX_SAMPLES or None
-                    ),
+                    lambda: sum(g.count for g in spool_gaps(lab.spool_path)) >= MAX_SAMPLES or None,
                     "the spool dropping samples",
                     30.0,
                 )
@@ -134,11 +133,24 @@ async def test_hub_down_past_the_spool_limit_drops_the_oldest_and_says_which(
     verdicts = check_delivery(log, spool=read_spool(lab.spool_path))
     for bad in ("lost", "duplicated", "out_of_order"):
         assert verdicts.count(bad) == 0, f"{bad}:\n{verdicts.explain()}"
-    assert not verdicts.wrong_gaps and not verdicts.gapped_but_logged, verdicts.explain()
     logged_gaps = list(dict.fromkeys(log.gaps))
+    named = [key for gap in logged_gaps for key in gap.named()]
+    assert len(named) == len(set(named)), "gaps overlap"
+    for gap in logged_gaps:  # the spool held every seq of its range
+        assert gap.count == gap.last_seq - gap.first_seq + 1, gap
     dropped = verdicts.count("dropped")
-    assert dropped >= 2 * MAX_SAMPLES
-    assert sum(g.count for g in logged_gaps) == dropped, verdicts.explain()
+    assert dropped >= MAX_SAMPLES
+    # A gap may name samples the hub logged but had not acknowledged when it
+    # was killed (see test_a_gap_never_names_a_logged_sample); nothing else.
+    back = log.hello_rows[1]  # the agent's connection to the restarted hub
+    logged_before_the_kill = {
+        (process_run(f.run), instrument, seq)
+        for f in log.frames
+        if f.row < back
+        for instrument, seq, _ in f.samples
+    }
+    assert set(verdicts.gapped_but_logged) <= logged_before_the_kill, verdicts.explain()
+    assert dropped + len(verdicts.gapped_but_logged) == sum(g.count for g in logged_gaps)
 
     # The oldest went: per instrument, the dropped seqs are one unbroken block,
     # and of the outage's run at most MAX_SAMPLES came back from the spool.
@@ -161,6 +173,7 @@ async def test_hub_down_past_the_spool_limit_drops_the_oldest_and_says_which(
                 "max_samples": MAX_SAMPLES,
                 **verdicts.figures(),
                 "gaps_logged": len(logged_gaps),
+                "named_by_a_gap_but_logged": len(verdicts.gapped_but_logged),
                 "gap_rows_in_log": len(log.gaps),
                 "backlog_logged_after_outage": backlog,
                 "client_gaps": len(gaps),
@@ -168,3 +181,60 @@ async def test_hub_down_past_the_spool_limit_drops_the_oldest_and_says_which(
             }
         )
     )
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.xfail(
+    strict=True,
+    reason="defect: a gap names samples the hub logged but had not acknowledged when it died; "
+    "the hub logs and forwards it as sent (hub/handlers.py agent_gap), so clients are told "
+    "'missed N samples' that the log holds",
+)
+async def test_a_gap_never_names_a_logged_sample(tmp_path: Path) -> None:
+    port = free_port()
+    async with FaultProxy(port) as proxy:
+        lab = StreamingLab(
+            tmp_path,
+            instruments=4,
+            poll_interval_s=0.05,
+            port=port,
+            agent_hub_url=proxy.url,
+            max_samples=MAX_SAMPLES,
+        )
+        try:
+            await asyncio.to_thread(lab.start)
+            # A slow link: acks reach the agent a second after the hub committed.
+            proxy.delay(1.0)
+            await wait_until_async(
+                lambda: (get_json(lab.url + "/api/log?limit=50") or {}).get("entries") or None,
+                "samples logged",
+            )
+            await asyncio.sleep(1.5)  # samples logged through the slow link, not a synchronisation
+            assert lab.hub is not None
+            await asyncio.to_thread(lab.hub.kill)  # the acks on their way die with it
+            proxy.refuse(True)
+            await proxy.reset()
+            await wait_until_async(
+                lambda: sum(g.count for g in spool_gaps(lab.spool_path)) >= MAX_SAMPLES or None,
+                "the spool dropping samples",
+                30.0,
+            )
+            outage_runs = set(spool_depth(lab.spool_path))
+            await asyncio.to_thread(lab.start_hub)
+            proxy.pass_through()
+            proxy.refuse(False)
+
+            def delivered() -> bool | None:
+                held = spool_depth(lab.spool_path)
+                pending = spool_gaps(lab.spool_path) or any(r in outage_runs for r in held)
+                return None if pending else True
+
+            assert lab.agent is not None
+            await wait_until_async(delivered, "the backlog and gaps delivered", 40.0, lab.agent)
+            assert await asyncio.to_thread(terminate, lab.agent) == 0, lab.outputs()
+            assert await asyncio.to_thread(lab.hub.interrupt) == 0, lab.outputs()
+        finally:
+            await asyncio.to_thread(lab.stop)
+    verdicts = check_delivery(read_hub_log(lab.log_path), spool=read_spool(lab.spool_path))
+    assert verdicts.count("lost") == 0, verdicts.explain()
+    assert not verdicts.gapped_but_logged and not verdicts.wrong_gaps, verdicts.explain()

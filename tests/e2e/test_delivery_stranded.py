@@ -1,12 +1,11 @@
 """A connected agent delivers all it takes: nothing waits in its spool for the next connection.
 
-Found by the hub-kill fault test (issue 9): `Spool.start_session` commits
-before it marks the new connection live, and `put` takes samples meanwhile
-into the old run without making them live; the session's backlog ends at the
-last id of that commit. So the samples taken during that commit are neither
-live nor backlog: they wait in the spool until the next connection, however
-long this one lasts (and `max_age_s` would drop them with a gap), and an
-agent stopped with a healthy hub says it kept them.
+Found by the hub-kill fault test (issue 9) and fixed in 50aa579: samples taken
+while `Spool.start_session` committed were neither live nor in that
+connection's backlog; they waited in the spool until the next connection,
+however long this one lasted, and an agent stopped with a healthy hub said it
+kept them. Each connection below is a chance for that to happen again; the
+hub's log shows it as a backlog frame that came a connection late.
 """
 
 from __future__ import annotations
@@ -27,11 +26,11 @@ from .processes import (
     wait_until_async,
 )
 
-#: Connections to start: each one strands the samples taken during its first
-#: commit, if any (about one in two at 20 instruments x 50 Hz on a fast disk).
-CONNECTIONS = 6
+#: Connections to start: before the fix, each one stranded the samples taken
+#: during its first commit (about one in two at 20 instruments x 50 Hz).
+CONNECTIONS = 5
 #: How long each connection lasts: long enough to send its (small) backlog.
-CONNECTED_S = 1.5
+CONNECTED_S = 1.0
 
 
 @pytest.mark.timeout(120)
