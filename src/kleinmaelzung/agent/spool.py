@@ -298,21 +298,21 @@ class Spool:
             return
         async with self._committing:
             acked = self._acked
-            unwritten = self._unwritten
-            keep_from = len(unwritten)
-            if not everything and self._sending:
-                # The young ones are a suffix: samples are taken in order.
-                cutoff = time.monotonic() - self.limits.hold_s
-                keep_from = next(
-                    (i for i, (_, _, taken) in enumerate(unwritten) if taken > cutoff), keep_from
-                )
+            # Acknowledged: forgotten, written or not. Not yet: written if
+            # older than the hold (or everything goes), else kept for later.
+            cutoff = time.monotonic() - self.limits.hold_s
+            hold = not everything and self._sending
             rows = []
-            for run, sample, _ in unwritten[:keep_from]:
+            kept: list[tuple[str, Sample, float]] = []
+            for entry in self._unwritten:
+                run, sample, taken = entry
                 if sample.seq <= acked.get((run, sample.instrument), -1):
                     self._forget_one(run)
-                    continue
-                rows.append((run, sample.instrument, sample.seq, sample.ts, _encode(sample)))
-            self._unwritten = unwritten[keep_from:]
+                elif hold and (kept or taken > cutoff):
+                    kept.append(entry)  # the young ones are a suffix: taken in order
+                else:
+                    rows.append((run, sample.instrument, sample.seq, sample.ts, _encode(sample)))
+            self._unwritten = kept
             now = time.time()
             work = _Commit(rows, self._acks_to_apply, self._gap_acks, now, self._rows)
             self._acks_to_apply, self._gap_acks = {}, []
