@@ -419,3 +419,22 @@ async def test_a_client_flooding_messages_is_limited_then_closed(
         assert (await calm.receive_type("instrument_list"))["id"] == "calm"
     over = [r for r in caplog.records if r.getMessage() == "peer over a limit"]
     assert len(over) == 1
+
+
+def test_the_index_says_which_instruments_a_subscribe_added() -> None:
+    from typing import cast
+
+    from kleinmaelzung.hub.peers import Peer
+    from kleinmaelzung.hub.subscriptions import Subscriptions
+
+    peer = cast(Peer, object())
+    index = Subscriptions()
+    known = ["kiln-1", "kiln-2", "balance"]
+    assert index.add(peer, ["kiln-*"], known) == (["kiln-1", "kiln-2"], ["kiln-1", "kiln-2"])
+    # The same again, or a literal it already receives: nothing new to tell.
+    assert index.add(peer, ["kiln-*", "kiln-1"], known) == (["kiln-1", "kiln-2"], [])
+    assert index.add(peer, ["balance", "unknown"], known) == (
+        ["balance", "kiln-1", "kiln-2"],
+        ["balance"],
+    )
+    assert index.patterns(peer) == ["balance", "kiln-*", "kiln-1", "unknown"]

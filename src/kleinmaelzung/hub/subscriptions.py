@@ -28,19 +28,40 @@ class Subscriptions:
 
     def subscribe(self, peer: Peer, patterns: Iterable[str], known: Iterable[str]) -> list[str]:
         """Add patterns for a peer; return the known instruments it now receives."""
+        return self.add(peer, patterns, known)[0]
+
+    def add(
+        self, peer: Peer, patterns: Iterable[str], known: Iterable[str]
+    ) -> tuple[list[str], list[str]]:
+        """Add patterns for a peer; return the known instruments it now receives, and
+        those it receives only since this call (sorted both).
+
+        Only the second need their state sent: a client repeating a subscribe
+        for `*` was sent every instrument's status each time (issue 11).
+        """
         self._recipient_names.clear()
         active = self._patterns.setdefault(peer, set())
         known = list(known)
+        known_ids = set(known)
+        added: set[str] = set()
         for pattern in patterns:
+            if pattern in active:
+                continue  # already resolved when it was first added
             active.add(pattern)
             if is_literal(pattern):
-                self._by_instrument[pattern].add(peer)
+                subscribers = self._by_instrument[pattern]
+                if peer not in subscribers and pattern in known_ids:
+                    added.add(pattern)
+                subscribers.add(peer)
             else:
                 self._wildcards[pattern].add(peer)
                 for instrument_id in known:
                     if matches(pattern, instrument_id):
-                        self._by_instrument[instrument_id].add(peer)
-        return self.instruments_of(peer, known)
+                        subscribers = self._by_instrument[instrument_id]
+                        if peer not in subscribers:
+                            added.add(instrument_id)
+                            subscribers.add(peer)
+        return self.instruments_of(peer, known), sorted(added)
 
     def unsubscribe(self, peer: Peer, patterns: Iterable[str], known: Iterable[str]) -> list[str]:
         """Remove patterns of a peer (unknown ones are ignored); return what it still receives."""
