@@ -7,11 +7,16 @@ bytes in every protocol.
 
 from __future__ import annotations
 
+import secrets
 import struct
 import time
 from typing import Any
 
 import msgspec
+
+from kleinmaelzung.protocol import PROTOCOL_VERSION
+
+_RUN = f"bench-{secrets.token_hex(6)}"
 
 _PAYLOAD = struct.Struct("<qqi")  # send time ns, seq, publisher
 _PAD = b"\0" * (100 - _PAYLOAD.size)
@@ -78,14 +83,16 @@ class Hub(Protocol):
         if self.role == "pub":
             hello = {
                 "type": "agent_hello",
-                "protocol": 1,
+                "protocol": PROTOCOL_VERSION,
                 "agent_id": f"bench-{self.index}",
-                "run": "bench",
+                # A run of its own per load generator: a log that outlives a
+                # run would otherwise take its samples for ones it logged.
+                "run": _RUN,
                 "instruments": [{"id": self.instrument, "kind": "bench"}],
             }
             return [msgspec.json.encode(hello)]
         return [
-            b'{"type":"client_hello","protocol":1,"name":"bench"}',
+            b'{"type":"client_hello","protocol":%d,"name":"bench"}' % PROTOCOL_VERSION,
             msgspec.json.encode({"type": "subscribe", "id": "1", "patterns": [self.topic]}),
         ]
 

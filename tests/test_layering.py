@@ -44,7 +44,13 @@ FORBIDDEN = {
         "kleinmaelzung.client",
         "kleinmaelzung.sim",
     ],
-    "kleinmaelzung.hub": ["kleinmaelzung.agent", "kleinmaelzung.client", "kleinmaelzung.sim"],
+    # The PostgreSQL driver loads only when a log URL names PostgreSQL.
+    "kleinmaelzung.hub": [
+        "asyncpg",
+        "kleinmaelzung.agent",
+        "kleinmaelzung.client",
+        "kleinmaelzung.sim",
+    ],
     "kleinmaelzung.sim": ["aiohttp", "msgspec", "kleinmaelzung.protocol"],
     # `kmz agent` on a Pi must not pay for the hub stack at start-up.
     "kleinmaelzung.cli": ["aiohttp", "kleinmaelzung.hub", "kleinmaelzung.agent"],
