@@ -438,3 +438,22 @@ def test_the_index_says_which_instruments_a_subscribe_added() -> None:
         ["balance"],
     )
     assert index.patterns(peer) == ["balance", "kiln-*", "kiln-1", "unknown"]
+
+
+async def test_agents_together_serve_at_most_the_hubs_instrument_limit(tmp_path: Path) -> None:
+    limits = Limits(max_instruments_per_agent=10, max_instruments=25)
+    async with (
+        limited_hub(tmp_path, limits) as hub,
+        raw_agent(hub.url, "pi-1", [instrument(f"a-{n}") for n in range(10)]),
+        raw_agent(hub.url, "pi-2", [instrument(f"b-{n}") for n in range(10)]),
+        raw_peer(hub.url, "/ws/agent") as third,
+    ):
+        await third.send(agent_hello("pi-3", [instrument(f"c-{n}") for n in range(10)]))
+        error = await third.receive()
+        assert error["code"] == "too_many_instruments", error
+        close = await third.ws.receive(timeout=5)
+        assert (close.type, close.data) == (aiohttp.WSMsgType.CLOSE, 4006)
+        # An agent reconnecting with what it served counts once, not twice.
+        async with raw_agent(hub.url, "pi-2", [instrument(f"b-{n}") for n in range(10)]):
+            pass
+        assert len(hub.hub.registry.instruments) == 20

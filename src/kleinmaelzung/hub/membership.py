@@ -91,6 +91,20 @@ async def _join_agent(
         return Refusal(
             Error(code=ErrorCode.DUPLICATE_ID, message=str(exc)), CloseCode.DUPLICATE_AGENT
         )
+    limit = hub.config.limits.max_instruments
+    served = registry.served_count(besides=hello.agent_id)
+    if served + len(hello.instruments) > limit:
+        # Many agents of 1000 instruments each would otherwise grow the
+        # instrument list (and /api/instruments) without bound.
+        _log.warning("agent refused: too many instruments", extra={"agent": hello.agent_id})
+        return Refusal(
+            Error(
+                code=ErrorCode.TOO_MANY_INSTRUMENTS,
+                message=f"connected agents serve {served} instruments; with these "
+                f"{len(hello.instruments)} the hub would serve more than its limit of {limit}",
+            ),
+            CloseCode.TOO_MANY_INSTRUMENTS,
+        )
     # What the log holds of each run the agent sends is looked up when its
     # first frame of that run arrives (`handlers.agent_data`).
     peer = _welcome(hub, PeerKind.AGENT, hello.agent_id, ws, connection, hello, frame)

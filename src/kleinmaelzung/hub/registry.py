@@ -242,6 +242,10 @@ class Registry:
         entry.state, entry.reason = state, reason
         return True
 
+    def served_count(self, besides: str = "") -> int:
+        """How many instruments connected agents serve (but agent `besides`)."""
+        return sum(len(a.instruments) for i, a in self._agents.items() if i != besides)
+
     def evict_offline(self) -> list[str]:
         """Forget offline instruments beyond `max_remembered`; return their ids.
 

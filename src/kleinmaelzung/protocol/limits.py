@@ -22,6 +22,9 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     max_pending_commands: int = 64
     #: Instruments one agent may announce in its hello (`too_many_instruments`).
     max_instruments_per_agent: int = 1000
+    #: Instruments all connected agents may serve together; a hello beyond
+    #: it is refused the same way.
+    max_instruments: int = 20_000
     #: Instruments the hub keeps knowing while no agent serves them; beyond
     #: this the ones never seen with data go first, then the longest silent.
     max_remembered_instruments: int = 10_000
