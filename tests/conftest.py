@@ -32,6 +32,15 @@ def agent_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return state
 
 
+@pytest.fixture(autouse=True)
+def config_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test's tokens file (`kmz demo` writes one) is its own, never ~/.config's."""
+    config = tmp_path / "config"
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(config))
+    monkeypatch.delenv("KMZ_TOKEN", raising=False)
+    return config
+
+
 @pytest.fixture
 async def hub(tmp_path: Path) -> AsyncIterator[RunningHub]:
     """A hub serving on a free port of 127.0.0.1; `.url` is its base URL."""

@@ -65,6 +65,19 @@ def _parser() -> argparse.ArgumentParser:
         " (extra kleinmaelzung[postgres]; ?schema=NAME picks a schema);"
         " default: SQLite in the --data folder",
     )
+    hub.add_argument(
+        "--insecure",
+        action="store_true",
+        help="serve a non-loopback address without authentication (anyone who reaches the "
+        "hub may drive every instrument); refused without this flag",
+    )
+    hub.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="let web pages from ORIGIN (https://dash.lab.example) use the hub; repeatable",
+    )
 
     agent = commands.add_parser(
         "agent",
@@ -141,6 +154,12 @@ def _parser() -> argparse.ArgumentParser:
 
     log = commands.add_parser("log", help="print the newest traffic-log entries")
     log.add_argument("--instrument", default=None, help="only this instrument's traffic")
+    log.add_argument(
+        "--kind",
+        default=None,
+        help="only entries of this kind: a message type, 'command' (commands and their "
+        "replies) or 'refused' (auth failures, limit breaches, bad frames)",
+    )
     log.add_argument("--limit", type=_positive_int, default=20, help="entries (default 20)")
     log.add_argument("--json", action="store_true", help="print a JSON array, newest first")
     _hub_option(log)
@@ -151,11 +170,92 @@ def _parser() -> argparse.ArgumentParser:
     forget.add_argument("instrument")
     _hub_option(forget)
 
+    _credential_commands(commands)
+
     ports = commands.add_parser(
         "ports", help="list serial ports with their stable by-id paths and USB ids"
     )
     ports.add_argument("--json", action="store_true", help="print a JSON array")
     return parser
+
+
+def _data_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="the hub's data folder, where its credentials are "
+        "(default $KMZ_DATA, else kmz-data in the current folder)",
+    )
+
+
+def _credential_commands(commands: Any) -> None:
+    """`kmz user ...` and `kmz token ...`: they edit the hub's credentials store on its machine."""
+    user = commands.add_parser("user", help="people and scripts who may use the hub")
+    users = user.add_subparsers(dest="action", required=True, metavar="ACTION")
+    add = users.add_parser("add", help="add a user with a role and a grant")
+    add.add_argument("name")
+    set_ = users.add_parser("set", help="change a user's role or grant (open connections too)")
+    set_.add_argument("name")
+    for parser, required in ((add, True), (set_, False)):
+        parser.add_argument(
+            "--role", choices=["viewer", "operator", "admin"], required=required, default=None
+        )
+        parser.add_argument(
+            "--instruments",
+            nargs="+",
+            default=None,
+            metavar="PATTERN",
+            help="instrument ids or patterns (kiln-*) the user may watch and drive (default *)",
+        )
+        parser.add_argument(
+            "--commands",
+            nargs="+",
+            default=None,
+            metavar="NAME",
+            help="command names an operator may run (default *: all)",
+        )
+        _data_option(parser)
+    listing = users.add_parser("list", help="list users")
+    _data_option(listing)
+    for action, words in (
+        ("disable", "disable a user: their tokens stop within 1 s"),
+        ("enable", "enable a disabled user again"),
+    ):
+        parser = users.add_parser(action, help=words)
+        parser.add_argument("name")
+        _data_option(parser)
+
+    token = commands.add_parser("token", help="tokens for users and agents")
+    tokens = token.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = tokens.add_parser("create", help="make a token (shown once)")
+    owner = create.add_mutually_exclusive_group(required=True)
+    owner.add_argument("--user", help="a token for this user")
+    owner.add_argument("--agent", metavar="AGENT_ID", help="an agent token for this agent id")
+    create.add_argument(
+        "--instruments",
+        nargs="+",
+        default=None,
+        metavar="PATTERN",
+        help="with --agent: the instrument ids (or patterns) the agent may announce",
+    )
+    create.add_argument(
+        "--expires", default=None, metavar="AGE", help="e.g. 90d, 12h (default never)"
+    )
+    create.add_argument("--label", default="", help="a note shown by kmz token list")
+    create.add_argument(
+        "--save",
+        metavar="HUB_URL",
+        default=None,
+        help="also keep it in your tokens file for this hub, for kmz on this machine",
+    )
+    _data_option(create)
+    listing = tokens.add_parser("list", help="list tokens (never their secrets)")
+    _data_option(listing)
+    revoke = tokens.add_parser("revoke", help="revoke a token: its connections end within 1 s")
+    revoke.add_argument("id", metavar="TOKEN_ID")
+    _data_option(revoke)
 
 
 class _LogFormatter(logging.Formatter):
@@ -205,6 +305,8 @@ def _cmd_hub(args: argparse.Namespace) -> int:
             port=args.port,
             data_dir=args.data,
             log_url=args.log,
+            insecure=args.insecure,
+            allowed_origins=tuple(args.allow_origin),
             on_ready=lambda url: print(
                 f"kmz hub on {url}  (log in {_log_shown(args)}); Ctrl-C stops it", flush=True
             ),
@@ -362,6 +464,12 @@ def _hub_url(args: argparse.Namespace) -> str:
         raise _UsageError(str(exc)) from None
 
 
+def _token(url: str) -> str | None:
+    from .client.credentials import token_for
+
+    return token_for(url)
+
+
 def _run_client(name: str, coroutine: Coroutine[Any, Any, int]) -> int:
     """Run a client command, turning the client's exceptions into messages and exit codes."""
     from .client import (
@@ -408,7 +516,7 @@ def _cmd_instruments(args: argparse.Namespace) -> int:
     url = _hub_url(args)
 
     async def run() -> int:
-        async with Client(url, name="kmz-instruments") as client:
+        async with Client(url, name="kmz-instruments", token=_token(url)) as client:
             records = await client.instruments()
         if args.json:
             print(msgspec.json.format(msgspec.json.encode(records)).decode())
@@ -430,7 +538,7 @@ def _cmd_agents(args: argparse.Namespace) -> int:
     url = _hub_url(args)
 
     async def run() -> int:
-        records = await fetch_agents(url)
+        records = await fetch_agents(url, token=_token(url))
         if args.json:
             print(msgspec.json.format(msgspec.json.encode(records)).decode())
         else:
@@ -460,7 +568,7 @@ def _cmd_watch(args: argparse.Namespace) -> int:
 
     async def run() -> int:
         # Reconnects by itself: a watch outlives a hub restart.
-        async with Client(url, name="kmz-watch", reconnect=True) as client:
+        async with Client(url, name="kmz-watch", reconnect=True, token=_token(url)) as client:
             records = await client.instruments()
             units = units_of(records)
             for pattern in args.patterns:
@@ -520,7 +628,7 @@ def _cmd_send(args: argparse.Namespace) -> int:
     url = _hub_url(args)
 
     async def run() -> int:
-        async with Client(url, name="kmz-send") as client:
+        async with Client(url, name="kmz-send", token=_token(url)) as client:
             try:
                 result = await client.command(
                     args.instrument,
@@ -566,7 +674,9 @@ def _cmd_log(args: argparse.Namespace) -> int:
     url = _hub_url(args)
 
     async def run() -> int:
-        entries = await fetch_log(url, instrument=args.instrument, limit=args.limit)
+        entries = await fetch_log(
+            url, instrument=args.instrument, limit=args.limit, kind=args.kind, token=_token(url)
+        )
         if args.json:
             print(msgspec.json.encode(entries).decode())
         else:
@@ -586,11 +696,160 @@ def _cmd_forget(args: argparse.Namespace) -> int:
     url = _hub_url(args)
 
     async def run() -> int:
-        await forget_instrument(url, args.instrument)
+        await forget_instrument(url, args.instrument, token=_token(url))
         print(f"forgot {args.instrument}")
         return EXIT_OK
 
     return _run_client("forget", run())
+
+
+# --- credentials ---------------------------------------------------------------
+
+
+def _credentials(args: argparse.Namespace) -> Any:
+    import os
+
+    from .hub.auth import SqliteCredentials
+
+    data = args.data or Path(os.environ.get("KMZ_DATA", "kmz-data"))
+    return SqliteCredentials(data)
+
+
+def _cmd_user(args: argparse.Namespace) -> int:
+    import time
+
+    from .hub.auth import CredentialsError, Role
+
+    store = _credentials(args)
+    try:
+        if args.action == "add":
+            user = store.add_user(
+                args.name,
+                Role(args.role),
+                tuple(args.instruments or ("*",)),
+                tuple(args.commands or ("*",)),
+            )
+            print(f"added {user.name} ({user.role}) in {store.path}")
+        elif args.action == "set":
+            user = store.set_user(
+                args.name,
+                role=Role(args.role) if args.role else None,
+                instruments=tuple(args.instruments) if args.instruments else None,
+                commands=tuple(args.commands) if args.commands else None,
+            )
+            print(
+                f"{user.name}: {user.role}, instruments {' '.join(user.instruments)}, "
+                f"commands {' '.join(user.commands)}"
+            )
+        elif args.action in ("disable", "enable"):
+            store.set_user(args.name, enabled=args.action == "enable")
+            print(f"{args.action}d {args.name}")
+        else:
+            rows = [("USER", "ROLE", "INSTRUMENTS", "COMMANDS", "STATE")]
+            for user in store.users():
+                state = (
+                    "active"
+                    if user.disabled is None
+                    else "disabled " + time.strftime("%Y-%m-%d", time.localtime(user.disabled))
+                )
+                rows.append(
+                    (
+                        user.name,
+                        user.role,
+                        " ".join(user.instruments),
+                        " ".join(user.commands),
+                        state,
+                    )
+                )
+            _print_table(rows)
+    except CredentialsError as exc:
+        print(f"kmz user {args.action}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _cmd_token(args: argparse.Namespace) -> int:
+    import time
+
+    from .hub.auth import CredentialsError
+
+    store = _credentials(args)
+    try:
+        if args.action == "create":
+            expires = None
+            if args.expires is not None:
+                expires = time.time() + _age_s(args.expires)
+            if args.agent is None and args.instruments:
+                raise _UsageError("--instruments goes with --agent; a user's grant is kmz user set")
+            record, plaintext = store.create_token(
+                user=args.user,
+                agent=args.agent,
+                instruments=tuple(args.instruments or ()),
+                expires=expires,
+                label=args.label,
+            )
+            print(plaintext)
+            print(
+                f"token {record.id} for {record.owner}: shown once, keep it safe", file=sys.stderr
+            )
+            if args.save:
+                from .client.credentials import save_token
+
+                path = save_token(_checked_url(args.save), plaintext)
+                print(f"saved for {args.save} in {path}", file=sys.stderr)
+        elif args.action == "revoke":
+            record = store.revoke_token(args.id)
+            print(f"revoked {record.id} ({record.owner})")
+        else:
+            rows = [("ID", "FOR", "CREATED", "EXPIRES", "STATE", "LABEL")]
+            now = time.time()
+            for token in store.tokens():
+                state = (
+                    "revoked"
+                    if token.revoked is not None
+                    else "expired"
+                    if token.expires is not None and token.expires <= now
+                    else "valid"
+                )
+                rows.append(
+                    (
+                        token.id,
+                        token.owner,
+                        _day(token.created),
+                        _day(token.expires) if token.expires else "never",
+                        state,
+                        token.label,
+                    )
+                )
+            _print_table(rows)
+    except CredentialsError as exc:
+        print(f"kmz token {args.action}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _checked_url(url: str) -> str:
+    from .transport import base_url
+
+    try:
+        return base_url(url)
+    except ValueError as exc:
+        raise _UsageError(str(exc)) from None
+
+
+def _age_s(text: str) -> float:
+    """Seconds of an age such as 90d, 12h, 30m, 45s."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = text[:-1], text[-1:]
+    if unit not in units or not number.isdigit() or int(number) == 0:
+        raise _UsageError(f"--expires takes an age such as 90d, 12h or 30m, got {text!r}")
+    return int(number) * units[unit]
+
+
+def _day(ts: float) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from typing import Any
 from .agent import Agent, AgentConfig, AgentError, InstrumentConfig, MissingExtra, load_drivers
 from .agent.config import SpoolConfig
 from .agent.drivers import find_driver
+from .client.credentials import save_token
 from .hub import HubConfig, HubStartError, start_hub
 from .sim import Simulator
 
@@ -186,17 +187,52 @@ def demo_instruments(
     return lab
 
 
+#: The demo agent's id.
+AGENT_ID = "malthouse-pi-1"
+#: The demo's admin, whose token `kmz` on this machine finds in its tokens file.
+DEMO_USER = "demo-admin"
+#: Labels of the tokens a demo makes; a demo's start revokes the previous demo's.
+_DEMO_LABELS = ("kmz demo", "kmz demo agent")
+
+
 def demo_agent_config(
-    hub_url: str, lab: list[DemoInstrument], data_dir: Path | None = None
+    hub_url: str, lab: list[DemoInstrument], data_dir: Path | None = None, token: str | None = None
 ) -> AgentConfig:
     """The demo agent's config for the instruments of `lab`; its spool beside the hub's log."""
     spool = SpoolConfig(path=str(data_dir / "agent-spool.sqlite")) if data_dir else SpoolConfig()
     return AgentConfig(
         hub=hub_url,
-        agent_id="malthouse-pi-1",
+        agent_id=AGENT_ID,
         instruments=[i.config for i in lab],
         spool=spool,
+        token=token,
     )
+
+
+def demo_credentials(data_dir: Path) -> tuple[str, str]:
+    """Set up the demo hub's auth: return an admin token and the demo agent's token.
+
+    The demo hub requires tokens like any hub with credentials: it shows the
+    secure set-up, and a demo started with ``--host 0.0.0.0`` is not open to
+    the network. The tokens of the previous demo in this folder are revoked.
+    """
+    from .hub.auth import CredentialsError, Role, SqliteCredentials
+
+    store = SqliteCredentials(data_dir)
+    try:
+        if DEMO_USER not in {u.name for u in store.users()}:
+            store.add_user(DEMO_USER, Role.ADMIN)
+        for old in store.tokens():
+            if old.label in _DEMO_LABELS and old.revoked is None:
+                store.revoke_token(old.id)
+        _, admin = store.create_token(user=DEMO_USER, label=_DEMO_LABELS[0])
+        ids = (*(i for i, *_ in DEMO_LAB), MULTIMETER_ID)
+        _, agent = store.create_token(agent=AGENT_ID, instruments=ids, label=_DEMO_LABELS[1])
+    except CredentialsError as exc:
+        raise HubStartError(f"cannot set up the demo's credentials: {exc}") from None
+    finally:
+        store.close()
+    return admin, agent
 
 
 def set_germination_air(agent: Agent) -> None:
@@ -230,13 +266,14 @@ def _kmz_command() -> str:
     return "kmz"
 
 
-def _banner(url: str, data_dir: Path, lab: list[DemoInstrument]) -> str:
+def _banner(url: str, data_dir: Path, lab: list[DemoInstrument], tokens: Path) -> str:
     kmz = _kmz_command()
     hub_flag = "" if url == "http://127.0.0.1:8765" else f" --hub {url}"
     lines = [
         "Kleinmaelzung demo: a micro-malting lab",
         f"  hub        {url}   (open it in a browser)",
         f"  data       {data_dir / 'traffic.sqlite3'}",
+        f"  token      admin {DEMO_USER!r}, saved for kmz on this machine in {tokens}",
         "  instruments (simulated): id, driver, where",
         *(f"    {i.config.id:<13} {i.config.driver:<12} {i.where}" for i in lab),
         "",
@@ -287,6 +324,7 @@ async def _run(host: str, port: int, data_dir: Path, say: Say, complain: Say) ->
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     try:
+        admin_token, agent_token = demo_credentials(data_dir)
         hub = await start_hub(HubConfig(host=host, port=port, data_dir=data_dir))
     except HubStartError as exc:
         complain(f"kmz demo: {exc}")
@@ -309,7 +347,7 @@ async def _run(host: str, port: int, data_dir: Path, say: Say, complain: Say) ->
             lab = demo_instruments(plan, simulator.paths, modbus_port)
             try:
                 # Built before the banner, so a config the agent refuses never gets one.
-                agent = Agent(demo_agent_config(hub.url, lab, data_dir))
+                agent = Agent(demo_agent_config(hub.url, lab, data_dir, agent_token))
             except AgentError as exc:
                 complain(f"kmz demo: the agent cannot start: {exc}")
                 return 1
@@ -323,7 +361,7 @@ async def _run(host: str, port: int, data_dir: Path, say: Say, complain: Say) ->
                     + (f", {' and '.join(twins)} among them" if twins else "")
                     + "."
                 )
-            say(_banner(hub.url, data_dir, lab))
+            say(_banner(hub.url, data_dir, lab, save_token(hub.url, admin_token)))
             try:
                 # The demo lives as long as its agent: if the agent's task fails,
                 # the group cancels the wait below and the demo ends with the reason.

@@ -6,10 +6,12 @@ import json
 import subprocess
 import sys
 import textwrap
+import urllib.request
 from pathlib import Path
 
 import pytest
 
+from kleinmaelzung.client.credentials import token_for
 from kleinmaelzung.demo import DemoPlan, demo_instruments, serial_ids
 
 from .processes import Process, free_port, get_json, wait_until
@@ -45,8 +47,19 @@ def last_reading(url: str, instrument: str) -> dict[str, object]:
 
 
 def online(url: str) -> set[str]:
-    """The ids of the instruments the hub has online now."""
-    return {r["id"] for r in get_json(url + "/api/instruments") or [] if r["state"] == "online"}
+    """The ids of the instruments the hub has online now (with the token the demo saved)."""
+    token = token_for(url)  # the demo requires one; none is saved until its banner
+    if token is None:
+        return set()
+    request = urllib.request.Request(
+        url + "/api/instruments", headers={"Authorization": f"Bearer {token}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=2) as response:
+            records = json.loads(response.read())
+    except OSError:
+        return set()
+    return {r["id"] for r in records if r["state"] == "online"}
 
 
 def banner_rows(output: str) -> dict[str, list[str]]:

@@ -17,13 +17,19 @@ _problem_decoder = msgspec.json.Decoder(_Problem)
 
 
 async def request(
-    method: str, endpoint: str, *, params: dict[str, str] | None = None, timeout_s: float = 10.0
+    method: str,
+    endpoint: str,
+    *,
+    params: dict[str, str] | None = None,
+    timeout_s: float = 10.0,
+    token: str | None = None,
 ) -> bytes:
     """The body of a successful answer; `RequestError` with the hub's code otherwise."""
+    headers = {"Authorization": f"Bearer {token}"} if token else None
     with reaching(endpoint, timeout_s):
         async with (
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session,
-            session.request(method, endpoint, params=params) as response,
+            session.request(method, endpoint, params=params, headers=headers) as response,
         ):
             status, body = response.status, await response.read()
     if status != 200:

@@ -20,10 +20,12 @@ _page_decoder = msgspec.json.Decoder(LogPage)
 _agents_decoder = msgspec.json.Decoder(list[AgentRecord])
 
 
-async def fetch_agents(url: str, *, timeout_s: float = 10.0) -> list[AgentRecord]:
+async def fetch_agents(
+    url: str, *, timeout_s: float = 10.0, token: str | None = None
+) -> list[AgentRecord]:
     """The agents connected to the hub at `url`: spools, clocks, newest logged seqs."""
     endpoint = base_url(url) + "/api/agents"
-    body = await request("GET", endpoint, timeout_s=timeout_s)
+    body = await request("GET", endpoint, timeout_s=timeout_s, token=token)
     try:
         return _agents_decoder.decode(body)
     except msgspec.DecodeError as exc:
@@ -33,14 +35,26 @@ async def fetch_agents(url: str, *, timeout_s: float = 10.0) -> list[AgentRecord
 
 
 async def fetch_log(
-    url: str, *, instrument: str | None = None, limit: int = 20, timeout_s: float = 10.0
+    url: str,
+    *,
+    instrument: str | None = None,
+    limit: int = 20,
+    kind: str | None = None,
+    timeout_s: float = 10.0,
+    token: str | None = None,
 ) -> list[LogEntry]:
-    """The newest traffic-log entries from the hub at `url`, newest first."""
+    """The newest traffic-log entries from the hub at `url`, newest first.
+
+    `kind`: a message type, ``command`` (commands and their replies) or
+    ``refused`` (refused input: auth failures, limit breaches, bad frames).
+    """
     endpoint = base_url(url) + "/api/log"
     params = {"limit": str(limit)}
     if instrument is not None:
         params["instrument"] = instrument
-    body = await request("GET", endpoint, params=params, timeout_s=timeout_s)
+    if kind is not None:
+        params["kind"] = kind
+    body = await request("GET", endpoint, params=params, timeout_s=timeout_s, token=token)
     try:
         return _page_decoder.decode(body).entries
     except msgspec.DecodeError as exc:  # includes ValidationError: a hub of another version
@@ -49,10 +63,17 @@ async def fetch_log(
         ) from None
 
 
-async def forget_instrument(url: str, instrument_id: str, *, timeout_s: float = 10.0) -> None:
+async def forget_instrument(
+    url: str, instrument_id: str, *, timeout_s: float = 10.0, token: str | None = None
+) -> None:
     """Make the hub at `url` stop listing an instrument whose agent is gone.
 
     `RequestError` with `unknown_instrument`, or `instrument_online` while an
     agent serves it.
     """
-    await request("DELETE", f"{base_url(url)}/api/instruments/{instrument_id}", timeout_s=timeout_s)
+    await request(
+        "DELETE",
+        f"{base_url(url)}/api/instruments/{instrument_id}",
+        timeout_s=timeout_s,
+        token=token,
+    )

@@ -19,6 +19,7 @@ from ..protocol import Ack, CloseCode, PeerKind
 from . import rest, views
 from .acks import AckGatherer
 from .admission import Admission, AdmittingSite, raise_open_file_limit
+from .auth.web import install as install_auth
 from .commands import Commands
 from .config import HubConfig
 from .errors import HubStartError
@@ -89,6 +90,8 @@ def create_app(
     acks_to.append(send_ack)
     app[HUB_KEY] = hub
     app.cleanup_ctx.append(_lifecycle)
+    # Tokens, grants, the Origin check, revocation within 1 s (`auth`).
+    install_auth(app, hub)
     # Before aiohttp cuts the connections: acknowledge what is committed and
     # close every peer with 1001, so agents need not resend it.
     app.on_shutdown.append(_close_peers)
@@ -244,13 +247,23 @@ def serve_hub(
     port: int,
     data_dir: Path,
     log_url: str | None = None,
+    insecure: bool = False,
+    allowed_origins: tuple[str, ...] = (),
     on_ready: Callable[[str], None] | None = None,
 ) -> None:
     """Run a hub in the foreground until Ctrl-C or SIGTERM (`kmz hub`).
 
-    Raises `HubStartError` if it cannot listen or cannot open its traffic log.
+    Raises `HubStartError` if it cannot listen or cannot open its traffic log,
+    or would serve beyond loopback without auth and not `insecure`.
     """
-    config = HubConfig(host=host, port=port, data_dir=data_dir, log_url=log_url)
+    config = HubConfig(
+        host=host,
+        port=port,
+        data_dir=data_dir,
+        log_url=log_url,
+        insecure=insecure,
+        allowed_origins=allowed_origins,
+    )
     # The traffic-log writer thread must not hold the GIL for the default
     # 5 ms while a sample waits to be forwarded: hand it over 10x sooner
     # (S2x p99 in benchmarks/run.py: 1.4-1.7 ms with this, 1.8-2.1 without).

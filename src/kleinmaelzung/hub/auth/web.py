@@ -93,7 +93,7 @@ async def _middleware(request: web.Request, handler: _Handler) -> web.StreamResp
         if path == "/" and hub.auth.required:
             principal = _principal(request, hub)
             if isinstance(principal, web.Response):
-                return principal
+                return web.Response(text=_SIGN_IN, status=401, content_type="text/html")
             request[PRINCIPAL_KEY] = principal
         return await handler(request)
     principal = _principal(request, hub)
@@ -109,6 +109,14 @@ async def _middleware(request: web.Request, handler: _Handler) -> web.StreamResp
         return _problem(403, ErrorCode.FORBIDDEN, needed)
     request[PRINCIPAL_KEY] = principal
     return await handler(request)
+
+
+_SIGN_IN = """<!doctype html><html lang="en"><head><meta charset="utf-8">
+<title>Kleinmaelzung hub</title></head><body style="font: 15px system-ui; margin: 2rem">
+<h1>Kleinmaelzung hub</h1><p>This hub requires a token. Use <code>kmz instruments</code>,
+<code>kmz watch</code> or the HTTP API with <code>Authorization: Bearer &lt;token&gt;</code>;
+the dashboard's sign-in is not built yet.</p></body></html>
+"""
 
 
 def principal_of(request: web.Request) -> Principal:
