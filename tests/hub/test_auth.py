@@ -12,7 +12,7 @@ import msgspec
 import pytest
 
 from kleinmaelzung.hub import HubConfig, HubStartError, RunningHub, create_app
-from kleinmaelzung.hub.auth import SqliteCredentials
+from kleinmaelzung.hub.auth import Role, SqliteCredentials
 from kleinmaelzung.protocol import LogEntry
 
 from .auth_setup import Lab, agent_hello, auth_lab, client_hello, closed_with, greeted, socket
@@ -455,9 +455,7 @@ def test_a_hub_beyond_loopback_without_auth_refuses_to_start(tmp_path: Path) -> 
     with pytest.raises(HubStartError, match="--insecure"):
         create_app(config=config)
     create_app(config=msgspec.structs.replace(config, insecure=True))  # loudly allowed
-    SqliteCredentials(tmp_path / "d").add_user(
-        "ada", __import__("kleinmaelzung.hub.auth", fromlist=["Role"]).Role.ADMIN
-    )
+    SqliteCredentials(tmp_path / "d").add_user("ada", Role.ADMIN)
     create_app(config=config)  # with credentials, auth is on
 
 
