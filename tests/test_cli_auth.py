@@ -158,3 +158,18 @@ def test_kmz_watch_works_right_after_kmz_demo(tmp_path: Path) -> None:
         assert secret.split("_", 2)[2].encode() not in stored
     finally:
         demo.stop()
+
+
+async def test_http_calls_find_the_saved_token(tmp_path: Path) -> None:
+    from kleinmaelzung.client import RequestError, fetch_log
+
+    from .hub.auth_setup import auth_lab
+
+    async with auth_lab(tmp_path) as lab:
+        with pytest.raises(RequestError) as refused:
+            await fetch_log(lab.url)
+        assert refused.value.code == "unauthorized"
+        save_token(lab.url, lab.tokens["ada"])
+        assert await fetch_log(lab.url, kind="refused")  # the refusal above, audited
+        with pytest.raises(RequestError):
+            await fetch_log(lab.url, token="")  # explicitly none

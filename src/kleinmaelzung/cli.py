@@ -721,6 +721,7 @@ def _cmd_user(args: argparse.Namespace) -> int:
     from .hub.auth import CredentialsError, Role
 
     store = _credentials(args)
+    first = not store.exists()
     try:
         if args.action == "add":
             user = store.add_user(
@@ -730,6 +731,12 @@ def _cmd_user(args: argparse.Namespace) -> int:
                 tuple(args.commands or ("*",)),
             )
             print(f"added {user.name} ({user.role}) in {store.path}")
+            if first:
+                print(
+                    "this hub now requires tokens: restart it if it runs "
+                    f"(kmz token create --user {user.name} makes one)",
+                    file=sys.stderr,
+                )
         elif args.action == "set":
             user = store.set_user(
                 args.name,

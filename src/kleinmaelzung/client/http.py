@@ -5,6 +5,7 @@ from __future__ import annotations
 import aiohttp
 import msgspec
 
+from .credentials import token_for
 from .errors import RequestError, reaching
 
 
@@ -24,7 +25,13 @@ async def request(
     timeout_s: float = 10.0,
     token: str | None = None,
 ) -> bytes:
-    """The body of a successful answer; `RequestError` with the hub's code otherwise."""
+    """The body of a successful answer; `RequestError` with the hub's code otherwise.
+
+    `token` None: the one `credentials.token_for` finds for the hub, if any;
+    ``""``: none.
+    """
+    if token is None:
+        token = token_for(endpoint.rsplit("/api/", 1)[0])
     headers = {"Authorization": f"Bearer {token}"} if token else None
     with reaching(endpoint, timeout_s):
         async with (
