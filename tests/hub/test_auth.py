@@ -472,3 +472,28 @@ async def test_an_unauthenticated_socket_is_closed_at_the_handshake_deadline(
         _, code = await closed_with(silent, timeout=3.0)
         assert code in (4004, 1006)
         assert asyncio.get_running_loop().time() - started < 2.0
+
+
+async def test_every_message_after_credentials_are_withdrawn_is_refused(tmp_path: Path) -> None:
+    """Between a revocation's reload and the close, nothing a peer sends is acted on."""
+    async with (
+        auth_lab(tmp_path) as lab,
+        greeted(lab.url, AGENT, agent_hello("pi-1", ("kiln-air",), lab.tokens["pi-1"])) as agent,
+        greeted(lab.url, CLIENT, client_hello(lab.tokens["oscar"], name="gone")) as oscar,
+        greeted(lab.url, CLIENT, client_hello(lab.tokens["ada"])) as admin,
+    ):
+        hub = lab.hub.hub
+        for peer in list(hub.peers):
+            if peer.name.endswith("@oscar") or peer.name == "pi-1":
+                hub.auth.detach(peer)  # what a reload does first
+        for message in AFTER_HELLO[CLIENT]:
+            await oscar.send(message)
+            answer = await oscar.receive()
+            code = answer["error"]["code"] if answer["type"] == "reply" else answer["code"]
+            assert code == "unauthorized", message
+        await agent.send(data("kiln-air", 1))
+        assert (await agent.receive_type("error"))["code"] == "unauthorized"
+        assert hub.registry.instruments["kiln-air"].seqs.get("r1", -1) == -1
+        await admin.send({"type": "command", "id": "1", "instrument": "kiln-air", "name": "tare"})
+        assert (await agent.receive_type("command"))["name"] == "tare"  # oscar's never came
+        assert codes(await refused_entries(lab.hub)) == ["unauthorized"] * 5
