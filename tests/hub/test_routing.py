@@ -26,6 +26,8 @@ async def test_data_reaches_only_subscribers_in_order(hub: RunningHub) -> None:
             "id": "s1",
             "patterns": ["kiln-*"],
             "instruments": ["kiln-air"],
+            "recovered": None,
+            "not_recovered": [],
         }
         status = await subscribed.receive_type("status")
         assert (status["instrument"], status["state"]) == ("kiln-air", "online")

@@ -32,6 +32,7 @@ from ..protocol import (
     Limits,
     ListInstruments,
     Missed,
+    Position,
     ProtocolError,
     Reply,
     Sample,
@@ -160,6 +161,7 @@ class Client:
         *patterns: str,
         status: bool = False,
         overflow: Literal["latest", "disconnect"] = "latest",
+        backlog: bool = False,
     ) -> Subscription:
         """Live samples of instruments matching the ids or glob patterns (`kiln-*`).
 
@@ -168,6 +170,13 @@ class Client:
         client did not get because it fell behind (they are in the log).
         `overflow="disconnect"`: the hub closes the connection instead of
         dropping samples for this client (the client reconnects).
+        `backlog=True`: also the samples agents send from their spools after
+        an outage (taken earlier; compare `ts`), as they arrive.
+
+        After a reconnect the client resumes each instrument where it left
+        off: what the hub logged meanwhile comes first, then the live stream,
+        with no sample twice (`Subscription.recovered` says whether all of it
+        could be recovered).
         """
         if not patterns:
             raise ValueError("subscribe() needs at least one instrument id or pattern")
@@ -180,6 +189,7 @@ class Client:
             status=status,
             queue_size=self._limits.client_queue_frames,
             overflow=overflow,
+            backlog=backlog,
         )
 
     async def command(
@@ -265,8 +275,19 @@ class Client:
     async def _subscribe_again(self) -> None:
         patterns = sorted({p for s in self._subscriptions for p in s.patterns})
         strict = any(s.overflow == "disconnect" for s in self._subscriptions)
+        # Resume each instrument where it left off: what the hub logged
+        # meanwhile comes first, then the live stream (issue 9).
+        since = {
+            instrument: recent.position
+            for instrument, recent in self._recent.items()
+            if recent.position is not None and any(s.wants(instrument) for s in self._subscriptions)
+        }
         request = Subscribe(
-            id=self._next_id(), patterns=patterns, overflow="disconnect" if strict else "latest"
+            id=self._next_id(),
+            patterns=patterns,
+            overflow="disconnect" if strict else "latest",
+            since=since,
+            backlog=any(s.backlog for s in self._subscriptions),
         )
         try:
             answer = await self._request(request, Subscribed, REQUEST_TIMEOUT_S)
@@ -278,15 +299,22 @@ class Client:
             if self._connection is not None:
                 await self._connection.close()
             return
+        if answer.not_recovered:
+            _log.warning(
+                "reconnected; what these instruments measured meanwhile could not all be "
+                "recovered from the hub's log (see kmz log)",
+                extra={"url": self.url, "instruments": ", ".join(answer.not_recovered)},
+            )
         for subscription in self._subscriptions:
             subscription.instruments = [i for i in answer.instruments if subscription.wants(i)]
+            subscription.recovered = answer.recovered
 
     def _seen_before(self, run: str, sample: Sample) -> bool:
         """Whether this very sample was delivered already; note it if not."""
         window = self._recent.get(sample.instrument)
         if window is None:
             window = self._recent[sample.instrument] = _RecentSamples()
-        return window.seen(run, sample.seq)
+        return window.seen(run, sample)
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coroutine)
@@ -385,6 +413,7 @@ class Client:
             id=self._next_id(),
             patterns=list(subscription.patterns),
             overflow=subscription.overflow,
+            backlog=subscription.backlog,
         )
         try:
             answer = await self._request(request, Subscribed, REQUEST_TIMEOUT_S)
@@ -420,15 +449,20 @@ class _RecentSamples:
     def __init__(self, runs: int = 16) -> None:
         self._runs = runs
         self._newest: dict[str, int] = {}
+        #: The last sample delivered: where a reconnect resumes.
+        self.position: Position | None = None
 
-    def seen(self, run: str, seq: int) -> bool:
+    def seen(self, run: str, sample: Sample) -> bool:
         """Whether (run, seq) was delivered already; remember it if not."""
+        seq = sample.seq
         newest = self._newest.get(run)
         if newest is not None and seq <= newest:
             return True
         self._newest[run] = seq
         if newest is None and len(self._newest) > self._runs:
             del self._newest[next(iter(self._newest))]
+        if self.position is None or sample.ts >= self.position.ts:
+            self.position = Position(run=run or None, seq=seq, ts=sample.ts)
         return False
 
 

@@ -49,11 +49,17 @@ class Subscription:
         status: bool,
         queue_size: int,
         overflow: Literal["latest", "disconnect"] = "latest",
+        backlog: bool = False,
     ) -> None:
         self.patterns = patterns
         self.status = status
         #: What the hub does when this client falls behind (see `Client.subscribe`).
         self.overflow = overflow
+        #: Whether spooled samples are sent as well (see `Client.subscribe`).
+        self.backlog = backlog
+        #: After the latest reconnect: whether all that was missed meanwhile
+        #: came from the hub's log (None before any reconnect).
+        self.recovered: bool | None = None
         #: Instruments the patterns matched when the hub confirmed the subscription.
         self.instruments: list[str] = []
         #: Events dropped because the consumer fell behind.

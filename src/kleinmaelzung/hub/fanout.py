@@ -20,7 +20,7 @@ from ..protocol import (
     samples_array,
 )
 from .peers import Peer, Span
-from .subscriptions import Subscriptions
+from .subscriptions import Subscriptions, describe_recipients
 from .traffic import TrafficLog
 
 _log = logging.getLogger(__name__)
@@ -67,14 +67,20 @@ class Fanout:
         peer.send(frame)
 
     def publish_samples(
-        self, samples: Sequence[Sample], frame: bytes | None = None, run: bytes = b""
+        self,
+        samples: Sequence[Sample],
+        frame: bytes | None = None,
+        run: bytes = b"",
+        *,
+        backlog: bool = False,
     ) -> dict[str, str]:
         """Send samples of one run to their subscribers; return the recipients per instrument.
 
         One encoding per distinct recipient set. `frame`, if given, is the
         agent's original encoding of exactly these samples, all of one
         instrument: its samples array is forwarded as is. `run` is the run
-        as `encode_run` gives it.
+        as `encode_run` gives it. `backlog` samples (from an agent's spool) go
+        only to the subscribers that asked for them.
         """
         if not samples:
             return {}
@@ -85,13 +91,19 @@ class Fanout:
                 return {}
             array = (samples_array(frame) if frame is not None else None) or encode_samples(samples)
             spans: tuple[Span, ...] = ((first, samples[0].seq, samples[-1].seq, len(samples)),)
+            if backlog:
+                takers = [p for p in subscribers if p.wants_backlog]
+                for peer in takers:
+                    peer.send_samples(array, run, spans)
+                return {first: describe_recipients(takers)} if takers else {}
             for peer in subscribers:
                 peer.send_samples(array, run, spans)
             return {first: self._subscriptions.recipients(first)}
         by_peer: dict[Peer, list[Sample]] = defaultdict(list)
         for sample in samples:
             for peer in self._subscriptions.subscribers(sample.instrument):
-                by_peer[peer].append(sample)
+                if peer.wants_backlog or not backlog:
+                    by_peer[peer].append(sample)
         groups: dict[tuple[int, ...], tuple[list[Sample], list[Peer]]] = {}
         for peer, peer_samples in by_peer.items():
             key = tuple(id(s) for s in peer_samples)
@@ -101,6 +113,12 @@ class Fanout:
             spans = _spans(group_samples)
             for peer in peers:
                 peer.send_samples(array, run, spans)
+        if backlog:
+            by_instrument: dict[str, list[Peer]] = defaultdict(list)
+            for peer, peer_samples in by_peer.items():
+                for instrument in {s.instrument for s in peer_samples}:
+                    by_instrument[instrument].append(peer)
+            return {i: describe_recipients(ps) for i, ps in by_instrument.items()}
         return {
             instrument: self._subscriptions.recipients(instrument)
             for instrument in {s.instrument for s in samples}

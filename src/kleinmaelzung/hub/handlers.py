@@ -36,6 +36,7 @@ from ..protocol import (
 )
 from .auth.guard import permit
 from .peers import Peer
+from .store import StoreError
 from .traffic import ack_key
 
 if TYPE_CHECKING:
@@ -152,16 +153,20 @@ async def agent_data(ctx: Context, message: Data) -> None:
     first = accepted[0].instrument
     traffic = hub.traffic
     if message.backlog:
-        # Taken while this agent had no connection: logged, not sent to live
-        # subscribers, who would see time go backwards (and, after a hub
-        # crash, samples the previous hub had already forwarded).
+        # Taken while this agent had no connection: logged, and sent only to
+        # subscribers that asked for the backlog; live ones would see time go
+        # backwards (and, after a hub crash, samples the previous hub had
+        # already forwarded).
+        delivered = hub.fanout.publish_samples(accepted, None, encode_run(run), backlog=True)
         for instrument, samples in _by_instrument(accepted).items():
             frame = (
                 ctx.frame
                 if instrument == first and len(samples) == len(message.samples)
                 else (encode(Data(samples=samples, run=run, backlog=True)))
             )
-            traffic.samples(agent, run, instrument, frame, samples[-1].seq, None, now)
+            traffic.samples(
+                agent, run, instrument, frame, samples[-1].seq, delivered.get(instrument), now
+            )
         return
     agent.clock.observe(accepted[-1].ts, now)
     if agent.clock.within(hub.config.clock_warning_s) == agent.clock_warned:
@@ -322,16 +327,43 @@ async def agent_error(ctx: Context, message: Error) -> None:
 
 
 async def client_subscribe(ctx: Context, message: Subscribe) -> None:
-    """Subscribe, answer with what now matches, then send those instruments' states."""
+    """Subscribe, answer with what now matches, send those instruments' states, and what
+    the client missed if it asked (`since`, `since_ts`)."""
     ctx.log_in(message)
     hub = ctx.hub
+    peer = ctx.peer
     if message.overflow == "disconnect":
-        ctx.peer.disconnect_on_overflow = True  # the strictest of its subscriptions
+        peer.disconnect_on_overflow = True  # the strictest of its subscriptions
+    if message.backlog:
+        peer.wants_backlog = True
+    recovering = bool(message.since) or message.since_ts is not None
+    if recovering:
+        peer.hold()  # live samples wait until the log's have gone
     known = hub.registry.instruments
-    matched = hub.subscriptions.subscribe(ctx.peer, message.patterns, known)
+    try:
+        matched = hub.subscriptions.subscribe(peer, message.patterns, known)
+    except BaseException:
+        if recovering:
+            peer.release([], {})
+        raise
+    recovered: bool | None = None
+    not_recovered: list[str] = []
+    frames: list[bytes] = []
+    covered: dict[tuple[str, bytes], int] = {}
+    if recovering:
+        try:
+            frames, covered, not_recovered = await recover(hub, message, matched)
+        except StoreError as exc:
+            _log.warning("recovery failed", extra={"peer": peer.name, "error": str(exc)})
+            not_recovered = [i for i in matched if i in message.since or message.since_ts]
+        recovered = not not_recovered
     ctx.send(
         Subscribed(
-            id=message.id, patterns=hub.subscriptions.patterns(ctx.peer), instruments=matched
+            id=message.id,
+            patterns=hub.subscriptions.patterns(peer),
+            instruments=matched,
+            recovered=recovered,
+            not_recovered=not_recovered,
         )
     )
     now = hub.clock()
@@ -341,6 +373,65 @@ async def client_subscribe(ctx: Context, message: Subscribe) -> None:
             Status(instrument=instrument_id, state=entry.state, ts=now, reason=entry.reason),
             instrument=instrument_id,
         )
+    if recovering:
+        peer.release(frames, covered)
+
+
+#: Samples one recovery sends at most per instrument: beyond this, a client
+#: reads the log (`/api/log`) and is told `recovered: false`.
+MAX_RECOVERED = 100_000
+
+
+async def recover(
+    hub: Hub, message: Subscribe, matched: list[str]
+) -> tuple[list[bytes], dict[tuple[str, bytes], int], list[str]]:
+    """What the client missed, from the log: data frames, the newest seq they hold per
+    (instrument, run), and the instruments whose position the log could not honour.
+
+    Everything accepted before this call is committed first, so with the live
+    samples held back since the subscription, nothing falls in between.
+    """
+    await hub.store.flush()
+    frames: list[bytes] = []
+    covered: dict[tuple[str, bytes], int] = {}
+    not_recovered: list[str] = []
+    # Every instrument with a position (known here or not: a position in a
+    # log this hub does not have is not honoured), and with `since_ts` every
+    # matched one.
+    asked = dict.fromkeys([*message.since, *(matched if message.since_ts is not None else [])])
+    for instrument in asked:
+        position = message.since.get(instrument)
+        start = position.ts if position is not None else message.since_ts
+        if start is None:
+            continue
+        rows = await hub.store.query_samples(instrument, start, _FOREVER, limit=MAX_RECOVERED + 1)
+        if position is not None:
+            if not any(r.run == position.run and r.seq == position.seq for r in rows):
+                not_recovered.append(instrument)  # reset, or past retention
+            rows = [r for r in rows if r.run != position.run or r.seq > position.seq]
+        if len(rows) > MAX_RECOVERED:
+            rows = rows[:MAX_RECOVERED]
+            if instrument not in not_recovered:
+                not_recovered.append(instrument)
+        batch: list[Sample] = []
+        run: str | None = None
+        for row in rows:
+            if batch and (row.run != run or len(batch) >= MAX_SAMPLES_PER_FRAME):
+                frames.append(encode(Data(samples=batch, run=run)))
+                batch = []
+            run = row.run
+            batch.append(Sample(instrument=instrument, seq=row.seq, ts=row.ts, values=row.values))
+            key = (instrument, encode_run(row.run))
+            covered[key] = max(covered.get(key, -1), row.seq)
+        if batch:
+            frames.append(encode(Data(samples=batch, run=run)))
+    return frames, covered, not_recovered
+
+
+#: The end of a recovery's time range: any time an agent's clock may say.
+_FOREVER = 1e12
+#: Samples per recovered data frame (as agents send at most).
+MAX_SAMPLES_PER_FRAME = 1000
 
 
 async def client_unsubscribe(ctx: Context, message: Unsubscribe) -> None:

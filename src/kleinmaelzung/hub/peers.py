@@ -50,6 +50,10 @@ class Peer:
         self.missed = 0
         #: Close the connection (4005) rather than drop samples when it lags.
         self.disconnect_on_overflow = False
+        #: Also send samples agents send from their spools (`subscribe.backlog`).
+        self.wants_backlog = False
+        # While a recovery reads the log: live samples wait here (`hold`).
+        self._held: list[tuple[bytes, bytes, tuple[Span, ...]]] | None = None
         #: (instrument, channel) pairs this agent was told it did not declare.
         self.noted: set[tuple[str, str]] = set()
         self._limit = queue_frames
@@ -83,6 +87,9 @@ class Peer:
         `spans` says what the array holds, so that the client is told exactly
         what it missed (`missed`) if it is dropped.
         """
+        if self._held is not None:
+            self._held.append((run, samples_array, spans))
+            return
         while self._data_items and (
             self._data_items >= self._limit or self._data_bytes >= QUEUE_BYTES
         ):
@@ -93,6 +100,26 @@ class Peer:
         self._items.append((run, samples_array, spans))
         self._data_items += 1
         self._data_bytes += len(samples_array)
+        self._kick()
+
+    def hold(self) -> None:
+        """Keep live samples back until `release`: a recovery from the log goes first."""
+        if self._held is None:
+            self._held = []
+
+    def release(self, recovered: list[bytes], covered: dict[tuple[str, bytes], int]) -> None:
+        """Send the recovered frames, then the live samples held meanwhile.
+
+        A held array whose samples were all recovered already is not sent
+        again: `covered` is the newest recovered seq per (instrument, run).
+        """
+        held, self._held = self._held or [], None
+        for frame in recovered:
+            self._items.append((None, frame, ()))
+        for run, array, spans in held:
+            if spans and all(last <= covered.get((i, run), -1) for i, _, last, _ in spans):
+                continue
+            self.send_samples(array, run, spans)
         self._kick()
 
     async def close(self) -> None:

@@ -92,6 +92,14 @@ class Sample(_Struct, frozen=True):
     values: dict[str, Value]
 
 
+class Position(_Struct, frozen=True):
+    """Where a client is in one instrument's stream: the last sample it got."""
+
+    run: RunId | None
+    seq: Annotated[int, msgspec.Meta(ge=0)]
+    ts: Timestamp
+
+
 class ErrorInfo(_Struct, frozen=True):
     """The error inside a failed `Reply`."""
 
@@ -288,6 +296,16 @@ class Subscribe(_Struct, frozen=True, tag="subscribe"):
     #: consumer that must not skip. One connection has one policy: the
     #: strictest any of its subscriptions asked for.
     overflow: Literal["latest", "disconnect"] = "latest"
+    #: Resume where this client left off, per instrument: what it missed is
+    #: sent from the log first, then the live stream, with no sample twice
+    #: and none left out (`Subscribed.recovered` says whether that held).
+    since: Annotated[dict[InstrumentId, Position], msgspec.Meta(max_length=1024)] = {}
+    #: Or: everything the matched instruments measured after this time (their
+    #: agents' clocks), from the log, then live.
+    since_ts: Timestamp | None = None
+    #: Also send the samples agents send from their spools (taken while they
+    #: had no connection), as they arrive; by default only live samples come.
+    backlog: bool = False
 
 
 class Unsubscribe(_Struct, frozen=True, tag="unsubscribe"):
@@ -303,6 +321,12 @@ class Subscribed(_Struct, frozen=True, tag="subscribed"):
     id: CorrelationId
     patterns: list[str]
     instruments: list[str]
+    #: For a subscribe with `since` or `since_ts`: true if everything asked
+    #: for follows, from the log; false (with the instruments in
+    #: `not_recovered`) if a position was not in the log (reset, or past its
+    #: retention) or more was missed than one recovery sends. None otherwise.
+    recovered: bool | None = None
+    not_recovered: list[str] = []
 
 
 class ListInstruments(_Struct, frozen=True, tag="list_instruments"):
