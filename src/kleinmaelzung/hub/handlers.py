@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ..protocol import (
     Ack,
     AgentState,
+    CloseCode,
     Command,
     Data,
     Error,
@@ -132,7 +133,21 @@ async def agent_data(ctx: Context, message: Data) -> None:
         # A run this hub has not seen since it started: what did it log of it
         # before? (Frames of one connection are handled one at a time, so no
         # sample of this run is accepted meanwhile.)
-        logged = await hub.store.last_seqs(run, missing)
+        try:
+            logged = await hub.store.last_seqs(run, missing)
+        except StoreError as exc:
+            # Not knowing what is logged, accepting could log a sample twice,
+            # and dropping the frame would strand it at the agent for this
+            # connection: the agent reconnects (with backoff) and resends.
+            _log.warning(
+                "cannot read the log to recognise resent samples; agent to reconnect",
+                extra={"agent": agent.hello.agent_id, "run": run, "error": str(exc)},
+            )
+            hub.tasks.spawn(
+                peer.disconnect(CloseCode.GOING_AWAY, "the hub's log is unavailable"),
+                "kmz-log-unavailable",
+            )
+            return
         registry.merge_logged_seqs(run, missing, logged)
     now = hub.clock()
     accepted, duplicates, foreign = registry.accept(agent, run, message.samples, now)
