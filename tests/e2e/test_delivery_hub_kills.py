@@ -100,6 +100,7 @@ async def kill_the_hub_repeatedly(
         old_runs = {process_run(run) for run in spooled.runs}
         await asyncio.to_thread(lab.start_hub)
         await asyncio.to_thread(lab.start_agent)
+        await asyncio.to_thread(lab.wait_online)  # even with nothing kept, it is up
 
         def delivered() -> bool | None:
             held = spool_depth(lab.spool_path)
