@@ -8,7 +8,7 @@ import pytest
 
 from kleinmaelzung.client import Client, CommandError, Sample, Status, Subscription
 from kleinmaelzung.hub import RunningHub
-from kleinmaelzung.protocol import Limits
+from kleinmaelzung.protocol import Missed
 
 from .agent_peer import answer_commands, instrument, publish, raw_agent, raw_client
 
@@ -102,17 +102,25 @@ async def test_closing_a_subscription_ends_a_waiting_consumer(hub: RunningHub) -
 async def test_a_slow_consumer_misses_the_oldest_and_is_told(hub: RunningHub) -> None:
     async with (
         raw_agent(hub.url, "pi", KILN_AND_BALANCE) as agent,
-        Client(hub.url, limits=Limits(client_queue_frames=8)) as client,
+        Client(hub.url, queue_events=8) as client,
     ):
-        subscription = await client.subscribe("balance")
+        subscription = await client.subscribe("balance", status=True)
+        online = await asyncio.wait_for(anext(subscription), DEADLINE_S)
+        assert isinstance(online, Status)
         await publish(agent, "balance", *range(40))  # one frame, queued all at once
         seqs: list[int] = []
+        missed: list[Missed] = []
         while not seqs or seqs[-1] != 39:
             event = await asyncio.wait_for(anext(subscription), DEADLINE_S)
+            if isinstance(event, Missed):
+                missed.append(event)
+                continue
             assert isinstance(event, Sample)
             seqs.append(event.seq)
         assert seqs == list(range(32, 40))
         assert subscription.missed == 32
+        # Told before the samples after the hole, with exactly which.
+        assert [(m.first_seq, m.last_seq, m.count) for m in missed] == [(0, 31, 32)]
 
 
 async def test_status_events_when_the_agent_leaves(hub: RunningHub) -> None:

@@ -50,6 +50,12 @@ from .subscription import Subscription
 
 _log = logging.getLogger(__name__)
 
+#: Events a subscription keeps for a consumer that is behind before it drops
+#: the oldest (and says so with `Missed`). A reconnect's recovery arrives at
+#: once: a minute of 20 instruments at 10 Hz is 12,000 samples (and 1024 here
+#: lost the first of them in tests/e2e/test_delivery_stalled_client.py).
+SUBSCRIPTION_QUEUE_EVENTS = 65_536
+
 #: Deadline for requests the hub answers by itself (subscribe, list instruments).
 REQUEST_TIMEOUT_S = 10.0
 #: A command may take its own timeout at the instrument; the hub then answers
@@ -79,9 +85,13 @@ class Client:
         reconnect: bool = False,
         limits: Limits | None = None,
         timeouts: Timeouts | None = None,
+        queue_events: int = SUBSCRIPTION_QUEUE_EVENTS,
     ) -> None:
+        """`queue_events`: how many events a subscription keeps for a consumer that is
+        behind before it drops the oldest (and says so, with `Missed`)."""
         #: The hub's base URL, http(s)://host:port.
         self.url = base_url(url)
+        self._queue_events = queue_events
         self.name = name
         self._token = token
         self._reconnect = reconnect
@@ -187,7 +197,7 @@ class Client:
             self,
             patterns,
             status=status,
-            queue_size=self._limits.client_queue_frames,
+            queue_size=self._queue_events,
             overflow=overflow,
             backlog=backlog,
         )
@@ -331,7 +341,7 @@ class Client:
                     continue
                 for subscription in self._subscriptions:
                     if subscription.wants(sample.instrument):
-                        subscription._deliver(sample)
+                        subscription._deliver(sample, run)
         elif isinstance(message, Status | Gap | Missed):
             for subscription in self._subscriptions:
                 if subscription.status and subscription.wants(message.instrument):

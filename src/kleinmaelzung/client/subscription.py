@@ -65,7 +65,10 @@ class Subscription:
         #: Events dropped because the consumer fell behind.
         self.missed = 0
         self._owner = owner
-        self._queue: asyncio.Queue[Event | _End] = asyncio.Queue(maxsize=queue_size)
+        # With each sample its run (b"" for other events), to name what is dropped.
+        self._queue: asyncio.Queue[tuple[Event | _End, str]] = asyncio.Queue(maxsize=queue_size)
+        # Samples dropped and not yet told: (instrument, run) -> [first, last, count].
+        self._dropped: dict[tuple[str, str], list[int]] = {}
         # Matching is a glob per pattern; remember the answer per instrument.
         self._wanted: dict[str, bool] = {}
         self._started = False
@@ -95,7 +98,17 @@ class Subscription:
         if self._closed:
             raise StopAsyncIteration
         await self.start()
-        event = await self._queue.get()
+        if self._dropped and self.status:
+            (instrument, run), (first, last, count) = next(iter(self._dropped.items()))
+            del self._dropped[(instrument, run)]
+            return Missed(
+                instrument=instrument,
+                run=run or None,
+                first_seq=first,
+                last_seq=last,
+                count=count,
+            )
+        event, _ = await self._queue.get()
         if isinstance(event, _End):
             self._closed = True
             if event.error is None:
@@ -122,13 +135,28 @@ class Subscription:
     ) -> None:
         await self.close()
 
-    def _deliver(self, event: Event | _End) -> None:
-        """Queue an event, dropping the oldest if the consumer is behind (called by the client)."""
+    def _deliver(self, event: Event | _End, run: str = "") -> None:
+        """Queue an event, dropping the oldest if the consumer is behind (called by the client).
+
+        A dropped sample is remembered by its seq, so that a consumer asking
+        for status events is told (`Missed`) before the next event.
+        """
         if self._queue.full():
             with contextlib.suppress(asyncio.QueueEmpty):
-                self._queue.get_nowait()
+                dropped, dropped_run = self._queue.get_nowait()
                 self.missed += 1
-        self._queue.put_nowait(event)
+                if isinstance(dropped, Sample):
+                    span = self._dropped.get((dropped.instrument, dropped_run))
+                    if span is None:
+                        self._dropped[(dropped.instrument, dropped_run)] = [
+                            dropped.seq,
+                            dropped.seq,
+                            1,
+                        ]
+                    else:
+                        span[1] = dropped.seq
+                        span[2] += 1
+        self._queue.put_nowait((event, run))
 
     def _end(self, error: BaseException | None) -> None:
         """End after the queued events, raising `error` if given (called by the client)."""
