@@ -10,10 +10,12 @@ import pytest
 
 from kleinmaelzung.agent import Agent, AgentConfig, InstrumentConfig
 from kleinmaelzung.agent.ledger import CommandLedger
-from kleinmaelzung.client import Client, CommandError
+from kleinmaelzung.client import Client, CommandError, ConnectionLost
 from kleinmaelzung.hub import RunningHub
-from kleinmaelzung.protocol import Command, ErrorCode, ErrorInfo, Reply
+from kleinmaelzung.protocol import Command, ErrorCode, ErrorInfo, Reply, Timeouts
 from kleinmaelzung.sim import Simulator
+
+from ..e2e.fault_proxy import FaultProxy
 
 DEADLINE_S = 10.0
 
@@ -172,6 +174,75 @@ async def test_a_command_retried_after_its_reply_was_lost_runs_once_at_the_instr
                 )
             assert refused.value.code == ErrorCode.IDEMPOTENCY_CONFLICT
         assert [line for line in received if line.startswith("SP ")] == ["SP 81.50"]
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, DEADLINE_S)
+
+
+async def test_a_command_whose_reply_the_network_lost_is_retried_and_runs_once(
+    hub: RunningHub, sim: Simulator
+) -> None:
+    # Issue 9's fault test: the proxy between client and hub drops the reply
+    # (the connection is reset while the reply is on its way); the client
+    # gets outcome_unknown, retries with the same key, and gets the outcome.
+    received: list[str] = []
+    got_setpoint = asyncio.Event()
+    model = sim.model("kiln-air")
+    handle = model.handle
+    loop = asyncio.get_running_loop()
+
+    def counting(line: str, now: float) -> str | None:
+        received.append(line)
+        if line.startswith("SP "):
+            loop.call_soon_threadsafe(got_setpoint.set)
+        return handle(line, now)
+
+    model.handle = counting  # type: ignore[method-assign]
+    config = AgentConfig(
+        hub=hub.url,
+        agent_id="pi",
+        instruments=[
+            InstrumentConfig(
+                id="kiln-air", profile="kmz-kiln", port=sim.paths["kiln-air"], poll_interval_s=0.2
+            )
+        ],
+    )
+    agent = Agent(config)
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    port = int(hub.url.rsplit(":", 1)[1])
+    try:
+        await asyncio.wait_for(agent.link.connected.wait(), DEADLINE_S)
+        async with (
+            FaultProxy(port) as proxy,
+            Client(proxy.url, reconnect=True, timeouts=Timeouts(reconnect_max_s=0.2)) as client,
+        ):
+            async with client.subscribe("kiln-air") as readings:
+                await asyncio.wait_for(anext(readings), DEADLINE_S)
+            # Everything through the proxy now arrives a second late: the
+            # reply is still on its way when the connection is cut.
+            proxy.delay(1.0)
+            first = asyncio.create_task(
+                client.command("kiln-air", "set_setpoint", value=77.0, idempotency_key="k-77")
+            )
+            await asyncio.wait_for(got_setpoint.wait(), DEADLINE_S)
+            await proxy.reset()
+            with pytest.raises(CommandError) as lost:
+                await first
+            assert lost.value.code == ErrorCode.OUTCOME_UNKNOWN
+            proxy.pass_through()
+            deadline = asyncio.get_running_loop().time() + DEADLINE_S
+            while True:  # until the client has its connection back
+                try:
+                    again = await client.command(
+                        "kiln-air", "set_setpoint", value=77.0, idempotency_key="k-77"
+                    )
+                    break
+                except (CommandError, ConnectionLost):
+                    assert asyncio.get_running_loop().time() < deadline
+                    await asyncio.sleep(0.05)  # the client has no event for "reconnected"
+        assert again == {"value": 77.0}
+        assert [line for line in received if line.startswith("SP ")] == ["SP 77.00"]
     finally:
         stop.set()
         await asyncio.wait_for(task, DEADLINE_S)
