@@ -457,3 +457,15 @@ async def test_agents_together_serve_at_most_the_hubs_instrument_limit(tmp_path:
         async with raw_agent(hub.url, "pi-2", [instrument(f"b-{n}") for n in range(10)]):
             pass
         assert len(hub.hub.registry.instruments) == 20
+
+
+async def test_the_http_idle_timeout_does_not_close_an_open_websocket(tmp_path: Path) -> None:
+    async with (
+        limited_hub(tmp_path, timeouts=Timeouts(http_idle_s=0.3)) as hub,
+        raw_client(hub.url) as client,
+    ):
+        # Idle well past the HTTP timeout: the WebSocket's own heartbeat rules.
+        with pytest.raises(TimeoutError):
+            await client.receive(timeout=1.5)
+        await client.send({"type": "list_instruments", "id": "still-here"})
+        assert (await client.receive_type("instrument_list"))["id"] == "still-here"
