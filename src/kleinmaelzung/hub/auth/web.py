@@ -142,17 +142,29 @@ def _principal(request: web.Request, hub: Hub) -> Principal | web.Response:
     return principal
 
 
+#: REST routes any viewer may call (their answers are filtered by the grant).
+_VIEWER_ROUTES = frozenset({"/api/instruments", "/api/agents"})
+
+
 def _needed(request: web.Request, principal: Principal) -> str | None:
-    """Why `principal` may not make this request, or None."""
-    if request.method == "DELETE":
-        return None if principal.is_admin else "forgetting an instrument needs the admin role"
-    if request.path == "/api/log":
+    """Why `principal` may not make this request, or None.
+
+    A route not named here needs admin: a new route is closed until someone
+    decides who may call it.
+    """
+    path = request.path
+    if request.method == "GET" and path in _VIEWER_ROUTES:
+        return None if principal.at_least(Role.VIEWER) else "needs the viewer role"
+    if request.method == "GET" and path == "/api/log":
         instrument = request.query.get("instrument")
         if instrument is None:
             return None if principal.is_admin else "the whole log needs admin; name an instrument"
         if not principal.may_watch(instrument):
             return f"{principal.name} may not read the log of {instrument!r}"
-    return None
+        return None
+    if principal.is_admin:
+        return None
+    return f"{request.method} {path} needs the admin role"
 
 
 def origin_refusal(request: web.Request, hub: Hub) -> str | None:
