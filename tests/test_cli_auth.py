@@ -173,3 +173,18 @@ async def test_http_calls_find_the_saved_token(tmp_path: Path) -> None:
         assert await fetch_log(lab.url, kind="refused")  # the refusal above, audited
         with pytest.raises(RequestError):
             await fetch_log(lab.url, token="")  # explicitly none
+
+
+async def test_a_client_finds_the_saved_token(tmp_path: Path) -> None:
+    """The README's Python example works against `kmz demo`, which requires tokens."""
+    from kleinmaelzung.client import Client, HandshakeError
+
+    from .hub.auth_setup import auth_lab
+
+    async with auth_lab(tmp_path) as lab:
+        with pytest.raises(HandshakeError):
+            async with Client(lab.url):
+                pass
+        save_token(lab.url, lab.tokens["vic"])
+        async with Client(lab.url) as client:
+            assert await client.instruments() == []

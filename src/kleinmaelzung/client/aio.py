@@ -45,6 +45,7 @@ from ..protocol import (
     is_pattern,
 )
 from ..transport import CLIENT_PATH, Connection, Connector, base_url, websocket_url
+from .credentials import token_for
 from .errors import ConnectionLost, RequestError, RequestTimeout
 from .subscription import Subscription
 
@@ -74,6 +75,8 @@ class Client:
     `reconnect=True` the client instead reconnects with jittered backoff and
     subscribes again; samples sent while it was away are missed, not replayed.
     The first connection is never retried: `connect()` raises `HubUnreachable`.
+    Without a `token`, the client presents the one `$KMZ_TOKEN` or the user's
+    tokens file holds for this hub (`client.credentials`; ``""`` for none).
     """
 
     def __init__(
@@ -93,7 +96,7 @@ class Client:
         self.url = base_url(url)
         self._queue_events = queue_events
         self.name = name
-        self._token = token
+        self._token = token if token is not None else token_for(self.url)
         self._reconnect = reconnect
         self._limits = limits or Limits()
         self._timeouts = timeouts or Timeouts()
