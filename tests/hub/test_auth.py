@@ -331,6 +331,9 @@ async def test_the_lease_holds_against_a_second_operator(tmp_path: Path) -> None
         taken = await command(oscar, "1", "kiln-air", "lease", duration_s=60)
         assert taken["ok"] is True and taken["result"]["holder"] == "oscar"
         assert "leased by oscar" in (await watcher.receive_type("status"))["reason"]
+        await otto.send({"type": "list_instruments", "id": "l"})  # seen by whoever looks later
+        listed = (await otto.receive_type("instrument_list"))["instruments"]
+        assert "leased by oscar" in listed[0]["reason"]
         held = await command(otto, "2", "kiln-air", "tare")
         assert held["error"]["code"] == "lease_held" and "oscar" in held["error"]["message"]
         stolen = await command(otto, "3", "kiln-air", "lease")

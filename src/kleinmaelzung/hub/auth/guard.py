@@ -257,13 +257,24 @@ def _answer(ctx: Context, message: Command, result: dict[str, Any]) -> None:
 
 
 def publish_lease(hub: Hub, instrument: str, lease: Lease | None) -> None:
-    """Tell everyone watching `instrument` who holds its lease now (a status with that reason)."""
+    """Tell everyone watching `instrument` who holds its lease now (a status with that reason).
+
+    The reason stays the instrument's while the lease holds, so whoever
+    subscribes or lists instruments later sees it too, until the agent
+    reports a new state.
+    """
     entry = hub.registry.instruments.get(instrument)
     if entry is None:
         return
-    reason = _held(lease) if lease is not None else "lease released"
+    reason = _held(lease) if lease is not None else ""
+    hub.registry.set_status(instrument, entry.state, reason)
     hub.fanout.publish_status(
-        Status(instrument=instrument, state=entry.state, ts=hub.clock(), reason=reason)
+        Status(
+            instrument=instrument,
+            state=entry.state,
+            ts=hub.clock(),
+            reason=reason or "lease released",
+        )
     )
 
 
