@@ -188,3 +188,14 @@ async def test_a_client_finds_the_saved_token(tmp_path: Path) -> None:
         save_token(lab.url, lab.tokens["vic"])
         async with Client(lab.url) as client:
             assert await client.instruments() == []
+
+
+def test_kmz_hub_refuses_the_network_without_auth(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Refused before it listens: nothing binds 0.0.0.0 here.
+    status, _, err = kmz(
+        capsys, "hub", "--host", "0.0.0.0", "--port", "0", "--data", str(tmp_path / "d")
+    )
+    assert status == 1
+    assert "without authentication" in err and "--insecure" in err
