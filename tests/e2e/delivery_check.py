@@ -4,7 +4,8 @@ The sources are the real files, read after the process that writes them has
 stopped (a copy of the SQLite file and its WAL is opened, never the original):
 
 - the hub's traffic log: every inbound `data` row holds the agent's frame as it
-  crossed the wire, with its `run`; inbound `gap` rows name dropped seqs;
+  crossed the wire, with its `run`; the hub's outbound `gap` rows name the
+  dropped seqs the log does not hold (the agents' inbound ones may name more);
 - the agent's spool: what it still keeps, unacknowledged, after it stopped;
 - what a client received (`RawWatcher` records frames as the hub sent them,
   with their run, before any client-side filtering).
@@ -114,7 +115,12 @@ class HubLog:
     """What the hub's traffic log holds of samples and gaps, in log order."""
 
     frames: list[LoggedFrame] = field(default_factory=list)
+    #: The hub's statements of what is missing (its outbound `gap` rows): the
+    #: agents' gaps less what the log holds.
     gaps: list[LoggedGap] = field(default_factory=list)
+    #: The agents' own `gap` messages, as they came (they may name samples
+    #: the hub logged without the agent hearing so).
+    claimed_gaps: list[LoggedGap] = field(default_factory=list)
     #: Row ids of the `agent_hello`s: each starts a connection.
     hello_rows: list[int] = field(default_factory=list)
 
@@ -139,12 +145,15 @@ def read_hub_log(path: Path) -> HubLog:
     connections: Counter[str] = Counter()  # hellos per agent process run
     with snapshot(path) as db:
         rows = db.execute(
-            "SELECT id, peer, type, message FROM traffic"
-            " WHERE direction = 'in' AND type IN ('agent_hello', 'data', 'gap') ORDER BY id"
+            "SELECT id, direction, peer, type, message FROM traffic"
+            " WHERE (direction = 'in' AND type IN ('agent_hello', 'data', 'gap'))"
+            " OR (direction = 'out' AND type = 'gap') ORDER BY id"
         )
-        for row_id, peer, kind, text in rows:
+        for row_id, direction, peer, kind, text in rows:
             message = msgspec.json.decode(text)
-            if kind == "agent_hello":
+            if kind == "gap" and direction == "in":
+                log.claimed_gaps.append(_gap(message))
+            elif kind == "agent_hello":
                 hello_runs[peer] = message["run"]
                 connections[message["run"]] += 1
                 log.hello_rows.append(row_id)

@@ -106,6 +106,10 @@ class _Commit:
     gap_acks: list[int]
     now: float
     rows_before: int
+    #: Gaps not yet sent to a hub, by (run, instrument): a new drop that
+    #: follows one of them extends it (an outage makes one gap, not one per
+    #: commit).
+    mergeable: dict[tuple[str, str], Gap] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -162,6 +166,8 @@ class Spool:
         self._backlog_end = 0
         self._gaps: dict[int, Gap] = {}
         self._gaps_unsent: list[Gap] = []
+        # Ids of gaps given to the current connection.
+        self._gaps_sent: set[int] = set()
         self._runs: dict[str, int] = {}
         self._ready = asyncio.Event()
         self._committing: asyncio.Lock | None = None
@@ -229,12 +235,14 @@ class Spool:
         # Everything in the file now but this run's is the backlog.
         self._backlog_after, self._backlog_end = 0, self._last_id
         self._gaps_unsent = sorted(self._gaps.values(), key=lambda g: g.id or 0)
+        self._gaps_sent = set()
         self._ready.set()
 
     def end_session(self) -> None:
         """The connection ended: what was not acknowledged is backlog for the next one."""
         self._sending = False
         self._live = []
+        self._gaps_sent = set()
 
     async def wait_sendable(self) -> None:
         """Return when there is a live sample, backlog or a gap to send."""
@@ -257,6 +265,8 @@ class Spool:
     def take_gaps(self) -> list[Gap]:
         """Gaps the hub has not acknowledged and was not told about on this connection."""
         gaps, self._gaps_unsent = self._gaps_unsent, []
+        # Sent as they are now: a later drop starts a gap of its own.
+        self._gaps_sent.update(g.id for g in gaps if g.id is not None)
         return gaps
 
     async def take_backlog(self, limit: int) -> tuple[str, list[Sample]] | None:
@@ -314,7 +324,12 @@ class Spool:
                     rows.append((run, sample.instrument, sample.seq, sample.ts, _encode(sample)))
             self._unwritten = kept
             now = time.time()
-            work = _Commit(rows, self._acks_to_apply, self._gap_acks, now, self._rows)
+            mergeable: dict[tuple[str, str], Gap] = {}
+            for gap_id in sorted(self._gaps):  # the newest wins
+                if gap_id not in self._gaps_sent:
+                    gap = self._gaps[gap_id]
+                    mergeable[(gap.run, gap.instrument)] = gap
+            work = _Commit(rows, self._acks_to_apply, self._gap_acks, now, self._rows, mergeable)
             self._acks_to_apply, self._gap_acks = {}, []
             if not (work.rows or work.acks or work.gap_acks or self._limits_due(now)):
                 return
@@ -329,10 +344,15 @@ class Spool:
             del self._acked[key]
         for gap in done.gaps:
             assert gap.id is not None
+            before = self._gaps.get(gap.id)
             self._gaps[gap.id] = gap
-            self.dropped += gap.count
+            self.dropped += gap.count - (before.count if before is not None else 0)
             if self._sending:
-                self._gaps_unsent.append(gap)
+                queued = [i for i, g in enumerate(self._gaps_unsent) if g.id == gap.id]
+                if queued:
+                    self._gaps_unsent[queued[0]] = gap
+                else:
+                    self._gaps_unsent.append(gap)
                 self._ready.set()
             _log.warning(
                 "spool full: oldest samples dropped",
@@ -476,6 +496,24 @@ class Spool:
                     " WHERE id <= ? GROUP BY run, instrument ORDER BY min(id)",
                     (cutoff_id,),
                 ).fetchall():
+                    removed[run] = removed.get(run, 0) + count
+                    earlier = work.mergeable.get((run, instrument))
+                    if earlier is not None and earlier.id is not None:
+                        merged = msgspec.structs.replace(
+                            earlier,
+                            first_seq=min(earlier.first_seq, first),
+                            last_seq=max(earlier.last_seq, last),
+                            count=earlier.count + count,
+                            reason=reason,
+                        )
+                        db.execute(
+                            "UPDATE gaps SET first_seq = ?, last_seq = ?, count = ?, reason = ?"
+                            " WHERE id = ?",
+                            (merged.first_seq, merged.last_seq, merged.count, reason, earlier.id),
+                        )
+                        work.mergeable[(run, instrument)] = merged
+                        gaps.append(merged)
+                        continue
                     cursor = db.execute(
                         "INSERT INTO gaps (run, instrument, first_seq, last_seq, count, reason)"
                         " VALUES (?, ?, ?, ?, ?, ?)",
@@ -492,7 +530,6 @@ class Spool:
                             reason=reason,
                         )
                     )
-                    removed[run] = removed.get(run, 0) + count
                 dropped = db.execute("DELETE FROM samples WHERE id <= ?", (cutoff_id,)).rowcount
                 rows -= dropped
             last_id = db.execute("SELECT coalesce(max(id), 0) FROM samples").fetchone()[0]

@@ -126,12 +126,19 @@ class Fanout:
         }
 
     def publish_gap(self, gap: Gap) -> None:
-        """Tell an instrument's subscribers which samples will never arrive."""
+        """Tell an instrument's subscribers which samples will never arrive.
+
+        Logged even with nobody subscribed: the hub's statement of what is
+        missing (the agent's own message, logged as it came, may name samples
+        the log holds).
+        """
         subscribers = self._subscriptions.subscribers(gap.instrument)
-        if subscribers:
-            frame = encode(msgspec.structs.replace(gap, id=None))
-            for peer in subscribers:
-                peer.send(frame)
+        told = msgspec.structs.replace(gap, id=None)
+        frame = encode(told)
+        recipients = self._subscriptions.recipients(gap.instrument) if subscribers else ""
+        self._traffic.message("out", recipients, told, frame, gap.instrument)
+        for peer in subscribers:
+            peer.send(frame)
 
     def publish_status(self, status: Status) -> None:
         """Send an instrument's status change to its subscribers, logged once."""
