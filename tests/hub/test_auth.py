@@ -500,3 +500,27 @@ async def test_every_message_after_credentials_are_withdrawn_is_refused(tmp_path
         await admin.send({"type": "command", "id": "1", "instrument": "kiln-air", "name": "tare"})
         assert (await agent.receive_type("command"))["name"] == "tare"  # oscar's never came
         assert codes(await refused_entries(lab.hub)) == ["unauthorized"] * 5
+
+
+async def test_an_absurd_seq_is_refused_as_the_first_frame_after_a_hub_restart(
+    tmp_path: Path,
+) -> None:
+    from kleinmaelzung.hub import start_hub
+
+    config = HubConfig(host="127.0.0.1", port=0, data_dir=tmp_path / "hub-data")
+    first = await start_hub(config)
+    try:
+        async with greeted(first.url, AGENT, agent_hello("pi-1", ("balance",), None)) as agent:
+            await agent.send(data("balance", 1, 2, 3))
+            assert (await agent.receive_type("ack"))["seqs"] == {"balance": 3}
+    finally:
+        await first.stop()
+    second = await start_hub(config)
+    try:
+        async with greeted(second.url, AGENT, agent_hello("pi-1", ("balance",), None)) as agent:
+            await agent.send(data("balance", 10**15))
+            assert (await agent.receive_type("error"))["code"] == "seq_out_of_range"
+            await agent.send(data("balance", 4))
+            assert (await agent.receive_type("ack"))["seqs"] == {"balance": 4}
+    finally:
+        await second.stop()
