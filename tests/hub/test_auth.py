@@ -524,3 +524,12 @@ async def test_an_absurd_seq_is_refused_as_the_first_frame_after_a_hub_restart(
             assert (await agent.receive_type("ack"))["seqs"] == {"balance": 4}
     finally:
         await second.stop()
+
+
+async def test_a_token_that_expires_mid_stream_closes_its_connection(tmp_path: Path) -> None:
+    async with auth_lab(tmp_path) as lab:
+        _, token = lab.store.create_token(user="vic", expires=time.time() + 1.0)
+        async with greeted(lab.url, CLIENT, client_hello(token)) as vic:
+            received, code = await closed_with(vic, timeout=3.0)
+        assert code == 4001
+        assert "expired" in received[-1]["message"]
