@@ -29,6 +29,8 @@ from .permissions import ANY, PERSON_ROLES, Principal, Role
 from .tokens import make_token, new_key, split_token, verify
 
 DB_NAME = "credentials.sqlite3"
+#: Why a well-formed token is refused when the store knows no such token.
+UNKNOWN_TOKEN = "unknown token"
 KEY_NAME = "credentials.key"
 
 SCHEMA = """
@@ -106,7 +108,7 @@ class Snapshot:
         token_id, secret = parts
         record = self.tokens.get(token_id)
         if record is None or not verify(self.key, secret, record.digest):
-            return "unknown token"
+            return UNKNOWN_TOKEN
         return self.principal(token_id, now)
 
     def principal(self, token_id: str, now: float) -> Principal | str:

@@ -47,7 +47,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import HubStartError
-from .credentials import CredentialsError, CredentialStore, Snapshot, SqliteCredentials
+from .credentials import (
+    UNKNOWN_TOKEN,
+    CredentialsError,
+    CredentialStore,
+    Snapshot,
+    SqliteCredentials,
+)
 from .leases import Leases
 from .permissions import ANONYMOUS, Principal
 
@@ -108,7 +114,23 @@ class Authenticator:
             return "the hub's credentials are not loaded"
         if not token:
             return "this hub requires a token (kmz token create; see 'Securing a deployment')"
-        return self._snapshot.authenticate(token, self._clock())
+        principal = self._snapshot.authenticate(token, self._clock())
+        if principal == UNKNOWN_TOKEN and self._reload_if_changed():
+            # Made since the last poll (`kmz token create` a moment ago): usable at once.
+            principal = self._snapshot.authenticate(token, self._clock())
+        return principal
+
+    def _reload_if_changed(self) -> bool:
+        """Reload now if another process committed (one tiny query); whether it did."""
+        assert self._store is not None
+        try:
+            if not self._store.changed():
+                return False
+            self._snapshot = self._store.load()
+        except CredentialsError as exc:
+            _log.error("credentials store unreadable; keeping the last", extra={"error": str(exc)})
+            return False
+        return True
 
     def attach(self, peer: object, principal: Principal) -> None:
         """Remember who a welcomed peer is."""
