@@ -52,6 +52,19 @@ FORBIDDEN = {
         "kleinmaelzung.sim",
     ],
     "kleinmaelzung.sim": ["aiohttp", "msgspec", "kleinmaelzung.protocol"],
+    # Calibration arithmetic and records are pure: no web, no database, no
+    # event loop; the hub wires them to storage and REST (issue 12).
+    "kleinmaelzung.calibration": [
+        "asyncio",
+        "aiohttp",
+        "sqlite3",
+        "asyncpg",
+        "typst",
+        "kleinmaelzung.hub",
+        "kleinmaelzung.agent",
+        "kleinmaelzung.client",
+        "kleinmaelzung.transport",
+    ],
     # `kmz agent` on a Pi must not pay for the hub stack at start-up.
     "kleinmaelzung.cli": ["aiohttp", "kleinmaelzung.hub", "kleinmaelzung.agent"],
 }
