@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .protocol.text import printable
 
 EXIT_OK, EXIT_ERROR_REPLY, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_FAILED = 1  # a server command (agent, demo) could not start or run on
@@ -265,7 +266,13 @@ class _LogFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
-        extra = " ".join(f"{k}={v}" for k, v in vars(record).items() if k not in self._standard)
+        # Extras carry peers' free text (an agent's error detail, a gap's
+        # reason): a newline in it would forge a log line (issue 11).
+        extra = " ".join(
+            f"{k}={printable(str(v), 300)}"
+            for k, v in vars(record).items()
+            if k not in self._standard
+        )
         return f"{line}  {extra}" if extra else line
 
 

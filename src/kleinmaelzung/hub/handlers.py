@@ -392,7 +392,10 @@ async def client_subscribe(ctx: Context, message: Subscribe) -> None:
         peer.hold()  # live samples wait until the log's have gone
     known = hub.registry.instruments
     try:
-        matched = hub.subscriptions.subscribe(peer, message.patterns, known)
+        # Statuses only for what is new to this client: a client repeating a
+        # subscribe for `*` was sent every instrument's status each time, all
+        # of it logged (issue 11, subscribe flood).
+        matched, added = hub.subscriptions.add(peer, message.patterns, known)
     except BaseException:
         if recovering:
             peer.release([], {})
@@ -418,7 +421,7 @@ async def client_subscribe(ctx: Context, message: Subscribe) -> None:
         )
     )
     now = hub.clock()
-    for instrument_id in matched:
+    for instrument_id in added:
         entry = known[instrument_id]
         ctx.send(
             Status(instrument=instrument_id, state=entry.state, ts=now, reason=entry.reason),
