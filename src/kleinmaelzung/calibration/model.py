@@ -316,6 +316,10 @@ class CalibrationRecord(_Struct, frozen=True):
     environment: tuple[EnvironmentRecord, ...] = ()
     #: Where the calibration took place (7.8.2.1 c).
     performed_at: Text = ""
+    #: Condition of the item when calibrated (7.8.2.1 g), e.g. "in working order".
+    item_condition: Text = ""
+    #: When the item was received, if it was brought to the laboratory (7.8.2.1 h).
+    received_on: datetime.date | None = None
     remarks: Text = ""
     signatures: tuple[Signature, ...] = ()
 
