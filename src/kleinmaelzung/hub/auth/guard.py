@@ -37,6 +37,7 @@ from ...protocol import (
     Status,
     Subscribe,
 )
+from ..store import StoreError
 from .leases import DEFAULT_LEASE_S, Lease
 from .permissions import Principal, Role
 
@@ -188,7 +189,11 @@ async def _seqs_in_range(ctx: Context, message: Data) -> bool:
         # A run not seen since the hub started (the handler would look it up
         # next): what the log holds of it is the newest to judge by, or the
         # first frame after a hub restart could still poison the instrument.
-        registry.merge_logged_seqs(run, missing, await hub.store.last_seqs(run, missing))
+        try:
+            logged = await hub.store.last_seqs(run, missing)
+        except StoreError:
+            return True  # the data handler finds the log unreadable too, and says so
+        registry.merge_logged_seqs(run, missing, logged)
         for sample in message.samples:
             if sample.instrument in missing:
                 newest = instruments[sample.instrument].seqs.get(run, -1)
