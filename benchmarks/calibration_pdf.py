@@ -27,7 +27,8 @@ import time
 from pathlib import Path
 
 from kleinmaelzung.calibration import evaluate
-from kleinmaelzung.calibration.certificate import CertificateRenderer, certificate_data
+from kleinmaelzung.calibration.certificate import CertificateRenderer
+from kleinmaelzung.calibration.certificate_content import certificate_data
 from kleinmaelzung.calibration.examples import approved_balance_record
 from kleinmaelzung.calibration.plot import error_plot_svg
 

@@ -290,3 +290,16 @@ def test_a_quadratic_fit_prints_three_coefficients_with_units(
     assert "r(a0, a1) =" in text
     assert "r(a1, a2) =" in text
     assert re.search(r"a2 \S+ \S+ g⁻¹", text)
+
+
+def test_conditions_outside_the_procedures_range_or_missing_are_flagged(
+    renderer: CertificateRenderer,
+) -> None:
+    record = balance_record()
+    hot = EnvironmentRecord(
+        name="air temperature", unit="°C", minimum=25.0, maximum=27.5, manual=True
+    )
+    record = msgspec.structs.replace(record, environment=(hot,))
+    text = flat(renderer.render(record))
+    assert "25 to 27.5 °C, entered by hand; OUTSIDE the procedure's range 18 to 26 °C" in text
+    assert "relative humidity not recorded, asked for by the procedure" in text
