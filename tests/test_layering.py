@@ -10,6 +10,15 @@ from pathlib import Path
 import pytest
 
 FORBIDDEN = {
+    # Reading config files is pure: the agent and the hub both use it.
+    "kleinmaelzung.configfile": [
+        "asyncio",
+        "aiohttp",
+        "kleinmaelzung.transport",
+        "kleinmaelzung.hub",
+        "kleinmaelzung.agent",
+        "kleinmaelzung.client",
+    ],
     # The protocol core is pure: no event loop, no sockets, no web library.
     "kleinmaelzung.protocol": [
         "asyncio",

@@ -49,13 +49,24 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"kmz {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    hub = commands.add_parser("hub", help="run the hub")
-    hub.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    hub.add_argument("--port", type=int, default=8765, help="port (default 8765)")
+    hub = commands.add_parser(
+        "hub",
+        help="run the hub",
+        description="Run the hub. Settings come from --config FILE, then KMZ_HUB_* environment "
+        "variables, then these flags (kmz hub --example-config shows every setting).",
+    )
+    hub.add_argument("--config", type=Path, metavar="FILE", help="a TOML config file")
+    hub.add_argument(
+        "--example-config",
+        action="store_true",
+        help="print a commented config with every setting and its default, and exit",
+    )
+    hub.add_argument("--host", default=None, help="address to bind (default 127.0.0.1)")
+    hub.add_argument("--port", type=int, default=None, help="port (default 8765)")
     hub.add_argument(
         "--data",
         type=Path,
-        default=Path("kmz-data"),
+        default=None,
         metavar="DIR",
         help="folder for the traffic log (default kmz-data, in the current folder)",
     )
@@ -69,13 +80,14 @@ def _parser() -> argparse.ArgumentParser:
     hub.add_argument(
         "--insecure",
         action="store_true",
+        default=None,
         help="serve a non-loopback address without authentication (anyone who reaches the "
         "hub may drive every instrument); refused without this flag",
     )
     hub.add_argument(
         "--allow-origin",
         action="append",
-        default=[],
+        default=None,
         metavar="ORIGIN",
         help="let web pages from ORIGIN (https://dash.lab.example) use the hub; repeatable",
     )
@@ -304,18 +316,34 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _cmd_hub(args: argparse.Namespace) -> int:
+    from .configfile import ConfigFileError
     from .hub import HubStartError, serve_hub
+    from .hub.config import example_config, load_hub_config
 
+    if args.example_config:
+        print(example_config(), end="")
+        return EXIT_OK
+    flags = {
+        "host": args.host,
+        "port": args.port,
+        "data_dir": args.data,
+        "log_url": args.log,
+        "insecure": args.insecure,
+        "allowed_origins": tuple(args.allow_origin) if args.allow_origin else None,
+    }
+    try:
+        config = load_hub_config(
+            args.config, overrides={k: v for k, v in flags.items() if v is not None}
+        )
+    except ConfigFileError as exc:
+        print(f"kmz hub: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    shown = _log_shown(config)
     try:
         serve_hub(
-            host=args.host,
-            port=args.port,
-            data_dir=args.data,
-            log_url=args.log,
-            insecure=args.insecure,
-            allowed_origins=tuple(args.allow_origin),
+            config,
             on_ready=lambda url: print(
-                f"kmz hub on {url}  (log in {_log_shown(args)}); Ctrl-C stops it", flush=True
+                f"kmz hub on {url}  (log in {shown}); Ctrl-C stops it", flush=True
             ),
         )
     except HubStartError as exc:
@@ -324,10 +352,11 @@ def _cmd_hub(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _log_shown(args: argparse.Namespace) -> str:
+def _log_shown(config: Any) -> str:
+    """Where the hub's traffic log is, without a password."""
     from .hub.store import redact_url
 
-    return redact_url(args.log) if args.log else str(args.data)
+    return redact_url(config.log_url) if config.log_url else str(config.data_dir)
 
 
 def _cmd_agent(args: argparse.Namespace) -> int:

@@ -103,3 +103,17 @@ def test_bad_config_says_file_key_and_expectation(
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read the file"):
         load_config(tmp_path / "nope.toml")
+
+
+def test_environment_variables_override_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text(
+        'hub = "http://hub.lab:8765"\nagent_id = "pi"\n\n[[instruments]]\n'
+        'id = "kiln-air"\nport = "/dev/ttyUSB0"\nprofile = "kmz-kiln"\n'
+    )
+    env = {"KMZ_AGENT_HUB": "https://hub.example:443", "KMZ_AGENT_SPOOL__PATH": "/data/s.sqlite"}
+    config = load_config(path, env=env)
+    assert config.hub == "https://hub.example:443"
+    assert config.spool.path == "/data/s.sqlite"
+    with pytest.raises(ConfigError, match=r"with KMZ_AGENT_SPOOL\)\: spool\.max_samples"):
+        load_config(path, env={"KMZ_AGENT_SPOOL__MAX_SAMPLES": "-1"})

@@ -7,14 +7,12 @@ stands next to the Pi, not the source.
 from __future__ import annotations
 
 import os
-import re
-import tomllib
 from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 
+from ..configfile import ConfigFileError, convert, env_overrides, merged, read_toml
 from ..protocol import ID_REGEX, is_instrument_id
 from ..transport import base_url
 from .errors import ConfigError
@@ -91,30 +89,35 @@ _HINTS = {
     "commit_interval_s": "a number of seconds greater than 0 and at most 60, such as 0.5",
     "path": 'a file path such as "/var/lib/kleinmaelzung/spool.sqlite"',
 }
-_AT = re.compile(r"^(?P<what>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
 
 
-def load_config(path: str | os.PathLike[str]) -> AgentConfig:
-    """Read and check an agent config file; raise ConfigError saying what is wrong where."""
-    path = Path(path)
-    name = str(path)
+#: Environment variables that override the file: KMZ_AGENT_HUB, KMZ_AGENT_TOKEN,
+#: KMZ_AGENT_SPOOL__PATH (a table's key after a double underscore).
+ENV_PREFIX = "KMZ_AGENT_"
+
+
+def load_config(
+    path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None
+) -> AgentConfig:
+    """Read and check an agent config file, with `KMZ_AGENT_*` variables of `env` (default:
+    the process's) on top; raise ConfigError saying what is wrong where."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{name}: cannot read the file: {exc.strerror or exc}") from None
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{name}: not valid TOML: {exc}") from None
-    return parse_config(raw, source=name)
+        raw = read_toml(path)
+    except ConfigFileError as exc:
+        raise ConfigError(str(exc)) from None
+    from_env = env_overrides(ENV_PREFIX, os.environ if env is None else env, ("spool",))
+    if from_env:
+        names = ", ".join(sorted(f"{ENV_PREFIX}{k.upper()}" for k in from_env))
+        return parse_config(merged(raw, from_env), source=f"{path} (with {names})")
+    return parse_config(raw, source=str(path))
 
 
 def parse_config(raw: dict[str, Any], *, source: str = "agent config") -> AgentConfig:
     """Check a decoded config mapping; raise ConfigError naming `source` and the key."""
     try:
-        config = msgspec.convert(raw, AgentConfig)
-    except msgspec.ValidationError as exc:
-        raise ConfigError(_explain(source, raw, str(exc))) from None
+        config = convert(raw, AgentConfig, source, _HINTS)
+    except ConfigFileError as exc:
+        raise ConfigError(str(exc)) from None
     check_config(config, source=source)
     return config
 
@@ -158,52 +161,3 @@ def check_config(
 def _key_of(exc: ValueError) -> str:
     key = getattr(exc, "key", None)
     return key if isinstance(key, str) else "profile"
-
-
-def _explain(source: str, raw: dict[str, Any], message: str) -> str:
-    match = _AT.match(message)
-    assert match is not None  # the pattern matches any text
-    what, path = match["what"], match["path"] or ""
-    dotted = path.lstrip(".")
-    key = re.sub(r"\[\d+\]", "", dotted.rsplit(".", 1)[-1]) if dotted else ""
-    got = _value_at(raw, path)
-    if what.startswith("Object contains unknown field"):
-        field = what.split("`")[1] if "`" in what else "?"
-        where = f"{dotted}.{field}" if dotted else field
-        return f"{source}: {where}: unknown key (a typo?)"
-    if what.startswith("Object missing required field"):
-        field = what.split("`")[1] if "`" in what else "?"
-        where = f"{dotted}.{field}" if dotted else field
-        hint = _HINTS.get(field)
-        return f"{source}: {where}: required key is missing" + (
-            f"; expected {hint}" if hint else ""
-        )
-    hint = _HINTS.get(key)
-    expected = f"expected {hint}" if hint else what[0].lower() + what[1:]
-    shown = f", got {_show(got)}" if got is not _MISSING else ""
-    return f"{source}: {dotted or '(top level)'}: {expected}{shown}"
-
-
-_MISSING = object()
-
-
-def _value_at(raw: Any, path: str) -> Any:
-    value = raw
-    for name, index in re.findall(r"\.([A-Za-z_][\w-]*)|\[(\d+)\]", path):
-        try:
-            value = value[name] if name else value[int(index)]
-        except (KeyError, IndexError, TypeError):
-            return _MISSING
-    return value
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, str):
-        return f'"{value}"'
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, dict):
-        return "a table"
-    if isinstance(value, list):
-        return "a list"
-    return repr(value)

@@ -11,7 +11,6 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from aiohttp import web
 
@@ -241,32 +240,16 @@ async def run_hub(
         await running.stop()
 
 
-def serve_hub(
-    *,
-    host: str,
-    port: int,
-    data_dir: Path,
-    log_url: str | None = None,
-    insecure: bool = False,
-    allowed_origins: tuple[str, ...] = (),
-    on_ready: Callable[[str], None] | None = None,
-) -> None:
+def serve_hub(config: HubConfig, *, on_ready: Callable[[str], None] | None = None) -> None:
     """Run a hub in the foreground until Ctrl-C or SIGTERM (`kmz hub`).
 
     Raises `HubStartError` if it cannot listen or cannot open its traffic log,
     or would serve beyond loopback without auth and not `insecure`.
     """
-    config = HubConfig(
-        host=host,
-        port=port,
-        data_dir=data_dir,
-        log_url=log_url,
-        insecure=insecure,
-        allowed_origins=allowed_origins,
-    )
-    # The traffic-log writer thread must not hold the GIL for the default
+    # A worker thread (a log query) must not hold the GIL for the default
     # 5 ms while a sample waits to be forwarded: hand it over 10x sooner
-    # (S2x p99 in benchmarks/run.py: 1.4-1.7 ms with this, 1.8-2.1 without).
+    # (measured when the log's writer was a thread: S2x p99 in
+    # benchmarks/run.py 1.4-1.7 ms with this, 1.8-2.1 without).
     sys.setswitchinterval(0.0005)
     asyncio.run(_serve_until_signalled(config, on_ready))
 

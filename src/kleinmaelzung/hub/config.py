@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
+from ..configfile import convert, env_overrides, merged, read_toml
 from ..protocol import Limits, Timeouts
 from ..transport import DEFAULT_PORT
 
 
-class HubConfig(msgspec.Struct, frozen=True, kw_only=True):
+class HubConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Everything a hub needs to start."""
 
     host: str = "127.0.0.1"
@@ -35,3 +40,53 @@ class HubConfig(msgspec.Struct, frozen=True, kw_only=True):
     def traffic_db(self) -> Path:
         """The SQLite traffic log file."""
         return self.data_dir / "traffic.sqlite3"
+
+
+#: What a user should write, by key, for messages that say "expected ...".
+_HINTS = {
+    "host": 'an address such as "127.0.0.1" or "0.0.0.0"',
+    "port": "a TCP port such as 8765",
+    "data_dir": 'a folder such as "/var/lib/kleinmaelzung"',
+    "log_url": 'a URL such as "sqlite:///var/lib/kmz/traffic.sqlite3"',
+    "insecure": "true or false",
+    "allowed_origins": 'a list of origins such as ["https://dash.lab.example"]',
+}
+#: Environment variables that set what a config file would: KMZ_HUB_PORT, and
+#: KMZ_HUB_LIMITS__MAX_CONNECTIONS for a table's key.
+ENV_PREFIX = "KMZ_HUB_"
+
+
+def example_config() -> str:
+    """A commented config with every setting at its default (`kmz hub --example-config`)."""
+    return (resources.files(__package__) / "example-hub.toml").read_text(encoding="utf-8")
+
+
+def load_hub_config(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> HubConfig:
+    """The hub's config: defaults, then the file at `path`, then `KMZ_HUB_*` variables of
+    `env`, then `overrides` (command-line flags).
+
+    Raises `ConfigFileError` naming the file (or variable), the key and what
+    was expected.
+    """
+    raw: dict[str, Any] = read_toml(path) if path is not None else {}
+    source = str(path) if path is not None else "hub config"
+    config = convert(raw, HubConfig, source, _HINTS)
+    from_env = env_overrides(ENV_PREFIX, env if env is not None else os.environ, TABLES)
+    if from_env:
+        config = convert(
+            merged(msgspec.to_builtins(config, enc_hook=str), from_env),
+            HubConfig,
+            f"{ENV_PREFIX}* environment variables",
+            _HINTS,
+        )
+    if overrides:
+        config = msgspec.structs.replace(config, **overrides)
+    return config
+
+
+TABLES = ("limits", "timeouts")
