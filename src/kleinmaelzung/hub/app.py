@@ -27,6 +27,7 @@ from .handlers import default_handlers
 from .registry import Registry
 from .services import HUB_KEY, Hub
 from .store import SqliteStore, Store, StoreError, store_for_url
+from .store.urls import sqlite_url
 from .subscriptions import Subscriptions
 from .traffic import TrafficLog, split_ack_key
 
@@ -167,14 +168,20 @@ async def start_hub(
     *,
     clock: Callable[[], float] = time.time,
     store: Store | None = None,
+    writer_process: bool = False,
 ) -> RunningHub:
     """Start a hub in this event loop; port 0 picks a free port (see `.url`).
 
+    Without a `store`, `writer_process` has the log written by a process of
+    its own (`store.process`), as `kmz hub` does, rather than by a thread.
     Raises `HubStartError` if it cannot listen (the port is taken, the address
     is not this machine's) or cannot open its traffic log (a bad URL, a server
     that cannot be reached), with nothing left running.
     """
     try:
+        if store is None and writer_process:
+            url = config.log_url or sqlite_url(config.traffic_db)
+            store = store_for_url(url, writer_process=True)
         app = create_app(config=config, clock=clock, store=store)
     except StoreError as exc:
         raise HubStartError(str(exc)) from None
@@ -229,9 +236,10 @@ async def run_hub(
     *,
     stop: asyncio.Event | None = None,
     on_ready: Callable[[str], None] | None = None,
+    writer_process: bool = False,
 ) -> None:
-    """Serve until `stop` is set or the task is cancelled."""
-    running = await start_hub(config)
+    """Serve until `stop` is set or the task is cancelled (`start_hub` for `writer_process`)."""
+    running = await start_hub(config, writer_process=writer_process)
     try:
         if on_ready is not None:
             on_ready(running.url)
@@ -260,5 +268,6 @@ async def _serve_until_signalled(config: HubConfig, on_ready: Callable[[str], No
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     started = time.monotonic()
-    await run_hub(config, stop=stop, on_ready=on_ready)
+    # The log's writer in a process of its own: off the forwarding loop's GIL.
+    await run_hub(config, stop=stop, on_ready=on_ready, writer_process=True)
     _log.info("hub stopped", extra={"uptime_s": round(time.monotonic() - started, 1)})

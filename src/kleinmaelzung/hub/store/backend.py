@@ -54,6 +54,9 @@ class LogBackend(Protocol):
         something in the batch the database will never take.
         """
 
+    def committed_position(self, writer: str) -> int:
+        """The highest stream position `writer` committed (`Batch.position`); -1 if none."""
+
     def close(self) -> None:
         """Release the write side."""
 

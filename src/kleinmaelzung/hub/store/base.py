@@ -33,6 +33,11 @@ class Record:
     #: For inbound data: the agent's run, so that after a restart the hub knows
     #: which seqs of that run it has already logged (`Store.last_seqs`).
     run: str | None = None
+    #: Its place in the stream a writer process commits (`process`): the
+    #: writer's committed position is stored with the rows, so that a writer
+    #: restarted after a crash skips what its predecessor committed. None in
+    #: the hub, which numbers records by where they are in the stream.
+    position: int | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,8 @@ class SaveInstrument:
     agent: str
     info: str
     last_seen: float | None
+    #: Its place in a writer process's stream (see `Record.position`).
+    position: int | None = None
 
     def describe(self) -> str:
         """What this change is, for a log line."""
@@ -37,6 +39,7 @@ class ForgetInstrument:
     """Forget a remembered instrument."""
 
     id: str
+    position: int | None = None
 
     def describe(self) -> str:
         """What this change is, for a log line."""
@@ -93,16 +96,25 @@ class Batch:
     instrument_changes: list[InstrumentChange]
     #: The highest seq per ack key and instrument among the records.
     acks: dict[str, dict[str, int]]
+    #: (writer, the highest position among the items) for a writer process's
+    #: batch, committed with it (`Record.position`); None otherwise.
+    position: tuple[str, int] | None = None
 
     @classmethod
-    def of(cls, items: list[Item]) -> Batch:
-        """Prepare `items` for writing, in one pass (the writer competes for the GIL)."""
+    def of(cls, items: list[Item], writer: str | None = None) -> Batch:
+        """Prepare `items` for writing, in one pass (the writer competes for the GIL).
+
+        `writer` names the writer process whose stream positions the items carry.
+        """
         records: list[Record] = []
         samples: list[SampleRow] = []
         changes: list[InstrumentChange] = []
         acks: dict[str, dict[str, int]] = {}
         newest: dict[tuple[str, str], int] = {}
+        position = -1
         for r in items:
+            if writer is not None and r.position is not None and r.position > position:
+                position = r.position
             if not isinstance(r, Record):
                 changes.append(r)
                 continue
@@ -126,7 +138,8 @@ class Batch:
                     key_acks[instrument] = seq
                 if r.run and seq > newest.get((r.run, instrument), -1):
                     newest[r.run, instrument] = seq
-        return cls(records, samples, newest, changes, acks)
+        stream = (writer, position) if writer is not None and position >= 0 else None
+        return cls(records, samples, newest, changes, acks, stream)
 
 
 def merge_acks(into: dict[str, dict[str, int]], acks: dict[str, dict[str, int]]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .backend import BackendUnavailable, LogBackend
@@ -40,9 +41,20 @@ class Outcome:
 class Committer:
     """Writes batches through one backend; `closing` cuts retries short."""
 
-    def __init__(self, backend: LogBackend, closing: threading.Event) -> None:
+    def __init__(
+        self,
+        backend: LogBackend,
+        closing: threading.Event,
+        *,
+        writer: str | None = None,
+        on_failing: Callable[[tuple[float, str] | None], None] | None = None,
+    ) -> None:
         self._backend = backend
         self._closing = closing
+        #: A writer process's name: its batches commit their stream position.
+        self._writer = writer
+        #: Told (on this thread) whenever `failing` changes.
+        self._on_failing = on_failing
         #: Since when (monotonic) and why writes fail in a way that may heal;
         #: None while they succeed. Read by the writer's health check.
         self.failing: tuple[float, str] | None = None
@@ -58,7 +70,7 @@ class Committer:
         give_up_at: float | None = None
         while True:
             try:
-                batch = Batch.of(items)
+                batch = Batch.of(items, self._writer)
                 self._backend.write(batch)
             except BackendUnavailable as exc:
                 # A full disk, a locked file, a database that is down: it may
@@ -67,6 +79,8 @@ class Committer:
                 attempt += 1
                 if self.failing is None:
                     self.failing = (time.monotonic(), str(exc))
+                    if self._on_failing is not None:
+                        self._on_failing(self.failing)
                 if self._closing.is_set():
                     give_up_at = give_up_at or time.monotonic() + CLOSE_GRACE_S
                     if time.monotonic() >= give_up_at:
@@ -90,7 +104,10 @@ class Committer:
                 self._commit(items[:middle], outcome)
                 self._commit(items[middle:], outcome)
                 return
-            self.failing = None
+            if self.failing is not None:
+                self.failing = None
+                if self._on_failing is not None:
+                    self._on_failing(None)
             if attempt:
                 _log.warning("traffic log writes again", extra={"attempts": attempt})
             outcome.committed.extend(items)

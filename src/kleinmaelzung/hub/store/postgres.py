@@ -200,6 +200,8 @@ class PostgresBackend:
                     )
                 else:
                     await connection.execute(schema.DELETE_INSTRUMENT, change.id)
+            if batch.position is not None:
+                await connection.execute(schema.UPSERT_POSITION, *batch.position)
 
     async def _ensure_partitions(self, connection: Any, first: float, last: float) -> None:
         """Make the partitions from `first`'s month to the month after `last`'s."""
@@ -219,6 +221,19 @@ class PostgresBackend:
             if month == until:
                 return
             month = schema.next_month(month)
+
+    def committed_position(self, writer: str) -> int:
+        """The highest stream position `writer` committed; -1 if none."""
+        try:
+            return self._run(self._committed_position(writer))
+        except _MAY_HEAL as exc:
+            raise BackendUnavailable(str(exc) or type(exc).__name__) from exc
+
+    async def _committed_position(self, writer: str) -> int:
+        if self._connection is None:
+            self._connection = await self._connect(writer=True)
+        position = await self._connection.fetchval(schema.SELECT_POSITION, writer)
+        return -1 if position is None else int(position)
 
     def writer_pid(self) -> int | None:
         """The server process of the writer's connection; None while it has none."""

@@ -11,6 +11,9 @@ Versions:
    by month of the hub's receive time.
 2  ``instrument_seq`` keyed by run and instrument: an agent sends samples of
    earlier runs (its spool's backlog) beside its current run's.
+3  ``writer_position``: how far a writer process got in its hub's stream,
+   committed with its rows, so that a writer restarted after a crash writes
+   nothing twice.
 
 Times are ``timestamptz``; the hub's Python side keeps UNIX seconds.
 """
@@ -20,7 +23,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 #: Bumped with every migration added to MIGRATIONS.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: Any number, the same for every hub: `pg_advisory_xact_lock` takes it.
 MIGRATION_LOCK = 0x6B6D7A  # "kmz"
@@ -74,6 +77,12 @@ MIGRATIONS: list[str] = [
     ALTER TABLE instrument_seq DROP CONSTRAINT instrument_seq_pkey;
     ALTER TABLE instrument_seq ADD PRIMARY KEY (run, instrument);
     """,
+    """
+    CREATE TABLE writer_position (
+        writer text PRIMARY KEY,
+        position bigint NOT NULL
+    );
+    """,
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
@@ -95,6 +104,11 @@ INSERT INTO known_instrument (id, agent, info, last_seen) VALUES ($1, $2, $3, $4
 ON CONFLICT (id) DO UPDATE SET agent = excluded.agent, info = excluded.info,
     last_seen = coalesce(excluded.last_seen, known_instrument.last_seen)
 """
+UPSERT_POSITION = """
+INSERT INTO writer_position (writer, position) VALUES ($1, $2)
+ON CONFLICT (writer) DO UPDATE SET position = greatest(writer_position.position, excluded.position)
+"""
+SELECT_POSITION = "SELECT position FROM writer_position WHERE writer = $1"
 DELETE_INSTRUMENT = "DELETE FROM known_instrument WHERE id = $1"
 SELECT_SEQS = (
     "SELECT instrument, seq FROM instrument_seq WHERE run = $1 AND instrument = ANY($2::text[])"

@@ -11,6 +11,9 @@ Versions (``PRAGMA user_version``):
    filled from the ``data`` rows already in the log (their run unknown).
 6  ``instrument_seq`` keyed by run and instrument: an agent sends samples of
    earlier runs (its spool's backlog) beside its current run's.
+7  ``writer_position``: how far a writer process got in the hub's stream,
+   committed with its rows, so that a writer restarted after a crash writes
+   nothing twice.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from .batch import sample_rows
 _log = logging.getLogger(__name__)
 
 #: Bumped with every schema change; `migrate` brings older files up to date.
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS traffic (
@@ -67,6 +70,11 @@ CREATE TABLE IF NOT EXISTS sample (
     channel_values TEXT NOT NULL  -- JSON object, channel -> value, as the agent sent it
 );
 CREATE INDEX IF NOT EXISTS sample_instrument_ts ON sample (instrument, ts);
+-- How far each writer process (one per hub start) got in its hub's stream.
+CREATE TABLE IF NOT EXISTS writer_position (
+    writer TEXT PRIMARY KEY,
+    position INTEGER NOT NULL
+);
 """
 
 INSERT_TRAFFIC = (
@@ -91,6 +99,11 @@ SELECT_SAMPLES = (
     "SELECT instrument, run, seq, ts, received, channel_values FROM sample"
     " WHERE instrument = ? AND ts >= ? AND ts < ? ORDER BY ts LIMIT ?"
 )
+UPSERT_POSITION = """
+INSERT INTO writer_position (writer, position) VALUES (?, ?)
+ON CONFLICT (writer) DO UPDATE SET position = max(position, excluded.position)
+"""
+SELECT_POSITION = "SELECT position FROM writer_position WHERE writer = ?"
 DELETE_INSTRUMENT = "DELETE FROM known_instrument WHERE id = ?"
 SELECT_INSTRUMENTS = "SELECT id, agent, info, last_seen FROM known_instrument ORDER BY id"
 # Walks the traffic_instrument index backwards from the newest row of the

@@ -90,6 +90,8 @@ class SqliteBackend:
                     )
                 elif isinstance(change, ForgetInstrument):
                     connection.execute(schema.DELETE_INSTRUMENT, (change.id,))
+            if batch.position is not None:
+                connection.execute(schema.UPSERT_POSITION, batch.position)
             connection.execute("COMMIT")
         except BaseException as exc:
             if connection.in_transaction:
@@ -98,6 +100,13 @@ class SqliteBackend:
             if isinstance(exc, sqlite3.OperationalError):
                 raise BackendUnavailable(str(exc)) from exc
             raise
+
+    def committed_position(self, writer: str) -> int:
+        """The highest stream position `writer` committed; -1 if none."""
+        connection = self._connection
+        assert connection is not None, "open() first"
+        row = connection.execute(schema.SELECT_POSITION, (writer,)).fetchone()
+        return -1 if row is None else int(row[0])
 
     def close(self) -> None:
         """Close the writer's connection."""

@@ -8,10 +8,15 @@ for PostgreSQL (``postgres://`` too), which needs the ``postgres`` extra.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
+from .backend import LogBackend
 from .base import StoreError
 from .writer import LogWriter
+
+if TYPE_CHECKING:
+    from .process import ProcessWriter
 
 SQLITE_SCHEMES = ("sqlite",)
 POSTGRES_SCHEMES = ("postgresql", "postgres")
@@ -47,8 +52,8 @@ def sqlite_url(path: Path) -> str:
     return "sqlite:///" + str(path.absolute()).lstrip("/")
 
 
-def store_for_url(url: str) -> LogWriter:
-    """A (not yet opened) traffic log for `url`; `LogUrlError` if it names none this hub has."""
+def backend_for_url(url: str) -> LogBackend:
+    """A (not yet opened) backend for `url`; `LogUrlError` if it names none this hub has."""
     try:
         parts = urlsplit(url)
     except ValueError as exc:
@@ -60,20 +65,40 @@ def store_for_url(url: str) -> LogWriter:
                 f"traffic log URL {url}: a SQLite log is a file, such as"
                 " sqlite:///var/lib/kmz/traffic.sqlite3 (absolute) or sqlite:traffic.sqlite3"
             )
-        from .sqlite import SqliteStore
+        from .sqlite import SqliteBackend
 
-        return SqliteStore(Path(unquote(parts.path)))
+        return SqliteBackend(Path(unquote(parts.path)))
     if scheme in POSTGRES_SCHEMES:
         try:
-            from .postgres import PostgresStore
+            from .postgres import PostgresBackend
         except ImportError as exc:
             raise LogUrlError(
                 f"traffic log {redact_url(url)} needs asyncpg ({exc}):"
                 " pip install 'kleinmaelzung[postgres]'"
             ) from None
-        return PostgresStore(url)
+        return PostgresBackend(url)
     what = f"unknown scheme {parts.scheme!r}" if parts.scheme else "no scheme"
     raise LogUrlError(
         f"traffic log URL {redact_url(url)}: {what}; use sqlite:///path/to/traffic.sqlite3"
         " or postgresql://user@host/database"
     )
+
+
+def store_for_url(url: str, *, writer_process: bool = False) -> LogWriter | ProcessWriter:
+    """A (not yet opened) traffic log for `url`; `LogUrlError` if it names none this hub has.
+
+    With `writer_process`, the log is written by a process of its own
+    (`process.ProcessWriter`); otherwise by a thread of the hub's.
+    """
+    backend = backend_for_url(url)
+    if writer_process:
+        from .process import ProcessWriter
+
+        return ProcessWriter(url, backend)
+    from .sqlite import SqliteBackend, SqliteStore
+
+    if isinstance(backend, SqliteBackend):
+        return SqliteStore(backend.path)
+    from .postgres import PostgresStore
+
+    return PostgresStore(url)

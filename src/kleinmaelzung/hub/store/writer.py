@@ -10,10 +10,12 @@ batch and dropped with an ERROR naming it. Should the thread end anyway,
 `flush`, `close`, `append` and `wait_for_room` raise `WriterFailed` at once
 rather than wait forever.
 
-The writer also says whether the log keeps up (`health`): a log whose writes
-have failed, or whose backlog has stayed over high water, for longer than
-`degraded_after_s` is ``degraded``, with the reason; it is ``ok`` again once
-a write succeeds and the backlog is back under low water.
+The writer also says whether the log keeps up (`health`, by the rule in
+`health.HealthWatch`).
+
+`process.ProcessWriter` is the same `Store` with the writing done in a
+process of its own (what `kmz hub` runs); this thread writer serves hubs
+embedded in other programs and tests, and the writer process itself.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ import os
 import queue
 import sys
 import threading
-import time
 from collections.abc import Iterable, Sequence
 from typing import TypedDict
 
@@ -47,6 +48,7 @@ from .base import (
 )
 from .batch import ForgetInstrument, Item, SaveInstrument, describe
 from .committer import Committer
+from .health import HealthWatch
 
 _log = logging.getLogger(__name__)
 
@@ -113,11 +115,13 @@ class LogWriter:
         self._on_committed = on_committed
         self._high_water = high_water_rows
         self._low_water = low_water_rows
-        self._degraded_after_s = degraded_after_s
-        self._on_health = on_health
-        self._health = LogHealth()
-        #: Since when (monotonic) the backlog is over high water, until it is under low water.
-        self._behind_since: float | None = None
+        self._watch = HealthWatch(
+            backend.location,
+            high_water_rows=high_water_rows,
+            low_water_rows=low_water_rows,
+            degraded_after_s=degraded_after_s,
+            on_health=on_health,
+        )
         self._health_task: asyncio.Task[None] | None = None
         self._room = asyncio.Event()
         self._room.set()
@@ -151,12 +155,12 @@ class LogWriter:
 
     def set_on_health(self, on_health: OnHealth) -> None:
         """Call `on_health` (on the loop) whenever the log turns degraded or ok again."""
-        self._on_health = on_health
+        self._watch.on_health = on_health
 
     @property
     def health(self) -> LogHealth:
         """Whether the log keeps up, and if not why (checked every second or so)."""
-        return self._health
+        return self._watch.health
 
     async def open(self) -> None:
         """Open the backend (creating or upgrading its schema), then start the writer thread.
@@ -279,41 +283,12 @@ class LogWriter:
     async def _watch_health(self) -> None:
         # Polled rather than pushed: "for longer than" needs a clock anyway,
         # and the writer thread must not call into the loop for every batch.
-        interval = min(1.0, self._degraded_after_s / 4)
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(self._watch.interval_s)
             self._check_health()
 
     def _check_health(self) -> None:
-        now = time.monotonic()
-        pending = self._pending
-        if pending > self._high_water:
-            if self._behind_since is None:
-                self._behind_since = now
-        elif pending <= self._low_water:
-            self._behind_since = None
-        failing = self._committer.failing
-        reason = ""
-        if self._failure is not None:
-            reason = self._failure
-        elif failing is not None and now - failing[0] >= self._degraded_after_s:
-            reason = f"traffic log {self.location} cannot be written: {failing[1]}"
-        elif self._behind_since is not None and now - self._behind_since >= self._degraded_after_s:
-            reason = (
-                f"traffic log {self.location} is behind: {pending} rows wait to be written"
-                f" for {now - self._behind_since:.0f} s"
-            )
-        health = LogHealth("degraded", reason) if reason else LogHealth()
-        changed = health.state != self._health.state
-        self._health = health
-        if not changed:
-            return
-        if reason:
-            _log.warning("traffic log degraded", extra={"reason": reason})
-        else:
-            _log.info("traffic log keeps up again")
-        if self._on_health is not None:
-            self._on_health(health)
+        self._watch.check(self._pending, self._committer.failing, self._failure)
 
     # --- reads: straight to the backend ---------------------------------------
 

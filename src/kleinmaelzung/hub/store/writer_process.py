@@ -1,0 +1,243 @@
+"""The traffic log's writer process: commits what the hub sends, off the hub's GIL and loop.
+
+    python -m kleinmaelzung.hub.store.writer_process   (started by `process.ProcessWriter`)
+
+Reads `feed` messages on stdin, writes `feed` answers on stdout, logs to
+stderr (the hub's). One thread reads and decodes the hub's frames into a
+queue; the main thread gathers batches and commits them through the same
+`Committer` as the thread writer, each batch with its highest stream
+position, then reports `Done`. Items at or below the position its
+predecessor committed are not written again, only acknowledged.
+
+SIGINT and SIGTERM are ignored: a Ctrl-C or a service manager's stop reaches
+the whole process group, and the hub's shutdown (a `Stop`, or the end of
+stdin if the hub died) is what ends the writer, after its last commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import sys
+import threading
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import msgspec
+
+from .base import Record
+from .batch import Batch, Item, describe, merge_acks
+from .committer import Committer
+from .feed import (
+    HEADER,
+    Done,
+    Failing,
+    Forget,
+    FromWriter,
+    Ready,
+    Records,
+    Save,
+    Start,
+    Stop,
+    ToWriter,
+    Unavailable,
+    frame,
+)
+from .urls import backend_for_url
+from .writer import BATCH_ROWS, WRITER_NICE
+
+_log = logging.getLogger("kleinmaelzung.hub.store.writer_process")
+_decoder = msgspec.msgpack.Decoder(ToWriter)
+_raw_records = msgspec.msgpack.Decoder(tuple[str, int, list[msgspec.Raw]])
+_record_decoder = msgspec.msgpack.Decoder(Record)
+
+
+@dataclass(frozen=True, slots=True)
+class _Unreadable:
+    """A record at `position` that could not be decoded: dropped, its position passed."""
+
+    position: int
+    reason: str
+
+
+class _End:
+    """Marker: stdin ended or said Stop; commit what is queued and exit."""
+
+
+_Queued = Item | _Unreadable | _End
+
+
+class _Answers:
+    """Writes answers to the hub; the main thread and the committer's retries share it."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self._out = out
+        self._lock = threading.Lock()
+
+    def send(self, message: FromWriter) -> None:
+        with self._lock:
+            try:
+                self._out.write(frame(message))
+                self._out.flush()
+            except (BrokenPipeError, ValueError):  # the hub is gone: nobody to tell
+                pass
+
+
+def _read_exactly(stream: BinaryIO, size: int) -> bytes | None:
+    data = stream.read(size)
+    return data if data is not None and len(data) == size else None
+
+
+def _read_message(stream: BinaryIO) -> ToWriter | None:
+    header = _read_exactly(stream, HEADER.size)
+    if header is None:
+        return None
+    body = _read_exactly(stream, HEADER.unpack(header)[0])
+    if body is None:
+        return None
+    try:
+        message: ToWriter = _decoder.decode(body)
+    except msgspec.ValidationError:
+        # A record the hub made wrong (a bug upstream): the others are kept.
+        return _decode_one_by_one(body)
+    return message
+
+
+def _decode_one_by_one(body: bytes) -> Records:
+    _tag, first, raws = _raw_records.decode(body)
+    records: list[Record] = []
+    for index, raw in enumerate(raws):
+        try:
+            records.append(_record_decoder.decode(raw))
+        except msgspec.ValidationError as exc:
+            # Stands in for it: dropped in order, its position passed.
+            records.append(_Unreadable(first + index, str(exc)))  # type: ignore[arg-type]
+    return Records(first, records)
+
+
+def _read_forever(stream: BinaryIO, items: queue.SimpleQueue[_Queued]) -> None:
+    """The reader thread: the hub's frames, decoded, into the queue, each with its position."""
+    try:
+        while True:
+            message = _read_message(stream)
+            if message is None or isinstance(message, Stop):
+                return
+            if isinstance(message, Records):
+                for position, record in enumerate(message.records, message.first):
+                    if isinstance(record, Record):
+                        # Decoded for this process alone: setting it here saves
+                        # the hub a copy of every record.
+                        object.__setattr__(record, "position", position)
+                    items.put(record)
+            elif isinstance(message, Save | Forget):
+                items.put(message.change)
+    except Exception:  # the thread's top: the writer must still commit what it has
+        _log.exception("reading the hub's frames failed")
+    finally:
+        items.put(_End())
+
+
+def _position(item: Item | _Unreadable) -> int:
+    return -1 if item.position is None else item.position
+
+
+def write_forever(
+    committer: Committer,
+    items: queue.SimpleQueue[_Queued],
+    answers: _Answers,
+    committed: int,
+    closing: threading.Event,
+) -> None:
+    """Commit batches until the end marker; report each one (`Done`)."""
+    while True:
+        batch: list[Item] = []
+        skipped: list[Item] = []
+        unreadable: list[_Unreadable] = []
+        rows = 0
+        end = False
+        last = -1
+        item = items.get()
+        while True:
+            if isinstance(item, _End):
+                end = True
+                closing.set()  # retries end after the grace time: nobody waits for more
+            else:
+                last = max(last, _position(item))
+                if isinstance(item, _Unreadable):
+                    unreadable.append(item)
+                elif _position(item) <= committed:
+                    skipped.append(item)  # its predecessor committed it
+                else:
+                    batch.append(item)
+                    rows += isinstance(item, Record)
+            if end or rows >= BATCH_ROWS:
+                break
+            try:
+                item = items.get_nowait()
+            except queue.Empty:
+                break
+        acks: dict[str, dict[str, int]] = Batch.of(skipped).acks if skipped else {}
+        committed_rows = dropped_rows = 0
+        if batch:
+            outcome = committer.commit(batch)
+            merge_acks(acks, outcome.acks)
+            dropped_rows = sum(isinstance(i, Record) for i, _ in outcome.dropped)
+            committed_rows = rows - dropped_rows
+            if outcome.dropped:
+                _log.error(
+                    "traffic log dropped what it cannot write: %s",
+                    "; ".join(f"{describe(i)} [{why}]" for i, why in outcome.dropped[:10]),
+                )
+        for bad in unreadable:
+            _log.error("traffic log dropped a record it cannot read: %s", bad.reason)
+            dropped_rows += 1
+        if last >= 0:
+            answers.send(Done(last, acks, committed_rows, dropped_rows))
+        if end:
+            return
+
+
+def main() -> int:
+    """Serve one hub's stream until it says Stop or its pipe ends."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Before any thread starts, so that every thread has it: the hub's
+    # forwarding keeps the core while a sample waits to be sent.
+    os.nice(WRITER_NICE)
+    logging.basicConfig(
+        stream=sys.stderr, level=logging.WARNING, format="kmz log writer: %(levelname)s %(message)s"
+    )
+    stdin, answers = sys.stdin.buffer, _Answers(sys.stdout.buffer)
+    start = _read_message(stdin)
+    if not isinstance(start, Start):
+        return 2
+    try:
+        backend = backend_for_url(start.url)
+        backend.open()
+        committed = backend.committed_position(start.writer)
+    except Exception as exc:  # the process's top: the hub says why it cannot start
+        answers.send(Unavailable(str(exc) or type(exc).__name__))
+        return 2
+    answers.send(Ready(committed, os.getpid()))
+    items: queue.SimpleQueue[_Queued] = queue.SimpleQueue()
+    reader = threading.Thread(
+        target=_read_forever, args=(stdin, items), name="kmz-log-feed", daemon=True
+    )
+    reader.start()
+    closing = threading.Event()
+
+    def on_failing(failing: tuple[float, str] | None) -> None:
+        answers.send(Failing(None) if failing is None else Failing(*failing))
+
+    committer = Committer(backend, closing, writer=start.writer, on_failing=on_failing)
+    try:
+        write_forever(committer, items, answers, committed, closing)
+    finally:
+        backend.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
