@@ -101,3 +101,22 @@ def test_an_unknown_standard_is_refused() -> None:
     point = msgspec.structs.replace(record.as_left[3], standards=("W-NOWHERE",))
     with pytest.raises(StandardNotUsable, match="W-NOWHERE"):
         add_point(record, "as_left", point)
+
+
+def test_resolution_counted_at_zero_and_at_load_when_the_procedure_says_so() -> None:
+    record = balance_record()
+    once = evaluate(record).final.points[5].budget
+    twice_procedure = msgspec.structs.replace(record.procedure, resolution_terms=2)
+    twice = evaluate(msgspec.structs.replace(record, procedure=twice_procedure))
+    budget = twice.final.points[5].budget
+    assert [c.name for c in budget.components][-2:] == ["resolution at zero", "resolution at load"]
+    assert budget.u_c**2 == pytest.approx(once.u_c**2 + 0.001**2 / 12, rel=1e-12)
+
+
+def test_a_reading_that_is_not_a_number_is_refused() -> None:
+    record = balance_record()
+    point = msgspec.structs.replace(
+        record.as_left[1], readings=(Reading(value=float("nan"), ts=0.0),)
+    )
+    with pytest.raises(ValueError, match="finite"):
+        add_point(record, "as_left", point)

@@ -142,9 +142,17 @@ def evaluate_point(record: CalibrationRecord, point: PointResult) -> PointEvalua
     ]
     if stats.dof:
         components.append(repeatability_component(stats))
-    components.append(
-        resolution_component(record.instrument.resolution, full_step=procedure.resolution_full_step)
-    )
+    resolution = record.instrument.resolution
+    full_step = procedure.resolution_full_step
+    if procedure.resolution_terms == 2:
+        components.append(
+            resolution_component(resolution, full_step=full_step, name="resolution at zero")
+        )
+        components.append(
+            resolution_component(resolution, full_step=full_step, name="resolution at load")
+        )
+    else:
+        components.append(resolution_component(resolution, full_step=full_step))
     budget = combine(
         components,
         k=procedure.coverage.k,

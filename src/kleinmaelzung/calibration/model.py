@@ -16,8 +16,13 @@ import msgspec
 from .errors import StandardNotUsable
 
 
-class _Struct(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """Base: immutable, strict about unknown fields."""
+class _Struct(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """Base: immutable, strict about unknown fields; defaults left out of the JSON.
+
+    Leaving defaults out keeps content hashes stable across versions: a field
+    added later with a default does not change the canonical JSON, so the
+    hash of a record approved before it still verifies.
+    """
 
 
 Text = Annotated[str, msgspec.Meta(max_length=2000)]
@@ -212,6 +217,9 @@ class Procedure(_Struct, frozen=True):
     coverage: Coverage = Coverage()
     #: Resolution as d/sqrt(3) (half-width d) instead of d/sqrt(12); never the default.
     resolution_full_step: bool = False
+    #: Count the resolution once, or twice: at the zero reading and at load,
+    #: as balance procedures do (EURAMET cg-18), each d/sqrt(12).
+    resolution_terms: Literal[1, 2] = 1
 
     def tolerance_at(self, index: int) -> Tolerance:
         """The tolerance that applies at point ``index``."""

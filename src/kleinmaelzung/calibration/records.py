@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import math
 
 import msgspec
 
@@ -60,6 +61,10 @@ def _editable(record: CalibrationRecord) -> None:
 def add_point(record: CalibrationRecord, phase: Phase, point: PointResult) -> CalibrationRecord:
     """Add or replace the readings of one point in the as-found or as-left phase."""
     _editable(record)
+    numbers = [point.nominal, point.reference_value, *(r.value for r in point.readings)]
+    if not all(math.isfinite(v) for v in numbers):
+        # NaN has no JSON form: it would become null and break the content hash.
+        raise ValueError(f"point {point.index}: readings and values must be finite numbers")
     for standard_id in point.standards:
         check_usable(record.standard(standard_id), record.calibrated_on)
     kept = [p for p in record.points(phase) if p.index != point.index]
