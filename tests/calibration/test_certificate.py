@@ -96,8 +96,10 @@ REQUIRED = {
     "reproduction": "shall not be reproduced except in full",
     # m: results with units; the points table.
     "table header": "Nominal Reference As found As left Error E Tolerance ±T U (k) Result",
-    "row 100 g": "100 100.00008 100.00700 100.00033 0.00025 0.00200 0.00089 (2) pass",
-    "row 200 g": "200 200.00015 200.01100 199.99967 -0.00048 0.00300 0.00089 (2) pass",
+    # Each row to the last place of its U (GUM 7.2.6); k from nu_eff where s > 0.
+    "row 100 g": "100 100.00008 100.0070 100.0003 0.0003 0.002 0.0011 (2.52) pass",
+    "row 150 g": "150 150.00011 150.00900 150.00000 -0.00011 0.002 0.00059 (2) pass",
+    "row 200 g": "200 200.00015 200.0110 199.9997 -0.0005 0.003 0.0011 (2.52) pass",
     "units": "All values in g.",
     # n: deviations.
     "deviations": "Deviations None from the procedure.",
@@ -107,10 +109,11 @@ REQUIRED = {
     "signed at": "2026-11-25 08:15 UTC",
     "content hash": "content SHA-256:",
     # 7.8.4.1 a: uncertainty, with k and coverage.
-    "uncertainty": "coverage factor k = 2, which for a normal distribution corresponds to a "
+    "uncertainty": "coverage factor k = t95.45(\u03bdeff), the Student quantile at the effective "
+    "degrees of freedom from the Welch\u2013Satterthwaite formula (given per point), for a "
     "coverage probability of approximately 95 %",
     "gum": "JCGM 100:2008 (GUM)",
-    "budget": "Expanded U = k · uc, k = 2 0.00089",
+    "budget": "Combined uc 0.000444 6.3 Expanded U = k · uc, k = 2.52 0.0011",
     # b: environmental conditions.
     "temperature": "air temperature 21.2 to 21.9 °C, recorded live",
     "humidity": "relative humidity 44 to 47 %rh",
@@ -122,7 +125,7 @@ REQUIRED = {
     "SI": "metrologically traceable to the International System of Units (SI)",
     # d, f: before and after adjustment; the adjustment.
     "as found table": "Results before adjustment (as found)",
-    "as found row": "200 0.01085 0.00300 0.00059 FAIL",
+    "as found row": "200 0.01085 0.003 0.00059 FAIL",
     "adjustment": "Span adjusted with the balance's internal calibration weight",
     # 7.8.6: conformity with its decision rule.
     "decision rule": "Binary statement with guard band w = U (ILAC-G8:09/2019, 4.2.2)",

@@ -15,6 +15,7 @@ from kleinmaelzung.calibration import (
     add_point,
     check_usable,
     evaluate,
+    student_t_quantile,
 )
 from kleinmaelzung.calibration.examples import balance_record, balance_standards
 
@@ -35,16 +36,21 @@ def test_a_point_by_hand_from_the_example() -> None:
     """As-left at 100 g: readings 100.000, 100.001, 100.000 g against 100.00008 g.
 
     mean 100.000333..., E = 0.000253 g; s = 0.000577 g, u_rep = s/sqrt(3) =
-    0.000333 g; u_ref = 0.0001/2; u_res = 0.001/sqrt(12); U = 2*u_c = 0.000889 g;
-    guard band: limit 0.002 - 0.000889 = 0.001111 g, |E| below it: pass.
+    0.000333 g (nu = 2); u_ref = 0.0001/2; u_res = 0.001/sqrt(12); u_c =
+    0.000444 g; nu_eff = u_c^4 / (u_rep^4 / 2) = 6.28, so k = t_95.45(6) =
+    2.52 (GUM G.4.1, truncated) and U = 0.00112 g; guard band: limit
+    0.002 - U = 0.00088 g, |E| below it: pass.
     """
     point = evaluate(balance_record()).as_left.points[5]  # type: ignore[union-attr]
     assert point.nominal == 100.0
     assert point.mean == pytest.approx(100.0 + 1 / 3000, abs=1e-12)
     assert point.error == pytest.approx(1 / 3000 - 0.00008, abs=1e-12)
-    u_c = math.sqrt(0.00005**2 + (0.001 / 3) ** 2 + 0.001**2 / 12)
-    assert point.expanded == pytest.approx(2 * u_c, rel=1e-12)
-    assert point.acceptance_limit == pytest.approx(0.002 - 2 * u_c, rel=1e-12)
+    u_rep = 0.001 / 3
+    u_c = math.sqrt(0.00005**2 + u_rep**2 + 0.001**2 / 12)
+    assert point.budget.dof_eff == pytest.approx(u_c**4 / (u_rep**4 / 2), rel=1e-9)
+    assert point.budget.k == student_t_quantile(0.9545, 6)
+    assert point.expanded == pytest.approx(point.budget.k * u_c, rel=1e-12)
+    assert point.acceptance_limit == pytest.approx(0.002 - point.expanded, rel=1e-12)
     assert point.verdict == "pass"
 
 

@@ -51,11 +51,12 @@ def certificate_data(record: CalibrationRecord, evaluation: Evaluation) -> dict[
         rows.append(
             {
                 "nominal": _plain(point.nominal),
-                "reference": _fixed(point.reference_value, decimals),
+                # Inputs as recorded; results to the last place of their U.
+                "reference": _plain(point.reference_value),
                 "as_found": _fixed(found.mean, decimals) if found else "—",
                 "as_left": _fixed(left.mean, decimals) if left else "—",
                 "error": error_text,
-                "tolerance": _fixed(point.tolerance, decimals),
+                "tolerance": _plain(round(point.tolerance, 12)),
                 "expanded": u_text,
                 "k": _k_text(point),
                 "n": str(point.n),
@@ -72,7 +73,7 @@ def certificate_data(record: CalibrationRecord, evaluation: Evaluation) -> dict[
                     "nominal": _plain(point.nominal),
                     "error": error_text,
                     "expanded": u_text,
-                    "tolerance": _fixed(point.tolerance, _decimals(point.expanded)),
+                    "tolerance": _plain(round(point.tolerance, 12)),
                     "verdict": "pass" if point.verdict == "pass" else "FAIL",
                 }
             )
@@ -178,6 +179,7 @@ def certificate_data(record: CalibrationRecord, evaluation: Evaluation) -> dict[
         "budget": budget_rows,
         "budget_uc": _sig(worst.budget.u_c),
         "budget_k": _k_text(worst),
+        "budget_dof": "∞" if worst.budget.dof_eff is None else f"{worst.budget.dof_eff:.1f}",
         "budget_U": report(worst.error, worst.expanded)[1],
         "fit": _fit_data(evaluation, unit),
         "uncertainty_statement": _uncertainty_statement(record),

@@ -36,7 +36,7 @@ tolerance = { absolute = 0.002 }
 fit = { kind = "linear" }
 stability = { flag = "stable" }
 decision_rule = { kind = "guard_banded" }
-coverage = { method = "fixed", k = 2.0 }
+coverage = { method = "welch_satterthwaite" }
 
 [[points]]
 nominal = 0.0
