@@ -166,11 +166,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     stats.window = (start_ns, start_ns + int(args.duration * 1e9))
     stop = now + args.warmup + args.duration
     cpu_before: float | None = None
+    own_before: float | None = None
 
     async def sample_cpu() -> None:
-        nonlocal cpu_before
+        nonlocal cpu_before, own_before
         await asyncio.sleep(args.warmup)
         cpu_before = _cpu_seconds(args.server_pid)
+        own_before = _cpu_seconds(args.server_pid, children=False)
 
     sampler = asyncio.create_task(sample_cpu())
     window = max(1, args.window // args.pubs) * args.batch
@@ -179,6 +181,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     else:
         sent = await _publish_max(pubs, stats, window, args.batch, stop)
     cpu_after = _cpu_seconds(args.server_pid)
+    own_after = _cpu_seconds(args.server_pid, children=False)
     await sampler
     deadline = time.monotonic() + args.drain
     expected = sum(sent) * args.subs
@@ -189,6 +192,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     latencies = sorted(stats.latency_ns)
     result = {
         "deliveries_per_s": sum(stats.window_counts) / args.duration,
+        "window_start": start_ns / 1e9,
         "published": sum(sent),
         "lost": max(0, expected - sum(stats.counts)),
         "gaps": stats.gaps,
@@ -200,6 +204,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "server_cpu_pct": None
         if cpu_before is None or cpu_after is None
         else 100 * (cpu_after - cpu_before) / args.duration,
+        # The server process alone, without its children (the hub's log writer).
+        "server_own_cpu_pct": None
+        if own_before is None or own_after is None
+        else 100 * (own_after - own_before) / args.duration,
         "loadgen_cpu_pct": None,
     }
     for connection in subs + pubs:
@@ -250,12 +258,30 @@ def _percentile(sorted_ns: Any, q: float) -> float | None:
     return float(sorted_ns[min(len(sorted_ns) - 1, int(q * len(sorted_ns)))]) / 1e6
 
 
-def _cpu_seconds(pid: int) -> float | None:
+def _cpu_seconds(pid: int, children: bool = True) -> float | None:
+    """CPU seconds of the server and every process under it (the hub's log writer)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    for child in _children(pid) if children else ():
+        total += _cpu_seconds(child) or 0.0
+    return total
+
+
+def _children(pid: int) -> list[int]:
+    children: list[int] = []
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return children
+    for task in tasks:
+        try:
+            children += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return children
 
 
 def _rss_kb(pid: int) -> int:

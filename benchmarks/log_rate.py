@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import tempfile
 import time
@@ -24,6 +25,7 @@ from pathlib import Path
 import msgspec
 
 from kleinmaelzung.hub.store import LogBackend, LogWriter, Record, SqliteBackend
+from kleinmaelzung.hub.store.process import ProcessWriter
 
 SCHEMA = "kmz_bench_rate"
 
@@ -66,9 +68,17 @@ def records(count: int, per_frame: int) -> list[Record]:
     return out
 
 
-async def measure(backend: LogBackend, batch: list[Record]) -> dict[str, float]:
-    """Records/s and CPU per 10,000 records while the writer commits `batch`."""
-    store = LogWriter(backend)
+async def measure(
+    backend: LogBackend, batch: list[Record], url: str | None = None
+) -> dict[str, float]:
+    """Records/s and CPU per 10,000 records while the writer commits `batch`.
+
+    With a `url`, the writer is a process of its own (`ProcessWriter`), as in
+    `kmz hub`; its CPU is counted too (its children's, once it has exited).
+    """
+    store: LogWriter | ProcessWriter = (
+        LogWriter(backend) if url is None else ProcessWriter(url, backend)
+    )
     await store.open()
     committed = 0
 
@@ -77,7 +87,7 @@ async def measure(backend: LogBackend, batch: list[Record]) -> dict[str, float]:
         committed += 1
 
     store.set_on_committed(on_committed)
-    cpu = time.process_time()
+    cpu = _cpu_s()
     started = time.perf_counter()
     for i, record in enumerate(batch):
         if i % 1000 == 0:
@@ -85,8 +95,8 @@ async def measure(backend: LogBackend, batch: list[Record]) -> dict[str, float]:
         store.append(record)
     await store.flush()
     took = time.perf_counter() - started
-    cpu = time.process_time() - cpu
     await store.close()
+    cpu = _cpu_s() - cpu
     samples = len(msgspec.json.decode(batch[0].message)["samples"])
     return {
         "records_per_s": round(len(batch) / took),
@@ -96,11 +106,18 @@ async def measure(backend: LogBackend, batch: list[Record]) -> dict[str, float]:
     }
 
 
+def _cpu_s() -> float:
+    """This process's CPU seconds and its ended children's (the writer process, once closed)."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=200_000)
     parser.add_argument("--samples-per-frame", type=int, default=1)
     parser.add_argument("--backends", default="sqlite,postgresql")
+    parser.add_argument("--writer", choices=("thread", "process"), default="process")
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/test")
     args = parser.parse_args()
     batch = records(args.records, args.samples_per_frame)
@@ -109,13 +126,18 @@ def main() -> None:
         for kind in args.backends.split(","):
             backend: LogBackend
             if kind == "sqlite":
-                backend = SqliteBackend(Path(scratch) / "rate.sqlite3")
+                path = Path(scratch) / f"rate-{args.writer}.sqlite3"
+                backend = SqliteBackend(path)
+                url = "sqlite:///" + str(path).lstrip("/")
             else:
                 from kleinmaelzung.hub.store.postgres import PostgresBackend
 
                 _drop_schema(args.postgres)
-                backend = PostgresBackend(f"{args.postgres}?schema={SCHEMA}")
-            results[kind] = asyncio.run(measure(backend, batch))
+                url = f"{args.postgres}?schema={SCHEMA}"
+                backend = PostgresBackend(url)
+            results[kind] = asyncio.run(
+                measure(backend, batch, url if args.writer == "process" else None)
+            )
             print(f"{kind}: {results[kind]}", file=sys.stderr)
             if kind != "sqlite":
                 _drop_schema(args.postgres)

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import resource
+import secrets
 import shutil
 import socket
 import subprocess
@@ -27,6 +28,8 @@ class Server:
     url: str
     process: subprocess.Popen[bytes]
     http: str | None = None
+    #: The hub's traffic log: a SQLite file, or a PostgreSQL URL (with ?schema=).
+    log: str | None = None
 
     @property
     def pid(self) -> int:
@@ -40,6 +43,49 @@ class Server:
         with urllib.request.urlopen(self.http + "/api/health", timeout=5) as response:
             result: dict[str, object] = json.loads(response.read())
             return result
+
+    def log_rows(self, start: float, end: float) -> tuple[int, int]:
+        """The hub's log: traffic rows and sample rows received in [start, end)."""
+        assert self.log is not None
+        if not self.log.startswith("postgresql"):
+            import sqlite3
+
+            with contextlib.closing(sqlite3.connect(self.log)) as db:
+                ((traffic,),) = db.execute(
+                    "SELECT count(*) FROM traffic WHERE ts >= ? AND ts < ?", (start, end)
+                ).fetchall()
+                ((samples,),) = db.execute(
+                    "SELECT count(*) FROM sample WHERE received >= ? AND received < ?",
+                    (start, end),
+                ).fetchall()
+            return int(traffic), int(samples)
+        url, schema = self.log.split("?schema=")
+        counts = _postgres(
+            url,
+            f'SELECT (SELECT count(*) FROM "{schema}".traffic WHERE ts >= to_timestamp($1)'
+            f' AND ts < to_timestamp($2)), (SELECT count(*) FROM "{schema}".sample'
+            " WHERE received >= to_timestamp($1) AND received < to_timestamp($2))",
+            start,
+            end,
+        )
+        return int(counts[0]), int(counts[1])
+
+
+def _postgres(url: str, statement: str, *args: object) -> tuple[object, ...]:
+    """Run one statement on a PostgreSQL server; its first row."""
+    import asyncio
+
+    import asyncpg
+
+    async def run() -> tuple[object, ...]:
+        connection = await asyncpg.connect(url, timeout=10)
+        try:
+            row = await connection.fetchrow(statement, *args)
+            return tuple(row) if row is not None else ()
+        finally:
+            await connection.close()
+
+    return asyncio.run(run())
 
 
 def free_port() -> int:
@@ -74,13 +120,31 @@ def available(name: str) -> bool:
 _BINARIES = {"mosquitto": "mosquitto", "nats": "nats-server"}
 
 
+_THREAD_HUB = """
+import asyncio, sys
+from pathlib import Path
+from kleinmaelzung.hub import HubConfig, run_hub
+port, folder, *log = sys.argv[1:]
+sys.setswitchinterval(0.0005)
+config = HubConfig(port=int(port), data_dir=Path(folder), log_url=log[0] if log else None)
+asyncio.run(run_hub(config, writer_process=False))
+"""
+
+
 @contextlib.contextmanager
-def start(name: str, cpus: str) -> Iterator[Server]:
-    """Start one server pinned to `cpus` (taskset list, '' for none); stop it afterwards."""
+def start(name: str, cpus: str, hub_log: str | None = None) -> Iterator[Server]:
+    """Start one server pinned to `cpus` (taskset list, '' for none); stop it afterwards.
+
+    Pinned with its whole process tree: the hub's log writer inherits the
+    affinity, so the hub and its writer share the one CPU a peer gets.
+    `hub_log` is a PostgreSQL URL for the hub's traffic log (a fresh schema,
+    dropped afterwards); None for SQLite in the hub's data folder.
+    """
     pin = ["taskset", "-c", cpus] if cpus and shutil.which("taskset") else []
     port = free_port()
+    schema = None
     with tempfile.TemporaryDirectory(prefix=f"kmz-bench-{name}-") as folder:
-        http = None
+        http = log = None
         if name.startswith("hub"):
             command = [
                 sys.executable,
@@ -92,7 +156,17 @@ def start(name: str, cpus: str) -> Iterator[Server]:
                 "--data",
                 folder,
             ]
+            if name == "hub-thread":
+                # The hub as before issue 10's writer process: the log's
+                # writer a thread in the hub's process, for before/after
+                # figures from the same run.
+                command = [sys.executable, "-c", _THREAD_HUB, str(port), folder]
             protocol, http = "hub", f"http://127.0.0.1:{port}"
+            log = str(Path(folder) / "traffic.sqlite3")
+            if hub_log:
+                schema = f"kmz_bench_{secrets.token_hex(4)}"
+                log = f"{hub_log}?schema={schema}"
+                command += ["--log", log] if name != "hub-thread" else [log]
         elif name == "mosquitto":
             config = Path(folder) / "mosquitto.conf"
             # Debian's mosquitto 2.0.11 will not start with only a WebSocket
@@ -123,7 +197,7 @@ def start(name: str, cpus: str) -> Iterator[Server]:
         )
         try:
             wait_for_port(port, process)
-            yield Server(name, protocol, f"ws://127.0.0.1:{port}", process, http)
+            yield Server(name, protocol, f"ws://127.0.0.1:{port}", process, http, log)
         finally:
             process.terminate()
             try:
@@ -131,3 +205,5 @@ def start(name: str, cpus: str) -> Iterator[Server]:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+            if schema is not None and hub_log is not None:
+                _postgres(hub_log, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

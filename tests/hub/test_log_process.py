@@ -155,12 +155,18 @@ async def test_a_commit_the_killed_writer_could_not_report_is_acknowledged_not_r
     # The crash window, made certain: a writer of this hub's stream committed
     # its first 30 records, then died before it could say so.
     backend = log_place.backend()
-    await asyncio.to_thread(backend.open)
-    committer = Committer(backend, threading.Event(), writer=store.writer_id)
     first = [dataclasses.replace(data(i), position=i) for i in range(30)]
-    outcome = await asyncio.to_thread(committer.commit, list(first))
-    assert len(outcome.committed) == 30
-    await asyncio.to_thread(backend.close)
+
+    def commit_as_the_dead_writer() -> int:
+        # One thread from open to close, as the writer's own (sqlite3 insists).
+        backend.open()
+        try:
+            committer = Committer(backend, threading.Event(), writer=store.writer_id)
+            return len(committer.commit(list(first)).committed)
+        finally:
+            backend.close()
+
+    assert await asyncio.to_thread(commit_as_the_dead_writer) == 30
     await store.open()
     for i in range(35):  # the hub still holds them all: it sends them again
         store.append(data(i))

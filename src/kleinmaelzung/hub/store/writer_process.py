@@ -66,7 +66,23 @@ class _End:
     """Marker: stdin ended or said Stop; commit what is queued and exit."""
 
 
-_Queued = Item | _Unreadable | _End
+@dataclass(frozen=True, slots=True)
+class _Chunk:
+    """The items of one message from the hub, at positions `first` to `last`.
+
+    Queued as one: a queue operation per record cost the writer a tenth of
+    its time.
+    """
+
+    first: int
+    last: int
+    items: list[Item | _Unreadable]
+    rows: int
+    #: Whether every item could be read.
+    readable: bool
+
+
+_Queued = _Chunk | _End
 
 
 class _Answers:
@@ -125,14 +141,21 @@ def _read_forever(stream: BinaryIO, items: queue.SimpleQueue[_Queued]) -> None:
             if message is None or isinstance(message, Stop):
                 return
             if isinstance(message, Records):
+                readable = True
                 for position, record in enumerate(message.records, message.first):
                     if isinstance(record, Record):
                         # Decoded for this process alone: setting it here saves
                         # the hub a copy of every record.
                         object.__setattr__(record, "position", position)
-                    items.put(record)
+                    else:
+                        readable = False
+                count = len(message.records)
+                last = message.first + count - 1
+                chunk = _Chunk(message.first, last, message.records, count, readable)  # type: ignore[arg-type]
+                items.put(chunk)
             elif isinstance(message, Save | Forget):
-                items.put(message.change)
+                position = _position(message.change)
+                items.put(_Chunk(position, position, [message.change], 0, True))
     except Exception:  # the thread's top: the writer must still commit what it has
         _log.exception("reading the hub's frames failed")
     finally:
@@ -158,24 +181,29 @@ def write_forever(
         rows = 0
         end = False
         last = -1
-        item = items.get()
+        chunk = items.get()
         while True:
-            if isinstance(item, _End):
+            if isinstance(chunk, _End):
                 end = True
                 closing.set()  # retries end after the grace time: nobody waits for more
             else:
-                last = max(last, _position(item))
-                if isinstance(item, _Unreadable):
-                    unreadable.append(item)
-                elif _position(item) <= committed:
-                    skipped.append(item)  # its predecessor committed it
+                last = max(last, chunk.last)
+                if chunk.readable and chunk.first > committed:
+                    batch += chunk.items  # type: ignore[arg-type]
+                    rows += chunk.rows
                 else:
-                    batch.append(item)
-                    rows += isinstance(item, Record)
+                    for item in chunk.items:
+                        if isinstance(item, _Unreadable):
+                            unreadable.append(item)
+                        elif _position(item) <= committed:
+                            skipped.append(item)  # its predecessor committed it
+                        else:
+                            batch.append(item)
+                            rows += isinstance(item, Record)
             if end or rows >= BATCH_ROWS:
                 break
             try:
-                item = items.get_nowait()
+                chunk = items.get_nowait()
             except queue.Empty:
                 break
         acks: dict[str, dict[str, int]] = Batch.of(skipped).acks if skipped else {}
