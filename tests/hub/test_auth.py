@@ -533,3 +533,17 @@ async def test_a_token_that_expires_mid_stream_closes_its_connection(tmp_path: P
             received, code = await closed_with(vic, timeout=3.0)
         assert code == 4001
         assert "expired" in received[-1]["message"]
+
+
+async def test_a_refused_handshake_is_one_line_in_the_hubs_log_without_the_token(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with auth_lab(tmp_path) as lab:
+        async with socket(lab.url, CLIENT) as peer:
+            await peer.send(client_hello(lab.tokens["revoked"]))
+            await closed_with(peer)
+        lines = [r for r in caplog.records if r.getMessage() == "credentials refused"]
+        assert len(lines) == 1
+        assert lines[0].__dict__["remote"].startswith("127.0.0.1:")
+        assert "revoked" in lines[0].__dict__["reason"]
+        assert lab.tokens["revoked"].split("_", 2)[2] not in caplog.text

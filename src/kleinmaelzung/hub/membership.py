@@ -59,6 +59,16 @@ async def join(
     """Welcome a peer whose hello was valid and whose credentials hold, or say why not."""
     principal = admit(hub, hello, header_token)
     if isinstance(principal, AuthRefusal):
+        # One line per refused handshake (never the token): what an intrusion
+        # detector (fail2ban) reads; the traffic log keeps the refused frame.
+        _log.warning(
+            "credentials refused",
+            extra={
+                "remote": _remote(ws),
+                "code": principal.error.code,
+                "reason": principal.error.message,
+            },
+        )
         return Refusal(principal.error, CloseCode(principal.close))
     if isinstance(hello, AgentHello):
         joined = await _join_agent(hub, ws, connection, hello, frame)
