@@ -134,6 +134,10 @@ def _principal(request: web.Request, hub: Hub) -> Principal | web.Response:
             Error(code=ErrorCode.UNAUTHORIZED, message=principal),
             f"{request.method} {request.path_qs}".encode(),
         )
+        _log.warning(
+            "credentials refused",
+            extra={"remote": request.remote, "code": ErrorCode.UNAUTHORIZED, "reason": principal},
+        )
         response = _problem(401, ErrorCode.UNAUTHORIZED, principal)
         response.headers["WWW-Authenticate"] = 'Bearer realm="kmz"'
         return response
