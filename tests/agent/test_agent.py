@@ -115,7 +115,9 @@ async def test_command_errors_from_the_agent(
                 "invalid_arguments",
                 "unexpected: ramp",
             ),
-            ({"name": "get_setpoint", "args": {}, "timeout_s": 0.2}, "command_timeout", ""),
+            # Longer than a poll of the silent kiln holds its port (0.3 s), so
+            # it starts, and then gets no answer.
+            ({"name": "get_setpoint", "args": {}, "timeout_s": 1.0}, "command_timeout", ""),
         ]
         for index, (fields, code, detail) in enumerate(cases):
             if code == "command_timeout":

@@ -40,7 +40,10 @@ async def test_log_entries_newest_first_and_by_instrument(hub: RunningHub) -> No
         await client.instruments()
     expected = {"agent_hello", "client_hello", "data", "list_instruments"}
     # The hub commits its log in batches, from a writer thread.
-    entries = await logged_soon(hub.url, lambda es: expected <= {e.type for e in es})
+    entries = await logged_soon(
+        hub.url,
+        lambda es: expected <= {e.type for e in es} and sum(e.type == "data" for e in es) >= 2,
+    )
     assert [e.id for e in entries] == sorted((e.id for e in entries), reverse=True)
     balance = await fetch_log(hub.url, instrument="balance", limit=50)
     data = [e for e in balance if e.type == "data"]
