@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from ..protocol import Ack, CloseCode, PeerKind
-from . import rest, views
+from . import metrics, rest, views
 from .acks import AckGatherer
 from .admission import Admission, AdmittingSite, raise_open_file_limit
 from .auth.web import install as install_auth
@@ -99,9 +99,10 @@ def create_app(
     app.router.add_get("/ws/client", views.client_endpoint)
     app.router.add_get("/api/health", rest.health)
     app.router.add_get("/api/instruments", rest.instruments)
-    app.router.add_delete("/api/instruments/{instrument}", rest.forget_instrument)
     app.router.add_get("/api/agents", rest.agents)
+    app.router.add_delete("/api/instruments/{instrument}", rest.forget_instrument)
     app.router.add_get("/api/log", rest.traffic_log)
+    app.router.add_get("/metrics", metrics.metrics)
     app.router.add_get("/", rest.status_page)
     return app
 

@@ -1,0 +1,58 @@
+"""`/metrics`: the hub's state in Prometheus's format, as Prometheus's own parser reads it."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from kleinmaelzung.hub import RunningHub
+
+from .auth_setup import auth_lab
+from .peers import instrument, raw_agent, raw_client
+
+
+async def scrape(url: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    async with aiohttp.ClientSession() as http, http.get(url + "/metrics") as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        text = await response.text()
+    return {
+        family.name: {tuple(sorted(s.labels.items())): s.value for s in family.samples}
+        for family in text_string_to_metric_families(text)
+    }
+
+
+async def test_metrics_show_connections_instruments_agents_and_the_log(hub: RunningHub) -> None:
+    async with (
+        raw_agent(hub.url, "pi", [instrument("balance"), instrument("kiln-air")]) as agent,
+        raw_client(hub.url, "dashboard"),
+    ):
+        sample = {"instrument": "balance", "seq": 0, "ts": time.time(), "values": {}}
+        await agent.send({"type": "data", "samples": [sample]})
+        await agent.send(
+            {"type": "agent_state", "spool_depth": 7, "spool_oldest": None, "dropped": 2}
+        )
+        await agent.receive_type("ack")
+        families = await scrape(hub.url)
+    assert families["kmz_connections"][(("kind", "agent"),)] == 1
+    assert families["kmz_connections"][(("kind", "client"),)] == 1
+    assert families["kmz_instruments"][(("state", "online"),)] == 2
+    assert families["kmz_agent_spool_samples"][(("agent", "pi"),)] == 7
+    assert families["kmz_agent_spool_dropped"][(("agent", "pi"),)] == 2
+    offset = families["kmz_agent_clock_offset_seconds"][(("agent", "pi"),)]
+    assert abs(offset) < 1.0
+    assert families["kmz_log_degraded"][()] == 0
+    assert "kmz_log_backlog" in families and "kmz_commands_in_flight" in families
+
+
+async def test_metrics_need_a_viewer_token_when_the_hub_requires_tokens(tmp_path: Path) -> None:
+    async with auth_lab(tmp_path) as lab, aiohttp.ClientSession() as http:
+        async with http.get(lab.url + "/metrics") as response:
+            assert response.status == 401
+        viewer = {"Authorization": f"Bearer {lab.tokens['vic']}"}
+        async with http.get(lab.url + "/metrics", headers=viewer) as response:
+            assert response.status == 200
+            assert "kmz_connections" in await response.text()
