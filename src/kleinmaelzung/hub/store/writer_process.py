@@ -22,7 +22,8 @@ import queue
 import signal
 import sys
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import BinaryIO
 
 import msgspec
@@ -49,6 +50,14 @@ from .urls import backend_for_url
 from .writer import BATCH_ROWS, WRITER_NICE
 
 _log = logging.getLogger("kleinmaelzung.hub.store.writer_process")
+
+#: A transaction begins at most this often (unless the batch is full): at
+#: low rates a commit per loop iteration of the hub cost the writer far more
+#: than its rows. S2 in benchmarks/run.py (2,000 frames/s, SQLite): the
+#: writer took 17 % of a core committing at once, 9 % every 20 ms, 8 % every
+#: 100 ms. Acks wait 250 ms to be gathered anyway (`hub.acks`); the agent
+#: spools what waits over 1 s, so this stays well under that.
+COMMIT_INTERVAL_S = 0.05
 _decoder = msgspec.msgpack.Decoder(ToWriter)
 _raw_records = msgspec.msgpack.Decoder(tuple[str, int, list[msgspec.Raw]])
 _record_decoder = msgspec.msgpack.Decoder(Record)
@@ -166,6 +175,56 @@ def _position(item: Item | _Unreadable) -> int:
     return -1 if item.position is None else item.position
 
 
+@dataclass(slots=True)
+class _Gathered:
+    """What one transaction will write, gathered from the queue."""
+
+    committed_before: int
+    batch: list[Item] = field(default_factory=list)
+    #: Items its predecessor committed: acknowledged, not written again.
+    skipped: list[Item] = field(default_factory=list)
+    unreadable: list[_Unreadable] = field(default_factory=list)
+    rows: int = 0
+    last: int = -1
+    end: bool = False
+
+    def take(self, chunk: _Queued) -> None:
+        if isinstance(chunk, _End):
+            self.end = True
+            return
+        self.last = max(self.last, chunk.last)
+        if chunk.readable and chunk.first > self.committed_before:
+            self.batch += chunk.items  # type: ignore[arg-type]
+            self.rows += chunk.rows
+            return
+        for item in chunk.items:
+            if isinstance(item, _Unreadable):
+                self.unreadable.append(item)
+            elif _position(item) <= self.committed_before:
+                self.skipped.append(item)
+            else:
+                self.batch.append(item)
+                self.rows += isinstance(item, Record)
+
+    @property
+    def full(self) -> bool:
+        return self.end or self.rows >= BATCH_ROWS
+
+
+def gather(items: queue.SimpleQueue[_Queued], committed_before: int, until: float) -> _Gathered:
+    """Wait for something to write, then take more until the batch is full or `until` passes."""
+    gathered = _Gathered(committed_before)
+    gathered.take(items.get())
+    while not gathered.full:
+        wait = until - time.monotonic()
+        try:
+            chunk = items.get(timeout=wait) if wait > 0 else items.get_nowait()
+        except queue.Empty:
+            break
+        gathered.take(chunk)
+    return gathered
+
+
 def write_forever(
     committer: Committer,
     items: queue.SimpleQueue[_Queued],
@@ -174,56 +233,31 @@ def write_forever(
     closing: threading.Event,
 ) -> None:
     """Commit batches until the end marker; report each one (`Done`)."""
+    next_commit = 0.0
     while True:
-        batch: list[Item] = []
-        skipped: list[Item] = []
-        unreadable: list[_Unreadable] = []
-        rows = 0
-        end = False
-        last = -1
-        chunk = items.get()
-        while True:
-            if isinstance(chunk, _End):
-                end = True
-                closing.set()  # retries end after the grace time: nobody waits for more
-            else:
-                last = max(last, chunk.last)
-                if chunk.readable and chunk.first > committed:
-                    batch += chunk.items  # type: ignore[arg-type]
-                    rows += chunk.rows
-                else:
-                    for item in chunk.items:
-                        if isinstance(item, _Unreadable):
-                            unreadable.append(item)
-                        elif _position(item) <= committed:
-                            skipped.append(item)  # its predecessor committed it
-                        else:
-                            batch.append(item)
-                            rows += isinstance(item, Record)
-            if end or rows >= BATCH_ROWS:
-                break
-            try:
-                chunk = items.get_nowait()
-            except queue.Empty:
-                break
+        gathered = gather(items, committed, next_commit)
+        next_commit = time.monotonic() + COMMIT_INTERVAL_S
+        if gathered.end:
+            closing.set()  # retries end after the grace time: nobody waits for more
+        skipped = gathered.skipped
         acks: dict[str, dict[str, int]] = Batch.of(skipped).acks if skipped else {}
         committed_rows = dropped_rows = 0
-        if batch:
-            outcome = committer.commit(batch)
+        if gathered.batch:
+            outcome = committer.commit(gathered.batch)
             merge_acks(acks, outcome.acks)
             dropped_rows = sum(isinstance(i, Record) for i, _ in outcome.dropped)
-            committed_rows = rows - dropped_rows
+            committed_rows = gathered.rows - dropped_rows
             if outcome.dropped:
                 _log.error(
                     "traffic log dropped what it cannot write: %s",
                     "; ".join(f"{describe(i)} [{why}]" for i, why in outcome.dropped[:10]),
                 )
-        for bad in unreadable:
+        for bad in gathered.unreadable:
             _log.error("traffic log dropped a record it cannot read: %s", bad.reason)
             dropped_rows += 1
-        if last >= 0:
-            answers.send(Done(last, acks, committed_rows, dropped_rows))
-        if end:
+        if gathered.last >= 0:
+            answers.send(Done(gathered.last, acks, committed_rows, dropped_rows))
+        if gathered.end:
             return
 
 
