@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -130,28 +130,44 @@ def sim() -> AsyncIterator[Simulator]:
         yield simulator  # type: ignore[misc]
 
 
-async def test_a_command_retried_after_its_reply_was_lost_runs_once_at_the_instrument(
-    hub: RunningHub, sim: Simulator
-) -> None:
+def count_setpoints(sim: Simulator, on_setpoint: Callable[[], None] = lambda: None) -> list[str]:
+    """The lines the simulated kiln receives, as they arrive (the instrument's own record)."""
     received: list[str] = []
     model = sim.model("kiln-air")
     handle = model.handle
 
     def counting(line: str, now: float) -> str | None:
         received.append(line)
+        if line.startswith("SP "):
+            on_setpoint()
         return handle(line, now)
 
     model.handle = counting  # type: ignore[method-assign]
-    config = AgentConfig(
-        hub=hub.url,
-        agent_id="pi",
-        instruments=[
-            InstrumentConfig(
-                id="kiln-air", profile="kmz-kiln", port=sim.paths["kiln-air"], poll_interval_s=0.2
-            )
-        ],
+    return received
+
+
+def kiln_agent(hub: RunningHub, sim: Simulator) -> Agent:
+    return Agent(
+        AgentConfig(
+            hub=hub.url,
+            agent_id="pi",
+            instruments=[
+                InstrumentConfig(
+                    id="kiln-air",
+                    profile="kmz-kiln",
+                    port=sim.paths["kiln-air"],
+                    poll_interval_s=0.2,
+                )
+            ],
+        )
     )
-    agent = Agent(config)
+
+
+async def test_a_command_retried_after_its_reply_was_lost_runs_once_at_the_instrument(
+    hub: RunningHub, sim: Simulator
+) -> None:
+    received = count_setpoints(sim)
+    agent = kiln_agent(hub, sim)
     stop = asyncio.Event()
     task = asyncio.create_task(agent.run(stop))
     try:
@@ -185,29 +201,11 @@ async def test_a_command_whose_reply_the_network_lost_is_retried_and_runs_once(
     # Issue 9's fault test: the proxy between client and hub drops the reply
     # (the connection is reset while the reply is on its way); the client
     # gets outcome_unknown, retries with the same key, and gets the outcome.
-    received: list[str] = []
     got_setpoint = asyncio.Event()
-    model = sim.model("kiln-air")
-    handle = model.handle
     loop = asyncio.get_running_loop()
-
-    def counting(line: str, now: float) -> str | None:
-        received.append(line)
-        if line.startswith("SP "):
-            loop.call_soon_threadsafe(got_setpoint.set)
-        return handle(line, now)
-
-    model.handle = counting  # type: ignore[method-assign]
-    config = AgentConfig(
-        hub=hub.url,
-        agent_id="pi",
-        instruments=[
-            InstrumentConfig(
-                id="kiln-air", profile="kmz-kiln", port=sim.paths["kiln-air"], poll_interval_s=0.2
-            )
-        ],
-    )
-    agent = Agent(config)
+    # The simulator runs in a thread of its own: it tells the loop.
+    received = count_setpoints(sim, lambda: loop.call_soon_threadsafe(got_setpoint.set))
+    agent = kiln_agent(hub, sim)
     stop = asyncio.Event()
     task = asyncio.create_task(agent.run(stop))
     port = int(hub.url.rsplit(":", 1)[1])
