@@ -2,7 +2,8 @@
 
 `LogWriter` is the hub's `Store` over any `LogBackend`: SQLite (`SqliteStore`,
 the default) or PostgreSQL (`postgres.PostgresBackend`, extra ``postgres``);
-`store_for_url` picks one from a ``--log`` URL.
+`store_for_url` picks one from a ``--log`` URL. `ProcessWriter` is the same
+`Store` with its writing in a process of its own (what `kmz hub` runs).
 """
 
 from ...protocol import LogEntry
@@ -21,6 +22,7 @@ from .base import (
     StoreUnavailable,
     WriterFailed,
 )
+from .process import ProcessWriter
 from .sqlite import SqliteBackend, SqliteStore
 from .urls import LogUrlError, redact_url, store_for_url
 from .writer import LogWriter
@@ -37,6 +39,7 @@ __all__ = [
     "LoggedSample",
     "OnCommitted",
     "OnHealth",
+    "ProcessWriter",
     "Record",
     "SqliteBackend",
     "SqliteStore",
