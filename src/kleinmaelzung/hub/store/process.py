@@ -89,10 +89,9 @@ STABLE_S = 10.0
 #: How long close() waits for the writer's last commit before it kills it.
 CLOSE_WAIT_S = CLOSE_GRACE_S + 8.0
 #: Records wait this long in the hub to be sent with later ones: a message
-#: per loop iteration woke the writer 2,000 times a second in S2 (the
-#: writer's CPU 8-9 % of a core; 6.5-7 % with this). The writer commits at
-#: most every `writer_process.COMMIT_INTERVAL_S` anyway.
-SEND_INTERVAL_S = 0.005
+#: per loop iteration woke the writer 2,000 times a second in S2. Kept short
+#: for the same reason as `writer_process.COMMIT_INTERVAL_S` (see there).
+SEND_INTERVAL_S = 0.001
 #: The pipe to the writer holds this much before the hub's loop buffers.
 PIPE_BYTES = 1 << 20
 _F_SETPIPE_SZ = 1031  # Linux

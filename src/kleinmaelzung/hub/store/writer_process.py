@@ -55,9 +55,13 @@ _log = logging.getLogger("kleinmaelzung.hub.store.writer_process")
 #: low rates a commit per loop iteration of the hub cost the writer far more
 #: than its rows. S2 in benchmarks/run.py (2,000 frames/s, SQLite): the
 #: writer took 17 % of a core committing at once, 9 % every 20 ms, 8 % every
-#: 100 ms. Acks wait 250 ms to be gathered anyway (`hub.acks`); the agent
-#: spools what waits over 1 s, so this stays well under that.
-COMMIT_INTERVAL_S = 0.05
+#: 100 ms. But a longer interval makes each commit a longer burst of the
+#: writer's CPU on the hub's core, and the hub's p99 pays: with 50 ms (and
+#: records sent every 5 ms) S2 p99 was 1.9-2.0 ms and the hub's tree 28-32 %
+#: of a core; with 10 ms (and 1 ms) 0.9-1.0 ms and 35-36 % (the thread
+#: writer's hub, same runs: 0.55-0.77 ms, 41-46 %). Acks wait 250 ms to be
+#: gathered anyway (`hub.acks`).
+COMMIT_INTERVAL_S = 0.01
 _decoder = msgspec.msgpack.Decoder(ToWriter)
 _raw_records = msgspec.msgpack.Decoder(tuple[str, int, list[msgspec.Raw]])
 _record_decoder = msgspec.msgpack.Decoder(Record)
