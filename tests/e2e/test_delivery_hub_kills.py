@@ -19,6 +19,7 @@ import contextlib
 import json
 import random
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -134,7 +135,13 @@ async def kill_the_hub_repeatedly(
         for instrument, seqs in by_instrument.items():
             assert seqs == sorted(set(seqs)), f"kmz watch: {instrument} repeated or reordered"
 
-        streaming_run = next(iter(old_runs))
+        # The agent process that streamed through the kills: the one whose
+        # spool held samples at the end, or (when its spool was empty then)
+        # the one that produced the most.
+        streaming_run = (
+            next(iter(old_runs), None)
+            or (Counter(key[0] for key in verdicts.by_key).most_common(1)[0][0])
+        )
         produced = sum(1 for key in verdicts.by_key if key[0] == streaming_run)
         latencies = [r.latency_s for r in watcher.received]
         return {
