@@ -7,14 +7,49 @@ module finds, reads and decodes one, and says what is wrong in one line.
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import msgspec
 
+from ...protocol import Channel, CommandSpec, InstrumentInfo
+
+if TYPE_CHECKING:
+    from ..config import InstrumentConfig
+
 T = TypeVar("T")
+
+
+class Declared(Protocol):
+    """What every profile declares about its instrument (serial and SCPI profiles alike)."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def description(self) -> str: ...
+    @property
+    def channels(self) -> Sequence[Any]: ...
+    @property
+    def commands(self) -> Sequence[Any]: ...
+
+
+def declared_info(config: InstrumentConfig, profile: Declared) -> InstrumentInfo:
+    """An instrument's channels and commands as its profile declares them."""
+    return InstrumentInfo(
+        id=config.id,
+        kind=profile.kind,
+        description=config.description or profile.description,
+        channels=[
+            Channel(name=c.name, unit=c.unit, description=c.description) for c in profile.channels
+        ],
+        commands=[
+            CommandSpec(name=c.name, description=c.description, args=c.args)
+            for c in profile.commands
+        ],
+        poll_interval_s=config.poll_interval_s,
+    )
 
 
 def builtin_names(folder: str) -> list[str]:

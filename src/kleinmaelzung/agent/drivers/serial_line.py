@@ -37,10 +37,11 @@ from typing import Any, NoReturn
 import serial
 import serial_asyncio_fast
 
-from ...protocol import Channel, CommandSpec, InstrumentInfo, Value
+from ...protocol import InstrumentInfo, Value
 from ..config import InstrumentConfig
 from ..errors import InstrumentError, NoAnswer, PortError
 from ..ports import UsbIdentity, find_usb_port
+from .declarations import declared_info
 from .line_profiles import (
     ChannelSpec,
     LineCommand,
@@ -168,20 +169,7 @@ class SerialLineDriver:
 
     def info(self) -> InstrumentInfo:
         """Channels and commands as declared by the profile."""
-        return InstrumentInfo(
-            id=self.config.id,
-            kind=self.profile.kind,
-            description=self.config.description or self.profile.description,
-            channels=[
-                Channel(name=c.name, unit=c.unit, description=c.description)
-                for c in self.profile.channels
-            ],
-            commands=[
-                CommandSpec(name=c.name, description=c.description, args=c.args)
-                for c in self.profile.commands
-            ],
-            poll_interval_s=self.config.poll_interval_s,
-        )
+        return declared_info(self.config, self.profile)
 
     # --- open and close ------------------------------------------------------
 

@@ -23,11 +23,11 @@ import pyvisa.errors
 import pyvisa.rname
 from pyvisa.resources import MessageBasedResource
 
-from ...protocol import Channel, CommandArg, CommandSpec, InstrumentInfo, Value
+from ...protocol import CommandArg, InstrumentInfo, Value
 from ..config import InstrumentConfig
 from ..errors import InstrumentError, NoAnswer, PortError
 from .blocking import BlockingDriver
-from .declarations import builtin_names, load_declaration
+from .declarations import builtin_names, declared_info, load_declaration
 from .settings import SettingsError, decode_settings
 
 # --- the profile -------------------------------------------------------------
@@ -195,20 +195,7 @@ class VisaDriver(BlockingDriver):
 
     def info(self) -> InstrumentInfo:
         """Channels and commands as declared by the profile."""
-        return InstrumentInfo(
-            id=self.config.id,
-            kind=self.profile.kind,
-            description=self.config.description or self.profile.description,
-            channels=[
-                Channel(name=c.name, unit=c.unit, description=c.description)
-                for c in self.profile.channels
-            ],
-            commands=[
-                CommandSpec(name=c.name, description=c.description, args=c.args)
-                for c in self.profile.commands
-            ],
-            poll_interval_s=self.config.poll_interval_s,
-        )
+        return declared_info(self.config, self.profile)
 
     def open_blocking(self) -> None:
         """Open the resource and check that the expected instrument answers."""
