@@ -97,3 +97,33 @@ def decode_info(instrument_id: str, info_json: str | bytes) -> InstrumentInfo | 
             extra={"instrument": instrument_id, "error": str(exc)},
         )
         return None
+
+
+class BackendReads:
+    """A store's read side: straight to its backend, on the hub's loop.
+
+    Shared by the thread writer (`LogWriter`) and the process writer
+    (`ProcessWriter`): however the log is written, it is read the same way.
+    """
+
+    backend: LogBackend
+
+    async def last_seqs(self, run: str, instruments: Iterable[str]) -> dict[str, int]:
+        """The highest committed seq of each instrument in this agent run."""
+        return await self.backend.newest_seqs(run, instruments)
+
+    async def load_instruments(self) -> list[KnownInstrument]:
+        """Every remembered instrument, sorted by id, with its newest reading's time."""
+        return await self.backend.load_instruments()
+
+    async def query(
+        self, *, instrument: str | None = None, limit: int = 100, types: Sequence[str] = ()
+    ) -> list[LogEntry]:
+        """Return the newest entries (of these `types`, if any are named), newest first."""
+        return await self.backend.query(instrument=instrument, limit=limit, types=types)
+
+    async def query_samples(
+        self, instrument: str, start: float, end: float, *, limit: int = 100_000
+    ) -> list[LoggedSample]:
+        """One instrument's committed samples with `start <= ts < end` (its time), oldest first."""
+        return await self.backend.query_samples(instrument, start, end, limit)

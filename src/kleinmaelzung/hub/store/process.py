@@ -40,16 +40,13 @@ import logging
 import secrets
 import sys
 import time
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import msgspec
 
-from ...protocol import InstrumentInfo, LogEntry
-from .backend import LogBackend
+from ...protocol import InstrumentInfo
+from .backend import BackendReads, LogBackend
 from .base import (
-    KnownInstrument,
-    LoggedSample,
     LogHealth,
     OnCommitted,
     OnHealth,
@@ -111,7 +108,7 @@ class _Chunk:
     counted: int = 0
 
 
-class ProcessWriter:
+class ProcessWriter(BackendReads):
     """Append-only traffic log whose writing runs in a process of its own."""
 
     def __init__(
@@ -452,28 +449,6 @@ class ProcessWriter:
         while True:
             await asyncio.sleep(self._watch.interval_s)
             self._watch.check(self.backlog, self._failing or self._down)
-
-    # --- reads: straight to the backend, in the hub ------------------------------
-
-    async def last_seqs(self, run: str, instruments: Iterable[str]) -> dict[str, int]:
-        """The highest committed seq of each instrument in this agent run."""
-        return await self.backend.newest_seqs(run, instruments)
-
-    async def load_instruments(self) -> list[KnownInstrument]:
-        """Every remembered instrument, sorted by id, with its newest reading's time."""
-        return await self.backend.load_instruments()
-
-    async def query(
-        self, *, instrument: str | None = None, limit: int = 100, types: Sequence[str] = ()
-    ) -> list[LogEntry]:
-        """Return the newest entries (of these `types`, if any are named), newest first."""
-        return await self.backend.query(instrument=instrument, limit=limit, types=types)
-
-    async def query_samples(
-        self, instrument: str, start: float, end: float, *, limit: int = 100_000
-    ) -> list[LoggedSample]:
-        """One instrument's committed samples with `start <= ts < end` (its time), oldest first."""
-        return await self.backend.query_samples(instrument, start, end, limit)
 
 
 async def _read_answer(stream: asyncio.StreamReader) -> FromWriter | None:

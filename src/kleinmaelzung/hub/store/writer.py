@@ -28,16 +28,13 @@ import os
 import queue
 import sys
 import threading
-from collections.abc import Iterable, Sequence
 from typing import TypedDict
 
 import msgspec
 
-from ...protocol import InstrumentInfo, LogEntry
-from .backend import LogBackend
+from ...protocol import InstrumentInfo
+from .backend import BackendReads, LogBackend
 from .base import (
-    KnownInstrument,
-    LoggedSample,
     LogHealth,
     OnCommitted,
     OnHealth,
@@ -98,7 +95,7 @@ class WriterOptions(TypedDict, total=False):
     on_health: OnHealth | None
 
 
-class LogWriter:
+class LogWriter(BackendReads):
     """Append-only traffic log over a backend, written in batches off the loop."""
 
     def __init__(
@@ -289,28 +286,6 @@ class LogWriter:
 
     def _check_health(self) -> None:
         self._watch.check(self._pending, self._committer.failing, self._failure)
-
-    # --- reads: straight to the backend ---------------------------------------
-
-    async def last_seqs(self, run: str, instruments: Iterable[str]) -> dict[str, int]:
-        """The highest committed seq of each instrument in this agent run."""
-        return await self.backend.newest_seqs(run, instruments)
-
-    async def load_instruments(self) -> list[KnownInstrument]:
-        """Every remembered instrument, sorted by id, with its newest reading's time."""
-        return await self.backend.load_instruments()
-
-    async def query(
-        self, *, instrument: str | None = None, limit: int = 100, types: Sequence[str] = ()
-    ) -> list[LogEntry]:
-        """Return the newest entries (of these `types`, if any are named), newest first."""
-        return await self.backend.query(instrument=instrument, limit=limit, types=types)
-
-    async def query_samples(
-        self, instrument: str, start: float, end: float, *, limit: int = 100_000
-    ) -> list[LoggedSample]:
-        """One instrument's committed samples with `start <= ts < end` (its time), oldest first."""
-        return await self.backend.query_samples(instrument, start, end, limit)
 
     # --- the writer thread ---------------------------------------------------
 
