@@ -10,7 +10,7 @@ the writer's, once for every backend.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Protocol
 
 import msgspec
@@ -18,6 +18,7 @@ import msgspec
 from ...protocol import InstrumentInfo, LogEntry
 from .base import KnownInstrument, LoggedSample, StoreError
 from .batch import Batch
+from .queries import ExportRow, HistoryRow, LogQuery
 
 _log = logging.getLogger(__name__)
 _info_decoder = msgspec.json.Decoder(InstrumentInfo)
@@ -84,6 +85,25 @@ class LogBackend(Protocol):
     async def load_instruments(self) -> list[KnownInstrument]:
         """Every remembered instrument, sorted by id, with its newest reading's time."""
 
+    async def query_log(self, query: LogQuery, limit: int) -> list[LogEntry]:
+        """Entries matching `query`, in its order, at most `limit`."""
+
+    async def history(
+        self, instrument: str, start: float, end: float, every: float, channels: Sequence[str]
+    ) -> list[HistoryRow]:
+        """Per bucket of `every` seconds from `start`, each numeric channel's count, min, max, mean.
+
+        Only channels named in `channels`, if any are; in no particular order.
+        """
+
+    async def count_samples(self, instrument: str, start: float, end: float) -> int:
+        """How many samples of `instrument` have ``start <= ts < end``."""
+
+    def stream_samples(
+        self, instrument: str, start: float, end: float, chunk_rows: int
+    ) -> AsyncIterator[list[ExportRow]]:
+        """One instrument's samples with ``start <= ts < end``, oldest first, in chunks."""
+
 
 def decode_info(instrument_id: str, info_json: str | bytes) -> InstrumentInfo | None:
     """A remembered instrument's info; None (and a warning) if this hub cannot read it."""
@@ -127,3 +147,28 @@ class BackendReads:
     ) -> list[LoggedSample]:
         """One instrument's committed samples with `start <= ts < end` (its time), oldest first."""
         return await self.backend.query_samples(instrument, start, end, limit)
+
+    async def query_log(self, query: LogQuery, *, limit: int = 100) -> list[LogEntry]:
+        """Committed entries matching `query`, in its order, at most `limit`."""
+        return await self.backend.query_log(query, limit)
+
+    async def history(
+        self,
+        instrument: str,
+        start: float,
+        end: float,
+        every: float,
+        channels: Sequence[str] = (),
+    ) -> list[HistoryRow]:
+        """One instrument's samples downsampled by the database into buckets of `every` s."""
+        return await self.backend.history(instrument, start, end, every, channels)
+
+    async def count_samples(self, instrument: str, start: float, end: float) -> int:
+        """How many committed samples of `instrument` have ``start <= ts < end``."""
+        return await self.backend.count_samples(instrument, start, end)
+
+    def stream_samples(
+        self, instrument: str, start: float, end: float, *, chunk_rows: int = 5000
+    ) -> AsyncIterator[list[ExportRow]]:
+        """One instrument's committed samples, oldest first, `chunk_rows` at a time."""
+        return self.backend.stream_samples(instrument, start, end, chunk_rows)

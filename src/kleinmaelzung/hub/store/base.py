@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import msgspec
 
 from ...protocol import InstrumentInfo, LogEntry, Value
 from ..errors import HubError
+
+if TYPE_CHECKING:
+    from .queries import ExportRow, HistoryRow, LogQuery
 
 Direction = Literal["in", "out"]
 
@@ -126,6 +129,27 @@ class Store(Protocol):
         self, instrument: str, start: float, end: float, *, limit: int = 100_000
     ) -> list[LoggedSample]:
         """One instrument's committed samples with `start <= ts < end` (its time), oldest first."""
+
+    async def query_log(self, query: LogQuery, *, limit: int = 100) -> list[LogEntry]:
+        """Committed entries matching `query`, in its order, at most `limit`."""
+
+    async def history(
+        self,
+        instrument: str,
+        start: float,
+        end: float,
+        every: float,
+        channels: Sequence[str] = (),
+    ) -> list[HistoryRow]:
+        """One instrument's samples downsampled by the database into buckets of `every` s."""
+
+    async def count_samples(self, instrument: str, start: float, end: float) -> int:
+        """How many committed samples of `instrument` have ``start <= ts < end``."""
+
+    def stream_samples(
+        self, instrument: str, start: float, end: float, *, chunk_rows: int = 5000
+    ) -> AsyncIterator[list[ExportRow]]:
+        """One instrument's committed samples, oldest first, `chunk_rows` at a time."""
 
     def save_instrument(
         self, info: InstrumentInfo, agent: str, last_seen: float | None = None

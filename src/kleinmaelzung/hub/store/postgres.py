@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar, Unpack
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -27,6 +27,7 @@ from . import postgres_schema as schema
 from .backend import BackendUnavailable, decode_info
 from .base import KnownInstrument, LoggedSample, StoreError
 from .batch import Batch, SaveInstrument
+from .queries import ExportRow, HistoryRow, LogQuery, order_clause, where_clause
 from .urls import redact_url
 from .writer import LogWriter, WriterOptions
 
@@ -319,19 +320,52 @@ class PostgresBackend:
             + f" ORDER BY id DESC LIMIT ${len(params)}"
         )
         rows = await self._read(lambda c: c.fetch(sql, *params))
-        return [
-            LogEntry(
-                id=row[0],
-                ts=row[1],
-                direction=row[2],
-                peer=row[3],
-                instrument=row[4],
-                type=row[5],
-                message=msgspec.Raw(row[6].encode()),
-                delivered_to=row[7],
-            )
-            for row in rows
-        ]
+        return _entries(rows)
+
+    async def query_log(self, query: LogQuery, limit: int) -> list[LogEntry]:
+        """Entries matching `query`, in its order, at most `limit`."""
+        where, params = where_clause(query, "postgresql", lambda n: f"${n}")
+        params.append(limit)
+        sql = schema.SELECT_TRAFFIC + where + order_clause(query) + f" LIMIT ${len(params)}"
+        rows = await self._read(lambda c: c.fetch(sql, *params))
+        return _entries(rows)
+
+    async def history(
+        self, instrument: str, start: float, end: float, every: float, channels: Sequence[str]
+    ) -> list[HistoryRow]:
+        """Per bucket of `every` s from `start`: each numeric channel's count, min, max, mean."""
+        if len(channels) == 1:
+            sql, params = schema.HISTORY_ONE_CHANNEL, [instrument, start, end, every, channels[0]]
+        else:
+            sql, params = schema.HISTORY_CHANNELS, [instrument, start, end, every]
+            if channels:
+                sql = sql.replace("/* channels */", "AND j.key = ANY($5::text[])")
+                params.append(list(channels))
+        rows = await self._read(lambda c: c.fetch(sql, *params))
+        return [HistoryRow(*row) for row in rows]
+
+    async def count_samples(self, instrument: str, start: float, end: float) -> int:
+        """How many samples of `instrument` have ``start <= ts < end``."""
+        count = await self._read(lambda c: c.fetchval(schema.COUNT_SAMPLES, instrument, start, end))
+        return int(count)
+
+    async def stream_samples(
+        self, instrument: str, start: float, end: float, chunk_rows: int
+    ) -> AsyncIterator[list[ExportRow]]:
+        """One instrument's samples with ``start <= ts < end``, oldest first, in chunks.
+
+        A server-side cursor in one transaction: one snapshot, read a chunk
+        at a time, whatever the size of the range.
+        """
+        if self._pool is None:
+            raise StoreError(f"traffic log {self.location} is not open for reading")
+        try:
+            async with self._pool.acquire() as connection, connection.transaction():
+                cursor = await connection.cursor(schema.EXPORT_SAMPLES, instrument, start, end)
+                while chunk := await cursor.fetch(chunk_rows):
+                    yield [ExportRow(*row) for row in chunk]
+        except (*_MAY_HEAL, asyncpg.PostgresError) as exc:
+            raise StoreError(f"cannot read the traffic log {self.location}: {exc}") from exc
 
     async def query_samples(
         self, instrument: str, start: float, end: float, limit: int
@@ -351,6 +385,22 @@ class PostgresBackend:
             )
             for row in rows
         ]
+
+
+def _entries(rows: list[Any]) -> list[LogEntry]:
+    return [
+        LogEntry(
+            id=row[0],
+            ts=row[1],
+            direction=row[2],
+            peer=row[3],
+            instrument=row[4],
+            type=row[5],
+            message=msgspec.Raw(row[6].encode()),
+            delivered_to=row[7],
+        )
+        for row in rows
+    ]
 
 
 async def migrate(connection: Any) -> None:

@@ -14,6 +14,7 @@ Versions:
 3  ``writer_position``: how far a writer process got in its hub's stream,
    committed with its rows, so that a writer restarted after a crash writes
    nothing twice.
+4  ``traffic_ts``: the log read by time range (``kmz log --since``) by index.
 
 Times are ``timestamptz``; the hub's Python side keeps UNIX seconds.
 """
@@ -23,7 +24,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 #: Bumped with every migration added to MIGRATIONS.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: Any number, the same for every hub: `pg_advisory_xact_lock` takes it.
 MIGRATION_LOCK = 0x6B6D7A  # "kmz"
@@ -83,6 +84,9 @@ MIGRATIONS: list[str] = [
         position bigint NOT NULL
     );
     """,
+    """
+    CREATE INDEX traffic_ts ON traffic (ts, id);
+    """,
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
@@ -131,6 +135,33 @@ SELECT_SAMPLES = """
 SELECT instrument, run, seq, extract(epoch FROM ts)::float8,
     extract(epoch FROM received)::float8, channel_values::text FROM sample
 WHERE instrument = $1 AND ts >= $2 AND ts < $3 ORDER BY ts LIMIT $4
+"""
+
+# Downsampled history (`queries.HistoryRow`), grouped by the server.
+# date_part, not extract: float8 arithmetic rather than numeric's, 3x faster.
+HISTORY_CHANNELS = """
+SELECT floor((date_part('epoch', s.ts) - $2) / $4)::bigint AS bucket, j.key,
+    count(*), min(j.value::float8), max(j.value::float8), avg(j.value::float8)
+FROM sample s, jsonb_each(s.channel_values) j
+WHERE s.instrument = $1 AND s.ts >= to_timestamp($2) AND s.ts < to_timestamp($3)
+    AND jsonb_typeof(j.value) = 'number' /* channels */
+GROUP BY bucket, j.key
+"""
+HISTORY_ONE_CHANNEL = """
+SELECT bucket, $5::text, count(*), min(v), max(v), avg(v) FROM (
+    SELECT floor((date_part('epoch', ts) - $2) / $4)::bigint AS bucket,
+        (channel_values ->> $5)::float8 AS v
+    FROM sample WHERE instrument = $1 AND ts >= to_timestamp($2) AND ts < to_timestamp($3)
+        AND jsonb_typeof(channel_values -> $5) = 'number'
+) b GROUP BY bucket
+"""
+COUNT_SAMPLES = """
+SELECT count(*) FROM sample
+WHERE instrument = $1 AND ts >= to_timestamp($2) AND ts < to_timestamp($3)
+"""
+EXPORT_SAMPLES = """
+SELECT date_part('epoch', ts), run, seq, channel_values::text FROM sample
+WHERE instrument = $1 AND ts >= to_timestamp($2) AND ts < to_timestamp($3) ORDER BY ts
 """
 
 

@@ -14,6 +14,7 @@ Versions (``PRAGMA user_version``):
 7  ``writer_position``: how far a writer process got in the hub's stream,
    committed with its rows, so that a writer restarted after a crash writes
    nothing twice.
+8  ``traffic_ts``: the log read by time range (``kmz log --since``) by index.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from .batch import sample_rows
 _log = logging.getLogger(__name__)
 
 #: Bumped with every schema change; `migrate` brings older files up to date.
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS traffic (
@@ -43,6 +44,8 @@ CREATE TABLE IF NOT EXISTS traffic (
     delivered_to TEXT
 );
 CREATE INDEX IF NOT EXISTS traffic_instrument ON traffic (instrument, id);
+-- Time ranges of the log (kmz log --since/--until); with the rowid, (ts, id).
+CREATE INDEX IF NOT EXISTS traffic_ts ON traffic (ts);
 -- The newest logged seq per agent run and instrument, committed with the
 -- rows: samples an agent sends again after a hub restart are not logged twice.
 CREATE TABLE IF NOT EXISTS instrument_seq (
@@ -98,6 +101,29 @@ INSERT_SAMPLE = (
 SELECT_SAMPLES = (
     "SELECT instrument, run, seq, ts, received, channel_values FROM sample"
     " WHERE instrument = ? AND ts >= ? AND ts < ? ORDER BY ts LIMIT ?"
+)
+# Downsampled history (`queries.HistoryRow`): grouped by the database, so a
+# month of 1 Hz samples leaves it as a thousand rows, not millions.
+HISTORY_CHANNELS = """
+SELECT CAST((s.ts - :start) / :every AS INTEGER) AS bucket, j.key,
+    count(*), min(j.value), max(j.value), avg(j.value)
+FROM sample AS s, json_each(s.channel_values) AS j
+WHERE s.instrument = :instrument AND s.ts >= :start AND s.ts < :end
+    AND j.type IN ('integer', 'real') /* channels */
+GROUP BY bucket, j.key
+"""
+HISTORY_ONE_CHANNEL = """
+SELECT bucket, :channel, count(*), min(v), max(v), avg(v) FROM (
+    SELECT CAST((ts - :start) / :every AS INTEGER) AS bucket,
+        json_extract(channel_values, :path) AS v
+    FROM sample WHERE instrument = :instrument AND ts >= :start AND ts < :end
+        AND json_type(channel_values, :path) IN ('integer', 'real')
+) GROUP BY bucket
+"""
+COUNT_SAMPLES = "SELECT count(*) FROM sample WHERE instrument = ? AND ts >= ? AND ts < ?"
+EXPORT_SAMPLES = (
+    "SELECT ts, run, seq, channel_values FROM sample"
+    " WHERE instrument = ? AND ts >= ? AND ts < ? ORDER BY ts"
 )
 UPSERT_POSITION = """
 INSERT INTO writer_position (writer, position) VALUES (?, ?)

@@ -11,9 +11,9 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
-from typing import Unpack
+from typing import Any, Unpack
 
 import msgspec
 
@@ -22,6 +22,7 @@ from . import schema
 from .backend import BackendUnavailable, decode_info
 from .base import KnownInstrument, LoggedSample
 from .batch import Batch, ForgetInstrument, SaveInstrument
+from .queries import ExportRow, HistoryRow, LogQuery, order_clause, where_clause
 from .writer import LogWriter, WriterOptions
 
 _log = logging.getLogger(__name__)
@@ -170,19 +171,92 @@ class SqliteBackend:
         sql += " ORDER BY id DESC LIMIT ?"
         with contextlib.closing(sqlite3.connect(self.path)) as connection:
             rows = connection.execute(sql, (*params, limit)).fetchall()
-        return [
-            LogEntry(
-                id=row[0],
-                ts=row[1],
-                direction=row[2],
-                peer=row[3],
-                instrument=row[4],
-                type=row[5],
-                message=msgspec.Raw(row[6].encode()),
-                delivered_to=row[7],
+        return _entries(rows)
+
+    async def query_log(self, query: LogQuery, limit: int) -> list[LogEntry]:
+        """Entries matching `query`, in its order, at most `limit`."""
+        return await asyncio.to_thread(self._query_log, query, limit)
+
+    def _query_log(self, query: LogQuery, limit: int) -> list[LogEntry]:
+        where, params = where_clause(query, "sqlite", lambda _: "?")
+        sql = (
+            "SELECT id, ts, direction, peer, instrument, type, message, delivered_to FROM traffic"
+            + where
+            + order_clause(query)
+            + " LIMIT ?"
+        )
+        with contextlib.closing(sqlite3.connect(self.path)) as connection:
+            rows = connection.execute(sql, (*params, limit)).fetchall()
+        return _entries(rows)
+
+    async def history(
+        self, instrument: str, start: float, end: float, every: float, channels: Sequence[str]
+    ) -> list[HistoryRow]:
+        """Per bucket of `every` s from `start`: each numeric channel's count, min, max, mean."""
+        return await asyncio.to_thread(
+            self._history, instrument, start, end, every, tuple(channels)
+        )
+
+    def _history(
+        self, instrument: str, start: float, end: float, every: float, channels: tuple[str, ...]
+    ) -> list[HistoryRow]:
+        with contextlib.closing(sqlite3.connect(self.path)) as connection:
+            if len(channels) == 1:
+                rows = connection.execute(
+                    schema.HISTORY_ONE_CHANNEL,
+                    {
+                        "instrument": instrument,
+                        "start": start,
+                        "end": end,
+                        "every": every,
+                        "path": f"$.{channels[0]}",
+                        "channel": channels[0],
+                    },
+                ).fetchall()
+            else:
+                sql = schema.HISTORY_CHANNELS
+                params: dict[str, object] = {
+                    "instrument": instrument,
+                    "start": start,
+                    "end": end,
+                    "every": every,
+                }
+                if channels:
+                    names = {f"c{i}": name for i, name in enumerate(channels)}
+                    sql = sql.replace(
+                        "/* channels */", f"AND j.key IN ({', '.join(':' + k for k in names)})"
+                    )
+                    params |= names
+                rows = connection.execute(sql, params).fetchall()
+        return [HistoryRow(*row) for row in rows]
+
+    async def count_samples(self, instrument: str, start: float, end: float) -> int:
+        """How many samples of `instrument` have ``start <= ts < end``."""
+        return await asyncio.to_thread(self._count_samples, instrument, start, end)
+
+    def _count_samples(self, instrument: str, start: float, end: float) -> int:
+        with contextlib.closing(sqlite3.connect(self.path)) as connection:
+            (count,) = connection.execute(schema.COUNT_SAMPLES, (instrument, start, end)).fetchone()
+        return int(count)
+
+    async def stream_samples(
+        self, instrument: str, start: float, end: float, chunk_rows: int
+    ) -> AsyncIterator[list[ExportRow]]:
+        """One instrument's samples with ``start <= ts < end``, oldest first, in chunks.
+
+        One read transaction from first chunk to last: the export is one
+        snapshot of the log, however long the reader takes.
+        """
+        # Used from worker threads one call at a time (each awaited).
+        connection = sqlite3.connect(self.path, check_same_thread=False)
+        try:
+            cursor = await asyncio.to_thread(
+                connection.execute, schema.EXPORT_SAMPLES, (instrument, start, end)
             )
-            for row in rows
-        ]
+            while chunk := await asyncio.to_thread(cursor.fetchmany, chunk_rows):
+                yield [ExportRow(*row) for row in chunk]
+        finally:
+            connection.close()
 
     async def query_samples(
         self, instrument: str, start: float, end: float, limit: int
@@ -208,6 +282,22 @@ class SqliteBackend:
             )
             for row in rows
         ]
+
+
+def _entries(rows: list[tuple[Any, ...]]) -> list[LogEntry]:
+    return [
+        LogEntry(
+            id=row[0],
+            ts=row[1],
+            direction=row[2],
+            peer=row[3],
+            instrument=row[4],
+            type=row[5],
+            message=msgspec.Raw(row[6].encode()),
+            delivered_to=row[7],
+        )
+        for row in rows
+    ]
 
 
 class SqliteStore(LogWriter):
