@@ -5,6 +5,7 @@ to storage, the protocol and REST. `certificate` (Typst) loads only when a
 PDF is asked for, and needs ``kleinmaelzung[calibration]``.
 """
 
+from .correction import Correction, calibration_id, correction_from_record
 from .errors import (
     CalibrationError,
     InsufficientData,
@@ -70,6 +71,7 @@ __all__ = [
     "CalibrationError",
     "CalibrationRecord",
     "Component",
+    "Correction",
     "Coverage",
     "Customer",
     "DecisionRule",
@@ -102,11 +104,13 @@ __all__ = [
     "add_point",
     "add_reading",
     "approve",
+    "calibration_id",
     "canonical_json",
     "check_usable",
     "combine",
     "content_hash",
     "correct",
+    "correction_from_record",
     "coverage_factor",
     "evaluate",
     "fit_polynomial",

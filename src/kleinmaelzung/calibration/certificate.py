@@ -64,7 +64,8 @@ class CertificateRenderer:
             pdf = self._compiler.compile(
                 format="pdf",
                 sys_inputs={"data": json.dumps(data, sort_keys=True), "plot": svg},
-                timestamp=timestamp,
+                # Typst takes whole seconds; signatures may carry microseconds.
+                timestamp=timestamp.replace(microsecond=0),
             )
         except self._typst.TypstError as exc:
             raise RenderError(f"Typst could not typeset the certificate: {exc}") from exc

@@ -1,7 +1,7 @@
 """Where the hub keeps calibration records, procedures, standards and instrument metadata.
 
-`CalibrationStore` is the interface the hub's REST, CLI and stream-correction
-code will use (issue 12; not wired yet); `SqliteCalibrationStore` keeps it in
+`CalibrationStore` is the interface the hub's calibration service uses
+(`calibration_service`); `SqliteCalibrationStore` keeps it in
 one SQLite file beside the traffic log. It moves to the storage-engine
 backends when they offer documents; until then it is its own small store.
 
@@ -26,7 +26,9 @@ import msgspec
 from ..calibration import (
     CalibrationError,
     CalibrationRecord,
+    Correction,
     Instrument,
+    Laboratory,
     Procedure,
     RecordLocked,
     ReferenceStandard,
@@ -111,6 +113,27 @@ class CalibrationStore(Protocol):
     async def due(self, today: datetime.date, within_days: int = 0) -> list[Instrument]:
         """Instruments whose next calibration is due by ``today + within_days``, soonest first."""
 
+    async def instruments(self) -> list[Instrument]:
+        """Every registered instrument, by id."""
+
+    async def standards(self) -> list[ReferenceStandard]:
+        """Every registered reference standard, by id."""
+
+    async def procedures(self) -> list[Procedure]:
+        """The highest version of each procedure, by name."""
+
+    async def save_laboratory(self, laboratory: Laboratory) -> None:
+        """Set the laboratory that issues certificates."""
+
+    async def laboratory(self) -> Laboratory:
+        """The laboratory that issues certificates."""
+
+    async def save_correction(self, correction: Correction) -> None:
+        """Keep a correction version (applied, or withdrawn since)."""
+
+    async def corrections(self) -> list[Correction]:
+        """Every correction version, oldest first."""
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS calibration_records (
@@ -149,6 +172,17 @@ CREATE TABLE IF NOT EXISTS calibration_instruments (
     id TEXT PRIMARY KEY,
     next_due TEXT,
     instrument BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS calibration_settings (
+    key TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);
+-- One row per correction version; only withdrawing changes a row.
+CREATE TABLE IF NOT EXISTS calibration_corrections (
+    calibration TEXT PRIMARY KEY,
+    instrument_id TEXT NOT NULL,
+    valid_from REAL NOT NULL,
+    correction BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS calibration_numbers (
     prefix TEXT NOT NULL,
@@ -466,6 +500,82 @@ class SqliteCalibrationStore:
             ).fetchall()
         )
         return [msgspec.json.decode(bytes(row[0]), type=Instrument) for row in rows]
+
+    async def instruments(self) -> list[Instrument]:
+        """Every registered instrument, by id."""
+        rows = await self._run(
+            lambda c: c.execute(
+                "SELECT instrument FROM calibration_instruments ORDER BY id"
+            ).fetchall()
+        )
+        return [msgspec.json.decode(bytes(row[0]), type=Instrument) for row in rows]
+
+    async def standards(self) -> list[ReferenceStandard]:
+        """Every registered reference standard, by id."""
+        rows = await self._run(
+            lambda c: c.execute("SELECT standard FROM calibration_standards ORDER BY id").fetchall()
+        )
+        return [msgspec.json.decode(bytes(row[0]), type=ReferenceStandard) for row in rows]
+
+    async def procedures(self) -> list[Procedure]:
+        """The highest version of each procedure, by name."""
+        rows = await self._run(
+            lambda c: c.execute(
+                "SELECT procedure FROM calibration_procedures AS p WHERE version = "
+                "(SELECT MAX(version) FROM calibration_procedures AS q WHERE q.name = p.name) "
+                "ORDER BY name"
+            ).fetchall()
+        )
+        return [msgspec.json.decode(bytes(row[0]), type=Procedure) for row in rows]
+
+    async def save_laboratory(self, laboratory: Laboratory) -> None:
+        """Set the laboratory that issues certificates."""
+        await self._run(
+            lambda c: c.execute(
+                "INSERT INTO calibration_settings (key, value) VALUES ('laboratory', ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (_encode(laboratory),),
+            )
+        )
+
+    async def laboratory(self) -> Laboratory:
+        """The laboratory that issues certificates."""
+        row = await self._run(
+            lambda c: c.execute(
+                "SELECT value FROM calibration_settings WHERE key = 'laboratory'"
+            ).fetchone()
+        )
+        if row is None:
+            raise NotFound(
+                "no laboratory is registered: register one first "
+                "(kmz calibration register laboratory FILE.toml)"
+            )
+        return msgspec.json.decode(bytes(row[0]), type=Laboratory)
+
+    async def save_correction(self, correction: Correction) -> None:
+        """Keep a correction version; a withdrawn one may replace its applied row only."""
+        await self._run(
+            lambda c: c.execute(
+                "INSERT INTO calibration_corrections (calibration, instrument_id, valid_from, "
+                "correction) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (calibration) DO UPDATE SET correction = excluded.correction",
+                (
+                    correction.calibration,
+                    correction.instrument_id,
+                    correction.valid_from,
+                    _encode(correction),
+                ),
+            )
+        )
+
+    async def corrections(self) -> list[Correction]:
+        """Every correction version, oldest first."""
+        rows = await self._run(
+            lambda c: c.execute(
+                "SELECT correction FROM calibration_corrections ORDER BY valid_from"
+            ).fetchall()
+        )
+        return [msgspec.json.decode(bytes(row[0]), type=Correction) for row in rows]
 
 
 class _transaction:

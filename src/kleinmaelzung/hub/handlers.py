@@ -128,6 +128,8 @@ async def agent_data(ctx: Context, message: Data) -> None:
     agent = hub.registry.agents.get(peer.name)
     if agent is None or agent.peer is not peer:
         return  # a replaced connection: its agent resends on the new one
+    if hub.corrections.active:  # approved calibrations applied to the stream (corrections.py)
+        message, ctx.frame = hub.corrections.apply(message, ctx.frame)
     run = message.run or agent.hello.run
     registry = hub.registry
     missing = registry.needs_lookup(agent, run, message.samples)

@@ -16,6 +16,7 @@ from .acks import AckGatherer
 from .auth import Authenticator
 from .commands import Commands
 from .config import HubConfig
+from .corrections import Corrections
 from .fanout import Fanout
 from .handlers import Handlers
 from .peers import Peer
@@ -77,6 +78,8 @@ class Hub:
     #: Who each peer is, the control leases; replaced by `auth.web.install`.
     auth: Authenticator = field(default_factory=lambda: Authenticator(None, time.time))
     client_numbers: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    #: Approved calibrations applied to the stream; written by the calibration service.
+    corrections: Corrections = field(default_factory=Corrections)
 
 
 HUB_KEY = web.AppKey("hub", Hub)

@@ -61,6 +61,19 @@ class TrafficLog:
             )
         )
 
+    def event(self, peer: str, type: str, message: bytes, instrument: str | None = None) -> None:
+        """Log a step taken for a peer over HTTP (a calibration signed, say): a JSON object."""
+        self._store.append(
+            Record(
+                ts=self._clock(),
+                direction="in",
+                peer=peer,
+                type=type,
+                message=message,
+                instrument=instrument,
+            )
+        )
+
     def refused(self, peer: str, error: Error, frame: bytes | str) -> None:
         """Log input the hub refused, under its own kind, as valid JSON whatever it was."""
         self._store.append(

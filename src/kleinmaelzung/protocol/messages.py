@@ -83,13 +83,24 @@ class InstrumentInfo(_Struct, frozen=True):
     poll_interval_s: float | None = None
 
 
-class Sample(_Struct, frozen=True):
-    """One reading: per-instrument sequence number, source time, values by channel."""
+class Sample(_Struct, frozen=True, omit_defaults=True):
+    """One reading: per-instrument sequence number, source time, values by channel.
+
+    From the hub, a sample of a channel with an approved calibration also
+    carries the corrected value and the calibration that produced it; both
+    are left out otherwise (older peers never see them).
+    """
 
     instrument: InstrumentId
     seq: Annotated[int, msgspec.Meta(ge=0)]
     ts: Timestamp
     values: dict[str, Value]
+    #: Hub to client: per calibrated channel, the value corrected by the
+    #: instrument's approved calibration (`values` keeps the raw reading).
+    corrected: dict[str, float] = {}
+    #: The calibration that produced `corrected`: certificate number and
+    #: revision, such as ``KMZ-2026-0007/1``.
+    calibration: str | None = None
 
 
 class Position(_Struct, frozen=True):

@@ -1,0 +1,647 @@
+"""The hub's calibration service: runs, captures from the log, sign-off, corrections, due dates.
+
+The REST routes (`calibration_routes`) call it with the authenticated
+person; it is the only writer of the calibration store and of the hub's
+active corrections (`Hub.corrections`). Every step that changes something
+is logged in the traffic log as a ``calibration`` entry (who, what, the
+record's content hash afterwards), and every refusal as a ``refused`` one.
+
+Readings are captured from the hub's own log, never from what a client
+says it saw: the client asks for the next reading of a point, the hub
+commits what it has accepted, reads the instrument's newest samples, checks
+the procedure's stability criterion on them (or the instrument's own stable
+flag) and keeps them with the reading. Environmental conditions whose
+procedure names a source (``germ-chamber.temperature``) are read the same
+way at each capture.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import math
+from collections import OrderedDict
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from ..calibration import (
+    CalibrationError,
+    CalibrationRecord,
+    Correction,
+    Customer,
+    EnvironmentRecord,
+    Instrument,
+    Laboratory,
+    PointResult,
+    Procedure,
+    RawSample,
+    Reading,
+    ReferenceStandard,
+    add_point,
+    add_reading,
+    approve,
+    check_usable,
+    content_hash,
+    correct,
+    correction_from_record,
+    evaluate,
+    is_approved,
+    is_stable,
+    parse_procedure,
+    reopen,
+    set_adjustment,
+    set_environment,
+    sign_performed,
+)
+from ..calibration.api import (
+    Capture,
+    DueEntry,
+    EnvironmentEntry,
+    ManualReading,
+    RecordView,
+    StartRun,
+    summarize,
+)
+from ..calibration.model import Phase
+from ..calibration.stability import spread
+from .calibrations import CalibrationStore, Conflict, NotFound, RecordSummary
+from .store import StoreError
+
+if TYPE_CHECKING:
+    from .auth import Principal
+    from .services import Hub
+
+_log = logging.getLogger(__name__)
+
+#: How far back a capture looks for the instrument's samples (its clock).
+CAPTURE_LOOKBACK_S = 30.0
+#: A capture's newest sample may be at most this old (hub clock against the
+#: agent's: within the hub's clock warning bound of 1 s, plus the poll).
+CAPTURE_FRESH_S = 10.0
+#: Samples kept behind a reading at least (the stability window, if longer).
+RAW_KEPT = 5
+#: Rendered certificates kept (approved ones never change).
+PDF_CACHE = 16
+
+
+class NotStable(CalibrationError):
+    """The instrument's newest samples do not meet the stability criterion."""
+
+    code = "not_stable"
+
+
+class NoReading(CalibrationError):
+    """There is no fresh sample of the instrument's channel to capture."""
+
+    code = "no_reading"
+
+
+class Forbidden(CalibrationError):
+    """The person may not take this step."""
+
+    code = "forbidden"
+
+
+class CalibrationService:
+    """Calibration records and registries for the hub's REST API; see the module docstring."""
+
+    def __init__(self, store: CalibrationStore, hub: Hub) -> None:
+        self.calibrations = store
+        self._hub = hub
+        # One step at a time: a step reads a draft, changes it and saves it.
+        self._lock = asyncio.Lock()
+        self._renderer: object | None = None
+        self._render_lock = asyncio.Lock()
+        self._pdfs: OrderedDict[str, bytes] = OrderedDict()
+
+    async def open(self) -> None:
+        """Open the store and apply the corrections still in force."""
+        await self.calibrations.open()
+        for correction in await self.calibrations.corrections():
+            if correction.withdrawn_at is None:
+                self._hub.corrections.install(correction)
+
+    async def close(self) -> None:
+        """Close the store."""
+        await self.calibrations.close()
+
+    # --- time ---------------------------------------------------------------------
+
+    def now(self) -> datetime.datetime:
+        """The hub's clock as an aware UTC datetime, to the second (as signatures show it)."""
+        now = datetime.datetime.fromtimestamp(self._hub.clock(), datetime.UTC)
+        return now.replace(microsecond=0)
+
+    def today(self) -> datetime.date:
+        """Today, UTC."""
+        return self.now().date()
+
+    # --- audit ----------------------------------------------------------------------
+
+    def audit(
+        self, who: Principal, action: str, record: CalibrationRecord | None, **details: object
+    ) -> None:
+        """Log one step in the traffic log."""
+        entry: dict[str, object] = {"action": action, **details}
+        instrument = None
+        if record is not None:
+            entry["certificate_number"] = record.certificate_number
+            entry["revision"] = record.revision
+            entry["content_hash"] = content_hash(record)
+            instrument = record.instrument.id
+        self._hub.traffic.event(who.name, "calibration", msgspec.json.encode(entry), instrument)
+
+    # --- registries -------------------------------------------------------------------
+
+    async def register_laboratory(self, who: Principal, laboratory: Laboratory) -> None:
+        """Set the issuing laboratory."""
+        await self.calibrations.save_laboratory(laboratory)
+        self.audit(who, "register_laboratory", None, name=laboratory.name)
+
+    async def register_standard(self, who: Principal, standard: ReferenceStandard) -> None:
+        """Register or update a reference standard."""
+        await self.calibrations.save_standard(standard)
+        self.audit(
+            who,
+            "register_standard",
+            None,
+            standard=standard.id,
+            certificate=standard.certificate_number,
+            due=standard.due.isoformat(),
+        )
+
+    async def register_instrument(self, who: Principal, instrument: Instrument) -> None:
+        """Register or update an instrument's metadata."""
+        await self.calibrations.save_instrument(instrument)
+        self.audit(who, "register_instrument", None, instrument=instrument.id)
+
+    async def register_procedure(self, who: Principal, text: str, source: str) -> Procedure:
+        """Load a procedure from its TOML text; a version, once stored, never changes."""
+        procedure = parse_procedure(text, source=source)
+        await self.calibrations.save_procedure(procedure)
+        self.audit(
+            who,
+            "register_procedure",
+            None,
+            procedure=procedure.name,
+            version=procedure.version,
+        )
+        return procedure
+
+    # --- runs -------------------------------------------------------------------------
+
+    async def start(self, who: Principal, request: StartRun) -> RecordView:
+        """A new draft record with a new certificate number."""
+        instrument = await self.calibrations.instrument(request.instrument)
+        procedure = await self.calibrations.procedure(request.procedure, request.version)
+        laboratory = await self.calibrations.laboratory()
+        if instrument.unit != procedure.unit:
+            raise Conflict(
+                f"procedure {procedure.name} is in {procedure.unit!r}, "
+                f"instrument {instrument.id} reads {instrument.unit!r}"
+            )
+        today = self.today()
+        standards = []
+        for standard_id in request.standards:
+            try:
+                standard = await self.calibrations.standard(standard_id)
+            except NotFound:
+                raise NotFound(
+                    f"no reference standard {standard_id!r} is registered "
+                    "(kmz calibration register standard FILE.toml)"
+                ) from None
+            check_usable(standard, today)  # an expired standard cannot be used
+            standards.append(standard)
+        async with self._lock:
+            number = await self.calibrations.allocate_certificate_number(today.year)
+            record = CalibrationRecord(
+                certificate_number=number,
+                laboratory=laboratory,
+                customer=request.customer or Customer(name=f"{laboratory.name} (internal)"),
+                instrument=instrument,
+                procedure=procedure,
+                standards=tuple(standards),
+                calibrated_on=today,
+                performed_at=request.performed_at,
+                item_condition=request.item_condition,
+                received_on=request.received_on,
+                remarks=request.remarks,
+            )
+            await self.calibrations.save_draft(record)
+        self.audit(
+            who,
+            "start",
+            record,
+            procedure=f"{procedure.name}@{procedure.version}",
+            standards=list(request.standards),
+        )
+        return self.view(record)
+
+    async def capture(self, who: Principal, number: str, request: Capture) -> RecordView:
+        """The next reading of a point, from the instrument's newest logged samples."""
+        async with self._lock:
+            record = await self._draft(number)
+            nominal, wanted = self._point(record, request.phase, request.index)
+            existing = self._existing(record, request.phase, request.index)
+            if existing is not None and len(existing.readings) >= wanted:
+                raise Conflict(
+                    f"point {request.index + 1} ({nominal:g} {record.procedure.unit}) of "
+                    f"{request.phase} has its {wanted} readings"
+                )
+            raw = await self._recent(record.instrument.id, record.instrument.channel, record)
+            after = existing.readings[-1].ts if existing and existing.readings else None
+            reading = self._accept(record, raw, after)
+            record = await self._environment(record)
+            record = self._with_reading(
+                record,
+                request.phase,
+                request.index,
+                reading,
+                request.reference_value,
+                request.standards,
+            )
+            await self.calibrations.save_draft(record)
+        self.audit(
+            who,
+            "capture",
+            record,
+            phase=request.phase,
+            point=request.index,
+            value=reading.value,
+            ts=reading.ts,
+            samples=len(reading.raw),
+        )
+        view = self.view(record)
+        return msgspec.structs.replace(view, captured=reading)
+
+    async def enter_reading(
+        self, who: Principal, number: str, request: ManualReading
+    ) -> RecordView:
+        """A reading entered by hand (marked so)."""
+        if not math.isfinite(request.value):
+            raise Conflict("a reading must be a finite number")
+        async with self._lock:
+            record = await self._draft(number)
+            self._point(record, request.phase, request.index)
+            reading = Reading(
+                value=request.value, ts=self._hub.clock(), manual=True, note=request.note
+            )
+            record = self._with_reading(
+                record,
+                request.phase,
+                request.index,
+                reading,
+                request.reference_value,
+                request.standards,
+            )
+            await self.calibrations.save_draft(record)
+        self.audit(
+            who,
+            "enter_reading",
+            record,
+            phase=request.phase,
+            point=request.index,
+            value=request.value,
+        )
+        return self.view(record)
+
+    async def enter_environment(
+        self, who: Principal, number: str, request: EnvironmentEntry
+    ) -> RecordView:
+        """An environmental condition entered by hand."""
+        async with self._lock:
+            record = await self._draft(number)
+            condition = next(
+                (c for c in record.procedure.environment if c.name == request.name), None
+            )
+            if condition is None:
+                names = ", ".join(c.name for c in record.procedure.environment) or "none"
+                raise NotFound(
+                    f"procedure {record.procedure.name} records no condition {request.name!r} "
+                    f"(it records: {names})"
+                )
+            record = set_environment(
+                record,
+                EnvironmentRecord(
+                    name=condition.name,
+                    unit=condition.unit,
+                    minimum=min(request.minimum, request.maximum),
+                    maximum=max(request.minimum, request.maximum),
+                    manual=True,
+                ),
+            )
+            await self.calibrations.save_draft(record)
+        self.audit(who, "enter_environment", record, condition=request.name)
+        return self.view(record)
+
+    async def adjust(self, who: Principal, number: str, text: str) -> RecordView:
+        """Describe the adjustment between as-found and as-left."""
+        async with self._lock:
+            record = set_adjustment(await self._draft(number), text)
+            await self.calibrations.save_draft(record)
+        self.audit(who, "adjustment", record)
+        return self.view(record)
+
+    async def sign(self, who: Principal, number: str, full_name: str) -> RecordView:
+        """The performer's signature."""
+        async with self._lock:
+            record = await self._draft(number)
+            missing = [
+                c.name
+                for c in record.procedure.environment
+                if c.name not in {e.name for e in record.environment}
+            ]
+            if missing:
+                raise Conflict("record the environmental conditions first: " + ", ".join(missing))
+            record = sign_performed(
+                record, user=who.name, full_name=full_name or who.name, at=self.now()
+            )
+            await self.calibrations.save_draft(record)
+        self.audit(who, "sign_performed", record)
+        return self.view(record)
+
+    async def reopen(self, who: Principal, number: str) -> RecordView:
+        """Withdraw the performer's signature of a draft."""
+        async with self._lock:
+            record = await self.calibrations.record(number)
+            record = reopen(record)
+            await self.calibrations.save_draft(record)
+        self.audit(who, "reopen", record)
+        return self.view(record)
+
+    async def approve(self, who: Principal, number: str, full_name: str) -> RecordView:
+        """The approver's signature; the record becomes immutable and its correction applies."""
+        async with self._lock:
+            record = await self.calibrations.record(number)
+            record = approve(record, user=who.name, full_name=full_name or who.name, at=self.now())
+            await self.calibrations.save_approved(record)
+            correction = correction_from_record(record, valid_from=self._hub.clock())
+            replaced = self._hub.corrections.install(correction)
+            if replaced is not None:
+                await self.calibrations.save_correction(
+                    msgspec.structs.replace(
+                        replaced,
+                        withdrawn_at=correction.valid_from,
+                        withdrawn_reason=f"superseded by {correction.calibration}",
+                    )
+                )
+            await self.calibrations.save_correction(correction)
+            await self._set_next_due(record)
+        self.audit(who, "approve", record, correction=correction.calibration)
+        _log.info(
+            "calibration approved and applied",
+            extra={"calibration": correction.calibration, "instrument": correction.instrument_id},
+        )
+        return self.view(record)
+
+    async def correct(self, who: Principal, number: str, reason: str) -> RecordView:
+        """A new revision of an approved record, as a draft to change and sign again."""
+        async with self._lock:
+            record = correct(await self.calibrations.record(number), reason=reason)
+            await self.calibrations.save_draft(record)
+        self.audit(who, "correct", record, reason=reason)
+        return self.view(record)
+
+    async def withdraw(self, who: Principal, number: str, reason: str) -> Correction:
+        """Stop applying a calibration's correction from now on; the record stays as approved."""
+        if not reason.strip():
+            raise Conflict("withdrawing a calibration must say why")
+        async with self._lock:
+            record = await self.calibrations.record(number)
+            active = self._hub.corrections.active.get(record.instrument.id)
+            if active is None or not active.calibration.startswith(f"{number}/"):
+                raise NotFound(f"calibration {number} is not applied to the stream")
+            self._hub.corrections.withdraw(record.instrument.id, active.calibration)
+            withdrawn = msgspec.structs.replace(
+                active, withdrawn_at=self._hub.clock(), withdrawn_reason=reason
+            )
+            await self.calibrations.save_correction(withdrawn)
+        self.audit(who, "withdraw", record, correction=active.calibration, reason=reason)
+        return withdrawn
+
+    # --- reading ------------------------------------------------------------------------
+
+    async def record(self, number: str, revision: int | None = None) -> RecordView:
+        """One revision as a view."""
+        return self.view(await self.calibrations.record(number, revision))
+
+    async def records(self, instrument: str | None = None) -> list[RecordSummary]:
+        """The latest revision of each calibration."""
+        return await self.calibrations.records(instrument)
+
+    async def due(self, within_days: int) -> list[DueEntry]:
+        """Instruments due within `within_days`, overdue ones first."""
+        today = self.today()
+        entries = []
+        for instrument in await self.calibrations.due(today, within_days):
+            assert instrument.next_due is not None  # the store lists only those with one
+            days = (instrument.next_due - today).days
+            entries.append(
+                DueEntry(
+                    instrument=instrument,
+                    next_due=instrument.next_due,
+                    days_left=days,
+                    state="overdue" if days < 0 else "due",
+                )
+            )
+        return entries
+
+    def view(self, record: CalibrationRecord) -> RecordView:
+        """A record with its hash, state and figures."""
+        points: tuple[object, ...] = ()
+        verdict = None
+        if record.as_found or record.as_left:
+            try:
+                evaluation = evaluate(record)
+            except CalibrationError:
+                evaluation = None
+            if evaluation is not None:
+                points = summarize(evaluation)
+                verdict = evaluation.verdict
+        active = self._hub.corrections.active.get(record.instrument.id)
+        mine = f"{record.certificate_number}/{record.revision}"
+        return RecordView(
+            record=record,
+            content_hash=content_hash(record),
+            approved=is_approved(record),
+            points=points,  # type: ignore[arg-type]
+            verdict=verdict,
+            correction=active if active is not None and active.calibration == mine else None,
+        )
+
+    async def pdf(self, number: str, revision: int | None = None) -> bytes:
+        """The certificate PDF (a draft is marked as such); rendered in a worker thread."""
+        record = await self.calibrations.record(number, revision)
+        key = content_hash(record) + str(len(record.signatures))
+        cached = self._pdfs.get(key)
+        if cached is not None:
+            return cached
+        async with self._render_lock:
+            if self._renderer is None:
+                from ..calibration.certificate import CertificateRenderer
+
+                self._renderer = await asyncio.to_thread(CertificateRenderer)
+            renderer = self._renderer
+            pdf: bytes = await asyncio.to_thread(renderer.render, record)  # type: ignore[attr-defined]
+        self._pdfs[key] = pdf
+        while len(self._pdfs) > PDF_CACHE:
+            self._pdfs.popitem(last=False)
+        return pdf
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    async def _draft(self, number: str) -> CalibrationRecord:
+        record = await self.calibrations.record(number)
+        if is_approved(record):
+            from ..calibration import RecordLocked
+
+            raise RecordLocked(
+                f"calibration {number} revision {record.revision} is approved and cannot change; "
+                "make a correction (a new revision) instead"
+            )
+        return record
+
+    @staticmethod
+    def _point(record: CalibrationRecord, phase: Phase, index: int) -> tuple[float, int]:
+        points = record.procedure.points
+        if not 0 <= index < len(points):
+            raise NotFound(
+                f"procedure {record.procedure.name} has points 0..{len(points) - 1}, not {index}"
+            )
+        return points[index].nominal, record.procedure.repetitions_at(index)
+
+    @staticmethod
+    def _existing(record: CalibrationRecord, phase: Phase, index: int) -> PointResult | None:
+        return next((p for p in record.points(phase) if p.index == index), None)
+
+    def _with_reading(
+        self,
+        record: CalibrationRecord,
+        phase: Phase,
+        index: int,
+        reading: Reading,
+        reference_value: float | None,
+        standards: tuple[str, ...] | None,
+    ) -> CalibrationRecord:
+        existing = self._existing(record, phase, index)
+        if existing is not None and reference_value is None and standards is None:
+            return add_reading(record, phase, index, reading)
+        nominal = record.procedure.points[index].nominal
+        if standards is None:
+            standards = (
+                existing.standards
+                if existing is not None
+                else (tuple(s.id for s in record.standards) if nominal else ())
+            )
+        if reference_value is None:
+            reference_value = existing.reference_value if existing is not None else nominal
+        readings = (*existing.readings, reading) if existing is not None else (reading,)
+        return add_point(
+            record,
+            phase,
+            PointResult(
+                index=index,
+                nominal=nominal,
+                reference_value=reference_value,
+                standards=standards,
+                readings=readings,
+            ),
+        )
+
+    async def _recent(
+        self, instrument_id: str, channel: str, record: CalibrationRecord
+    ) -> list[RawSample]:
+        """The instrument's newest samples of `channel` in the log, oldest first."""
+        hub = self._hub
+        try:
+            await hub.store.flush()
+            now = hub.clock()
+            rows = await hub.store.query_samples(
+                instrument_id, now - CAPTURE_LOOKBACK_S, now + CAPTURE_LOOKBACK_S
+            )
+        except StoreError as exc:
+            raise NoReading(f"cannot read {instrument_id}'s samples from the log: {exc}") from None
+        flag = record.procedure.stability.flag
+        samples = []
+        for row in rows:
+            value = row.values.get(channel)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                continue
+            stable = row.values.get(flag) if flag else None
+            samples.append(
+                RawSample(
+                    ts=row.ts,
+                    value=float(value),
+                    stable=stable if isinstance(stable, bool) else None,
+                )
+            )
+        if not samples or now - samples[-1].ts > CAPTURE_FRESH_S:
+            raise NoReading(
+                f"no sample of {instrument_id}.{channel} in the last {CAPTURE_FRESH_S:g} s: "
+                "is the instrument online?"
+            )
+        return samples
+
+    @staticmethod
+    def _accept(
+        record: CalibrationRecord, samples: list[RawSample], after: float | None
+    ) -> Reading:
+        criterion = record.procedure.stability
+        keep = max(RAW_KEPT, criterion.window or 0)
+        newest = samples[-1]
+        if after is not None and newest.ts <= after:
+            raise NotStable(
+                "no new sample since the last reading of this point; capture again in a moment"
+            )
+        if not is_stable(samples, criterion):
+            if criterion.flag is not None:
+                why = f"the instrument does not report {criterion.flag!r}"
+            else:
+                width = spread(samples, criterion.window or 1)
+                why = (
+                    f"spread {width:g} {record.procedure.unit} over the last "
+                    f"{criterion.window} samples, more than {criterion.max_spread:g}"
+                    if width is not None
+                    else f"fewer than {criterion.window} samples yet"
+                )
+            raise NotStable(f"{record.instrument.id} is not stable: {why}")
+        return Reading(value=newest.value, ts=newest.ts, raw=tuple(samples[-keep:]))
+
+    async def _environment(self, record: CalibrationRecord) -> CalibrationRecord:
+        """Widen each live condition's min and max by the source's newest sample."""
+        for condition in record.procedure.environment:
+            if not condition.source or "." not in condition.source:
+                continue
+            instrument_id, _, channel = condition.source.rpartition(".")
+            try:
+                samples = await self._recent(instrument_id, channel, record)
+            except NoReading:
+                continue  # entered by hand later (sign asks for it)
+            value = samples[-1].value
+            known = next((e for e in record.environment if e.name == condition.name), None)
+            low = value if known is None else min(known.minimum, value)
+            high = value if known is None else max(known.maximum, value)
+            record = set_environment(
+                record,
+                EnvironmentRecord(
+                    name=condition.name,
+                    unit=condition.unit,
+                    minimum=low,
+                    maximum=high,
+                    source=condition.source,
+                ),
+            )
+        return record
+
+    async def _set_next_due(self, record: CalibrationRecord) -> None:
+        """An approved calibration moves the instrument's next due date on by its interval."""
+        try:
+            instrument = await self.calibrations.instrument(record.instrument.id)
+        except NotFound:
+            return
+        if instrument.calibration_interval_days is None:
+            return
+        due = record.calibrated_on + datetime.timedelta(days=instrument.calibration_interval_days)
+        await self.calibrations.save_instrument(msgspec.structs.replace(instrument, next_due=due))
