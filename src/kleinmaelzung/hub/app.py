@@ -21,6 +21,7 @@ from .admission import Admission, AdmittingSite, raise_open_file_limit
 from .auth.web import install as install_auth
 from .commands import Commands
 from .config import HubConfig
+from .data_routes import install as install_data_routes
 from .errors import HubStartError
 from .fanout import Fanout
 from .handlers import default_handlers
@@ -101,7 +102,8 @@ def create_app(
     app.router.add_get("/api/instruments", rest.instruments)
     app.router.add_get("/api/agents", rest.agents)
     app.router.add_delete("/api/instruments/{instrument}", rest.forget_instrument)
-    app.router.add_get("/api/log", rest.traffic_log)
+    # The log (filtered, paged, streamed), history and export (issue 13).
+    install_data_routes(app)
     app.router.add_get("/metrics", metrics.metrics)
     app.router.add_get("/", rest.status_page)
     return app

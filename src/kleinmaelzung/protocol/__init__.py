@@ -29,6 +29,7 @@ from .connection import (
 )
 from .deadlines import HubClock
 from .errors import CloseCode, CommandError, ErrorCode, HandshakeError, KmzError, ProtocolError
+from .history import ChannelSeries, History
 from .limits import Limits, Timeouts
 from .log import (
     REFUSED,
@@ -77,6 +78,7 @@ from .messages import (
     Welcome,
 )
 from .text import printable
+from .times import TimeFormatError, format_time, parse_duration, parse_time
 from .topics import (
     ID_REGEX,
     ID_RULE,
@@ -110,6 +112,7 @@ __all__ = [
     "AgentRecord",
     "AgentState",
     "Channel",
+    "ChannelSeries",
     "ClientHello",
     "ClientMessage",
     "CloseCode",
@@ -124,6 +127,7 @@ __all__ = [
     "ErrorInfo",
     "Gap",
     "HandshakeError",
+    "History",
     "HubClock",
     "HubConnection",
     "HubToAgentMessage",
@@ -153,6 +157,7 @@ __all__ = [
     "Status",
     "Subscribe",
     "Subscribed",
+    "TimeFormatError",
     "Timeouts",
     "Unsubscribe",
     "Value",
@@ -167,6 +172,7 @@ __all__ = [
     "encode",
     "encode_run",
     "encode_samples",
+    "format_time",
     "hub_agent_connection",
     "hub_client_connection",
     "hub_to_agent_decoder",
@@ -177,6 +183,8 @@ __all__ = [
     "is_pattern",
     "matches",
     "matching",
+    "parse_duration",
+    "parse_time",
     "printable",
     "refused_entry_message",
     "samples_array",

@@ -84,10 +84,12 @@ class LogEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             return None
 
 
-class LogPage(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """The body of a `GET /api/log` answer: entries newest first."""
+class LogPage(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """The body of a `GET /api/log` answer: entries newest first (or oldest, if asked)."""
 
     entries: list[LogEntry]
+    #: Where the next page starts (``cursor=``), when there may be more; opaque.
+    next_cursor: str | None = None
 
 
 def refused_entry_message(error: Error, frame: bytes | str) -> bytes:

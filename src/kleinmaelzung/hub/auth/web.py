@@ -12,9 +12,10 @@ allowed. Refused: 403 ``forbidden``, before any WebSocket upgrade.
 REST: ``Authorization: Bearer <token>`` on every ``/api/`` route but
 ``/api/health`` (a liveness probe that names no instrument), checked with the
 same `Principal` methods as the WebSocket handlers: listing needs viewer and
-shows only the instruments the grant covers; the log of one instrument needs
-watching it; the whole log (any ``kind``) and forgetting an instrument need
-admin. No token: 401 ``unauthorized``; not allowed: 403 ``forbidden``.
+shows only the instruments the grant covers; the log and the export of one
+instrument (or of a pattern the grant holds) and its history need watching
+it; the whole log (any ``kind``) and forgetting an instrument need admin.
+No token: 401 ``unauthorized``; not allowed: 403 ``forbidden``.
 """
 
 from __future__ import annotations
@@ -159,12 +160,18 @@ def _needed(request: web.Request, principal: Principal) -> str | None:
     path = request.path
     if request.method == "GET" and path in _VIEWER_ROUTES:
         return None if principal.at_least(Role.VIEWER) else "needs the viewer role"
-    if request.method == "GET" and path == "/api/log":
+    if request.method == "GET" and path in ("/api/log", "/api/export"):
+        # An instrument id, or a pattern the grant holds as such (`may_subscribe`).
         instrument = request.query.get("instrument")
-        if instrument is None:
+        if instrument is None and path == "/api/log":
             return None if principal.is_admin else "the whole log needs admin; name an instrument"
+        if not principal.may_subscribe(instrument or "*"):
+            return f"{principal.name} may not read the log of {instrument or '*'!r}"
+        return None
+    if request.method == "GET" and path.startswith("/api/history/"):
+        instrument = path.removeprefix("/api/history/")
         if not principal.may_watch(instrument):
-            return f"{principal.name} may not read the log of {instrument!r}"
+            return f"{principal.name} may not read the history of {instrument!r}"
         return None
     if principal.is_admin:
         return None

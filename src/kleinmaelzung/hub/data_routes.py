@@ -1,0 +1,14 @@
+"""The routes that get data back out of the hub: the log, history, export (issue 13)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from . import export, history, log_api
+
+
+def install(app: web.Application) -> None:
+    """Add ``GET /api/log``, ``/api/history/{instrument}`` and ``/api/export`` to the app."""
+    app.router.add_get("/api/log", log_api.traffic_log)
+    app.router.add_get("/api/history/{instrument}", history.history)
+    app.router.add_get("/api/export", export.export)

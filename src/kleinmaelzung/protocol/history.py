@@ -1,0 +1,50 @@
+"""The answer of ``GET /api/history/INSTRUMENT``: one instrument's channels, downsampled.
+
+One definition for the hub that answers and the clients (and the dashboard)
+that read it; `docs/data.md` describes the same shape for other languages.
+The shape is columnar, ready for a plot (uPlot takes these arrays as they
+are), and stable: fields may be added, none removed or changed::
+
+    {"instrument": "kiln-air", "since": 1795557200.0, "until": 1795560800.0,
+     "every": 60.0,
+     "channels": [{"name": "temperature", "unit": "°C", "description": ""}],
+     "t": [1795557200.0, 1795557260.0, ...],
+     "series": {"temperature": {"count": [60, 58, ...], "min": [79.8, ...],
+                                "max": [80.4, ...], "mean": [80.1, ...]}}}
+
+`t` holds the start of each bucket that has at least one sample, oldest
+first; bucket ``i`` covers ``[t[i], t[i] + every)``. Every array of `series`
+runs parallel to `t`; where a channel had no numeric sample in a bucket,
+its `count` is 0 and `min`, `max`, `mean` are null. Only numeric values are
+aggregated: flags (``true``) and texts are left out. `channels` declares
+each channel of `series` (its unit, as the instrument announced it).
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from .messages import Channel
+
+
+class ChannelSeries(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One channel's statistics per bucket, parallel to `History.t`."""
+
+    count: list[int]
+    min: list[float | None]
+    max: list[float | None]
+    mean: list[float | None]
+
+
+class History(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The body of a ``GET /api/history/INSTRUMENT`` answer (see the module docstring)."""
+
+    instrument: str
+    since: float
+    until: float
+    #: The width of each bucket, in seconds.
+    every: float
+    channels: list[Channel]
+    #: The start time of each bucket that holds a sample, oldest first.
+    t: list[float]
+    series: dict[str, ChannelSeries]
