@@ -50,6 +50,9 @@ class Capture(_Request, frozen=True):
     #: The standards used at this point; by default every standard of the run
     #: (none at a nominal of zero).
     standards: tuple[str, ...] | None = None
+    #: Only samples taken at or after this time (Unix seconds) count: when the
+    #: operator said the load was applied. Older samples show the previous load.
+    not_before: float | None = None
 
 
 class ManualReading(_Request, frozen=True):

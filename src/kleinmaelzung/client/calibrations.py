@@ -135,10 +135,18 @@ class Calibrations:
         *,
         reference_value: float | None = None,
         standards: tuple[str, ...] | None = None,
+        not_before: float | None = None,
     ) -> RecordView:
-        """Take the next reading of a point from the live samples (`not_stable` if not yet)."""
+        """Take the next reading of a point from the live samples (`not_stable` if not yet).
+
+        `not_before`: only samples taken from then on count (when the load was applied).
+        """
         request = Capture(
-            phase=phase, index=index, reference_value=reference_value, standards=standards
+            phase=phase,
+            index=index,
+            reference_value=reference_value,
+            standards=standards,
+            not_before=not_before,
         )
         return await self._call("POST", f"/{number}/capture", RecordView, body=request)
 

@@ -252,6 +252,8 @@ class CalibrationService:
                 )
             raw = await self._recent(record.instrument.id, record.instrument.channel, record)
             after = existing.readings[-1].ts if existing and existing.readings else None
+            if request.not_before is not None:
+                raw = [r for r in raw if r.ts >= request.not_before]
             reading = self._accept(record, raw, after)
             record = await self._environment(record)
             record = self._with_reading(
@@ -590,6 +592,8 @@ class CalibrationService:
     ) -> Reading:
         criterion = record.procedure.stability
         keep = max(RAW_KEPT, criterion.window or 0)
+        if not samples:
+            raise NotStable("no sample since the load was applied yet; capture again in a moment")
         newest = samples[-1]
         if after is not None and newest.ts <= after:
             raise NotStable(
