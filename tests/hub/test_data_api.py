@@ -7,7 +7,6 @@ import io
 import math
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import msgspec
@@ -17,73 +16,7 @@ from kleinmaelzung.hub import HubConfig, RunningHub, start_hub
 from kleinmaelzung.protocol import History, LogPage
 
 from .auth_setup import auth_lab
-from .peers import raw_agent
-
-#: 2026-11-01 00:00 UTC.
-NOVEMBER = 1_793_491_200.0
-
-
-def kiln(id_: str) -> dict[str, Any]:
-    """A kiln controller announcement: temperature in °C, humidity in %, a flag."""
-    return {
-        "id": id_,
-        "kind": "kiln",
-        "channels": [
-            {"name": "temperature", "unit": "°C"},
-            {"name": "humidity", "unit": "%"},
-            {"name": "heating"},
-        ],
-    }
-
-
-def kiln_values(second: int) -> dict[str, object]:
-    return {
-        "temperature": 20.0 + second / 4,
-        "humidity": float(second % 7),
-        "heating": second % 2 == 0,
-    }
-
-
-class Clock:
-    """The hub's clock, set by the test: the hub logs each frame at the time set."""
-
-    def __init__(self) -> None:
-        self.now = NOVEMBER
-
-    def __call__(self) -> float:
-        return self.now
-
-
-async def fill(
-    running: RunningHub,
-    seconds: int = 120,
-    token: str | None = None,
-    clock: Clock | None = None,
-    instruments: tuple[str, ...] = ("kiln-air", "kiln-water"),
-) -> None:
-    """Two kilns, one sample a second each from NOVEMBER, all committed to the log.
-
-    Frames of 20 s; with a `clock`, each arrives half a second after its newest sample.
-    """
-    async with raw_agent(
-        running.url, "pi-1", [kiln(i) for i in instruments], token_=token
-    ) as agent:
-        for first in range(0, seconds, 20):
-            samples = [
-                {
-                    "instrument": instrument,
-                    "seq": s,
-                    "ts": NOVEMBER + s,
-                    "values": kiln_values(s),
-                }
-                for s in range(first, first + 20)
-                for instrument in instruments
-            ]
-            if clock is not None:
-                clock.now = NOVEMBER + first + 19.5
-            await agent.send({"type": "data", "samples": samples})
-            await agent.receive_type("ack")
-    await running.hub.store.flush()
+from .data_lab import NOVEMBER, Clock, fill, kiln_values
 
 
 @pytest.fixture

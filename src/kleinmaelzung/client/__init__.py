@@ -1,4 +1,4 @@
-"""Clients of the hub: an async `Client`, a blocking `SyncClient`, and the traffic log."""
+"""Clients of the hub: `Client`, `SyncClient`, and the log, history and export over HTTP."""
 
 from ..protocol import (
     CommandError,
@@ -11,7 +11,11 @@ from ..protocol import (
 )
 from .aio import Client
 from .errors import ConnectionLost, HubUnreachable, RequestError, RequestTimeout
+from .export import ExportResult, export
+from .history import HistoryPoint, MissingExtra, fetch_history
 from .log import LogEntry, fetch_agents, fetch_log, forget_instrument
+from .log_query import LogFilter, query_log, stream_log
+from .stream import StreamCut
 from .subscription import Event, Subscription
 from .sync import SyncClient
 
@@ -20,19 +24,28 @@ __all__ = [
     "CommandError",
     "ConnectionLost",
     "Event",
+    "ExportResult",
     "HandshakeError",
+    "HistoryPoint",
     "HubUnreachable",
     "InstrumentRecord",
     "KmzError",
     "LogEntry",
+    "LogFilter",
+    "MissingExtra",
     "ProtocolError",
     "RequestError",
     "RequestTimeout",
     "Sample",
     "Status",
+    "StreamCut",
     "Subscription",
     "SyncClient",
+    "export",
     "fetch_agents",
+    "fetch_history",
     "fetch_log",
     "forget_instrument",
+    "query_log",
+    "stream_log",
 ]

@@ -13,9 +13,9 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from types import TracebackType
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from ..protocol import (
     PROTOCOL_VERSION,
@@ -47,7 +47,11 @@ from ..protocol import (
 from ..transport import CLIENT_PATH, Connection, Connector, base_url, websocket_url
 from .credentials import token_for
 from .errors import ConnectionLost, RequestError, RequestTimeout
+from .history import HistoryPoint, TimeLike, load_history
 from .subscription import Subscription
+
+if TYPE_CHECKING:
+    import pandas
 
 _log = logging.getLogger(__name__)
 
@@ -254,6 +258,61 @@ class Client:
             ListInstruments(id=self._next_id()), InstrumentList, REQUEST_TIMEOUT_S
         )
         return answer.instruments
+
+    @overload
+    async def history(
+        self,
+        instrument: str,
+        *,
+        since: TimeLike = ...,
+        until: TimeLike | None = ...,
+        channels: Iterable[str] = ...,
+        every: float | str | None = ...,
+        points: int | None = ...,
+        as_frame: Literal[False] = ...,
+    ) -> list[HistoryPoint]: ...
+    @overload
+    async def history(
+        self,
+        instrument: str,
+        *,
+        since: TimeLike = ...,
+        until: TimeLike | None = ...,
+        channels: Iterable[str] = ...,
+        every: float | str | None = ...,
+        points: int | None = ...,
+        as_frame: Literal[True],
+    ) -> pandas.DataFrame: ...
+    async def history(
+        self,
+        instrument: str,
+        *,
+        since: TimeLike = "-1h",
+        until: TimeLike | None = None,
+        channels: Iterable[str] = (),
+        every: float | str | None = None,
+        points: int | None = None,
+        as_frame: bool = False,
+    ) -> list[HistoryPoint] | pandas.DataFrame:
+        """An instrument's channels over a time range, downsampled by the hub's database.
+
+        A list of `HistoryPoint` (per bucket of `every` seconds, or of
+        `points` buckets over the range: the mean of each channel, with its
+        count, min and max), or with `as_frame` a pandas DataFrame indexed by
+        time (UTC), one column per channel (the extra ``data``). Times: UNIX
+        seconds, datetimes, ``-24h``, ``2026-11-01T03:12`` (local time).
+        """
+        return await load_history(
+            self.url,
+            instrument,
+            since=since,
+            until=until,
+            channels=channels,
+            every=every,
+            points=points,
+            as_frame=as_frame,
+            token=self._token,
+        )
 
     # --- connection ----------------------------------------------------------
 

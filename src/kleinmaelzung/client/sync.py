@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine, Iterable, Iterator
 from types import TracebackType
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from ..protocol import InstrumentRecord, Limits, Status, Timeouts
 from .aio import Client
+from .history import HistoryPoint, TimeLike, load_history
 from .subscription import Event, Subscription
+
+if TYPE_CHECKING:
+    import pandas
 
 T = TypeVar("T")
 
@@ -97,6 +101,32 @@ class SyncClient:
     def instruments(self) -> list[InstrumentRecord]:
         """Every instrument the hub knows."""
         return self._call(self._client.instruments())
+
+    def history(
+        self,
+        instrument: str,
+        *,
+        since: TimeLike = "-1h",
+        until: TimeLike | None = None,
+        channels: Iterable[str] = (),
+        every: float | str | None = None,
+        points: int | None = None,
+        as_frame: bool = False,
+    ) -> list[HistoryPoint] | pandas.DataFrame:
+        """An instrument's downsampled history (see `Client.history`)."""
+        return self._call(
+            load_history(
+                self._client.url,
+                instrument,
+                since=since,
+                until=until,
+                channels=channels,
+                every=every,
+                points=points,
+                as_frame=as_frame,
+                token=self._client._token,
+            )
+        )
 
     def subscribe(
         self,

@@ -37,7 +37,8 @@ from datetime import UTC, datetime
 import msgspec
 from aiohttp import web
 
-from ..protocol import Channel, InstrumentRecord, Value, matches
+from ..protocol import Value, matches
+from ..protocol.export import INSTRUMENT_COLUMN, TIME_COLUMN, column_name, export_columns
 from .auth.web import principal_of
 from .params import BadParameter, channel_params, choice_param, pattern_param, problem, time_param
 from .services import HUB_KEY
@@ -52,23 +53,6 @@ ROWS_HEADER = "X-Kmz-Rows-Expected"
 
 _values_decoder = msgspec.json.Decoder(dict[str, Value])
 _encoder = msgspec.json.Encoder()
-
-
-def column_name(channel: Channel) -> str:
-    """A channel's CSV header: its name, and its unit in brackets if it has one."""
-    return f"{channel.name} [{channel.unit}]" if channel.unit else channel.name
-
-
-def export_columns(records: list[InstrumentRecord], wanted: tuple[str, ...]) -> list[Channel]:
-    """The channels the instruments declare (those `wanted`, if any), first declaration first."""
-    columns: dict[str, Channel] = {}
-    for record in records:
-        for channel in record.channels:
-            if channel.name not in columns and (not wanted or channel.name in wanted):
-                columns[channel.name] = channel
-    if wanted:
-        return [columns.get(name, Channel(name=name)) for name in wanted]
-    return list(columns.values())
 
 
 def csv_time(ts: float) -> str:
@@ -149,7 +133,7 @@ async def export(request: web.Request) -> web.StreamResponse:
     if output == "csv":
         header = io.StringIO()
         csv.writer(header, lineterminator="\r\n").writerow(
-            ["time (UTC)", "instrument", *(column_name(c) for c in columns)]
+            [TIME_COLUMN, INSTRUMENT_COLUMN, *(column_name(c) for c in columns)]
         )
         await response.write(b"\xef\xbb\xbf" + header.getvalue().encode())
     rows = 0
