@@ -144,6 +144,13 @@ async def next_sample(samples: Subscription, seq: int) -> Sample:
             return event
 
 
+async def reason_of(lab: Lab, instrument: str) -> str:
+    """The reason the hub lists with an instrument's state."""
+    async with Client(lab.url, token=lab.tokens["vic"]) as client:
+        records = {r.id: r for r in await client.instruments()}
+    return records[instrument].reason
+
+
 def reading(nominal: float) -> float:
     """The balance's display: a span error of +2 mg per 100 g."""
     return round(nominal * 1.00002, 3)
@@ -163,6 +170,10 @@ async def test_a_run_from_live_samples_signed_approved_applied_and_withdrawn(
     code, message = await code_of(operator.start("balance", "balance-quick", standards=("W-OLD",)))
     assert code == "reference_standard_not_usable"
     assert "W-OLD" in message and (TODAY - datetime.timedelta(days=1)).isoformat() in message
+
+    # Its calibration expired three days ago: its status says so.
+    expired = f"calibration expired on {(TODAY - datetime.timedelta(days=3)).isoformat()}"
+    assert await reason_of(hub, "balance") == expired
 
     view = await operator.start("balance", "balance-quick", standards=("W-SET-1",))
     number = view.record.certificate_number
@@ -205,6 +216,7 @@ async def test_a_run_from_live_samples_signed_approved_applied_and_withdrawn(
         calibration = f"{number}/1"
         assert approved.correction.calibration == calibration
 
+        assert await reason_of(hub, "balance") == ""
         # After approval: corrected beside raw, with the calibration's id.
         await balance.send(reading(100.0), stable=True)
         sample = await next_sample(samples, balance.seq)

@@ -96,6 +96,7 @@ def install(app: web.Application, hub: Hub) -> None:
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     service = app[CALIBRATIONS_KEY]
     await service.open()
+    app[HUB_KEY].tasks.spawn(service.watch_expiry(), "kmz-calibration-expiry")
     yield
     await service.close()
 
@@ -238,9 +239,8 @@ async def corrections(
     request: web.Request, service: CalibrationService, principal: Principal
 ) -> web.Response:
     """`GET /api/calibrations/corrections`: every correction version, applied and withdrawn."""
-    return _json(
-        [c for c in await service.calibrations.corrections() if principal.may_watch(c.instrument_id)]
-    )
+    every = await service.calibrations.corrections()
+    return _json([c for c in every if principal.may_watch(c.instrument_id)])
 
 
 async def standards(

@@ -82,6 +82,8 @@ CAPTURE_LOOKBACK_S = 30.0
 CAPTURE_FRESH_S = 10.0
 #: Samples kept behind a reading at least (the stability window, if longer).
 RAW_KEPT = 5
+#: How often the expiry of calibrations is checked (besides after each change).
+EXPIRY_CHECK_S = 600.0
 #: Rendered certificates kept (approved ones never change).
 PDF_CACHE = 16
 
@@ -122,6 +124,23 @@ class CalibrationService:
         for correction in await self.calibrations.corrections():
             if correction.withdrawn_at is None:
                 self._hub.corrections.install(correction)
+        await self.note_expired()
+
+    async def note_expired(self) -> None:
+        """Have instruments whose calibration expired say so in their listed status."""
+        today = self.today()
+        notes = {
+            instrument.id: f"calibration expired on {instrument.next_due.isoformat()}"
+            for instrument in await self.calibrations.due(today, -1)
+            if instrument.next_due is not None
+        }
+        self._hub.registry.set_calibration_notes(notes)
+
+    async def watch_expiry(self) -> None:
+        """Renew the expiry notes every `EXPIRY_CHECK_S` (a due date passes at midnight)."""
+        while True:
+            await asyncio.sleep(EXPIRY_CHECK_S)
+            await self.note_expired()
 
     async def close(self) -> None:
         """Close the store."""
@@ -176,6 +195,7 @@ class CalibrationService:
         """Register or update an instrument's metadata."""
         await self.calibrations.save_instrument(instrument)
         self.audit(who, "register_instrument", None, instrument=instrument.id)
+        await self.note_expired()
 
     async def register_procedure(self, who: Principal, text: str, source: str) -> Procedure:
         """Load a procedure from its TOML text; a version, once stored, never changes."""
@@ -391,6 +411,7 @@ class CalibrationService:
                 )
             await self.calibrations.save_correction(correction)
             await self._set_next_due(record)
+        await self.note_expired()
         self.audit(who, "approve", record, correction=correction.calibration)
         _log.info(
             "calibration approved and applied",

@@ -48,14 +48,15 @@ class InstrumentEntry:
     #: The names of the channels it declared; kept with `info` by the registry.
     channel_names: frozenset[str] = frozenset()
 
-    def record(self) -> InstrumentRecord:
-        """The entry as listed to clients."""
+    def record(self, calibration: str = "") -> InstrumentRecord:
+        """The entry as listed to clients; `calibration` says what is wrong with its calibration."""
+        reason = f"{self.reason}; {calibration}" if self.reason and calibration else None
         return InstrumentRecord(
             id=self.info.id,
             kind=self.info.kind,
             agent=self.agent,
             state=self.state,
-            reason=self.reason,
+            reason=reason or self.reason or calibration,
             last_seen=self.last_seen,
             description=self.info.description,
             channels=self.info.channels,
@@ -100,6 +101,9 @@ class Registry:
         self._instruments: dict[str, InstrumentEntry] = {}
         #: Instruments kept while no connected agent serves them, at most.
         self.max_remembered = max_remembered
+        #: Per instrument, what is wrong with its calibration ("calibration
+        #: expired on ..."), shown in its listed reason; see `set_calibration_notes`.
+        self._calibration_notes: dict[str, str] = {}
 
     @property
     def agents(self) -> Mapping[str, AgentEntry]:
@@ -313,7 +317,12 @@ class Registry:
     def records(self, ids: Iterable[str] | None = None) -> list[InstrumentRecord]:
         """Known instruments (all, or those in `ids`), sorted by id."""
         chosen = self._instruments if ids is None else set(ids) & self._instruments.keys()
-        return [self._instruments[i].record() for i in sorted(chosen)]
+        notes = self._calibration_notes
+        return [self._instruments[i].record(notes.get(i, "")) for i in sorted(chosen)]
+
+    def set_calibration_notes(self, notes: Mapping[str, str]) -> None:
+        """Replace what is said of instruments' calibrations (the calibration service's view)."""
+        self._calibration_notes = dict(notes)
 
 
 def _channel_names(info: InstrumentInfo) -> frozenset[str]:
