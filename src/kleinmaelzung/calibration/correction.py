@@ -47,8 +47,12 @@ class Correction(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_d
     def correction_at(self, raw: float) -> float:
         """C at the raw reading."""
         if self.coefficients:
+            # Horner's scheme: per corrected sample, so no generator and no fsum.
             dx = raw - self.x0
-            return math.fsum(a * dx**j for j, a in enumerate(self.coefficients))
+            value = 0.0
+            for a in reversed(self.coefficients):
+                value = value * dx + a
+            return value
         readings = [p[0] for p in self.points]
         at = bisect.bisect_left(readings, raw)
         if at == 0:
