@@ -110,6 +110,7 @@ def _route(handler: _Route, role: Role = Role.VIEWER) -> Callable[[web.Request],
         if not principal.at_least(role):
             return _refuse(request, principal, 403, "forbidden", f"this needs the {role} role")
         try:
+            await service.ready()
             return await handler(request, service, principal)
         except CalibrationError as exc:
             code = exc.code

@@ -114,17 +114,32 @@ class CalibrationService:
         self._hub = hub
         # One step at a time: a step reads a draft, changes it and saves it.
         self._lock = asyncio.Lock()
+        self._open_lock = asyncio.Lock()
+        self._opened = False
         self._renderer: object | None = None
         self._render_lock = asyncio.Lock()
         self._pdfs: OrderedDict[str, bytes] = OrderedDict()
 
     async def open(self) -> None:
-        """Open the store and apply the corrections still in force."""
-        await self.calibrations.open()
-        for correction in await self.calibrations.corrections():
-            if correction.withdrawn_at is None:
-                self._hub.corrections.install(correction)
-        await self.note_expired()
+        """Open the store, if there is one, and apply the corrections still in force.
+
+        A hub that never kept a calibration creates no file for them (a hub
+        given a data folder it does not use must leave it alone): the store
+        is created by the first request (`ready`).
+        """
+        if self.calibrations.exists():
+            await self.ready()
+            for correction in await self.calibrations.corrections():
+                if correction.withdrawn_at is None:
+                    self._hub.corrections.install(correction)
+            await self.note_expired()
+
+    async def ready(self) -> None:
+        """Open (and so create) the store, once."""
+        async with self._open_lock:
+            if not self._opened:
+                await self.calibrations.open()
+                self._opened = True
 
     async def note_expired(self) -> None:
         """Have instruments whose calibration expired say so in their listed status."""
@@ -140,11 +155,13 @@ class CalibrationService:
         """Renew the expiry notes every `EXPIRY_CHECK_S` (a due date passes at midnight)."""
         while True:
             await asyncio.sleep(EXPIRY_CHECK_S)
-            await self.note_expired()
+            if self._opened:
+                await self.note_expired()
 
     async def close(self) -> None:
         """Close the store."""
-        await self.calibrations.close()
+        if self._opened:
+            await self.calibrations.close()
 
     # --- time ---------------------------------------------------------------------
 

@@ -66,6 +66,9 @@ class RecordSummary(msgspec.Struct, frozen=True):
 class CalibrationStore(Protocol):
     """Durable calibration records and the registries they draw on."""
 
+    def exists(self) -> bool:
+        """Whether the store was ever created (opening creates it)."""
+
     async def open(self) -> None:
         """Create or open the store."""
 
@@ -204,6 +207,10 @@ class SqliteCalibrationStore:
         # One connection shared by worker threads, one call at a time: these
         # are a few writes a day, not the traffic log's thousands a second.
         self._lock = threading.Lock()
+
+    def exists(self) -> bool:
+        """Whether the file exists."""
+        return self.path.exists()
 
     async def open(self) -> None:
         """Create the file and tables."""
