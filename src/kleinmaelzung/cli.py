@@ -14,15 +14,15 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, cli_data
 from .protocol.text import printable
 
 EXIT_OK, EXIT_ERROR_REPLY, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_FAILED = 1  # a server command (agent, demo) could not start or run on
 
 
-class _UsageError(Exception):
-    """A command line that parsed but makes no sense; exits 2."""
+#: A command line that parsed but makes no sense; exits 2 (one class for `cli_data` too).
+_UsageError = cli_data.UsageError
 
 
 def _positive_int(text: str) -> int:
@@ -165,17 +165,10 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("--json", action="store_true", help="print the reply as JSON")
     _hub_option(send)
 
-    log = commands.add_parser("log", help="print the newest traffic-log entries")
-    log.add_argument("--instrument", default=None, help="only this instrument's traffic")
-    log.add_argument(
-        "--kind",
-        default=None,
-        help="only entries of this kind: a message type, 'command' (commands and their "
-        "replies) or 'refused' (auth failures, limit breaches, bad frames)",
-    )
-    log.add_argument("--limit", type=_positive_int, default=20, help="entries (default 20)")
-    log.add_argument("--json", action="store_true", help="print a JSON array, newest first")
-    _hub_option(log)
+    # kmz log, history, export: getting data out (`cli_data`).
+    cli_data.add_log_parser(commands, _hub_option, _positive_int)
+    cli_data.add_history_parser(commands, _hub_option, _positive_int)
+    cli_data.add_export_parser(commands, _hub_option)
 
     forget = commands.add_parser(
         "forget", help="stop listing an instrument whose agent is gone (the log keeps its traffic)"
@@ -698,29 +691,9 @@ def _name_like(text: str) -> str | None:
     return guess if guess != text and is_name(guess) else None
 
 
-def _cmd_log(args: argparse.Namespace) -> int:
-    import msgspec
-
-    from .client import fetch_log
-    from .client.formatting import format_log_entry
-    from .protocol import is_instrument_id
-
-    if args.instrument is not None and not is_instrument_id(args.instrument):
-        raise _UsageError(f"not an instrument id: {args.instrument!r}")
-    url = _hub_url(args)
-
-    async def run() -> int:
-        entries = await fetch_log(
-            url, instrument=args.instrument, limit=args.limit, kind=args.kind, token=_token(url)
-        )
-        if args.json:
-            print(msgspec.json.encode(entries).decode())
-        else:
-            for entry in reversed(entries):  # oldest first, like a log file
-                print(format_log_entry(entry))
-        return EXIT_OK
-
-    return _run_client("log", run())
+_cmd_log = cli_data.cmd_log
+_cmd_history = cli_data.cmd_history
+_cmd_export = cli_data.cmd_export
 
 
 def _cmd_forget(args: argparse.Namespace) -> int:

@@ -1,0 +1,119 @@
+"""`kmz log`, `kmz history`, `kmz export` as a user runs them: subprocesses against a real hub."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pandas
+import pytest
+
+from kleinmaelzung.hub import HubConfig, RunningHub, start_hub
+
+from .hub.data_lab import NOVEMBER, Clock, fill
+from .test_cli import kmz, kmz_async
+
+
+@pytest.fixture
+async def filled(tmp_path: Path) -> AsyncIterator[RunningHub]:
+    clock = Clock()
+    running = await start_hub(
+        HubConfig(host="127.0.0.1", port=0, data_dir=tmp_path / "hub-data", name="test-hub"),
+        clock=clock,
+    )
+    try:
+        await fill(running, clock=clock)
+        yield running
+    finally:
+        await running.stop()
+
+
+async def test_kmz_log_filters_pages_and_streams(filled: RunningHub) -> None:
+    since = "2026-11-01T00:00:45Z"
+    args = ("--instrument", "kiln-*", "--kind", "data", "--since", since, "--hub", filled.url)
+    first = await kmz_async("log", *args, "--limit", "3", "--json")
+    assert first.returncode == 0, first.stderr
+    page = json.loads(first.stdout)
+    assert len(page) == 3
+    everything = await kmz_async("log", *args, "--all", "--json")
+    streamed = [json.loads(line) for line in everything.stdout.splitlines()]
+    assert [e["id"] for e in streamed[:3]] == [e["id"] for e in page]
+    assert len(streamed) == 8  # 4 frames, one row per instrument each
+    oldest = await kmz_async("log", *args, "--oldest", "--limit", "1", "--json")
+    assert json.loads(oldest.stdout)[0]["id"] == streamed[-1]["id"]
+    human = await kmz_async("log", *args, "--peer", "pi-1", "--text", '"seq":45,')
+    lines = human.stdout.splitlines()
+    assert len(lines) == 2 and all(" data " in line for line in lines)
+
+
+async def test_kmz_history_prints_buckets_with_units(filled: RunningHub) -> None:
+    result = await kmz_async(
+        "history",
+        "kiln-air",
+        "--since",
+        str(NOVEMBER),
+        "--until",
+        str(NOVEMBER + 120),
+        "--every",
+        "1m",
+        "--channel",
+        "temperature",
+        "--hub",
+        filled.url,
+    )
+    assert result.returncode == 0, result.stderr
+    header, *rows = result.stdout.splitlines()
+    assert header.split() == ["time", "temperature", "[°C]"]
+    assert len(rows) == 2
+    assert "27.375 (20..34.75, n=60)" in rows[0]
+    as_json = await kmz_async(
+        "history", "kiln-air", "--since", str(NOVEMBER), "--json", "--hub", filled.url
+    )
+    assert json.loads(as_json.stdout)["instrument"] == "kiln-air"
+
+
+async def test_kmz_export_writes_csv_and_parquet_without_a_bar_when_piped(
+    filled: RunningHub, tmp_path: Path
+) -> None:
+    target = tmp_path / "kilns.csv"
+    result = await kmz_async(
+        "export",
+        "--instrument",
+        "kiln-*",
+        "--since",
+        "2026-11-01",
+        "-o",
+        str(target),
+        "--hub",
+        filled.url,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == f"wrote 240 rows to {target}\n"  # no progress bar in a pipe
+    with target.open(encoding="utf-8-sig") as file:
+        rows = list(csv.reader(file))
+    assert rows[0][:3] == ["time (UTC)", "instrument", "temperature [°C]"]
+    assert len(rows) == 241
+    parquet = tmp_path / "kilns.parquet"
+    result = await kmz_async(
+        "export", "--instrument", "kiln-air", "-o", str(parquet), "--hub", filled.url
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(pandas.read_parquet(parquet)) == 120
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("log", "--since", "yesterday"), "--since: expected"),
+        (("history", "Kiln"), "not an instrument id"),
+        (("history", "kiln-air", "--channel", "Temp"), "not a channel name"),
+        (("export", "-o", "out.xlsx"), "--format csv or parquet"),
+        (("export", "--instrument", "K*", "-o", "x.csv"), "not an instrument id or pattern"),
+    ],
+)
+def test_usage_errors_exit_2(args: tuple[str, ...], message: str) -> None:
+    result = kmz(*args, "--hub", "http://127.0.0.1:9")
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
