@@ -87,3 +87,18 @@ def test_withdrawing_stops_only_the_named_calibration() -> None:
     assert corrections.withdraw("balance", "KMZ-2026-0042/2") is None
     assert corrections.withdraw("balance", "KMZ-2026-0042/1") == correction
     assert corrections.active == {}
+
+
+def test_kmz_watch_shows_the_corrected_value_beside_the_raw_one() -> None:
+    from kleinmaelzung.client.formatting import format_sample
+
+    corrected = Sample(
+        instrument="balance",
+        seq=3,
+        ts=0.0,
+        values={"mass": 100.006},
+        corrected={"mass": 100.0004},
+        calibration="KMZ-2026-0007/1",
+    )
+    line = format_sample(corrected, {"balance": {"mass": "g"}})
+    assert line.endswith("mass=100.006 g  corrected: mass=100.0004 g (KMZ-2026-0007/1)")

@@ -46,6 +46,15 @@ def format_sample(sample: Sample, units: dict[str, dict[str, str]] | None = None
         f"{printable(name)}={format_value(value, channel_units.get(name, ''))}"
         for name, value in sample.values.items()
     )
+    if sample.corrected:
+        # A calibrated channel: its corrected value (as the hub rounded it, a
+        # digit finer than the display) and the calibration behind it.
+        values += "  corrected: " + "  ".join(
+            f"{printable(name)}={value!r}"
+            + (f" {printable(channel_units[name])}" if channel_units.get(name) else "")
+            for name, value in sample.corrected.items()
+        )
+        values += f" ({printable(sample.calibration or '')})"
     return f"{clock(sample.ts)}  {sample.instrument}  {values}"
 
 
