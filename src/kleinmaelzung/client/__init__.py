@@ -10,6 +10,7 @@ from ..protocol import (
     Status,
 )
 from .aio import Client
+from .calibrations import Calibrations
 from .errors import ConnectionLost, HubUnreachable, RequestError, RequestTimeout
 from .export import ExportResult, export
 from .history import HistoryPoint, MissingExtra, fetch_history
@@ -20,6 +21,7 @@ from .subscription import Event, Subscription
 from .sync import SyncClient
 
 __all__ = [
+    "Calibrations",
     "Client",
     "CommandError",
     "ConnectionLost",
