@@ -19,6 +19,7 @@ from ..protocol import (
     Timeouts,
     Value,
 )
+from ..transport import Trust
 from .buses import Buses
 from .config import AgentConfig, InstrumentConfig, check_config
 from .drivers.base import Driver, DriverClass
@@ -98,6 +99,7 @@ class Agent:
             execute=self._execute,
             limits=limits,
             timeouts=timeouts,
+            trust=Trust.of(config.ca_file, config.pin_sha256),
         )
 
     async def run(self, stop: asyncio.Event | None = None) -> None:

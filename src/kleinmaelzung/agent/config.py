@@ -14,7 +14,7 @@ import msgspec
 
 from ..configfile import ConfigFileError, convert, env_overrides, merged, read_toml
 from ..protocol import ID_REGEX, is_instrument_id
-from ..transport import base_url
+from ..transport import Trust, TrustError, base_url, parse_pin
 from .errors import ConfigError
 
 if TYPE_CHECKING:
@@ -71,6 +71,10 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     agent_id: Annotated[str, msgspec.Meta(pattern=ID_REGEX)]
     instruments: list[InstrumentConfig]
     token: str | None = None
+    #: A PEM file of the CA that signed an https:// hub's certificate (else
+    #: the system's CAs), and optionally the certificate's SHA-256 (`transport.tls`).
+    ca_file: str | None = None
+    pin_sha256: str | None = None
     spool: SpoolConfig = SpoolConfig()
 
 
@@ -88,6 +92,8 @@ _HINTS = {
     "max_age_s": "a number of seconds greater than 0, such as 604800 (a week)",
     "commit_interval_s": "a number of seconds greater than 0 and at most 60, such as 0.5",
     "path": 'a file path such as "/var/lib/kleinmaelzung/spool.sqlite"',
+    "ca_file": 'a PEM file such as "/etc/kleinmaelzung/lab-ca.pem"',
+    "pin_sha256": 'a SHA-256 fingerprint such as "AB:CD:...", 32 bytes in hex',
 }
 
 
@@ -135,6 +141,14 @@ def check_config(
         base_url(config.hub)
     except ValueError as exc:
         raise ConfigError(f"{source}: hub: {exc}") from None
+    for key, check in (
+        ("ca_file", lambda: Trust.of(ca_file=config.ca_file)),
+        ("pin_sha256", lambda: config.pin_sha256 and parse_pin(config.pin_sha256)),
+    ):
+        try:
+            check()
+        except TrustError as exc:
+            raise ConfigError(f"{source}: {key}: {exc}") from None
     if not config.instruments:
         raise ConfigError(f"{source}: instruments: at least one [[instruments]] table is needed")
     seen: dict[str, int] = {}

@@ -16,6 +16,10 @@ hub = "http://hub.lab:8765"
 # This Pi's name at the hub: lower case, a-z 0-9 - _ .
 agent_id = "malthouse-pi-1"
 # token = "..."   # if the hub asks agents for one
+# For an https:// hub whose certificate a lab CA signed (else the system's CAs
+# vouch for it), and optionally its SHA-256 fingerprint, to accept only it:
+# ca_file = "/etc/kleinmaelzung/lab-ca.pem"
+# pin_sha256 = "AB:CD:..."   # openssl x509 -noout -fingerprint -sha256 -in hub.crt
 """
 
 #: One commented [[instruments]] table per shipped driver, by driver name.

@@ -45,6 +45,7 @@ from ..transport import (
     Connector,
     HandshakeFailed,
     Healing,
+    Trust,
     close_in_words,
     websocket_url,
 )
@@ -93,6 +94,7 @@ class Link:
         execute: Callable[[Command, Permit], Awaitable[Reply]],
         limits: Limits | None = None,
         timeouts: Timeouts | None = None,
+        trust: Trust | None = None,
     ) -> None:
         self.url = websocket_url(hub, AGENT_PATH)
         self.agent_id = agent_id
@@ -113,7 +115,12 @@ class Link:
         self._execute = execute
         self._limits = limits or Limits()
         self._connector: Connector[HubToAgentMessage] = Connector(
-            self.url, hello, limits=limits, timeouts=timeouts, log_extra={"agent": agent_id}
+            self.url,
+            hello,
+            limits=limits,
+            timeouts=timeouts,
+            log_extra={"agent": agent_id},
+            trust=trust,
         )
         self._connection: Connection[HubToAgentMessage] | None = None
         self._tasks: set[asyncio.Task[None]] = set()

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import os
 from collections.abc import Coroutine, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
@@ -44,7 +45,7 @@ from ..protocol import (
     is_instrument_id,
     is_pattern,
 )
-from ..transport import CLIENT_PATH, Connection, Connector, base_url, websocket_url
+from ..transport import CLIENT_PATH, Connection, Connector, Trust, base_url, websocket_url
 from .credentials import token_for
 from .errors import ConnectionLost, RequestError, RequestTimeout
 from .history import HistoryPoint, TimeLike, load_history
@@ -81,6 +82,10 @@ class Client:
     The first connection is never retried: `connect()` raises `HubUnreachable`.
     Without a `token`, the client presents the one `$KMZ_TOKEN` or the user's
     tokens file holds for this hub (`client.credentials`; ``""`` for none).
+    An https:// or wss:// hub must show a certificate the system's CAs trust,
+    or `ca_file` (a PEM file of the lab's CA; default `$KMZ_CA`) if given, and,
+    with `pin_sha256` (default `$KMZ_PIN`), exactly that certificate
+    (`transport.tls`); `TrustError` for a bad file or pin.
     """
 
     def __init__(
@@ -93,6 +98,8 @@ class Client:
         limits: Limits | None = None,
         timeouts: Timeouts | None = None,
         queue_events: int = SUBSCRIPTION_QUEUE_EVENTS,
+        ca_file: str | os.PathLike[str] | None = None,
+        pin_sha256: str | None = None,
     ) -> None:
         """`queue_events`: how many events a subscription keeps for a consumer that is
         behind before it drops the oldest (and says so, with `Missed`)."""
@@ -102,6 +109,7 @@ class Client:
         self.name = name
         self._token = token if token is not None else token_for(self.url)
         self._reconnect = reconnect
+        self._trust = Trust.for_client(ca_file, pin_sha256)
         self._limits = limits or Limits()
         self._timeouts = timeouts or Timeouts()
         self._ids = itertools.count(1)
@@ -148,6 +156,7 @@ class Client:
             limits=self._limits,
             timeouts=self._timeouts,
             log_extra={"client": self.name} if self.name else {},
+            trust=self._trust,
         )
         try:
             self._connection = await connector.connect()

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 import aiohttp
 
 from ..protocol import KmzError
-from ..transport import ConnectionLost, HubUnreachable, describe
+from ..transport import ConnectionLost, HubUnreachable, describe, unreachable
 
 __all__ = ["ConnectionLost", "HubUnreachable", "RequestError", "RequestTimeout", "reaching"]
 
@@ -48,5 +48,7 @@ def reaching(url: str, timeout_s: float) -> Iterator[None]:
         raise HubUnreachable(
             f"no answer from the hub at {url} within {timeout_s:g} s", url=url
         ) from None
+    except (aiohttp.ClientSSLError, aiohttp.ServerFingerprintMismatch) as exc:
+        raise unreachable(url, exc) from None
     except (aiohttp.ClientError, OSError) as exc:
         raise HubUnreachable(f"cannot reach the hub at {url}: {describe(exc)}", url=url) from None

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import aiohttp
 import msgspec
 
+from ..transport import Trust
 from .credentials import token_for
 from .errors import RequestError, reaching
 
@@ -24,19 +27,25 @@ async def request(
     params: dict[str, str] | None = None,
     timeout_s: float = 10.0,
     token: str | None = None,
+    ca_file: str | os.PathLike[str] | None = None,
+    pin_sha256: str | None = None,
 ) -> bytes:
     """The body of a successful answer; `RequestError` with the hub's code otherwise.
 
     `token` None: the one `credentials.token_for` finds for the hub, if any;
-    ``""``: none.
+    ``""``: none. `ca_file`, `pin_sha256`: which certificate an https:// hub
+    may show (`transport.Trust`); the token is sent only to that one.
     """
+    trust = Trust.for_client(ca_file, pin_sha256)
     if token is None:
         token = token_for(endpoint.rsplit("/api/", 1)[0])
     headers = {"Authorization": f"Bearer {token}"} if token else None
     with reaching(endpoint, timeout_s):
         async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session,
-            session.request(method, endpoint, params=params, headers=headers) as response,
+            trust.session(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session,
+            session.request(
+                method, endpoint, params=params, headers=headers, ssl=trust.ssl_context()
+            ) as response,
         ):
             status, body = response.status, await response.read()
     if status != 200:

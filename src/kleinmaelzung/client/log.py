@@ -6,6 +6,8 @@ with `LogEntry.decode_message`, `message_object` or `refusal`.
 
 from __future__ import annotations
 
+import os
+
 import msgspec
 
 from ..protocol import AgentRecord, ErrorCode, LogEntry, LogPage, ProtocolError
@@ -21,11 +23,18 @@ _agents_decoder = msgspec.json.Decoder(list[AgentRecord])
 
 
 async def fetch_agents(
-    url: str, *, timeout_s: float = 10.0, token: str | None = None
+    url: str,
+    *,
+    timeout_s: float = 10.0,
+    token: str | None = None,
+    ca_file: str | os.PathLike[str] | None = None,
+    pin_sha256: str | None = None,
 ) -> list[AgentRecord]:
     """The agents connected to the hub at `url`: spools, clocks, newest logged seqs."""
     endpoint = base_url(url) + "/api/agents"
-    body = await request("GET", endpoint, timeout_s=timeout_s, token=token)
+    body = await request(
+        "GET", endpoint, timeout_s=timeout_s, token=token, ca_file=ca_file, pin_sha256=pin_sha256
+    )
     try:
         return _agents_decoder.decode(body)
     except msgspec.DecodeError as exc:
@@ -42,6 +51,8 @@ async def fetch_log(
     kind: str | None = None,
     timeout_s: float = 10.0,
     token: str | None = None,
+    ca_file: str | os.PathLike[str] | None = None,
+    pin_sha256: str | None = None,
 ) -> list[LogEntry]:
     """The newest traffic-log entries from the hub at `url`, newest first.
 
@@ -54,7 +65,15 @@ async def fetch_log(
         params["instrument"] = instrument
     if kind is not None:
         params["kind"] = kind
-    body = await request("GET", endpoint, params=params, timeout_s=timeout_s, token=token)
+    body = await request(
+        "GET",
+        endpoint,
+        params=params,
+        timeout_s=timeout_s,
+        token=token,
+        ca_file=ca_file,
+        pin_sha256=pin_sha256,
+    )
     try:
         return _page_decoder.decode(body).entries
     except msgspec.DecodeError as exc:  # includes ValidationError: a hub of another version
@@ -64,7 +83,13 @@ async def fetch_log(
 
 
 async def forget_instrument(
-    url: str, instrument_id: str, *, timeout_s: float = 10.0, token: str | None = None
+    url: str,
+    instrument_id: str,
+    *,
+    timeout_s: float = 10.0,
+    token: str | None = None,
+    ca_file: str | os.PathLike[str] | None = None,
+    pin_sha256: str | None = None,
 ) -> None:
     """Make the hub at `url` stop listing an instrument whose agent is gone.
 
@@ -76,4 +101,6 @@ async def forget_instrument(
         f"{base_url(url)}/api/instruments/{instrument_id}",
         timeout_s=timeout_s,
         token=token,
+        ca_file=ca_file,
+        pin_sha256=pin_sha256,
     )

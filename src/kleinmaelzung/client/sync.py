@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import Coroutine, Iterable, Iterator
 from types import TracebackType
@@ -36,10 +37,19 @@ class SyncClient:
         reconnect: bool = False,
         limits: Limits | None = None,
         timeouts: Timeouts | None = None,
+        ca_file: str | os.PathLike[str] | None = None,
+        pin_sha256: str | None = None,
     ) -> None:
-        # Built first: a bad URL raises here, before there is a thread to stop.
+        # Built first: a bad URL (or CA file) raises here, before there is a thread to stop.
         self._client = Client(
-            url, name=name, token=token, reconnect=reconnect, limits=limits, timeouts=timeouts
+            url,
+            name=name,
+            token=token,
+            reconnect=reconnect,
+            limits=limits,
+            timeouts=timeouts,
+            ca_file=ca_file,
+            pin_sha256=pin_sha256,
         )
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(

@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import ssl
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -113,33 +115,97 @@ def _is_loopback(address: str) -> bool:
 
 
 class _Admitted(asyncio.Protocol):
-    """aiohttp's protocol for one connection, made only once the connection is admitted."""
+    """aiohttp's protocol for one connection, made only once the connection is admitted.
 
-    def __init__(self, admission: Admission, make: Callable[[], Any]) -> None:
+    With TLS, the handshake starts after admission (so an over-cap flood
+    costs no handshakes) and is bounded by `Tls.handshake_s`.
+    """
+
+    def __init__(
+        self,
+        admission: Admission,
+        make: Callable[[], Any],
+        tls: Tls | None = None,
+        handshakes: set[asyncio.Task[None]] | None = None,
+    ) -> None:
         self._admission = admission
         self._make = make
+        self._tls = tls
+        self._handshakes = handshakes if handshakes is not None else set()
         self._inner: Any = None
         self._address = ""
+        self._admitted = False
+        # What TLS decrypted with the handshake's last flight, before the
+        # inner protocol exists (one read at most).
+        self._early: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
         self._address = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
         why = self._admission.admit(self._address)
+        assert isinstance(transport, asyncio.Transport)
         if why is not None:
-            assert isinstance(transport, asyncio.Transport)
-            body = b'{"code": "%s", "message": "%s; try again later"}' % (
-                ErrorCode.TOO_MANY_CONNECTIONS.encode(),
-                why.encode(),
-            )
-            transport.write(_REFUSAL % (len(body), body))
-            transport.close()
+            if self._tls is None:
+                body = b'{"code": "%s", "message": "%s; try again later"}' % (
+                    ErrorCode.TOO_MANY_CONNECTIONS.encode(),
+                    why.encode(),
+                )
+                transport.write(_REFUSAL % (len(body), body))
+                transport.close()
+            else:
+                transport.abort()  # a TLS client could not read a plain answer
             return
+        self._admitted = True
+        if self._tls is None:
+            self._start(transport)
+            return
+        # Not a byte of the ClientHello may reach us before start_tls takes over.
+        transport.pause_reading()
+        task = asyncio.get_running_loop().create_task(self._start_tls(transport, self._tls))
+        self._handshakes.add(task)
+        task.add_done_callback(self._handshakes.discard)
+
+    async def _start_tls(self, transport: asyncio.Transport, tls: Tls) -> None:
+        try:
+            secure = await asyncio.get_running_loop().start_tls(
+                transport,
+                self,
+                tls.context,
+                server_side=True,
+                ssl_handshake_timeout=tls.handshake_s,
+                ssl_shutdown_timeout=tls.shutdown_s,
+            )
+        except OSError as exc:  # ssl.SSLError, a reset, the handshake's deadline
+            _log.debug("TLS handshake failed", extra={"address": self._address, "error": str(exc)})
+            transport.abort()
+            self._release()
+            return
+        except asyncio.CancelledError:
+            transport.abort()
+            self._release()
+            raise
+        if secure is None or secure.is_closing():  # lost as the handshake ended
+            self._release()
+            return
+        self._start(secure)
+
+    def _start(self, transport: asyncio.Transport) -> None:
         self._inner = self._make()
         self._inner.connection_made(transport)
+        early, self._early = self._early, []
+        for data in early:
+            self._inner.data_received(data)
+
+    def _release(self) -> None:
+        if self._admitted:
+            self._admitted = False
+            self._admission.release(self._address)
 
     def data_received(self, data: bytes) -> None:
         if self._inner is not None:
             self._inner.data_received(data)
+        elif self._admitted:
+            self._early.append(data)
 
     def eof_received(self) -> bool | None:
         if self._inner is not None:
@@ -148,8 +214,8 @@ class _Admitted(asyncio.Protocol):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._release()
         if self._inner is not None:
-            self._admission.release(self._address)
             self._inner.connection_lost(exc)
             self._inner = None
 
@@ -162,23 +228,43 @@ class _Admitted(asyncio.Protocol):
             self._inner.resume_writing()
 
 
+@dataclass(frozen=True)
+class Tls:
+    """How an `AdmittingSite` serves TLS: its context and the handshake's deadlines."""
+
+    context: ssl.SSLContext
+    #: A connection that has not finished its handshake by then is cut.
+    handshake_s: float = 10.0
+    #: How long a closing connection waits for the peer's close_notify (asyncio's default: 30 s).
+    shutdown_s: float = 2.0
+
+
 class AdmittingSite(web.TCPSite):
-    """A `TCPSite` whose connections pass `admission` before aiohttp sees them."""
+    """A `TCPSite` whose connections pass `admission` before aiohttp sees them (and before
+    a TLS handshake, with `tls`)."""
 
     def __init__(
-        self, runner: web.BaseRunner, host: str, port: int, *, admission: Admission
+        self,
+        runner: web.BaseRunner,
+        host: str,
+        port: int,
+        *,
+        admission: Admission,
+        tls: Tls | None = None,
     ) -> None:
         super().__init__(runner, host, port)
         self.admission = admission
+        self.tls = tls
+        self._handshakes: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         """Listen, as `TCPSite.start` does, through the admission."""
         await web.BaseSite.start(self)
         server = self._runner.server
         assert server is not None
-        admission = self.admission
+        admission, tls, handshakes = self.admission, self.tls, self._handshakes
         self._server = await asyncio.get_running_loop().create_server(
-            lambda: _Admitted(admission, server),
+            lambda: _Admitted(admission, server, tls, handshakes),
             self._host,
             self._port,
             backlog=self._backlog,
@@ -187,3 +273,9 @@ class AdmittingSite(web.TCPSite):
         )
         sockets = self._server.sockets
         self._bound_port = sockets[0].getsockname()[1] if sockets else self._port
+
+    async def stop(self) -> None:
+        """Stop listening; handshakes under way are cut."""
+        for task in list(self._handshakes):
+            task.cancel()
+        await super().stop()

@@ -33,6 +33,10 @@ class HubConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     #: Origins (``https://dash.lab.example``) whose pages may use the hub,
     #: besides the hub's own; browsers' other origins are refused (`auth.web`).
     allowed_origins: tuple[str, ...] = ()
+    #: Serve https:// and wss:// with this certificate (PEM, the chain after
+    #: it) and its unencrypted key; both or neither (`hub.tls`).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
     limits: Limits = Limits()
     timeouts: Timeouts = Timeouts()
 
@@ -50,6 +54,8 @@ _HINTS = {
     "log_url": 'a URL such as "sqlite:///var/lib/kmz/traffic.sqlite3"',
     "insecure": "true or false",
     "allowed_origins": 'a list of origins such as ["https://dash.lab.example"]',
+    "tls_cert": 'a PEM file such as "/etc/kleinmaelzung/hub.crt"',
+    "tls_key": 'a PEM file such as "/etc/kleinmaelzung/hub.key"',
 }
 #: Environment variables that set what a config file would: KMZ_HUB_PORT, and
 #: KMZ_HUB_LIMITS__MAX_CONNECTIONS for a table's key.

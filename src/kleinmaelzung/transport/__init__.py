@@ -10,8 +10,10 @@ from .errors import (
     close_healing,
     close_in_words,
     describe,
+    unreachable,
 )
 from .liveness import SocketPeek, SocketState
+from .tls import Trust, TrustError, certificate_sha256, parse_pin
 from .urls import (
     AGENT_PATH,
     CLIENT_PATH,
@@ -38,11 +40,16 @@ __all__ = [
     "HubUnreachable",
     "SocketPeek",
     "SocketState",
+    "Trust",
+    "TrustError",
     "backoff_delays",
     "base_url",
+    "certificate_sha256",
     "close_healing",
     "close_in_words",
     "default_hub_url",
     "describe",
+    "parse_pin",
+    "unreachable",
     "websocket_url",
 ]

@@ -63,6 +63,7 @@ from .errors import (
     unreachable,
 )
 from .liveness import SocketPeek, SocketState
+from .tls import Trust
 
 _log = logging.getLogger(__name__)
 
@@ -259,9 +260,13 @@ class Connector(Generic[M]):
         log_extra: dict[str, str] | None = None,
         rng: random.Random | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        trust: Trust | None = None,
     ) -> None:
+        """`trust`: which certificates a wss:// hub may show (`transport.tls`)."""
         #: The ws(s):// URL of the endpoint.
         self.url = url
+        self._trust = trust or Trust()
+        self._ssl = self._trust.ssl_context()
         self._hello = hello
         self._limits = limits or Limits()
         self._timeouts = timeouts or Timeouts()
@@ -290,7 +295,7 @@ class Connector(Generic[M]):
     async def connect(self) -> Connection[M]:
         """One attempt, bounded by `Timeouts.handshake_s`; raise a `Failure` saying why."""
         if self._session is None:
-            self._session = aiohttp.ClientSession()
+            self._session = self._trust.session()
         protocol: PeerConnection[M] = (
             agent_connection(self._limits)
             if isinstance(self._hello, AgentHello)
@@ -306,6 +311,8 @@ class Connector(Generic[M]):
                 try:
                     ws = await self._session.ws_connect(
                         self.url,
+                        # Chain and host name; the pin, if any, is the session's.
+                        ssl=self._ssl,
                         heartbeat=self._timeouts.ping_after_s,
                         # The hub may send up to max_hub_message_bytes (an
                         # instrument list); frames up to twice that reach the

@@ -169,7 +169,23 @@ def unreachable(url: str, exc: BaseException) -> HubUnreachable:
             f"({describe(exc)})",
             url=url,
         )
-    if isinstance(exc, aiohttp.ClientSSLError | aiohttp.ClientConnectorCertificateError):
+    if isinstance(exc, aiohttp.ServerFingerprintMismatch):
+        return HubUnreachable(
+            f"refusing the hub at {url}: its certificate is not the pinned one (SHA-256 "
+            f"{_colons(exc.got)}, pinned {_colons(exc.expected)}); nothing was sent. If the "
+            "hub's certificate was renewed, pin the new one",
+            url=url,
+            healing=Healing.PERMANENT,
+        )
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return HubUnreachable(
+            f"refusing the hub at {url}: its certificate is not trusted "
+            f"({_verify_message(exc.certificate_error)}); nothing was sent. Give the CA that "
+            "signed it (kmz --ca FILE, an agent's `ca_file`, Client(ca_file=...))",
+            url=url,
+            healing=Healing.PERMANENT,
+        )
+    if isinstance(exc, aiohttp.ClientSSLError):
         return HubUnreachable(
             f"cannot reach the hub at {url}: TLS failed ({describe(exc)}); check the "
             "certificate, or use http:// for a hub without TLS",
@@ -215,6 +231,16 @@ def _not_upgraded(url: str, exc: aiohttp.WSServerHandshakeError) -> HubUnreachab
     return HubUnreachable(
         f"cannot reach the hub at {url}: {why}", url=url, healing=Healing.PERMANENT
     )
+
+
+def _verify_message(error: Exception) -> str:
+    # "self-signed certificate in certificate chain", without OpenSSL's prefix and line.
+    return str(getattr(error, "verify_message", "") or describe(error))
+
+
+def _colons(digest: bytes) -> str:
+    text = digest.hex().upper()
+    return ":".join(text[i : i + 2] for i in range(0, len(text), 2))
 
 
 def _host_of(url: str) -> str:
