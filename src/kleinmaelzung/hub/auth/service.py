@@ -44,6 +44,7 @@ import contextlib
 import ipaddress
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from ..errors import HubStartError
@@ -55,7 +56,8 @@ from .credentials import (
     SqliteCredentials,
 )
 from .leases import Leases
-from .permissions import ANONYMOUS, Principal
+from .permissions import ANONYMOUS, Principal, Role
+from .sessions import SESSION_PREFIX, Session, Sessions, session_id_of
 
 _log = logging.getLogger(__name__)
 
@@ -73,6 +75,7 @@ class Authenticator:
         #: Each authenticated peer's principal, keyed by the peer object.
         self._principals: dict[object, Principal] = {}
         self.leases = Leases()
+        self.sessions = Sessions()
 
     @classmethod
     def for_data_dir(cls, data_dir: Path, clock: Callable[[], float]) -> Authenticator:
@@ -114,11 +117,84 @@ class Authenticator:
             return "the hub's credentials are not loaded"
         if not token:
             return "this hub requires a token (kmz token create; see 'Securing a deployment')"
+        if token.startswith(SESSION_PREFIX):
+            session = self.sessions.resolve(token, self._clock())
+            if session is None:
+                return "the session has ended; sign in again"
+            return self._session_principal(session)
         principal = self._snapshot.authenticate(token, self._clock())
         if principal == UNKNOWN_TOKEN and self._reload_if_changed():
             # Made since the last poll (`kmz token create` a moment ago): usable at once.
             principal = self._snapshot.authenticate(token, self._clock())
         return principal
+
+    # --- dashboard sessions -------------------------------------------------------
+
+    def sign_in(self, token: str) -> tuple[str, Principal] | str:
+        """Open a session for a person's token: its secret (for the cookie) and principal.
+
+        Or why not: a refused token, an agent's token, a hub without auth
+        (which needs no sign-in), or a session's secret (sign in with a token).
+        """
+        if self._store is None:
+            return "this hub runs without authentication: no sign-in is needed"
+        if token.startswith(SESSION_PREFIX):
+            return "sign in with a token, not a session"
+        principal = self.authenticate(token)
+        if isinstance(principal, str):
+            return principal
+        if principal.token_id is None or not principal.at_least(Role.VIEWER):
+            return "an agent token cannot sign in to the dashboard"
+        secret, session = self.sessions.open(principal.token_id, self._clock())
+        return secret, replace(principal, token_id=session.principal_token_id)
+
+    def login_code(self, token: str) -> str | None:
+        """A one-time login code for a person's token (a login link), or None if it is refused."""
+        if self._store is None:
+            return None
+        principal = self.authenticate(token)
+        if isinstance(principal, str) or principal.token_id is None:
+            return None
+        if not principal.at_least(Role.VIEWER):
+            return None
+        return self.sessions.make_login_code(principal.token_id, self._clock())
+
+    def redeem(self, code: str) -> tuple[str, Principal] | str:
+        """Open a session with a one-time login code: its secret and principal, or why not."""
+        if self._store is None or self._snapshot is None:
+            return "this hub runs without authentication: no sign-in is needed"
+        now = self._clock()
+        token_id = self.sessions.redeem_login_code(code, now)
+        if token_id is None:
+            return "this login link was used already or has expired; sign in with a token"
+        secret, session = self.sessions.open(token_id, now)
+        principal = self._session_principal(session)
+        if isinstance(principal, str):
+            return principal
+        return secret, principal
+
+    def sign_out(self, secret: str) -> bool:
+        """End the session a cookie's secret names; whether there was one."""
+        return self.sessions.end(secret) is not None
+
+    def _session_principal(self, session: Session) -> Principal | str:
+        """The principal a live session stands for now, or why not (then the session ends)."""
+        assert self._snapshot is not None
+        principal = self._snapshot.principal(session.token_id, self._clock())
+        if isinstance(principal, str):
+            self.sessions.end_for_token(session.token_id)
+            return principal
+        return replace(principal, token_id=session.principal_token_id)
+
+    def _resolve(self, snapshot: Snapshot, token_id: str, now: float) -> Principal | str:
+        """A principal again from its `token_id`: a token's, or a session's."""
+        session_id = session_id_of(token_id)
+        if session_id is None:
+            return snapshot.principal(token_id, now)
+        session = self.sessions.by_id(session_id, now)
+        if session is None:
+            return "the session has ended (signed out or expired)"
+        return self._session_principal(session)
 
     def _reload_if_changed(self) -> bool:
         """Reload now if another process committed (one tiny query); whether it did."""
@@ -176,7 +252,7 @@ class Authenticator:
         now = self._clock()
         for peer, before in list(self._principals.items()):
             assert before.token_id is not None
-            after = snapshot.principal(before.token_id, now)
+            after = self._resolve(snapshot, before.token_id, now)
             if isinstance(after, str):
                 del self._principals[peer]
                 on_change(peer, after)
