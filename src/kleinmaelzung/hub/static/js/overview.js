@@ -1,0 +1,187 @@
+// Overview: every instrument as a card with its live values, state and agent, grouped and filtered.
+
+import { ago, fill, formatValue, h, lasting } from "./dom.js";
+
+const STATE_WORDS = { online: "online", offline: "offline", faulted: "faulted", stale: "stale" };
+
+export function mount(section, { lab, grant }) {
+  const filter = h("input", {
+    type: "search", id: "overview-filter", placeholder: "filter: id, kind, agent, channel, state",
+    "aria-label": "Filter instruments", size: 32,
+  });
+  const grouping = h("select", { id: "overview-group", "aria-label": "Group by" },
+    h("option", { value: "agent" }, "by agent"),
+    h("option", { value: "kind" }, "by kind"),
+    h("option", { value: "state" }, "by state"),
+    h("option", { value: "none" }, "no groups"));
+  const count = h("span", { class: "hint", role: "status" });
+  const groups = h("div", { class: "groups" });
+  fill(section,
+    h("div", { class: "toolbar" }, h("h1", {}, "Instruments"), filter, grouping, count),
+    groups);
+
+  const cards = new Map();
+  let visible = false;
+
+  function card(id) {
+    let c = cards.get(id);
+    if (c) return c;
+    const el = h("article", { class: "card", "data-instrument": id });
+    c = {
+      el,
+      title: h("h3", {}, id),
+      badge: h("span", { class: "badge", role: "status" }),
+      kind: h("div", { class: "kind" }),
+      values: h("dl", { class: "values" }),
+      reason: h("div", { class: "reason" }),
+      since: h("span", { class: "since" }),
+      agent: h("span", { class: "agent" }),
+      seen: h("span", { class: "seen" }),
+      links: h("div", { class: "links" }),
+      cells: new Map(),
+      shape: "",
+    };
+    el.append(
+      h("header", {}, c.title, c.badge), c.kind, c.values, c.reason,
+      h("div", { class: "meta" }, c.since, c.agent, c.seen), c.links);
+    cards.set(id, c);
+    return c;
+  }
+
+  function channelsOf(entry) {
+    const declared = entry.record.channels || [];
+    const names = new Set(declared.map((ch) => ch.name));
+    const extra = Object.keys(entry.values).filter((n) => !names.has(n))
+      .map((name) => ({ name, unit: "" }));
+    return [...declared, ...extra];
+  }
+
+  function renderValues(c, entry) {
+    const channels = channelsOf(entry);
+    const shape = channels.map((ch) => ch.name).join(",");
+    if (shape !== c.shape) {
+      c.shape = shape;
+      c.cells.clear();
+      const rows = [];
+      for (const ch of channels) {
+        const value = h("span", { class: "value" }, "–");
+        rows.push(h("dt", { title: ch.description || "" }, ch.name),
+          h("dd", { "data-channel": ch.name }, value, ch.unit ? h("span", { class: "unit" }, ch.unit) : null));
+        c.cells.set(ch.name, value);
+      }
+      fill(c.values, rows);
+    }
+    for (const [name, cell] of c.cells) {
+      const raw = entry.values[name];
+      const corrected = entry.corrected?.[name];
+      const text = raw === undefined ? "–" : formatValue(corrected ?? raw);
+      if (cell.textContent !== text) cell.textContent = text;
+      cell.title = corrected !== undefined ? `corrected by calibration; raw ${formatValue(raw)}` : "";
+    }
+  }
+
+  function renderMeta(c, entry, now) {
+    const state = lab.displayState(entry, now);
+    if (c.el.dataset.state !== state) {
+      c.el.dataset.state = state;
+      c.badge.dataset.state = state;
+      c.badge.textContent = STATE_WORDS[state] || state;
+    }
+    const since = entry.stateSince;
+    // Since when: seen by this page, or for an offline one its last reading; the hub's
+    // list does not say when an online instrument came online.
+    c.since.textContent = state === "stale"
+      ? `no reading for ${lasting(entry.arrived, now)}`
+      : since ? `${state} for ${lasting(since, now)}` : "";
+    c.since.hidden = !c.since.textContent;
+    c.seen.textContent = `last seen ${ago(entry.ts, now)}`;
+  }
+
+  function renderCard(id) {
+    const entry = lab.instruments.get(id);
+    const c = card(id);
+    const r = entry.record;
+    c.kind.textContent = r.description ? `${r.kind} · ${r.description}` : r.kind;
+    c.agent.textContent = `agent ${r.agent}`;
+    c.reason.textContent = r.reason || "";
+    c.reason.hidden = !r.reason;
+    if (!c.links.childElementCount) {
+      const enc = encodeURIComponent(id);
+      const drive = (r.commands || []).some((cmd) => grant.mayCommand(id, cmd.name)) || grant.mayLease(id);
+      fill(c.links,
+        h("a", { href: `#/plots/${enc}` }, "Plot"),
+        drive ? h("a", { href: `#/drive/${enc}` }, "Drive") : null,
+        h("a", { href: `#/log/${enc}` }, "Log"));
+    }
+    renderValues(c, entry);
+    renderMeta(c, entry, Date.now() / 1000);
+    c.search = [id, r.kind, r.agent, r.description, r.state, ...(r.channels || []).map((ch) => ch.name)]
+      .join(" ").toLowerCase();
+  }
+
+  function layout() {
+    const words = filter.value.trim().toLowerCase().split(/\s+/).filter(Boolean);
+    const by = grouping.value;
+    const now = Date.now() / 1000;
+    const buckets = new Map();
+    let shown = 0;
+    const ids = [...lab.instruments.keys()].sort();
+    for (const id of ids) {
+      const c = card(id);
+      const entry = lab.instruments.get(id);
+      const state = lab.displayState(entry, now);
+      const text = `${c.search} ${state}`;
+      if (words.length && !words.every((w) => text.includes(w))) continue;
+      shown++;
+      const key = by === "agent" ? entry.record.agent : by === "kind" ? entry.record.kind
+        : by === "state" ? state : "";
+      if (!buckets.has(key)) buckets.set(key, []);
+      buckets.get(key).push(c.el);
+    }
+    for (const [id, c] of cards) if (!lab.instruments.has(id)) cards.delete(id);
+    const sections = [...buckets.keys()].sort().map((key) => h("section", { class: "group" },
+      key ? h("h2", {}, by === "agent" ? `Agent ${key}` : key) : null,
+      h("div", { class: "cards" }, buckets.get(key))));
+    fill(groups, sections.length ? sections
+      : h("p", { class: "hint" }, lab.instruments.size ? "No instrument matches the filter."
+        : "No instruments yet: start an agent (kmz agent CONFIG) or kmz demo."));
+    count.textContent = `${shown} of ${lab.instruments.size}`;
+    if (shown && !performance.getEntriesByName("kmz:overview-painted").length) {
+      // When the first cards reached the screen (the browser tests read it).
+      requestAnimationFrame(() => performance.mark("kmz:overview-painted"));
+    }
+  }
+
+  lab.addEventListener("change", (event) => {
+    const { ids, structural } = event.detail;
+    for (const id of ids) if (lab.instruments.has(id)) renderCard(id);
+    if (structural && visible) layout();
+  });
+  filter.addEventListener("input", layout);
+  grouping.addEventListener("change", layout);
+  // Relative times and staleness move with the clock.
+  setInterval(() => {
+    if (!visible || document.hidden) return;
+    const now = Date.now() / 1000;
+    let moved = false;
+    for (const [id, c] of cards) {
+      const entry = lab.instruments.get(id);
+      if (!entry) continue;
+      const before = c.el.dataset.state;
+      renderMeta(c, entry, now);
+      moved ||= before !== c.el.dataset.state;
+    }
+    if (moved && grouping.value === "state") layout();
+  }, 1000);
+
+  return {
+    show() {
+      visible = true;
+      for (const id of lab.instruments.keys()) renderCard(id);
+      layout();
+    },
+    hide() {
+      visible = false;
+    },
+  };
+}
