@@ -156,6 +156,7 @@ def reading(nominal: float) -> float:
     return round(nominal * 1.00002, 3)
 
 
+@pytest.mark.slow
 async def test_a_run_from_live_samples_signed_approved_applied_and_withdrawn(
     lab: tuple[Lab, Balance],
 ) -> None:
@@ -266,3 +267,22 @@ async def test_a_run_from_live_samples_signed_approved_applied_and_withdrawn(
     assert sum(1 for _, action in steps if action == "capture") == 6
     refused = await fetch_log(hub.url, kind="refused", limit=100, token=hub.tokens["ada"])
     assert any(e.peer == "oscar" and "approve" in e.message_object()["frame"] for e in refused)
+
+
+async def test_roles_and_an_expired_standard_are_refused_with_codes(
+    lab: tuple[Lab, Balance],
+) -> None:
+    hub, _ = lab
+    await register(hub)
+    viewer, operator = api(hub, "vic"), api(hub, "oscar")
+    assert (await code_of(viewer.start("balance", "balance-quick")))[0] == "forbidden"
+    assert (await code_of(operator.register_instrument(BALANCE)))[0] == "forbidden"
+    code, message = await code_of(operator.start("balance", "balance-quick", standards=("W-OLD",)))
+    assert code == "reference_standard_not_usable" and "cannot be used" in message
+    number = (await operator.start("balance", "balance-quick")).record.certificate_number
+    assert (await code_of(viewer.approve(number)))[0] == "forbidden"
+    assert (await code_of(operator.approve(number)))[0] == "forbidden"
+    # An admin may approve, but not what nobody signed as performed.
+    assert (await code_of(api(hub, "ada").approve(number)))[0] == "signature_invalid"
+    assert (await code_of(operator.start("balance", "no-such-procedure")))[0] == "not_found"
+    assert [r.certificate_number for r in await viewer.records("balance")] == [number]

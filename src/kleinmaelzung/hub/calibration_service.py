@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import hashlib
 import logging
 import math
 from collections import OrderedDict
@@ -514,7 +515,8 @@ class CalibrationService:
     async def pdf(self, number: str, revision: int | None = None) -> bytes:
         """The certificate PDF (a draft is marked as such); rendered in a worker thread."""
         record = await self.calibrations.record(number, revision)
-        key = content_hash(record) + str(len(record.signatures))
+        # The whole record, signatures too: a draft signed again renders anew.
+        key = hashlib.sha256(msgspec.json.encode(record)).hexdigest()
         cached = self._pdfs.get(key)
         if cached is not None:
             return cached
