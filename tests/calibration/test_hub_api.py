@@ -248,10 +248,23 @@ async def test_a_run_from_live_samples_signed_approved_applied_and_withdrawn(
     assert number in text and "W-SET-1" in text and "Ada Admin" in text
     assert "balance-quick" in text
 
-    # A correction is a new revision pointing to the approved one.
+    # A correction is a new revision pointing to the approved one; approved, it is
+    # the correction applied from then on.
     revision = await operator.correct(number, "wrong serial number")
     assert revision.record.revision == 2 and revision.record.supersedes is not None
     assert [r.revision for r in await viewer.revisions(number)] == [1, 2]
+    await operator.sign(number, "Oscar Operator")
+    second = await admin.approve(number, "Ada Admin")
+    assert second.correction is not None and second.correction.calibration == f"{number}/2"
+    assert (await viewer.get(number, revision=1)).approved  # the first stays as it was
+    versions = [(c.calibration, c.withdrawn_at is not None) for c in await viewer.corrections()]
+    assert versions == [(f"{number}/1", True), (f"{number}/2", False)]
+
+    # The log keeps the raw and the corrected values together.
+    logged = await fetch_log(
+        hub.url, instrument="balance", kind="data", limit=50, token=hub.tokens["ada"]
+    )
+    assert any(calibration in bytes(e.message).decode() for e in logged)
 
     # Approval moved the next due date on by the interval: no longer due.
     due = await viewer.due(days=30)
