@@ -35,6 +35,11 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     client_burst_messages: int = 400
     #: Seconds over the rate (every message refused) before the hub closes.
     rate_limited_close_s: float = 5.0
+    #: Messages per second all connections of one user may send together, on
+    #: average and in a burst (`rate_limited`): a user cannot multiply the
+    #: client rate by opening connections (`hub.rates`).
+    user_messages_per_s: float = 400.0
+    user_burst_messages: int = 800
     #: TCP connections the hub holds at once, in total and per peer address;
     #: beyond either a new one is answered 503 and closed at once. The total
     #: is also kept below the process's open-file limit (see `hub.admission`).
