@@ -39,14 +39,14 @@ FRAMES_PER_BATCH = 500
 END = datetime(2026, 11, 2, 22, tzinfo=UTC).timestamp()
 
 
-def frames(rows: int) -> list[Record]:
+def frames(rows: int, instruments: int = INSTRUMENTS) -> list[Record]:
     """Data records, oldest first, as the hub logs them (hub time 20 ms after the reading)."""
-    seconds = rows // INSTRUMENTS
+    seconds = rows // instruments
     start = END - seconds
     encoder = msgspec.json.Encoder()
     records = []
     for first in range(0, seconds, SAMPLES_PER_FRAME):
-        for n in range(INSTRUMENTS):
+        for n in range(instruments):
             instrument = f"kiln-{n:02d}"
             samples = [
                 {
@@ -74,11 +74,11 @@ def frames(rows: int) -> list[Record]:
     return records
 
 
-def fill(backend: LogBackend, rows: int) -> float:
+def fill(backend: LogBackend, rows: int, instruments: int = INSTRUMENTS) -> float:
     """Write `rows` sample rows through the backend; returns the seconds it took."""
     backend.open()
     started = time.perf_counter()
-    records = frames(rows)
+    records = frames(rows, instruments)
     for i in range(0, len(records), FRAMES_PER_BATCH):
         backend.write(Batch.of(list(records[i : i + FRAMES_PER_BATCH])))
         if i % (FRAMES_PER_BATCH * 200) == 0:

@@ -10,6 +10,7 @@ are turned into UNIX seconds here, before the hub is asked.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from typing import Any, Literal
@@ -17,6 +18,17 @@ from typing import Any, Literal
 
 class UsageError(Exception):
     """A command line that parsed but makes no sense; `kmz` exits 2."""
+
+
+#: What argparse takes for a value, not an option, when it starts with "-":
+#: its negative numbers, and relative times (``--since -1h``).
+_NEGATIVE = re.compile(r"^-(\d+(\.\d+)?(ms|s|m|h|d|w)?|\.\d+)$")
+
+
+def _relative_times_are_values(parser: argparse.ArgumentParser) -> None:
+    # argparse reads "-1h" as an unknown option unless it looks like a
+    # negative number: widen what does (its one hook for this, private).
+    parser._negative_number_matcher = _NEGATIVE
 
 
 TIME_HELP = "-90s, -15m, -1h, -2d, an ISO time such as 2026-11-01T03:12 (local), or UNIX seconds"
@@ -47,6 +59,7 @@ def add_log_parser(commands: Any, hub_option: Any, positive_int: Any) -> None:
     )
     log.add_argument("--json", action="store_true", help="print a JSON array")
     hub_option(log)
+    _relative_times_are_values(log)
 
 
 def add_history_parser(commands: Any, hub_option: Any, positive_int: Any) -> None:
@@ -66,6 +79,7 @@ def add_history_parser(commands: Any, hub_option: Any, positive_int: Any) -> Non
     )
     history.add_argument("--json", action="store_true", help="print the hub's answer as JSON")
     hub_option(history)
+    _relative_times_are_values(history)
 
 
 def add_export_parser(commands: Any, hub_option: Any) -> None:
@@ -86,6 +100,7 @@ def add_export_parser(commands: Any, hub_option: Any) -> None:
         "-o", "--output", required=True, help="the file to write (the format from its suffix)"
     )
     hub_option(export)
+    _relative_times_are_values(export)
 
 
 def _seconds(text: str | None, option: str) -> float | None:
@@ -254,7 +269,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         note = (
             f" ({result.mismatched} values of another type left empty)" if result.mismatched else ""
         )
-        print(f"wrote {result.rows:,} rows to {result.path}{note}", file=sys.stderr)
+        print(f"wrote {result.rows:,} rows to {result.path}{note}")
         return EXIT_OK
 
     return _run_client("export", run())

@@ -9,7 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from .conftest import Lab
+from .processes import get_json, wait_until
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 DEMO_URL = "http://127.0.0.1:8765"
@@ -22,7 +25,15 @@ def fenced_blocks(language: str) -> list[str]:
 
 
 def python_example() -> str:
-    (example,) = fenced_blocks("python")
+    """The quick start's example: the README's first Python block."""
+    return fenced_blocks("python")[0]
+
+
+def pandas_example() -> str:
+    """The example of "Getting data out": the Python block after that heading."""
+    text = README.read_text()
+    section = text[text.index("## Getting data out") :]
+    (example,) = re.findall(r"^```python\n(.*?)^```$", section.split("\n## ")[0], re.M | re.S)
     return example
 
 
@@ -79,10 +90,43 @@ def test_the_python_example_is_a_whole_program_that_ends_by_itself(
     assert "'setpoint': 80.0" in samples[-1]
 
 
-def test_every_cli_example_runs_against_the_lab(lab: Lab) -> None:
+def test_the_pandas_example_prints_the_kiln_history(lab: Lab, tmp_path: Path) -> None:
+    example = pandas_example()
+    assert example.count(DEMO_URL) == 1, "the example talks to the demo hub"
+    # Readings of the last hour: the lab's kiln has logged a few seconds of them.
+    wait_for_history(lab.url)
+    script = tmp_path / "history.py"
+    script.write_text(example.replace(DEMO_URL, lab.url))
+    result = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE_S,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Name: temperature" in result.stdout
+    assert re.search(r"^count\s+[1-9]", result.stdout, re.M), result.stdout
+
+
+def wait_for_history(url: str) -> None:
+    """Wait until the hub's log holds a committed kiln-air sample."""
+    wait_until(
+        lambda: (get_json(f"{url}/api/history/kiln-air?since=-1h&points=1") or {}).get("t") or None,
+        "a logged kiln-air sample",
+        15.0,
+    )
+
+
+# About twenty kmz processes, one after another: more than the default 60 s
+# on a loaded machine.
+@pytest.mark.timeout(180)
+def test_every_cli_example_runs_against_the_lab(lab: Lab, tmp_path: Path) -> None:
     examples = cli_examples()
     assert ["send", "kiln-air", "set_setpoint", "value=80"] in examples
     env = {**os.environ, "KMZ_HUB": lab.url}  # the examples omit --hub: the demo's default
+    wait_for_history(lab.url)
     for args in examples:
         result = subprocess.run(
             [sys.executable, "-m", "kleinmaelzung.cli", *args],
@@ -90,6 +134,7 @@ def test_every_cli_example_runs_against_the_lab(lab: Lab) -> None:
             text=True,
             timeout=DEADLINE_S,
             env=env,
+            cwd=tmp_path,  # where `kmz export -o kiln.csv` writes
             check=False,
         )
         assert result.returncode == 0, f"kmz {shlex.join(args)}: {result.stderr}"
