@@ -175,6 +175,11 @@ class Decoder(Generic[T]):
             message = self._decoder.decode(data)
         except msgspec.ValidationError as exc:
             return Invalid(self._explain(data, str(exc)))
+        except UnicodeDecodeError as exc:
+            # A binary frame whose strings are not UTF-8: msgspec raises this
+            # bare (found by tests/e2e/fuzz_run.py; it dropped the connection
+            # with a traceback in the hub's log).
+            return Invalid(_not_utf8(exc))
         except msgspec.DecodeError as exc:
             return Invalid(Error(code=ErrorCode.INVALID_JSON, message=f"not valid JSON: {exc}"))
         except RecursionError:
@@ -201,6 +206,8 @@ class Decoder(Generic[T]):
             return self._explain_valid_json(data, detail)
         except RecursionError:
             return self._too_deep(data)
+        except UnicodeDecodeError as exc:
+            return _not_utf8(exc)
 
     def _explain_valid_json(self, data: bytes | str, detail: str) -> Error:
         try:
@@ -332,3 +339,10 @@ def hub_to_client_decoder(limits: Limits | None = None) -> Decoder[HubToClientMe
 def any_decoder(limits: Limits | None = None) -> Decoder[Message]:
     """Decoder for a message of any direction (tools, docs, logs)."""
     return Decoder(Message, limits)
+
+
+def _not_utf8(exc: UnicodeDecodeError) -> Error:
+    return Error(
+        code=ErrorCode.INVALID_JSON,
+        message=f"not valid JSON: a string is not UTF-8 text (byte {exc.start})",
+    )
