@@ -7,12 +7,7 @@ is logged in the traffic log as a ``calibration`` entry (who, what, the
 record's content hash afterwards), and every refusal as a ``refused`` one.
 
 Readings are captured from the hub's own log, never from what a client
-says it saw: the client asks for the next reading of a point, the hub
-commits what it has accepted, reads the instrument's newest samples, checks
-the procedure's stability criterion on them (or the instrument's own stable
-flag) and keeps them with the reading. Environmental conditions whose
-procedure names a source (``germ-chamber.temperature``) are read the same
-way at each capture.
+says it saw (`calibration_capture`).
 """
 
 from __future__ import annotations
@@ -37,7 +32,6 @@ from ..calibration import (
     Laboratory,
     PointResult,
     Procedure,
-    RawSample,
     Reading,
     ReferenceStandard,
     add_point,
@@ -49,7 +43,6 @@ from ..calibration import (
     correction_from_record,
     evaluate,
     is_approved,
-    is_stable,
     parse_procedure,
     reopen,
     set_adjustment,
@@ -66,9 +59,8 @@ from ..calibration.api import (
     summarize,
 )
 from ..calibration.model import Phase
-from ..calibration.stability import spread
+from .calibration_capture import accept_reading, recent_samples, with_live_environment
 from .calibrations import CalibrationStore, Conflict, NotFound, RecordSummary
-from .store import StoreError
 
 if TYPE_CHECKING:
     from .auth import Principal
@@ -76,29 +68,10 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger(__name__)
 
-#: How far back a capture looks for the instrument's samples (its clock).
-CAPTURE_LOOKBACK_S = 30.0
-#: A capture's newest sample may be at most this old (hub clock against the
-#: agent's: within the hub's clock warning bound of 1 s, plus the poll).
-CAPTURE_FRESH_S = 10.0
-#: Samples kept behind a reading at least (the stability window, if longer).
-RAW_KEPT = 5
 #: How often the expiry of calibrations is checked (besides after each change).
 EXPIRY_CHECK_S = 600.0
 #: Rendered certificates kept (approved ones never change).
 PDF_CACHE = 16
-
-
-class NotStable(CalibrationError):
-    """The instrument's newest samples do not meet the stability criterion."""
-
-    code = "not_stable"
-
-
-class NoReading(CalibrationError):
-    """There is no fresh sample of the instrument's channel to capture."""
-
-    code = "no_reading"
 
 
 class Forbidden(CalibrationError):
@@ -288,12 +261,18 @@ class CalibrationService:
                     f"point {request.index + 1} ({nominal:g} {record.procedure.unit}) of "
                     f"{request.phase} has its {wanted} readings"
                 )
-            raw = await self._recent(record.instrument.id, record.instrument.channel, record)
+            raw = await recent_samples(
+                self._hub.store,
+                self._hub.clock,
+                record.instrument.id,
+                record.instrument.channel,
+                record.procedure.stability.flag,
+            )
             after = existing.readings[-1].ts if existing and existing.readings else None
             if request.not_before is not None:
                 raw = [r for r in raw if r.ts >= request.not_before]
-            reading = self._accept(record, raw, after)
-            record = await self._environment(record)
+            reading = accept_reading(record, raw, after)
+            record = await with_live_environment(self._hub.store, self._hub.clock, record)
             record = self._with_reading(
                 record,
                 request.phase,
@@ -591,93 +570,6 @@ class CalibrationService:
                 readings=readings,
             ),
         )
-
-    async def _recent(
-        self, instrument_id: str, channel: str, record: CalibrationRecord
-    ) -> list[RawSample]:
-        """The instrument's newest samples of `channel` in the log, oldest first."""
-        hub = self._hub
-        try:
-            await hub.store.flush()
-            now = hub.clock()
-            rows = await hub.store.query_samples(
-                instrument_id, now - CAPTURE_LOOKBACK_S, now + CAPTURE_LOOKBACK_S
-            )
-        except StoreError as exc:
-            raise NoReading(f"cannot read {instrument_id}'s samples from the log: {exc}") from None
-        flag = record.procedure.stability.flag
-        samples = []
-        for row in rows:
-            value = row.values.get(channel)
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                continue
-            stable = row.values.get(flag) if flag else None
-            samples.append(
-                RawSample(
-                    ts=row.ts,
-                    value=float(value),
-                    stable=stable if isinstance(stable, bool) else None,
-                )
-            )
-        if not samples or now - samples[-1].ts > CAPTURE_FRESH_S:
-            raise NoReading(
-                f"no sample of {instrument_id}.{channel} in the last {CAPTURE_FRESH_S:g} s: "
-                "is the instrument online?"
-            )
-        return samples
-
-    @staticmethod
-    def _accept(
-        record: CalibrationRecord, samples: list[RawSample], after: float | None
-    ) -> Reading:
-        criterion = record.procedure.stability
-        keep = max(RAW_KEPT, criterion.window or 0)
-        if not samples:
-            raise NotStable("no sample since the load was applied yet; capture again in a moment")
-        newest = samples[-1]
-        if after is not None and newest.ts <= after:
-            raise NotStable(
-                "no new sample since the last reading of this point; capture again in a moment"
-            )
-        if not is_stable(samples, criterion):
-            if criterion.flag is not None:
-                why = f"the instrument does not report {criterion.flag!r}"
-            else:
-                width = spread(samples, criterion.window or 1)
-                why = (
-                    f"spread {width:g} {record.procedure.unit} over the last "
-                    f"{criterion.window} samples, more than {criterion.max_spread:g}"
-                    if width is not None
-                    else f"fewer than {criterion.window} samples yet"
-                )
-            raise NotStable(f"{record.instrument.id} is not stable: {why}")
-        return Reading(value=newest.value, ts=newest.ts, raw=tuple(samples[-keep:]))
-
-    async def _environment(self, record: CalibrationRecord) -> CalibrationRecord:
-        """Widen each live condition's min and max by the source's newest sample."""
-        for condition in record.procedure.environment:
-            if not condition.source or "." not in condition.source:
-                continue
-            instrument_id, _, channel = condition.source.rpartition(".")
-            try:
-                samples = await self._recent(instrument_id, channel, record)
-            except NoReading:
-                continue  # entered by hand later (sign asks for it)
-            value = samples[-1].value
-            known = next((e for e in record.environment if e.name == condition.name), None)
-            low = value if known is None else min(known.minimum, value)
-            high = value if known is None else max(known.maximum, value)
-            record = set_environment(
-                record,
-                EnvironmentRecord(
-                    name=condition.name,
-                    unit=condition.unit,
-                    minimum=low,
-                    maximum=high,
-                    source=condition.source,
-                ),
-            )
-        return record
 
     async def _set_next_due(self, record: CalibrationRecord) -> None:
         """An approved calibration moves the instrument's next due date on by its interval."""
