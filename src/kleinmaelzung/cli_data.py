@@ -114,6 +114,11 @@ def _seconds(text: str | None, option: str) -> float | None:
         raise UsageError(f"{option}: {exc}") from None
 
 
+def _trust(args: argparse.Namespace) -> dict[str, Any]:
+    """The hub certificate to accept: `--ca` and `--pin` where `kmz` has them."""
+    return {"ca_file": getattr(args, "ca", None), "pin_sha256": getattr(args, "pin", None)}
+
+
 def _pattern(text: str | None) -> str | None:
     from .protocol import is_pattern
 
@@ -145,13 +150,17 @@ def cmd_log(args: argparse.Namespace) -> int:
     async def run() -> int:
         token = _token(url)
         if args.all:
-            async for entry in stream_log(url, where, limit=args.limit, token=token):
+            async for entry in stream_log(
+                url, where, limit=args.limit, token=token, **_trust(args)
+            ):
                 if args.json:
                     print(msgspec.json.encode(entry).decode())
                 else:
                     print(format_log_entry(entry))
             return EXIT_OK
-        page = await query_log(url, where, limit=args.limit or 20, cursor=args.cursor, token=token)
+        page = await query_log(
+            url, where, limit=args.limit or 20, cursor=args.cursor, token=token, **_trust(args)
+        )
         if args.json:
             print(msgspec.json.encode(page.entries).decode())
         else:
@@ -193,6 +202,7 @@ def cmd_history(args: argparse.Namespace) -> int:
             every=args.every,
             points=args.points,
             token=_token(url),
+            **_trust(args),
         )
         if args.json:
             print(msgspec.json.encode(history).decode())
@@ -262,6 +272,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                 format=output_format,
                 on_progress=progress.show if progress else None,
                 token=_token(url),
+                **_trust(args),
             )
         finally:
             if progress is not None:

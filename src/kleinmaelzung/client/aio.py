@@ -321,6 +321,8 @@ class Client:
             points=points,
             as_frame=as_frame,
             token=self._token,
+            ca_file=self._trust.ca_file,
+            pin_sha256=self._trust.pin_sha256,
         )
 
     # --- connection ----------------------------------------------------------

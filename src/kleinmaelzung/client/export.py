@@ -76,6 +76,8 @@ async def export(
     format: ExportFormat = "csv",
     on_progress: OnProgress | None = None,
     token: str | None = None,
+    ca_file: str | os.PathLike[str] | None = None,
+    pin_sha256: str | None = None,
 ) -> ExportResult:
     """Write the samples of the instruments matching `instrument` to `path`."""
     target = Path(path)
@@ -100,8 +102,10 @@ async def export(
     try:
         columns: list[Channel] = []
         if format == "parquet":
-            columns = await _columns(url, instrument, wanted, token)
-        async with streamed_get(endpoint, params, token=token) as response:
+            columns = await _columns(url, instrument, wanted, token, ca_file, pin_sha256)
+        async with streamed_get(
+            endpoint, params, token=token, ca_file=ca_file, pin_sha256=pin_sha256
+        ) as response:
             expected_text = response.headers.get("X-Kmz-Rows-Expected", "")
             expected = int(expected_text) if expected_text.isdigit() else None
             result: ExportResult = await writer(response, partial, columns, expected, on_progress)
@@ -113,10 +117,17 @@ async def export(
     return ExportResult(target, result.rows, result.mismatched)
 
 
-async def _columns(url: str, pattern: str, wanted: list[str], token: str | None) -> list[Channel]:
+async def _columns(
+    url: str,
+    pattern: str,
+    wanted: list[str],
+    token: str | None,
+    ca_file: str | os.PathLike[str] | None,
+    pin_sha256: str | None,
+) -> list[Channel]:
     """The export's channel columns, by the rule the hub's CSV follows."""
     endpoint = base_url(url) + "/api/instruments"
-    body = await request("GET", endpoint, token=token)
+    body = await request("GET", endpoint, token=token, ca_file=ca_file, pin_sha256=pin_sha256)
     try:
         records = _records_decoder.decode(body)
     except msgspec.DecodeError as exc:

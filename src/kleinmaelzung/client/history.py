@@ -12,6 +12,7 @@ Times are UNIX seconds, `datetime`s, or text as `kmz` takes it: ``-24h``,
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -75,6 +76,8 @@ async def fetch_history(
     points: int | None = None,
     timeout_s: float = 30.0,
     token: str | None = None,
+    ca_file: str | os.PathLike[str] | None = None,
+    pin_sha256: str | None = None,
 ) -> History:
     """The hub's answer for one instrument's history, as it came (columnar, `protocol.History`).
 
@@ -93,7 +96,15 @@ async def fetch_history(
     if points is not None:
         params["points"] = str(points)
     endpoint = f"{base_url(url)}/api/history/{instrument}"
-    body = await request("GET", endpoint, params=params, timeout_s=timeout_s, token=token)
+    body = await request(
+        "GET",
+        endpoint,
+        params=params,
+        timeout_s=timeout_s,
+        token=token,
+        ca_file=ca_file,
+        pin_sha256=pin_sha256,
+    )
     try:
         return _history_decoder.decode(body)
     except msgspec.DecodeError as exc:
@@ -113,6 +124,8 @@ async def load_history(
     points: int | None = None,
     as_frame: bool = False,
     token: str | None = None,
+    ca_file: str | os.PathLike[str] | None = None,
+    pin_sha256: str | None = None,
 ) -> list[HistoryPoint] | pandas.DataFrame:
     """`fetch_history`, as `HistoryPoint`s or (`as_frame`) a DataFrame of means."""
     if as_frame:
@@ -126,6 +139,8 @@ async def load_history(
         every=every,
         points=points,
         token=token,
+        ca_file=ca_file,
+        pin_sha256=pin_sha256,
     )
     return history_frame(answer) if as_frame else history_points(answer)
 

@@ -7,6 +7,7 @@ matching entry, read as NDJSON as the hub sends it (memory: one line).
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -67,13 +68,23 @@ async def query_log(
     cursor: str | None = None,
     timeout_s: float = 10.0,
     token: str | None = None,
+    ca_file: str | os.PathLike[str] | None = None,
+    pin_sha256: str | None = None,
 ) -> LogPage:
     """One page of matching entries (at most `limit`, within 1 MiB); `cursor` continues a walk."""
     params = (where or LogFilter()).params() | {"limit": str(limit)}
     if cursor:
         params["cursor"] = cursor
     endpoint = base_url(url) + "/api/log"
-    body = await request("GET", endpoint, params=params, timeout_s=timeout_s, token=token)
+    body = await request(
+        "GET",
+        endpoint,
+        params=params,
+        timeout_s=timeout_s,
+        token=token,
+        ca_file=ca_file,
+        pin_sha256=pin_sha256,
+    )
     try:
         return _page_decoder.decode(body)
     except msgspec.DecodeError as exc:
@@ -88,13 +99,17 @@ async def stream_log(
     *,
     limit: int | None = None,
     token: str | None = None,
+    ca_file: str | os.PathLike[str] | None = None,
+    pin_sha256: str | None = None,
 ) -> AsyncIterator[LogEntry]:
     """Every matching entry (or the first `limit`), as the hub streams them."""
     params = (where or LogFilter()).params() | {"format": "ndjson"}
     if limit is not None:
         params["limit"] = str(limit)
     endpoint = base_url(url) + "/api/log"
-    async with streamed_get(endpoint, params, token=token) as response:
+    async with streamed_get(
+        endpoint, params, token=token, ca_file=ca_file, pin_sha256=pin_sha256
+    ) as response:
         async for line in lines(response):
             if line.strip():
                 try:

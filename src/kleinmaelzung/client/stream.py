@@ -10,12 +10,14 @@ reading, so a partial answer is never taken for a whole one.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import AsyncIterator
 
 import aiohttp
 import msgspec
 
 from ..protocol import KmzError
+from ..transport import Trust
 from .credentials import token_for
 from .errors import RequestError, reaching
 
@@ -39,18 +41,25 @@ async def streamed_get(
     *,
     token: str | None = None,
     connect_timeout_s: float = 10.0,
+    ca_file: str | os.PathLike[str] | None = None,
+    pin_sha256: str | None = None,
 ) -> AsyncIterator[aiohttp.ClientResponse]:
     """The hub's 200 answer to GET `endpoint`, to read as it streams.
 
-    `token` None: the one `credentials.token_for` finds for the hub; ``""``: none.
+    `token` None: the one `credentials.token_for` finds for the hub; ``""``:
+    none. `ca_file`, `pin_sha256`: which certificate an https:// hub may show
+    (`transport.Trust`, as `http.request`).
     """
+    trust = Trust.for_client(ca_file, pin_sha256)
     if token is None:
         token = token_for(endpoint.rsplit("/api/", 1)[0])
     headers = {"Authorization": f"Bearer {token}"} if token else None
     timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout_s, sock_read=READ_TIMEOUT_S)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
+    async with trust.session(timeout=timeout) as session:
         with reaching(endpoint, connect_timeout_s):
-            response = await session.get(endpoint, params=params, headers=headers)
+            response = await session.get(
+                endpoint, params=params, headers=headers, ssl=trust.ssl_context()
+            )
         try:
             if response.status != 200:
                 body = await response.read()

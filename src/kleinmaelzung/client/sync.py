@@ -135,6 +135,8 @@ class SyncClient:
                 points=points,
                 as_frame=as_frame,
                 token=self._client._token,
+                ca_file=self._client._trust.ca_file,
+                pin_sha256=self._client._trust.pin_sha256,
             )
         )
 
