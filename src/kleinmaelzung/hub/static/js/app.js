@@ -18,6 +18,8 @@ const PAGES = {
 };
 
 const $ = (id) => document.getElementById(id);
+/** Seconds of the hub's log replayed when the page connects. */
+const REPLAY_S = 60;
 let context = null;
 const mounted = new Map();
 let current = null;
@@ -57,11 +59,12 @@ async function signIn(event) {
 }
 
 async function signOut() {
+  stop(); // first: the hub closing this page's WebSocket is no surprise then
   try {
     await api("/api/session", { method: "DELETE" });
-  } finally {
-    stop();
     showSignIn("Signed out.");
+  } catch (error) {
+    showSignIn(`Sign-out failed: ${error.message}`);
   }
 }
 
@@ -96,7 +99,10 @@ function start(session) {
   link.addEventListener("welcome", async () => {
     performance.mark("kmz:welcome");
     await relist();
-    await link.subscribe(grant.subscriptionPatterns());
+    // The last minute from the hub's log first (values for every card at once, a start
+    // for the plots), or after a reconnect what came since the newest sample seen.
+    const since = lab.newestTs ?? Date.now() / 1000 - REPLAY_S;
+    await link.subscribe(grant.subscriptionPatterns(), since);
   });
   link.addEventListener("data", (e) => lab.data(e.detail));
   link.addEventListener("status", (e) => {
@@ -116,6 +122,7 @@ function start(session) {
   // The first paint need not wait for the WebSocket's handshake: the same list over
   // REST, at once (the WebSocket's list replaces it when it comes).
   api("/api/instruments").then((records) => {
+    performance.mark("kmz:listed");
     if (context?.lab === lab && !lab.instruments.size) lab.load(records);
   }).catch(() => {});
   route();

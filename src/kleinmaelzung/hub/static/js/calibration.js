@@ -1,7 +1,8 @@
-// SEAM: calibration (issue 12). Another session is wiring the calibration REST API at the
-// time of writing; this page probes for it and shows what it finds. The workflow to build
-// here once it lands: start a run, apply each point with the live value and a stability
-// indicator, review the fit, sign, download the certificate PDF.
+// SEAM: calibration (issue 12). Another session was wiring the calibration REST API
+// (/api/calibrations) when this was written; this page lists its records with their
+// certificates when the hub has it, and says so when not. Still to build here: start a
+// run, apply each point with the live value and a stability indicator, review the fit,
+// sign, approve.
 
 import { fill, h } from "./dom.js";
 
@@ -28,10 +29,24 @@ export function mount(section) {
       return;
     }
     const records = await response.json().catch(() => []);
-    const list = Array.isArray(records) ? records : records.records || records.calibrations || [];
-    fill(body, h("p", {}, `${list.length} calibration record(s) on this hub.`),
-      h("ul", {}, list.slice(0, 50).map((r) => h("li", {}, [r.certificate || r.id, r.instrument, r.state || r.status]
-        .filter(Boolean).join(" · ")))));
+    const list = Array.isArray(records) ? records : [];
+    fill(body,
+      h("p", {}, list.length ? `${list.length} calibration(s) on this hub, latest revision each:`
+        : "No calibration on this hub yet."),
+      list.length ? h("div", { class: "table-wrap" }, h("table", { id: "calibration-table" },
+        h("thead", {}, h("tr", {}, ["certificate", "instrument", "calibrated on", "state", ""]
+          .map((c) => h("th", { scope: "col" }, c)))),
+        h("tbody", {}, list.map((r) => h("tr", {},
+          h("td", {}, `${r.certificate_number}/${r.revision}`),
+          h("td", {}, r.instrument_id),
+          h("td", {}, String(r.calibrated_on)),
+          h("td", {}, r.approved ? "approved" : "draft"),
+          h("td", {}, h("a", {
+            href: `${LIST_ROUTE}/${encodeURIComponent(r.certificate_number)}.pdf?revision=${r.revision}`,
+            download: `${r.certificate_number}-${r.revision}.pdf`,
+          }, "PDF"))))))) : null,
+      h("p", { class: "hint" }, "Runs are started, stepped through and signed with ",
+        h("code", {}, "kmz calibration"), " for now; doing it here (each point with its live value and a stability indicator, the fit, signing) is still to be built."));
   }
 
   return { show: probe };

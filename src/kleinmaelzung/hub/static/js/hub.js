@@ -82,11 +82,11 @@ export class HubLink extends EventTarget {
     }
     this.pending.clear();
     this.setState("closed");
+    if (this.stopped) return;
     if (event.code === 4001) {
       this.dispatchEvent(new CustomEvent("unauthorized", { detail: event.reason }));
       return;
     }
-    if (this.stopped) return;
     const delay = this.retryS * (0.5 + Math.random());
     this.retryS = Math.min(this.retryS * 2, 10);
     setTimeout(() => { if (!this.stopped) this.connect(); }, delay * 1000);
@@ -113,8 +113,11 @@ export class HubLink extends EventTarget {
     return this.request({ type: "list_instruments" });
   }
 
-  subscribe(patterns) {
-    return this.request({ type: "subscribe", patterns, overflow: "latest" });
+  /** Subscribe; `sinceTs` first replays what the hub's log holds from then on. */
+  subscribe(patterns, sinceTs = null) {
+    const message = { type: "subscribe", patterns, overflow: "latest" };
+    if (sinceTs !== null) message.since_ts = sinceTs;
+    return this.request(message);
   }
 
   /** Run a command; resolves with `{ok, result, error}` (a refusal becomes a failed reply). */

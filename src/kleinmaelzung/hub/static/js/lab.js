@@ -14,6 +14,8 @@ export class Lab extends EventTarget {
     this.series = new Map();
     this.scheduled = false;
     this.changed = new Set();
+    /** The newest sample time seen (agents' clocks), to resume from after a reconnect. */
+    this.newestTs = null;
   }
 
   /** Instruments as listed by the hub (instrument_list or /api/instruments). */
@@ -53,7 +55,10 @@ export class Lab extends EventTarget {
     const arrived = Date.now() / 1000;
     for (const sample of message.samples) {
       const entry = this.instruments.get(sample.instrument);
-      if (!entry) continue;
+      // Replayed from the log after a reconnect, a sample may come twice: once is enough.
+      if (!entry || (entry.sampleTs !== undefined && sample.ts <= entry.sampleTs)) continue;
+      entry.sampleTs = sample.ts;
+      this.newestTs = Math.max(this.newestTs ?? 0, sample.ts);
       if (entry.arrived !== null) {
         const gap = arrived - entry.arrived;
         entry.interval = entry.interval === null ? gap : entry.interval * 0.8 + gap * 0.2;
