@@ -67,10 +67,18 @@ def where_clause(
     if query.until is not None:
         where.append(f"ts < {param(time(query.until))}")
     if query.instrument is not None:
+        # SQLite has no statistics to choose an index by, and took the
+        # instrument's for a pattern or a window of time, then sorted what it
+        # found: 7 s for `kiln-0*` over an hour of 2M rows. "+instrument"
+        # keeps it off that index, so a window is read by time (0.4 ms).
+        column = "instrument"
+        windowed = query.since is not None and query.until is not None
+        if dialect == "sqlite" and (windowed or not is_literal(query.instrument)):
+            column = "+instrument"
         if is_literal(query.instrument):
-            where.append(f"instrument = {param(query.instrument)}")
+            where.append(f"{column} = {param(query.instrument)}")
         elif dialect == "sqlite":
-            where.append(f"instrument GLOB {param(sqlite_glob(query.instrument))}")
+            where.append(f"{column} GLOB {param(sqlite_glob(query.instrument))}")
         else:
             where.append(f"instrument ~ {param(posix_regex(query.instrument))}")
     if query.peer is not None:
