@@ -15,11 +15,12 @@ from ..protocol import (
     Message,
     Sample,
     Status,
+    data_frame,
     encode,
     encode_samples,
     samples_array,
 )
-from .peers import Peer, Span
+from .peers import Peer, Span, wire_frame
 from .subscriptions import Subscriptions, describe_recipients
 from .traffic import TrafficLog
 
@@ -96,8 +97,11 @@ class Fanout:
                 for peer in takers:
                     peer.send_samples(array, run, spans)
                 return {first: describe_recipients(takers)} if takers else {}
+            # Encoded once: the whole WebSocket frame, for every subscriber
+            # whose socket keeps up (the others queue the array).
+            wire = wire_frame(data_frame((array,), run)) if len(subscribers) > 1 else None
             for peer in subscribers:
-                peer.send_samples(array, run, spans)
+                peer.send_samples(array, run, spans, wire)
             return {first: self._subscriptions.recipients(first)}
         by_peer: dict[Peer, list[Sample]] = defaultdict(list)
         for sample in samples:

@@ -56,6 +56,12 @@ async def _serve(request: web.Request, kind: PeerKind) -> web.WebSocketResponse:
         # is 10 s: a silent socket refused at the handshake deadline was held
         # 10 s past it).
         timeout=hub.config.timeouts.close_s,
+        # No permessage-deflate: the same frame goes to every subscriber
+        # (`peers.wire_frame`), where a compressor per connection would
+        # compress it again for each and hold ~256 KiB of zlib state (1,000
+        # refused handshakes grew the hub by 98 MB). JSON samples on a lab
+        # network do not need it.
+        compress=False,
     )
     await ws.prepare(request)
     connection = (
@@ -93,25 +99,12 @@ async def _serve(request: web.Request, kind: PeerKind) -> web.WebSocketResponse:
     return ws
 
 
-def _uncompressed(ws: web.WebSocketResponse) -> None:
-    """Send this connection's last frames without permessage-deflate (RFC 7692 allows it).
-
-    A compressor is ~256 KiB of zlib state for one small refusal frame: freed
-    at once, 1,000 refusals 50 at a time still grew the hub by 60 MB that the
-    allocator kept (sequentially: 96 MB before `_release`, 3 MB after).
-    """
-    writer = getattr(ws, "_writer", None)
-    if writer is not None and hasattr(writer, "compress"):
-        writer.compress = 0
-
-
 def _release(ws: web.WebSocketResponse) -> None:
-    """Let a closed WebSocket and its compressor go now, not when its heartbeat next fires.
+    """Let a closed WebSocket go now, not when its heartbeat next fires.
 
     aiohttp (3.14) re-arms the heartbeat timer when the peer's close frame
-    arrives after ours; the timer holds the response, and with it the
-    permessage-deflate compressor of the refusal frame (about 256 KiB), for
-    another 10-30 s: 1,000 refused hellos held 98 MB.
+    arrives after ours; the timer holds the response and its buffers for
+    another 10-30 s.
     """
     cancel = getattr(ws, "_cancel_heartbeat", None)
     if callable(cancel):
@@ -130,7 +123,6 @@ async def _receive_hello(
         )
         # A peer that sent nothing is owed no close handshake: the socket
         # goes at the deadline, not a close timeout later (it was held 10 s).
-        _uncompressed(ws)
         with contextlib.suppress(ConnectionError, RuntimeError, TimeoutError):
             async with asyncio.timeout(0.1):
                 await ws.send_frame(encode(error), WSMsgType.TEXT)
@@ -210,7 +202,6 @@ def _request_id(message: object) -> str | None:
 
 
 async def _refuse(ws: web.WebSocketResponse, error: Error, close: CloseCode) -> None:
-    _uncompressed(ws)
     with contextlib.suppress(ConnectionError, RuntimeError):
         await ws.send_frame(encode(error), WSMsgType.TEXT)
         await _close_frame(ws, close, error)
