@@ -266,12 +266,17 @@ def _kmz_command() -> str:
     return "kmz"
 
 
-def _banner(url: str, data_dir: Path, lab: list[DemoInstrument], tokens: Path) -> str:
+def _banner(
+    url: str, data_dir: Path, lab: list[DemoInstrument], tokens: Path, login: str | None = None
+) -> str:
     kmz = _kmz_command()
     hub_flag = "" if url == "http://127.0.0.1:8765" else f" --hub {url}"
+    # The one-time link signs the browser in as the demo's admin (like Jupyter's token URL).
+    dashboard = f"{url}/login?code={login}" if login else url
     lines = [
         "Kleinmaelzung demo: a micro-malting lab",
-        f"  hub        {url}   (open it in a browser)",
+        f"  hub        {url}",
+        f"  dashboard  {dashboard}   (open it in a browser; the link signs you in once)",
         f"  data       {data_dir / 'traffic.sqlite3'}",
         f"  token      admin {DEMO_USER!r}, saved for kmz on this machine in {tokens}",
         "  instruments (simulated): id, driver, where",
@@ -361,7 +366,9 @@ async def _run(host: str, port: int, data_dir: Path, say: Say, complain: Say) ->
                     + (f", {' and '.join(twins)} among them" if twins else "")
                     + "."
                 )
-            say(_banner(hub.url, data_dir, lab, save_token(hub.url, admin_token)))
+            tokens = save_token(hub.url, admin_token)
+            login = hub.hub.auth.login_code(admin_token)
+            say(_banner(hub.url, data_dir, lab, tokens, login))
             try:
                 # The demo lives as long as its agent: if the agent's task fails,
                 # the group cancels the wait below and the demo ends with the reason.

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from ..protocol import Ack, CloseCode, PeerKind
-from . import metrics, rest, views
+from . import dashboard, metrics, rest, views
 from .acks import AckGatherer
 from .admission import Admission, AdmittingSite, raise_open_file_limit
 from .auth.web import install as install_auth
@@ -105,7 +105,8 @@ def create_app(
     # The log (filtered, paged, streamed), history and export (issue 13).
     install_data_routes(app)
     app.router.add_get("/metrics", metrics.metrics)
-    app.router.add_get("/", rest.status_page)
+    # The dashboard (`/`, `/static/`, sign-in): a client of the routes above.
+    dashboard.install(app)
     return app
 
 

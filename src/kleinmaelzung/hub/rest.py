@@ -1,8 +1,7 @@
-"""The HTTP API: health, instruments, the traffic log, and a plain status page."""
+"""The HTTP API: health, instruments, agents, the traffic log (the dashboard: `dashboard`)."""
 
 from __future__ import annotations
 
-import html
 import time
 
 import msgspec
@@ -141,60 +140,3 @@ def _within(entries: list[LogEntry], max_bytes: int) -> list[LogEntry]:
         if total > max_bytes:
             return entries[:index]
     return entries
-
-
-_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<meta http-equiv="refresh" content="2">
-<title>Kleinmaelzung hub</title>
-<style>
-body {{ font: 15px system-ui, sans-serif; margin: 2rem; color: #222; }}
-table {{ border-collapse: collapse; }} td, th {{ padding: .3rem .8rem; text-align: left; }}
-tr:nth-child(even) {{ background: #f4f4f4; }}
-.online {{ color: #1a7f37; font-weight: 600; }} .offline {{ color: #888; }}
-.faulted {{ color: #c62828; font-weight: 600; }}
-code {{ background: #f0f0f0; padding: 0 .3em; }}
-</style></head><body>
-<h1>Kleinmaelzung hub <small>{name}</small></h1>
-<p>{agents} agent(s), {clients} client(s). This page refreshes every 2 s.</p>
-<table><tr><th>instrument</th><th>kind</th><th>state</th><th>agent</th><th>last seen</th>
-<th>channels</th></tr>
-{rows}
-</table>
-<p>Try <code>kmz instruments</code>, <code>kmz watch 'kiln-*'</code>,
-<code>kmz send balance tare</code>. API: <a href="/api/health">/api/health</a>,
-<a href="/api/instruments">/api/instruments</a>, <a href="/api/log?limit=50">/api/log</a>.</p>
-</body></html>
-"""
-
-
-async def status_page(request: web.Request) -> web.Response:
-    """`GET /`: the instruments and their state, until the dashboard arrives."""
-    hub = request.app[HUB_KEY]
-    now = hub.clock()
-    rows = []
-    may_watch = principal_of(request).may_watch
-    for record in hub.registry.records():
-        if not may_watch(record.id):
-            continue
-        seen = (
-            "never" if record.last_seen is None else f"{max(0.0, now - record.last_seen):.1f} s ago"
-        )
-        state = html.escape(record.state) + (
-            f" ({html.escape(record.reason)})" if record.reason else ""
-        )
-        channels = ", ".join(
-            html.escape(f"{c.name} [{c.unit}]" if c.unit else c.name) for c in record.channels
-        )
-        rows.append(
-            f"<tr><td>{html.escape(record.id)}</td><td>{html.escape(record.kind)}</td>"
-            f'<td class="{html.escape(record.state)}">{state}</td>'
-            f"<td>{html.escape(record.agent)}</td><td>{seen}</td><td>{channels}</td></tr>"
-        )
-    body = _PAGE.format(
-        name=html.escape(hub.config.name),
-        agents=len(hub.registry.agents),
-        clients=sum(1 for p in hub.peers if p.kind is PeerKind.CLIENT),
-        rows="\n".join(rows) or '<tr><td colspan="6">no instruments yet</td></tr>',
-    )
-    return web.Response(text=body, content_type="text/html")

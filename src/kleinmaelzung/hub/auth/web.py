@@ -16,6 +16,13 @@ shows only the instruments the grant covers; the log and the export of one
 instrument (or of a pattern the grant holds) and its history need watching
 it; the whole log (any ``kind``) and forgetting an instrument need admin.
 No token: 401 ``unauthorized``; not allowed: 403 ``forbidden``.
+
+Sessions: the dashboard's session cookie (`sessions`, set by `dashboard`)
+stands in for a token on the REST routes and on the ``/ws/client`` upgrade;
+an unsafe method (POST, DELETE) with the cookie must also carry an Origin,
+which every browser sends and the check above has vetted. The dashboard's
+page and assets, ``/login`` and ``/api/session`` check nothing here: the page
+holds no data, and the session routes check credentials themselves.
 """
 
 from __future__ import annotations
@@ -90,12 +97,10 @@ async def _middleware(request: web.Request, handler: _Handler) -> web.StreamResp
         )
         return _problem(403, ErrorCode.FORBIDDEN, why)
     path = request.path
-    if not path.startswith("/api/") or path == "/api/health":
-        if path == "/" and hub.auth.required:
-            principal = _principal(request, hub)
-            if isinstance(principal, web.Response):
-                return web.Response(text=_SIGN_IN, status=401, content_type="text/html")
-            request[PRINCIPAL_KEY] = principal
+    if path == "/ws/client" and hub.auth.required:
+        return await handler(_with_session_credentials(request))
+    if not path.startswith("/api/") or path in _PUBLIC_API:
+        # The dashboard's page and assets hold no data; it signs in itself.
         return await handler(request)
     principal = _principal(request, hub)
     if isinstance(principal, web.Response):
@@ -112,12 +117,49 @@ async def _middleware(request: web.Request, handler: _Handler) -> web.StreamResp
     return await handler(request)
 
 
-_SIGN_IN = """<!doctype html><html lang="en"><head><meta charset="utf-8">
-<title>Kleinmaelzung hub</title></head><body style="font: 15px system-ui; margin: 2rem">
-<h1>Kleinmaelzung hub</h1><p>This hub requires a token. Use <code>kmz instruments</code>,
-<code>kmz watch</code> or the HTTP API with <code>Authorization: Bearer &lt;token&gt;</code>;
-the dashboard's sign-in is not built yet.</p></body></html>
-"""
+#: The name of the dashboard's session cookie (`auth.sessions`).
+SESSION_COOKIE = "kmz_session"
+#: API routes that check credentials themselves (or need none).
+_PUBLIC_API = frozenset({"/api/health", "/api/session"})
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def session_secret(request: web.Request) -> str | None:
+    """The session secret of this request's cookie, if it has one."""
+    secret = request.cookies.get(SESSION_COOKIE)
+    return secret or None
+
+
+def _with_session_credentials(request: web.Request) -> web.Request:
+    """A browser's WebSocket upgrade with its session: the session's secret as its credentials.
+
+    Browsers cannot set headers on a WebSocket; they send the cookie (only
+    on same-site requests: SameSite=Strict), and the Origin check above has
+    refused other sites' pages already. A token in the header or the hello
+    wins over the cookie.
+    """
+    secret = session_secret(request)
+    if secret is None or "Authorization" in request.headers:
+        return request
+    headers = request.headers.copy()
+    headers["Authorization"] = f"Bearer {secret}"
+    return request.clone(headers=headers)
+
+
+def request_principal(request: web.Request, hub: Hub) -> Principal | str:
+    """Who makes this request (a bearer token, else the session cookie), or why nobody."""
+    token = bearer(request.headers.get("Authorization"))
+    if token is None:
+        token = session_secret(request)
+        if (
+            token is not None
+            and request.method not in _SAFE_METHODS
+            and "Origin" not in request.headers
+        ):
+            # Browsers name the page's origin on every unsafe request (checked
+            # above); a cookie without one is not from the dashboard.
+            return "a request with the session cookie must come from the dashboard"
+    return hub.auth.authenticate(token)
 
 
 def principal_of(request: web.Request) -> Principal:
@@ -127,8 +169,7 @@ def principal_of(request: web.Request) -> Principal:
 
 
 def _principal(request: web.Request, hub: Hub) -> Principal | web.Response:
-    token = bearer(request.headers.get("Authorization"))
-    principal = hub.auth.authenticate(token)
+    principal = request_principal(request, hub)
     if isinstance(principal, str):
         hub.traffic.refused(
             f"?{request.remote}",
