@@ -69,6 +69,17 @@ def test_the_overview_shows_every_instrument_live(context: Any, lab: Lab) -> Non
     page.fill("#overview-filter", "kiln")
     assert page.eval_on_selector_all(".card", "cs => cs.filter(c => c.offsetParent).length") == 1
     page.fill("#overview-filter", "")
+    # Groups of one's own, kept in the browser.
+    page.select_option("#overview-group", "mine")
+    page.fill("#overview-my-groups", "Kiln: kiln-*; Malting: steep-* germ-* balance")
+    headings = page.eval_on_selector_all(".group h2", "hs => hs.map(h => h.textContent)")
+    assert headings == ["Kiln", "Malting", "other"]
+    assert page.locator(".group:first-child .card").count() == 1
+    page.reload()
+    page.wait_for_selector(".card")
+    page.select_option("#overview-group", "mine")
+    assert page.input_value("#overview-my-groups").startswith("Kiln: kiln-*")
+    page.select_option("#overview-group", "agent")
     screenshot(page, "overview")
     watched.assert_clean()
 

@@ -1,6 +1,20 @@
 // Overview: every instrument as a card with its live values, state and agent, grouped and filtered.
 
 import { ago, fill, formatValue, h, lasting } from "./dom.js";
+import { globToRegExp } from "./grants.js";
+
+const GROUPS_KEY = "kmz-dashboard-groups";
+
+/** "Kiln: kiln-*; Steeping: steep-* germ-*" as [{name, patterns}], in the order given. */
+export function parseGroups(text) {
+  return text.split(";").map((part) => {
+    const [name, patterns = ""] = part.split(":");
+    return {
+      name: name.trim(),
+      patterns: patterns.trim().split(/[\s,]+/).filter(Boolean).map(globToRegExp),
+    };
+  }).filter((g) => g.name && g.patterns.length);
+}
 
 const STATE_WORDS = { online: "online", offline: "offline", faulted: "faulted", stale: "stale" };
 
@@ -13,11 +27,19 @@ export function mount(section, { lab, grant }) {
     h("option", { value: "agent" }, "by agent"),
     h("option", { value: "kind" }, "by kind"),
     h("option", { value: "state" }, "by state"),
+    h("option", { value: "mine" }, "my groups"),
     h("option", { value: "none" }, "no groups"));
+  // User-defined groups, kept in this browser: "Kiln: kiln-*; Steeping: steep-* germ-*".
+  const groupsInput = h("input", {
+    type: "text", id: "overview-my-groups", size: 40, hidden: true,
+    "aria-label": "My groups: name, colon, instrument patterns; groups separated by semicolons",
+    placeholder: "Kiln: kiln-*; Steeping: steep-* germ-*",
+    value: localStorage.getItem(GROUPS_KEY) || "",
+  });
   const count = h("span", { class: "hint", role: "status" });
   const groups = h("div", { class: "groups" });
   fill(section,
-    h("div", { class: "toolbar" }, h("h1", {}, "Instruments"), filter, grouping, count),
+    h("div", { class: "toolbar" }, h("h1", {}, "Instruments"), filter, grouping, groupsInput, count),
     groups);
 
   const cards = new Map();
@@ -134,12 +156,15 @@ export function mount(section, { lab, grant }) {
       if (words.length && !words.every((w) => text.includes(w))) continue;
       shown++;
       const key = by === "agent" ? entry.record.agent : by === "kind" ? entry.record.kind
-        : by === "state" ? state : "";
+        : by === "state" ? state : by === "mine" ? myGroup(id) : "";
       if (!buckets.has(key)) buckets.set(key, []);
       buckets.get(key).push(c.el);
     }
     for (const [id, c] of cards) if (!lab.instruments.has(id)) cards.delete(id);
-    const sections = [...buckets.keys()].sort().map((key) => h("section", { class: "group" },
+    const order = by === "mine" ? [...mine.map((g) => g.name), "other"] : null;
+    const keys = [...buckets.keys()].sort((a, b) =>
+      order ? order.indexOf(a) - order.indexOf(b) : a.localeCompare(b));
+    const sections = keys.map((key) => h("section", { class: "group" },
       key ? h("h2", {}, by === "agent" ? `Agent ${key}` : key) : null,
       h("div", { class: "cards" }, buckets.get(key))));
     fill(groups, sections.length ? sections
@@ -157,8 +182,21 @@ export function mount(section, { lab, grant }) {
     for (const id of ids) if (lab.instruments.has(id)) renderCard(id);
     if (structural && visible) layout();
   });
+  let mine = parseGroups(groupsInput.value);
+  function myGroup(id) {
+    const found = mine.find((g) => g.patterns.some((p) => p.test(id)));
+    return found ? found.name : "other";
+  }
   filter.addEventListener("input", layout);
-  grouping.addEventListener("change", layout);
+  grouping.addEventListener("change", () => {
+    groupsInput.hidden = grouping.value !== "mine";
+    layout();
+  });
+  groupsInput.addEventListener("input", () => {
+    localStorage.setItem(GROUPS_KEY, groupsInput.value);
+    mine = parseGroups(groupsInput.value);
+    layout();
+  });
   // Relative times and staleness move with the clock.
   setInterval(() => {
     if (!visible || document.hidden) return;
