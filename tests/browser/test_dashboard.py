@@ -139,6 +139,11 @@ def test_a_plot_receives_points_and_downloads_csv_and_png(context: Any, lab: Lab
     wait_for(lambda: points() > before + 5, "points to arrive on the plot")
     legend = page.inner_text("#plot .u-legend")
     assert "kiln-air.temperature [°C]" in legend and "steep-water.temperature [°C]" in legend
+    # Back into history: the hub's history API answers (no note that it is missing).
+    page.click("text=Zoom out")
+    wait_for(lambda: "inspecting" in page.inner_text("#plot-status"), "a range of one's own")
+    assert "history" not in page.inner_text("#plot-status"), page.inner_text("#plot-status")
+    page.click("#plot-live")
     page.click("#plot-pause")
     assert "paused" in page.inner_text("#plot-status")
     with page.expect_download() as csv_download:
