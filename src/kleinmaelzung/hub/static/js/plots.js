@@ -6,7 +6,7 @@ import { loadHistory } from "./history.js";
 
 const WINDOWS = [["1 min", 60], ["10 min", 600], ["1 h", 3600]];
 const PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"];
-const FRAME_MS = 50; // at most 20 redraws a second
+const FRAME_MS = 33; // at most 30 redraws a second
 
 let uPlotModule = null;
 async function uPlotClass() {
@@ -92,33 +92,79 @@ export function mount(section, { lab }) {
     return [...selected].sort();
   }
 
-  /** One series' samples in [from, to]: from history (earlier) and from what came live. */
-  function points(key, from, to) {
-    const liveSeries = lab.series.get(key) || { t: [], v: [] };
-    const past = history.get(key) || { t: [], v: [] };
-    const firstLive = liveSeries.t.length ? liveSeries.t[0] : Infinity;
+  /**
+   * One series' samples in [from, to], from history (earlier) and from what came live.
+   * Beyond four points per pixel column, each column keeps its minimum and maximum, in
+   * one pass over the held samples without copying them: an hour at 50 Hz draws as
+   * fast as a minute, and no peak is lost.
+   */
+  function points(key, from, to, columns = 0) {
+    const live = lab.series.get(key) || EMPTY;
+    const past = history.get(key) || EMPTY;
+    const firstLive = live.t.length ? live.t[0] : Infinity;
+    const segments = [
+      [past, lowerBound(past.t, from), Math.min(upperBound(past.t, to), lowerBound(past.t, firstLive))],
+      [live, lowerBound(live.t, from), upperBound(live.t, to)],
+    ];
+    const count = segments.reduce((n, [, a, b]) => n + Math.max(0, b - a), 0);
     const t = [];
     const v = [];
-    for (let i = lowerBound(past.t, from); i < past.t.length && past.t[i] <= to && past.t[i] < firstLive; i++) {
-      t.push(past.t[i]);
-      v.push(past.v[i]);
+    if (!columns || count <= columns * 4) {
+      for (const [series, a, b] of segments) {
+        for (let i = a; i < b; i++) {
+          t.push(series.t[i]);
+          v.push(series.v[i]);
+        }
+      }
+      return { t, v };
     }
-    for (let i = lowerBound(liveSeries.t, from); i < liveSeries.t.length && liveSeries.t[i] <= to; i++) {
-      t.push(liveSeries.t[i]);
-      v.push(liveSeries.v[i]);
+    const width = (to - from) / columns;
+    let column = -1;
+    let loT = 0;
+    let loV = 0;
+    let hiT = 0;
+    let hiV = 0;
+    const flush = () => {
+      if (column < 0) return;
+      if (loT === hiT) {
+        t.push(loT);
+        v.push(loV);
+      } else if (loT < hiT) {
+        t.push(loT, hiT);
+        v.push(loV, hiV);
+      } else {
+        t.push(hiT, loT);
+        v.push(hiV, loV);
+      }
+    };
+    for (const [series, a, b] of segments) {
+      const st = series.t;
+      const sv = series.v;
+      for (let i = a; i < b; i++) {
+        const c = Math.floor((st[i] - from) / width);
+        const value = sv[i];
+        if (c !== column) {
+          flush();
+          column = c;
+          loT = hiT = st[i];
+          loV = hiV = value;
+        } else if (value < loV) {
+          loT = st[i];
+          loV = value;
+        } else if (value > hiV) {
+          hiT = st[i];
+          hiV = value;
+        }
+      }
     }
+    flush();
     return { t, v };
   }
 
   /** uPlot's aligned data: one time axis (the union), one value array per series (null where none). */
   function aligned(from, to, decimate = true) {
-    // Beyond a few points per pixel, each pixel column keeps its minimum and maximum:
-    // an hour at 50 Hz draws as fast as a minute, and no peak is lost.
-    const columns = Math.max(200, box.clientWidth || 800);
-    const parts = keys().map((key) => {
-      const raw = points(key, from, to);
-      return decimate ? decimated(raw, from, to, columns) : raw;
-    });
+    const columns = decimate ? Math.max(200, box.clientWidth || 800) : 0;
+    const parts = keys().map((key) => points(key, from, to, columns));
     const x = [];
     const ys = parts.map(() => []);
     const at = parts.map(() => 0);
@@ -133,34 +179,6 @@ export function mount(section, { lab }) {
       }
     }
     return [x, ...ys];
-  }
-
-  function decimated(series, from, to, columns) {
-    const n = series.t.length;
-    if (n <= columns * 4) return series;
-    const width = (to - from) / columns;
-    const t = [];
-    const v = [];
-    let i = 0;
-    while (i < n) {
-      const column = Math.floor((series.t[i] - from) / width);
-      let lo = i;
-      let hi = i;
-      let j = i + 1;
-      while (j < n && Math.floor((series.t[j] - from) / width) === column) {
-        if (series.v[j] < series.v[lo]) lo = j;
-        if (series.v[j] > series.v[hi]) hi = j;
-        j++;
-      }
-      for (const k of lo <= hi ? [lo, hi] : [hi, lo]) {
-        if (!t.length || t[t.length - 1] !== series.t[k]) {
-          t.push(series.t[k]);
-          v.push(series.v[k]);
-        }
-      }
-      i = j;
-    }
-    return { t, v };
   }
 
   function range() {
@@ -388,8 +406,8 @@ export function mount(section, { lab }) {
       const started = performance.now();
       draw();
       // A draw that takes long (many points, a slow machine) is repeated less often,
-      // so that the page stays responsive: at most a quarter of the time goes to it.
-      frameMs = Math.max(FRAME_MS, 4 * (performance.now() - started));
+      // so that the page stays responsive: at most a third of the time goes to it.
+      frameMs = Math.max(FRAME_MS, 3 * (performance.now() - started));
     }
     requestAnimationFrame(frame);
   }
@@ -426,6 +444,19 @@ function splitKey(key) {
   // Channel names hold no dot; instrument ids may.
   const dot = key.lastIndexOf(".");
   return [key.slice(0, dot), key.slice(dot + 1)];
+}
+
+const EMPTY = { t: [], v: [] };
+
+function upperBound(array, value) {
+  let lo = 0;
+  let hi = array.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (array[mid] <= value) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
 }
 
 function lowerBound(array, value) {
