@@ -1,7 +1,7 @@
 // Drive: each command an instrument announced, as a form built from its typed arguments;
 // the reply or the error inline. Only what the signed-in person may send is offered.
 
-import { fill, formatValue, h } from "./dom.js";
+import { clock, fill, formatValue, h } from "./dom.js";
 
 // SEAM: the protocol has no "dangerous" flag on commands (yet). Until it does, every
 // command that is not a plain read asks for confirmation before it is sent.
@@ -187,5 +187,8 @@ export function mount(section, { lab, link, grant }) {
 function formatResult(result) {
   if (result === null || result === undefined) return "";
   if (typeof result !== "object") return String(result);
-  return Object.entries(result).map(([k, v]) => `${k}=${typeof v === "object" ? JSON.stringify(v) : v}`).join(" ");
+  return Object.entries(result).map(([k, v]) => {
+    if (k === "expires" && typeof v === "number") return `expires=${clock(v)}`; // the lease's
+    return `${k}=${typeof v === "object" ? JSON.stringify(v) : v}`;
+  }).join(" ");
 }
