@@ -131,6 +131,9 @@ async def agent_data(ctx: Context, message: Data) -> None:
     if hub.corrections.active:  # approved calibrations applied to the stream (corrections.py)
         message, ctx.frame = hub.corrections.apply(message, ctx.frame)
     run = message.run or agent.hello.run
+    if agent.unlogged or hub.store.health.state != "ok":
+        _forward_unlogged(ctx, agent, run, message)
+        return
     registry = hub.registry
     missing = registry.needs_lookup(agent, run, message.samples)
     if missing:
@@ -207,6 +210,50 @@ async def agent_data(ctx: Context, message: Data) -> None:
             delivered.get(instrument),
             now,
         )
+
+
+def _forward_unlogged(ctx: Context, agent: AgentEntry, run: str, message: Data) -> None:
+    """The log is degraded: forward live samples; log and acknowledge none (the agent keeps them).
+
+    The newest accepted seqs stay those of the log. Once the log is back, the
+    agent is asked to reconnect (1001), and resends on its new connection
+    what was not acknowledged: logged then, and sent to the subscribers that
+    asked for the backlog. Until its connection closes, its samples are still
+    forwarded, not logged.
+    """
+    hub = ctx.hub
+    health = hub.store.health
+    if not agent.unlogged:
+        agent.unlogged = True
+        _log.warning(
+            "traffic log degraded: forwarding the agent's samples without logging them",
+            extra={"agent": agent.hello.agent_id, "reason": health.reason},
+        )
+        ctx.send(
+            Error(
+                code=ErrorCode.LOG_DEGRADED,
+                message=f"{health.reason or 'the traffic log is degraded'}: samples are "
+                "forwarded but neither logged nor acknowledged; keep them, and resend "
+                "them when the hub closes this connection",
+            )
+        )
+    elif health.state == "ok" and not agent.resend_asked:
+        agent.resend_asked = True
+        _log.info("traffic log back: the agent is to resend", extra={"agent": agent.hello.agent_id})
+        hub.tasks.spawn(
+            ctx.peer.disconnect(
+                CloseCode.GOING_AWAY, "the hub's log is back: resend what was not acknowledged"
+            ),
+            "kmz-log-back",
+        )
+    if message.backlog:
+        return  # from the agent's spool: it waits there for the log
+    fresh = hub.registry.fresh(agent, run, message.samples, hub.clock())
+    if not fresh:
+        return
+    first = fresh[0].instrument
+    whole = len(fresh) == len(message.samples) and all(s.instrument == first for s in fresh)
+    hub.fanout.publish_samples(fresh, ctx.frame if whole else None, encode_run(run))
 
 
 def _clock_changed(hub: Hub, agent: AgentEntry) -> None:

@@ -79,6 +79,11 @@ class AgentEntry:
     clock: ClockOffset = field(default_factory=ClockOffset)
     #: Whether the hub has warned that its clock is off (warned once per crossing).
     clock_warned: bool = False
+    #: Samples of this connection were forwarded but not logged (the log was
+    #: degraded): the agent holds them, and resends them on its next connection.
+    unlogged: bool = False
+    #: ... and it has been asked to reconnect and resend them (the log is back).
+    resend_asked: bool = False
 
 
 #: Runs remembered per instrument: an agent sends the backlog of at most a
@@ -237,6 +242,25 @@ class Registry:
             instruments[instrument_id].last_seen = now
             accepted.append(sample)
         return accepted, duplicates, foreign
+
+    def fresh(
+        self, agent: AgentEntry, run: str, samples: Sequence[Sample], now: float
+    ) -> list[Sample]:
+        """The samples `accept` would take, without taking them: forwarded, not logged.
+
+        While the log is degraded: the newest accepted seqs stay those of the
+        log, so that the resent samples are logged when the log is back.
+        """
+        served = agent.instruments
+        instruments = self._instruments
+        fresh: list[Sample] = []
+        for sample in samples:
+            if sample.instrument in served:
+                entry = instruments[sample.instrument]
+                if sample.seq > entry.seqs.get(run, -1):
+                    entry.last_seen = now
+                    fresh.append(sample)
+        return fresh
 
     def set_status(self, instrument_id: str, state: InstrumentState, reason: str) -> bool:
         """Record an instrument's state; return whether it changed."""

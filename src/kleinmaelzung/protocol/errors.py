@@ -73,6 +73,10 @@ class ErrorCode(enum.StrEnum):
     INSTRUMENT_ERROR = "instrument_error"
     INSTRUMENT_UNREACHABLE = "instrument_unreachable"
     TOO_MANY_PENDING = "too_many_pending"
+    #: The hub's traffic log cannot keep up or cannot be written: samples are
+    #: forwarded live but not logged nor acknowledged; the agent keeps them
+    #: and is asked to reconnect and resend them when the log is back.
+    LOG_DEGRADED = "log_degraded"
     # Anything else: a bug on the side that reports it.
     INTERNAL_ERROR = "internal_error"
 

@@ -279,8 +279,12 @@ class ProcessWriter(BackendReads):
         process.stdin.write(data)
 
     async def wait_for_room(self) -> None:
-        """Return at once unless the backlog is over high water; then wait for low water."""
-        if self.backlog <= self._high_water:
+        """Return at once unless the backlog is over high water; then wait for low water.
+
+        Also at once, and for those waiting, once the log is degraded: the
+        hub then forwards samples without logging them (`handlers`).
+        """
+        if self.backlog <= self._high_water or self._watch.health.state != "ok":
             return
         first = not self._throttled
         self._throttled = True
@@ -449,6 +453,8 @@ class ProcessWriter(BackendReads):
         while True:
             await asyncio.sleep(self._watch.interval_s)
             self._watch.check(self.backlog, self._failing or self._down)
+            if self._watch.health.state != "ok":
+                self._room.set()  # agents paused at high water read again (`wait_for_room`)
 
 
 async def _read_answer(stream: asyncio.StreamReader) -> FromWriter | None:

@@ -221,8 +221,12 @@ class LogWriter(BackendReads):
         return self._pending
 
     async def wait_for_room(self) -> None:
-        """Return at once unless the backlog is over high water; then wait for low water."""
-        if self._pending <= self._high_water:
+        """Return at once unless the backlog is over high water; then wait for low water.
+
+        Also at once, and for those waiting, once the log is degraded: the
+        hub then forwards samples without logging them (`handlers`).
+        """
+        if self._pending <= self._high_water or self._watch.health.state != "ok":
             return
         # Throttled first, backlog checked second: the writer decrements
         # first and checks second, so one of the two sees the other.
@@ -286,6 +290,8 @@ class LogWriter(BackendReads):
 
     def _check_health(self) -> None:
         self._watch.check(self._pending, self._committer.failing, self._failure)
+        if self._watch.health.state != "ok":
+            self._room.set()  # agents paused at high water read again (`wait_for_room`)
 
     # --- the writer thread ---------------------------------------------------
 
