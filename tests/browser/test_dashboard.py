@@ -192,6 +192,38 @@ def test_a_command_from_the_page_reaches_the_instrument_and_its_reply_shows(
     watched.assert_clean()
 
 
+def test_an_error_shows_inline_where_the_command_was_sent(context: Any, lab: Lab) -> None:
+    ada = signed_in(context, lab)
+    page = ada.page
+    page.goto(lab.url + "/#/drive/kiln-air")
+    lease = 'form[data-command="lease"]'
+    page.fill(f"{lease} input[name=duration_s]", "60")
+    page.click(f"{lease} button[type=submit]")
+    page.click(f"{lease} .confirm button.danger")
+    page.wait_for_selector(f"{lease} .outcome.ok")
+    assert "holder=ada" in page.inner_text(f"{lease} .outcome")
+    wait_for(lambda: "leased by ada" in page.inner_text(".drive-head"), "the lease shown")
+    other = context.browser.new_context()
+    try:
+        olga = signed_in(other, lab, "olga")
+        opage = olga.page
+        opage.goto(lab.url + "/#/drive/kiln-air")
+        form = 'form[data-command="set_setpoint"]'
+        opage.fill(f"{form} input[name=value]", "70")
+        opage.click(f"{form} button[type=submit]")
+        opage.click(f"{form} .confirm button.danger")
+        opage.wait_for_selector(f"{form} .outcome.failed")
+        assert "lease_held" in opage.inner_text(f"{form} .outcome")
+        assert "leased by ada" in opage.inner_text(f"{form} .outcome")
+        olga.assert_clean()
+    finally:
+        other.close()
+        page.click('form[data-command="release"] button[type=submit]')
+        page.click('form[data-command="release"] .confirm button.danger')
+        page.wait_for_selector('form[data-command="release"] .outcome.ok')
+    ada.assert_clean()
+
+
 def test_commands_the_user_may_not_send_are_not_offered(context: Any, lab: Lab) -> None:
     watched = signed_in(context, lab, "olga")  # operator on kiln-*, set_setpoint only
     page = watched.page
