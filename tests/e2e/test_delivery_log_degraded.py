@@ -57,8 +57,11 @@ def log_state(url: str) -> str | None:
 
 @pytest.mark.timeout(150)
 async def test_a_full_log_volume_keeps_live_data_flowing_and_loses_nothing(
-    tmp_path: Path, hub_volume: Path
+    tmp_path: Path, hub_volume: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Degraded after 2 s of failing writes, not the default 10 (the setting
+    # `log_degraded_after_s`, through its environment variable).
+    monkeypatch.setenv("KMZ_HUB_LOG_DEGRADED_AFTER_S", "2")
     lab = StreamingLab(tmp_path, instruments=3, poll_interval_s=1 / 20)
     watcher = RawWatcher(lab.url)
     watching: asyncio.Task[None] | None = None

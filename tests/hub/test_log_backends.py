@@ -444,10 +444,20 @@ async def test_health_says_why_the_log_is_degraded_and_when_it_is_ok_again(
                 assert health["status"] == "degraded"
                 assert health["log"]["state"] == "degraded"
                 assert "cannot be written" in health["log"]["reason"]
+                async with http.get(running.url + "/api/ready") as response:
+                    assert response.status == 503
+                    readiness = await response.json()
+                assert readiness["ready"] is False
+                assert "cannot be written" in readiness["reasons"][0]
             await asyncio.wait_for(changed.wait(), 20)
             async with http.get(running.url + "/api/health") as response:
                 health = await response.json()
             assert (health["status"], health["log"]) == ("ok", {"state": "ok", "reason": ""})
+            async with http.get(running.url + "/api/ready") as response:
+                assert (response.status, await response.json()) == (
+                    200,
+                    {"ready": True, "reasons": []},
+                )
             assert (await agent.receive_type("ack"))["seqs"] == {"balance": 1}
     finally:
         await running.stop()

@@ -61,7 +61,12 @@ def create_app(
     acks_to: list[Callable[[str, dict[str, int]], None]] = []
     gatherer = AckGatherer(lambda key, seqs: acks_to[0](key, seqs))
     if store is None:
-        store = store_for_url(config.log_url) if config.log_url else SqliteStore(config.traffic_db)
+        degraded_after_s = config.log_degraded_after_s
+        store = (
+            store_for_url(config.log_url, degraded_after_s=degraded_after_s)
+            if config.log_url
+            else SqliteStore(config.traffic_db, degraded_after_s=degraded_after_s)
+        )
     store.set_on_committed(gatherer.committed)
     traffic = TrafficLog(store, clock)
     fanout = Fanout(subscriptions, traffic, max_message_bytes=config.limits.max_hub_message_bytes)
@@ -99,6 +104,7 @@ def create_app(
     app.router.add_get("/ws/agent", views.agent_endpoint)
     app.router.add_get("/ws/client", views.client_endpoint)
     app.router.add_get("/api/health", rest.health)
+    app.router.add_get("/api/ready", rest.ready)
     app.router.add_get("/api/instruments", rest.instruments)
     app.router.add_get("/api/agents", rest.agents)
     app.router.add_delete("/api/instruments/{instrument}", rest.forget_instrument)
@@ -185,7 +191,9 @@ async def start_hub(
     try:
         if store is None and writer_process:
             url = config.log_url or sqlite_url(config.traffic_db)
-            store = store_for_url(url, writer_process=True)
+            store = store_for_url(
+                url, writer_process=True, degraded_after_s=config.log_degraded_after_s
+            )
         app = create_app(config=config, clock=clock, store=store)
     except StoreError as exc:
         raise HubStartError(str(exc)) from None

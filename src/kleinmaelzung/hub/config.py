@@ -24,6 +24,10 @@ class HubConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     #: Where the traffic log is: ``sqlite:///path`` or ``postgresql://user@host/db``
     #: (see `store.store_for_url`); None for SQLite at `traffic_db`.
     log_url: str | None = None
+    #: Seconds the log's writes may fail, or its backlog stay over high water,
+    #: before it is degraded: live data is then forwarded without being logged
+    #: (`handlers`), and /api/health and /api/ready say why.
+    log_degraded_after_s: float = 10.0
     name: str = "kmz-hub"
     #: An agent whose clock is further than this from the hub's is flagged
     #: (logged, and `clock_ok: false` in `/api/agents`).
@@ -52,6 +56,7 @@ _HINTS = {
     "port": "a TCP port such as 8765",
     "data_dir": 'a folder such as "/var/lib/kleinmaelzung"',
     "log_url": 'a URL such as "sqlite:///var/lib/kmz/traffic.sqlite3"',
+    "log_degraded_after_s": "a number of seconds such as 10.0",
     "insecure": "true or false",
     "allowed_origins": 'a list of origins such as ["https://dash.lab.example"]',
     "tls_cert": 'a PEM file such as "/etc/kleinmaelzung/hub.crt"',

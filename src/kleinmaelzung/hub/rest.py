@@ -45,6 +45,19 @@ async def health(request: web.Request) -> web.Response:
     )
 
 
+async def ready(request: web.Request) -> web.Response:
+    """`GET /api/ready`: may this hub take traffic now? 503, with the reasons, while it may not.
+
+    For a load balancer or an orchestrator's readiness probe: ready while the
+    traffic log keeps up (while it is degraded, samples are forwarded but not
+    logged, and agents are better served by a hub whose log works).
+    """
+    hub = request.app[HUB_KEY]
+    log = hub.store.health
+    reasons = [log.reason or "the traffic log is degraded"] if log.state != "ok" else []
+    return _json({"ready": not reasons, "reasons": reasons}, status=503 if reasons else 200)
+
+
 async def instruments(request: web.Request) -> web.Response:
     """`GET /api/instruments`: every known instrument the caller may watch, with its state."""
     may_watch = principal_of(request).may_watch

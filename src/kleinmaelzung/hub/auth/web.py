@@ -10,7 +10,7 @@ reach an open hub. ``Origin: null`` (sandboxed frames, files) is never
 allowed. Refused: 403 ``forbidden``, before any WebSocket upgrade.
 
 REST: ``Authorization: Bearer <token>`` on every ``/api/`` route but
-``/api/health`` (a liveness probe that names no instrument), checked with the
+``/api/health`` and ``/api/ready`` (probes that name no instrument), checked with the
 same `Principal` methods as the WebSocket handlers: listing needs viewer and
 shows only the instruments the grant covers; the log and the export of one
 instrument (or of a pattern the grant holds) and its history need watching
@@ -120,7 +120,7 @@ async def _middleware(request: web.Request, handler: _Handler) -> web.StreamResp
 #: The name of the dashboard's session cookie (`auth.sessions`).
 SESSION_COOKIE = "kmz_session"
 #: API routes that check credentials themselves (or need none).
-_PUBLIC_API = frozenset({"/api/health", "/api/session"})
+_PUBLIC_API = frozenset({"/api/health", "/api/ready", "/api/session"})
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
@@ -200,6 +200,9 @@ def _needed(request: web.Request, principal: Principal) -> str | None:
     """
     path = request.path
     if request.method == "GET" and path in _VIEWER_ROUTES:
+        return None if principal.at_least(Role.VIEWER) else "needs the viewer role"
+    if path == "/api/calibrations" or path.startswith("/api/calibrations/"):
+        # Each calibration route checks its own role and grant (`calibration_routes`).
         return None if principal.at_least(Role.VIEWER) else "needs the viewer role"
     if request.method == "GET" and path in ("/api/log", "/api/export"):
         # An instrument id, or a pattern the grant holds as such (`may_subscribe`).

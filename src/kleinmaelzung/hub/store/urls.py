@@ -13,7 +13,7 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from .backend import LogBackend
 from .base import StoreError
-from .writer import LogWriter
+from .writer import DEGRADED_AFTER_S, LogWriter
 
 if TYPE_CHECKING:
     from .process import ProcessWriter
@@ -84,21 +84,25 @@ def backend_for_url(url: str) -> LogBackend:
     )
 
 
-def store_for_url(url: str, *, writer_process: bool = False) -> LogWriter | ProcessWriter:
+def store_for_url(
+    url: str, *, writer_process: bool = False, degraded_after_s: float = DEGRADED_AFTER_S
+) -> LogWriter | ProcessWriter:
     """A (not yet opened) traffic log for `url`; `LogUrlError` if it names none this hub has.
 
     With `writer_process`, the log is written by a process of its own
     (`process.ProcessWriter`); otherwise by a thread of the hub's.
+    `degraded_after_s`: how long writes may fail, or the backlog stay over
+    high water, before the log is degraded.
     """
     backend = backend_for_url(url)
     if writer_process:
         from .process import ProcessWriter
 
-        return ProcessWriter(url, backend)
+        return ProcessWriter(url, backend, degraded_after_s=degraded_after_s)
     from .sqlite import SqliteBackend, SqliteStore
 
     if isinstance(backend, SqliteBackend):
-        return SqliteStore(backend.path)
+        return SqliteStore(backend.path, degraded_after_s=degraded_after_s)
     from .postgres import PostgresStore
 
-    return PostgresStore(url)
+    return PostgresStore(url, degraded_after_s=degraded_after_s)
