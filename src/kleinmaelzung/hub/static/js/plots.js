@@ -161,10 +161,85 @@ export function mount(section, { lab }) {
     return { t, v };
   }
 
+  // Live, with many samples in view: the columns (on an absolute time grid, so that they
+  // stay put as the window slides) are kept between frames, and each frame adds only
+  // the samples that arrived since. A frame then costs the columns, not the samples.
+  const columnCaches = new Map();
+
+  function cachedColumns(key, from, width) {
+    const live = lab.series.get(key) || EMPTY;
+    const past = history.get(key) || EMPTY;
+    const n = live.t.length;
+    let c = columnCaches.get(key);
+    if (
+      !c || c.width !== width || c.past !== past || c.live !== live || c.done > n
+      || (c.done > 0 && live.t[c.done - 1] !== c.lastT) // the oldest samples were let go
+    ) {
+      c = { width, past, live, done: 0, lastT: null, col: [], loT: [], loV: [], hiT: [], hiV: [] };
+      columnCaches.set(key, c);
+      const firstLive = n ? live.t[0] : Infinity;
+      const end = lowerBound(past.t, firstLive);
+      for (let i = lowerBound(past.t, from); i < end; i++) addToColumn(c, past.t[i], past.v[i]);
+      c.done = lowerBound(live.t, from);
+    }
+    for (let i = c.done; i < n; i++) addToColumn(c, live.t[i], live.v[i]);
+    c.done = n;
+    c.lastT = n ? live.t[n - 1] : null;
+    const first = lowerBound(c.col, Math.floor(from / width));
+    if (first > 0) for (const array of [c.col, c.loT, c.loV, c.hiT, c.hiV]) array.splice(0, first);
+    const t = [];
+    const v = [];
+    for (let j = 0; j < c.col.length; j++) {
+      if (c.loT[j] === c.hiT[j]) {
+        t.push(c.loT[j]);
+        v.push(c.loV[j]);
+      } else if (c.loT[j] < c.hiT[j]) {
+        t.push(c.loT[j], c.hiT[j]);
+        v.push(c.loV[j], c.hiV[j]);
+      } else {
+        t.push(c.hiT[j], c.loT[j]);
+        v.push(c.hiV[j], c.loV[j]);
+      }
+    }
+    return { t, v };
+  }
+
+  function addToColumn(c, time, value) {
+    const column = Math.floor(time / c.width);
+    const last = c.col.length - 1;
+    if (last >= 0 && c.col[last] === column) {
+      if (value < c.loV[last]) {
+        c.loV[last] = value;
+        c.loT[last] = time;
+      } else if (value > c.hiV[last]) {
+        c.hiV[last] = value;
+        c.hiT[last] = time;
+      }
+    } else if (last < 0 || column > c.col[last]) {
+      c.col.push(column);
+      c.loT.push(time);
+      c.loV.push(value);
+      c.hiT.push(time);
+      c.hiV.push(value);
+    }
+  }
+
+  /** How many samples of `key` are held in [from, to]. */
+  function heldIn(key, from, to) {
+    const live = lab.series.get(key) || EMPTY;
+    const past = history.get(key) || EMPTY;
+    return upperBound(live.t, to) - lowerBound(live.t, from)
+      + Math.max(0, upperBound(past.t, to) - lowerBound(past.t, from));
+  }
+
   /** uPlot's aligned data: one time axis (the union), one value array per series (null where none). */
   function aligned(from, to, decimate = true) {
     const columns = decimate ? Math.max(200, box.clientWidth || 800) : 0;
-    const parts = keys().map((key) => points(key, from, to, columns));
+    const liveWidth = Number(windowSelect.value) / columns;
+    const parts = keys().map((key) => (
+      decimate && !inspecting && heldIn(key, from, to) > columns * 4
+        ? cachedColumns(key, from, liveWidth)
+        : points(key, from, to, columns)));
     const x = [];
     const ys = parts.map(() => []);
     const at = parts.map(() => 0);
@@ -208,6 +283,7 @@ export function mount(section, { lab }) {
       chart = null;
     }
     box.replaceChildren();
+    columnCaches.clear();
     const chosen = keys();
     if (!chosen.length) {
       box.append(h("p", { class: "hint" }, "Choose channels on the left to plot them."));
