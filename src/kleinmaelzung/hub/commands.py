@@ -24,6 +24,30 @@ _log = logging.getLogger(__name__)
 #: so a reply later than this means the agent went silent or away.
 DEADLINE_GRACE_S = 1.0
 
+#: Upper bounds (seconds) of the command round-trip histogram (`/metrics`):
+#: a serial instrument answers in 10-100 ms, a Modbus write in a few ms.
+LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+@dataclass
+class Latencies:
+    """Commands' round trips from the hub to the agent and back, by outcome (ok or a code)."""
+
+    #: Per outcome: count per bucket of `LATENCY_BUCKETS_S` (not cumulative), then +Inf.
+    buckets: dict[str, list[int]]
+    #: Per outcome: the sum of the round trips, seconds.
+    sums: dict[str, float]
+
+    def observe(self, outcome: str, seconds: float) -> None:
+        """Count one command's round trip."""
+        counts = self.buckets.get(outcome)
+        if counts is None:
+            counts = self.buckets[outcome] = [0] * (len(LATENCY_BUCKETS_S) + 1)
+            self.sums[outcome] = 0.0
+        index = next((i for i, b in enumerate(LATENCY_BUCKETS_S) if seconds <= b), -1)
+        counts[index] += 1
+        self.sums[outcome] += seconds
+
 
 @dataclass
 class _Pending:
@@ -32,6 +56,8 @@ class _Pending:
     agent: str
     instrument: str
     timer: asyncio.TimerHandle
+    #: When it was forwarded (`Commands.monotonic`).
+    sent: float = 0.0
     #: Why the agent went away with this command in flight, if it did.
     agent_left: str | None = None
 
@@ -48,6 +74,8 @@ class Commands:
         self._id_prefix = boot_id
         #: The clock of command deadlines, sent to agents in welcome and ack.
         self.monotonic = monotonic
+        #: Round trips of the commands answered (`/metrics`).
+        self.latencies = Latencies({}, {})
 
     def forward(self, client: Peer, command: Command, agent: Peer) -> None:
         """Send a client's command to the owning agent under a hub-wide id, with its deadline."""
@@ -64,6 +92,7 @@ class Commands:
             agent=agent.name,
             instrument=command.instrument,
             timer=timer,
+            sent=self.monotonic(),
         )
         forwarded = Command(
             id=hub_id,
@@ -83,6 +112,8 @@ class Commands:
             return False
         del self._pending[reply.id]
         pending.timer.cancel()
+        outcome = "ok" if reply.ok else (reply.error.code if reply.error else "error")
+        self.latencies.observe(outcome, self.monotonic() - pending.sent)
         self._answer(
             pending,
             Reply(id=pending.client_id, ok=reply.ok, result=reply.result, error=reply.error),
@@ -136,6 +167,7 @@ class Commands:
             "command outcome unknown",
             extra={"agent": pending.agent, "instrument": pending.instrument, "id": hub_id},
         )
+        self.latencies.observe(ErrorCode.OUTCOME_UNKNOWN, self.monotonic() - pending.sent)
         self._answer(
             pending,
             _failed(

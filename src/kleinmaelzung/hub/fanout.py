@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 
 import msgspec
@@ -38,6 +38,10 @@ class Fanout:
         self._subscribers = subscriptions.index
         self._traffic = traffic
         self._max_message_bytes = max_message_bytes
+        #: Sample batches handed to clients (one per client per batch), and
+        #: errors sent by code: read by `/metrics`.
+        self.deliveries = 0
+        self.errors: Counter[str] = Counter()
 
     def send(self, peer: Peer, message: Message, *, instrument: str | None = None) -> None:
         """Encode, log and queue one message to one peer."""
@@ -64,6 +68,8 @@ class Fanout:
                 id=getattr(message, "id", None),
             )
             frame = encode(message)
+        if isinstance(message, Error):
+            self.errors[message.code] += 1
         self._traffic.message("out", peer.name, message, frame, instrument)
         peer.send(frame)
 
@@ -96,12 +102,14 @@ class Fanout:
                 takers = [p for p in subscribers if p.wants_backlog]
                 for peer in takers:
                     peer.send_samples(array, run, spans)
+                self.deliveries += len(takers)
                 return {first: describe_recipients(takers)} if takers else {}
             # Encoded once: the whole WebSocket frame, for every subscriber
             # whose socket keeps up (the others queue the array).
             wire = wire_frame(data_frame((array,), run)) if len(subscribers) > 1 else None
             for peer in subscribers:
                 peer.send_samples(array, run, spans, wire)
+            self.deliveries += len(subscribers)
             return {first: self._subscriptions.recipients(first)}
         by_peer: dict[Peer, list[Sample]] = defaultdict(list)
         for sample in samples:
@@ -117,6 +125,7 @@ class Fanout:
             spans = _spans(group_samples)
             for peer in peers:
                 peer.send_samples(array, run, spans)
+            self.deliveries += len(peers)
         if backlog:
             by_instrument: dict[str, list[Peer]] = defaultdict(list)
             for peer, peer_samples in by_peer.items():

@@ -1,9 +1,12 @@
 """`GET /metrics`: the hub's state for Prometheus, read when it is scraped.
 
-Nothing is counted on the forwarding path: every figure here is read from
-state the hub keeps anyway (its peers, registry, spool reports, log writer),
-at scrape time. prometheus-client comes with the `hub` extra; without it the
-route says which extra to install.
+Read at scrape time from the hub's state (its peers, registry, spool
+reports, log writer) and from counters its parts keep as they go: messages by
+type (`TrafficLog.counts`, one step per message it logs anyway), sample
+batches delivered and errors sent (`Fanout`), command round trips
+(`Commands.latencies`). Nothing else is added to the forwarding path.
+prometheus-client comes with the `hub` extra; without it the route says
+which extra to install.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from aiohttp import web
 from ..protocol import PeerKind
 from .auth.guard import bearer
 from .auth.permissions import Role
+from .commands import LATENCY_BUCKETS_S
 from .services import HUB_KEY, Hub
 
 if TYPE_CHECKING:
@@ -32,7 +36,11 @@ class HubCollector:
 
     def collect(self) -> Iterator[Metric]:
         """Every family, from the hub's state now."""
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
 
         hub = self._hub
         peers = GaugeMetricFamily("kmz_connections", "Connected peers, by kind.", labels=["kind"])
@@ -75,6 +83,52 @@ class HubCollector:
             "1 while the traffic log cannot keep up (see /api/health).",
             value=0 if hub.store.health.state == "ok" else 1,
         )
+
+        committed = getattr(hub.store, "committed_rows", None)
+        if committed is not None:
+            yield CounterMetricFamily(
+                "kmz_log_committed_rows", "Traffic-log rows committed.", value=committed
+            )
+
+        messages = CounterMetricFamily(
+            "kmz_messages",
+            "Messages logged, by direction and type (a data message per instrument).",
+            labels=["direction", "type"],
+        )
+        for (direction, kind), count in sorted(hub.traffic.counts.items()):
+            messages.add_metric([direction, kind], count)
+        yield messages
+        yield CounterMetricFamily(
+            "kmz_sample_deliveries",
+            "Sample batches handed to clients: one per subscribed client per batch.",
+            value=hub.fanout.deliveries,
+        )
+        refused = CounterMetricFamily(
+            "kmz_refused", "Input refused, by error code.", labels=["code"]
+        )
+        for code, count in sorted(hub.traffic.refusals.items()):
+            refused.add_metric([code], count)
+        yield refused
+        errors = CounterMetricFamily(
+            "kmz_errors_sent", "Error messages the hub sent, by code.", labels=["code"]
+        )
+        for code, count in sorted(hub.fanout.errors.items()):
+            errors.add_metric([code], count)
+        yield errors
+
+        latency = HistogramMetricFamily(
+            "kmz_command_seconds",
+            "Commands' round trips from the hub to the agent and back, by outcome.",
+            labels=["outcome"],
+        )
+        latencies = hub.commands.latencies
+        for outcome, counts in sorted(latencies.buckets.items()):
+            cumulative, buckets = 0, []
+            for bound, count in zip((*LATENCY_BUCKETS_S, float("inf")), counts, strict=True):
+                cumulative += count
+                buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+            latency.add_metric([outcome], buckets, latencies.sums[outcome])
+        yield latency
 
         spool = GaugeMetricFamily(
             "kmz_agent_spool_samples",

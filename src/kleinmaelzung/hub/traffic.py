@@ -7,6 +7,7 @@ about a sample only once it is committed.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -40,6 +41,10 @@ class TrafficLog:
     def __init__(self, store: Store, clock: Callable[[], float]) -> None:
         self._store = store
         self._clock = clock
+        #: Messages logged, by (direction, type), and refusals by error code:
+        #: read by `/metrics` (one counter step per logged message).
+        self.counts: Counter[tuple[str, str]] = Counter()
+        self.refusals: Counter[str] = Counter()
 
     def message(
         self,
@@ -50,12 +55,14 @@ class TrafficLog:
         instrument: str | None = None,
     ) -> None:
         """Log one message, as the bytes that crossed the wire."""
+        tag: str = message.__struct_config__.tag  # type: ignore[assignment]
+        self.counts[(direction, tag)] += 1
         self._store.append(
             Record(
                 ts=self._clock(),
                 direction=direction,
                 peer=peer,
-                type=message.__struct_config__.tag,  # type: ignore[arg-type]
+                type=tag,
                 message=frame,
                 instrument=instrument,
             )
@@ -76,6 +83,8 @@ class TrafficLog:
 
     def refused(self, peer: str, error: Error, frame: bytes | str) -> None:
         """Log input the hub refused, under its own kind, as valid JSON whatever it was."""
+        self.counts[("in", REFUSED)] += 1
+        self.refusals[error.code] += 1
         self._store.append(
             Record(
                 ts=self._clock(),
@@ -97,6 +106,7 @@ class TrafficLog:
         ts: float,
     ) -> None:
         """Log one instrument's samples; acknowledged to the agent run once committed."""
+        self.counts[("in", "data")] += 1
         self._store.append(
             Record(
                 ts,
@@ -113,6 +123,7 @@ class TrafficLog:
 
     def status_out(self, recipients: str, frame: bytes, instrument: str) -> None:
         """Log a status change sent to several subscribers, once."""
+        self.counts[("out", "status")] += 1
         self._store.append(
             Record(
                 ts=self._clock(),
