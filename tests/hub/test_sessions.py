@@ -44,6 +44,15 @@ def test_sessions_end_when_idle_when_too_old_at_logout_and_with_their_token() ->
     assert sessions.resolve(other, 1.0) is not None
 
 
+def test_an_open_connection_keeps_its_session_from_going_idle() -> None:
+    sessions = Sessions(idle_s=10.0, max_age_s=100.0)
+    secret, session = sessions.open("a", now=0.0)
+    for now in (8.0, 16.0, 24.0, 32.0):  # the hub rechecks its connections
+        assert sessions.by_id(session.id, now) is session
+    assert sessions.resolve(secret, now=40.0) is session
+    assert sessions.by_id(session.id, now=101.0) is None  # but not past its maximum age
+
+
 def test_the_least_recently_used_session_goes_beyond_the_limit() -> None:
     sessions = Sessions(max_sessions=3)
     first, _ = sessions.open("a", 0.0)

@@ -11,7 +11,8 @@ What is kept: a session's secret is 32 random bytes (``kmzs_`` + 43
 characters of URL-safe base64), sent to the browser once in the cookie; the
 hub keeps only its SHA-256 digest (256 random bits need no slow or keyed
 hash: nothing can be guessed from the digest). A session ends at logout, when
-idle for `idle_s`, at `max_age_s` after sign-in, when its token no longer
+idle for `idle_s` (an open WebSocket of the session is use), at `max_age_s`
+after sign-in, when its token no longer
 holds, or when the hub restarts (sessions live in memory only). At most
 `max_sessions` are kept; beyond that the least recently used goes.
 
@@ -122,7 +123,11 @@ class Sessions:
         return session
 
     def by_id(self, session_id: str, now: float) -> Session | None:
-        """The live session with this public id (for rechecking open connections), or None."""
+        """The live session of an open connection, by public id (marking it used), or None.
+
+        A connection that is open counts as use: a dashboard left on a lab
+        monitor stays signed in (up to `max_age_s`) while its WebSocket lives.
+        """
         key = self._by_id.get(session_id)
         if key is None:
             return None
@@ -130,6 +135,7 @@ class Sessions:
         if not self._alive(session, now):
             self._drop(key)
             return None
+        session.last_used = now
         return session
 
     def end(self, secret: str) -> Session | None:
