@@ -8,12 +8,12 @@ instrument at 1 Hz over `--days` days, then measures on each backend:
 
 - history: `Store.history` of one channel over the whole range cut into
   1,000 buckets (what a dashboard asks for a month's plot), and of every
-  channel; median and best of 5, and the Python side's peak memory
-  (tracemalloc; the database's own memory is not counted);
+  channel; median and best of 3, and the Python side's peak memory
+  (tracemalloc, in a run of its own; the database's memory is not counted);
 - export: `kmz export`'s path (a hub on 127.0.0.1, the client writing the
   file) of the first `--export-rows` rows to CSV and to Parquet: wall time,
-  rows/s, and the peak memory of hub and client together (tracemalloc; both
-  run in this process).
+  rows/s, and the peak memory of hub and client together (tracemalloc in a
+  second, untimed run; both run in this process).
 
 Not a test: figures vary with the machine; compare backends within a run.
 The PostgreSQL log goes to a schema of its own (kmz_bench_history), dropped
@@ -46,16 +46,21 @@ from kleinmaelzung.hub.store.batch import Batch, SaveInstrument
 INSTRUMENT = "kiln-00"
 SCHEMA = "kmz_bench_history"
 BUCKETS = 1000
-RUNS = 5
+RUNS = 3
 
 
 async def measure(make: Callable[[], Awaitable[Any]]) -> tuple[float, int, Any]:
-    """Seconds and tracemalloc peak (bytes) of one awaited call, and its result."""
-    tracemalloc.start()
+    """Seconds of one awaited call, then the tracemalloc peak (bytes) of a second one.
+
+    Two calls: tracing every allocation slows Python code 2-4x, which would
+    make the time the tracer's.
+    """
     started = time.perf_counter()
+    result = await make()
+    took = time.perf_counter() - started
+    tracemalloc.start()
     try:
-        result = await make()
-        took = time.perf_counter() - started
+        await make()
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -69,19 +74,22 @@ async def time_history(backend: LogBackend, start: float, end: float) -> dict[st
     figures: dict[str, Any] = {}
     try:
         for label, channels in (("one_channel", ["temperature"]), ("all_channels", [])):
-            times, peaks, rows = [], [], 0
+            times = []
             for _ in range(RUNS):
-                took, peak, found = await measure(
-                    lambda c=channels: store.history(INSTRUMENT, start, end, every, c)  # type: ignore[misc]
-                )
-                times.append(took)
-                peaks.append(peak)
-                rows = len(found)
+                started = time.perf_counter()
+                found = await store.history(INSTRUMENT, start, end, every, channels)
+                times.append(time.perf_counter() - started)
+            tracemalloc.start()
+            try:
+                await store.history(INSTRUMENT, start, end, every, channels)
+                peak = tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
             figures[label] = {
                 "median_s": round(statistics.median(times), 3),
                 "best_s": round(min(times), 3),
-                "rows_returned": rows,
-                "python_peak_mib": round(max(peaks) / 2**20, 2),
+                "rows_returned": len(found),
+                "python_peak_mib": round(peak / 2**20, 2),
             }
     finally:
         await store.close()
