@@ -13,6 +13,7 @@ import msgspec
 import pytest
 
 from kleinmaelzung.hub import HubConfig, RunningHub, start_hub
+from kleinmaelzung.hub.export import EXPORTS_KEY, MAX_EXPORTS
 from kleinmaelzung.protocol import History, LogPage
 
 from .auth_setup import auth_lab
@@ -190,6 +191,18 @@ async def test_export_streams_a_spreadsheet_ready_csv(filled: RunningHub) -> Non
         "seq": 5,
         "values": kiln_values(5),
     }
+
+
+async def test_exports_beyond_the_limit_are_refused_until_one_ends(filled: RunningHub) -> None:
+    exports = filled.app[EXPORTS_KEY]
+    for _ in range(MAX_EXPORTS):  # as if that many were streaming
+        await exports.acquire()
+    status, body, _ = await get(filled.url, "/api/export", instrument="kiln-air")
+    assert (status, msgspec.json.decode(body)["code"]) == (429, "too_many_pending")
+    exports.release()
+    status, _, _ = await get(filled.url, "/api/export", instrument="kiln-air")
+    assert status == 200
+    exports.release()
 
 
 # --- who may ask ---------------------------------------------------------------------

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import export, history, log_api
+from . import export, history, log_api, log_retention
 
 
 def install(app: web.Application) -> None:
-    """Add ``GET /api/log``, ``/api/history/{instrument}`` and ``/api/export`` to the app."""
+    """Add ``GET /api/log``, ``/api/history/{instrument}`` and ``/api/export`` to the app,
+    and the log's retention (``/api/log/stats``, pruning in the background)."""
     app.router.add_get("/api/log", log_api.traffic_log)
     app.router.add_get("/api/history/{instrument}", history.history)
-    app.router.add_get("/api/export", export.export)
+    export.install(app)
+    log_retention.install(app)

@@ -22,7 +22,8 @@ NDJSON: one sample per line, ``{"instrument": ..., "ts": ..., "run": ...,
 "seq": ..., "values": {...}}``, ``ts`` in UNIX seconds (the instrument's
 time), values as the agent sent them.
 
-If reading the log fails midway, the connection is cut without the stream's
+At most `MAX_EXPORTS` run at once; another is refused with 429
+``too_many_pending``. If reading the log fails midway, the connection is cut without the stream's
 end, so a reader never takes a partial export for a whole one.
 """
 
@@ -37,7 +38,7 @@ from datetime import UTC, datetime
 import msgspec
 from aiohttp import web
 
-from ..protocol import Value, matches
+from ..protocol import ErrorCode, Value, matches
 from ..protocol.export import INSTRUMENT_COLUMN, TIME_COLUMN, column_name, export_columns
 from .auth.web import principal_of
 from .params import BadParameter, channel_params, choice_param, pattern_param, problem, time_param
@@ -50,6 +51,18 @@ _log = logging.getLogger(__name__)
 CHUNK_ROWS = 2000
 #: The header that tells how many rows to expect.
 ROWS_HEADER = "X-Kmz-Rows-Expected"
+#: Exports at once: each holds a database connection for as long as it
+#: streams, and PostgreSQL's read pool (4) also serves the hub's own lookups.
+MAX_EXPORTS = 2
+#: The app's count of exports in progress (`install`).
+EXPORTS_KEY = web.AppKey("kmz_exports", asyncio.Semaphore)
+
+
+def install(app: web.Application) -> None:
+    """Add ``GET /api/export`` to the app, with its limit of exports at once."""
+    app[EXPORTS_KEY] = asyncio.Semaphore(MAX_EXPORTS)
+    app.router.add_get("/api/export", export)
+
 
 _values_decoder = msgspec.json.Decoder(dict[str, Value])
 _encoder = msgspec.json.Encoder()
@@ -111,6 +124,29 @@ async def export(request: web.Request) -> web.StreamResponse:
         return problem(
             BadParameter(f"{principal.name} may not export {pattern!r}", "forbidden"), status=403
         )
+    exports = request.app[EXPORTS_KEY]
+    if exports.locked():
+        return problem(
+            BadParameter(
+                f"{MAX_EXPORTS} exports are running: try again when one has finished",
+                ErrorCode.TOO_MANY_PENDING,
+            ),
+            status=429,
+        )
+    async with exports:
+        return await _export(request, pattern, since, until, wanted, output)
+
+
+async def _export(
+    request: web.Request,
+    pattern: str,
+    since: float,
+    until: float,
+    wanted: tuple[str, ...],
+    output: str,
+) -> web.StreamResponse:
+    hub = request.app[HUB_KEY]
+    principal = principal_of(request)
     records = [
         r for r in hub.registry.records() if matches(pattern, r.id) and principal.may_watch(r.id)
     ]
