@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
+import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
 from . import __version__, cli_data
-from .protocol.text import printable
+from .logformat import FORMATS, configure_logging
 
 EXIT_OK, EXIT_ERROR_REPLY, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_FAILED = 1  # a server command (agent, demo) could not start or run on
@@ -46,6 +46,13 @@ def _parser() -> argparse.ArgumentParser:
         prog="kmz", description="Kleinmaelzung: connect lab instruments to the people who use them."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    parser.add_argument(
+        "--log-format",
+        choices=FORMATS,
+        default=os.environ.get("KMZ_LOG_FORMAT", "text"),
+        help="text lines (default), or one JSON object per line for log shippers "
+        "(default: $KMZ_LOG_FORMAT, else text)",
+    )
     parser.add_argument("--version", action="version", version=f"kmz {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -264,37 +271,10 @@ def _credential_commands(commands: Any) -> None:
     _data_option(revoke)
 
 
-class _LogFormatter(logging.Formatter):
-    """Appends a record's `extra` fields as key=value, so structured logs stay readable."""
-
-    _standard = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
-
-    def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
-        # Extras carry peers' free text (an agent's error detail, a gap's
-        # reason): a newline in it would forge a log line (issue 11).
-        extra = " ".join(
-            f"{k}={printable(str(v), 300)}"
-            for k, v in vars(record).items()
-            if k not in self._standard
-        )
-        return f"{line}  {extra}" if extra else line
-
-
-def _configure_logging(verbose: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_LogFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
-    if not verbose:
-        # pymodbus logs every timeout at ERROR with frame dumps; the modbus
-        # driver reports each failure as the instrument's status instead.
-        logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run `kmz`; return the exit status."""
     args = _parser().parse_args(argv)
-    _configure_logging(args.verbose)
+    configure_logging(args.verbose, args.log_format)
     handler: Callable[[argparse.Namespace], int] = globals()[f"_cmd_{args.command}"]
     try:
         return handler(args)
@@ -335,7 +315,10 @@ def _cmd_hub(args: argparse.Namespace) -> int:
     try:
         serve_hub(
             config,
-            on_ready=lambda url: print(
+            # With JSON logs every line is an event (`hub started` names the URL).
+            on_ready=None
+            if args.log_format == "json"
+            else lambda url: print(
                 f"kmz hub on {url}  (log in {shown}); Ctrl-C stops it", flush=True
             ),
         )

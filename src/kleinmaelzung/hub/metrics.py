@@ -95,8 +95,8 @@ class HubCollector:
             "Messages logged, by direction and type (a data message per instrument).",
             labels=["direction", "type"],
         )
-        for (direction, kind), count in sorted(hub.traffic.counts.items()):
-            messages.add_metric([direction, kind], count)
+        for (direction, message_type), count in sorted(hub.traffic.counts.items()):
+            messages.add_metric([direction, message_type], count)
         yield messages
         yield CounterMetricFamily(
             "kmz_sample_deliveries",
@@ -122,10 +122,11 @@ class HubCollector:
             labels=["outcome"],
         )
         latencies = hub.commands.latencies
-        for outcome, counts in sorted(latencies.buckets.items()):
-            cumulative, buckets = 0, []
-            for bound, count in zip((*LATENCY_BUCKETS_S, float("inf")), counts, strict=True):
-                cumulative += count
+        for outcome, per_bucket in sorted(latencies.buckets.items()):
+            cumulative = 0
+            buckets: list[tuple[str, float]] = []
+            for bound, n in zip((*LATENCY_BUCKETS_S, float("inf")), per_bucket, strict=True):
+                cumulative += n
                 buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
             latency.add_metric([outcome], buckets, latencies.sums[outcome])
         yield latency
