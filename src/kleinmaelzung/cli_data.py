@@ -58,6 +58,11 @@ def add_log_parser(commands: Any, hub_option: Any, positive_int: Any) -> None:
         "--all", action="store_true", help="every match, streamed (NDJSON with --json)"
     )
     log.add_argument("--json", action="store_true", help="print a JSON array")
+    log.add_argument(
+        "--stats",
+        action="store_true",
+        help="instead: rows, size and oldest entry of each kind, and how long each is kept",
+    )
     hub_option(log)
     _relative_times_are_values(log)
 
@@ -135,6 +140,8 @@ def cmd_log(args: argparse.Namespace) -> int:
     from .client import LogFilter, query_log, stream_log
     from .client.formatting import format_log_entry
 
+    if args.stats:
+        return _log_stats(args)
     where = LogFilter(
         since=_seconds(args.since, "--since"),
         until=_seconds(args.until, "--until"),
@@ -173,6 +180,40 @@ def cmd_log(args: argparse.Namespace) -> int:
         return EXIT_OK
 
     return _run_client("log", run())
+
+
+def _log_stats(args: argparse.Namespace) -> int:
+    """`kmz log --stats`: a table of the log's kinds."""
+    import msgspec
+
+    from .cli import EXIT_OK, _hub_url, _run_client, _token
+    from .client import fetch_log_stats
+
+    url = _hub_url(args)
+
+    async def run() -> int:
+        stats = await fetch_log_stats(url, token=_token(url), **_trust(args))
+        if args.json:
+            print(msgspec.json.encode(stats).decode())
+            return EXIT_OK
+        print(f"{'kind':<12} {'rows':>12} {'size':>10}  {'oldest':<19}  kept")
+        for kind in stats.kinds:
+            oldest = _local_time(kind.oldest) if kind.oldest is not None else "-"
+            kept = f"{kind.retention_days:g} days" if kind.retention_days else "forever"
+            print(f"{kind.kind:<12} {kind.rows:>12,} {_size(kind.bytes):>10}  {oldest:<19}  {kept}")
+        print(f"on disk: {_size(stats.total_bytes)} ({stats.backend}, indexes included)")
+        return EXIT_OK
+
+    return _run_client("log", run())
+
+
+def _size(count: int) -> str:
+    size = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
 
 
 def cmd_history(args: argparse.Namespace) -> int:

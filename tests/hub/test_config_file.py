@@ -13,15 +13,21 @@ import pytest
 from kleinmaelzung.configfile import ConfigFileError
 from kleinmaelzung.hub import HubConfig
 from kleinmaelzung.hub.config import example_config, load_hub_config
+from kleinmaelzung.hub.store.retention import RetentionPolicy
 from kleinmaelzung.protocol import Limits, Timeouts
 
 
 def test_the_example_shows_every_setting_with_its_true_default(tmp_path: Path) -> None:
     text = example_config()
     shown = set(re.findall(r"^# (\w+) = ", text, re.M))
-    fields = {f.name for f in msgspec.structs.fields(HubConfig)} - {"limits", "timeouts"}
+    fields = {f.name for f in msgspec.structs.fields(HubConfig)} - {
+        "limits",
+        "timeouts",
+        "retention",
+    }
     fields |= {f.name for f in msgspec.structs.fields(Limits)}
     fields |= {f.name for f in msgspec.structs.fields(Timeouts)}
+    fields |= {f.name for f in msgspec.structs.fields(RetentionPolicy)}
     assert fields <= shown, f"not in the example: {sorted(fields - shown)}"
     # Uncommented, every shown value is the default (the log URL is an example).
     lines = [

@@ -16,6 +16,7 @@ from .export import ExportResult, export
 from .history import HistoryPoint, MissingExtra, fetch_history
 from .log import LogEntry, fetch_agents, fetch_log, forget_instrument
 from .log_query import LogFilter, query_log, stream_log
+from .log_stats import LogStats, fetch_log_stats
 from .stream import StreamCut
 from .subscription import Event, Subscription
 from .sync import SyncClient
@@ -34,6 +35,7 @@ __all__ = [
     "KmzError",
     "LogEntry",
     "LogFilter",
+    "LogStats",
     "MissingExtra",
     "ProtocolError",
     "RequestError",
@@ -47,6 +49,7 @@ __all__ = [
     "fetch_agents",
     "fetch_history",
     "fetch_log",
+    "fetch_log_stats",
     "forget_instrument",
     "query_log",
     "stream_log",

@@ -13,6 +13,7 @@ import msgspec
 from ..configfile import convert, env_overrides, merged, read_toml
 from ..protocol import Limits, Timeouts
 from ..transport import DEFAULT_PORT
+from .store.retention import RetentionPolicy
 
 
 class HubConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -43,6 +44,8 @@ class HubConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     tls_key: Path | None = None
     limits: Limits = Limits()
     timeouts: Timeouts = Timeouts()
+    #: How long the traffic log keeps each kind of entry (`store.retention`).
+    retention: RetentionPolicy = RetentionPolicy()
 
     @property
     def traffic_db(self) -> Path:
@@ -100,4 +103,4 @@ def load_hub_config(
     return config
 
 
-TABLES = ("limits", "timeouts")
+TABLES = ("limits", "timeouts", "retention")

@@ -91,7 +91,7 @@ class PostgresBackend:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connection: Any = None  # asyncpg.Connection, on the writer's loop
         self._pool: Any = None  # asyncpg.Pool, on the hub's loop
-        #: Months whose sample partition is known to exist.
+        #: Months whose partitions (sample, traffic) are known to exist.
         self._months: set[tuple[int, int]] = set()
 
     @property
@@ -117,6 +117,17 @@ class PostgresBackend:
             )
         except _MAY_HEAL as exc:
             raise BackendUnavailable(f"cannot connect: {exc or type(exc).__name__}") from exc
+
+    async def connect_aside(self, **settings: str) -> Any:
+        """A connection of its own on the caller's loop (retention), in the log's schema."""
+        try:
+            return await asyncpg.connect(
+                self._dsn,
+                timeout=CONNECT_TIMEOUT_S,
+                server_settings={**self._settings(writer=False), **settings},
+            )
+        except _MAY_HEAL as exc:
+            raise StoreError(f"cannot connect to {self.location}: {exc}") from exc
 
     # --- the write side: its own event loop on the writer thread ---------------
 
@@ -155,9 +166,11 @@ class PostgresBackend:
         if self._connection is None:  # lost: reconnect
             self._connection = await self._connect(writer=True)
         connection = self._connection
-        if batch.samples:
-            received = [row[4] for row in batch.samples]
-            await self._ensure_partitions(connection, min(received), max(received))
+        # The partitions of each month the batch's times fall in: samples by
+        # their receive time, traffic by its ts (both the hub's clock).
+        times = [row[4] for row in batch.samples] + [r.ts for r in batch.records]
+        if times:
+            await self._ensure_partitions(connection, min(times), max(times))
         # Rows converted before the transaction: a value that cannot be
         # converted fails the batch before it takes the connection.
         traffic = [
@@ -205,19 +218,21 @@ class PostgresBackend:
                 await connection.execute(schema.UPSERT_POSITION, *batch.position)
 
     async def _ensure_partitions(self, connection: Any, first: float, last: float) -> None:
-        """Make the partitions from `first`'s month to the month after `last`'s."""
+        """Make the partitions of each partitioned table from `first`'s month to the month
+        after `last`'s."""
         month = schema.month_of(first)
         until = schema.next_month(schema.month_of(last))
         while True:
             if month not in self._months:
                 try:
-                    await connection.execute(schema.create_partition(month))
+                    for table in schema.PARTITIONED:
+                        await connection.execute(schema.create_partition(month, table))
                 except _MAY_HEAL:
                     raise  # a lost connection is reset by `write`
                 except asyncpg.PostgresError as exc:
                     # Another hub making the same partition, or no right to:
                     # either way not the batch's fault, so retried.
-                    raise BackendUnavailable(f"cannot make a sample partition: {exc}") from exc
+                    raise BackendUnavailable(f"cannot make a partition: {exc}") from exc
                 self._months.add(month)
             if month == until:
                 return

@@ -15,6 +15,11 @@ Versions:
    committed with its rows, so that a writer restarted after a crash writes
    nothing twice.
 4  ``traffic_ts``: the log read by time range (``kmz log --since``) by index.
+5  ``traffic`` partitioned by month of its ``ts`` (the hub's time), like
+   ``sample``: retention drops a month's wire copies rather than deleting
+   rows. The rows are copied over once, into a partition per month.
+6  ``instrument_seq.updated`` and ``writer_position.committed_at``: retention
+   prunes the runs and writers no one needs any more.
 
 Times are ``timestamptz``; the hub's Python side keeps UNIX seconds.
 """
@@ -24,7 +29,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 #: Bumped with every migration added to MIGRATIONS.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 6
 
 #: Any number, the same for every hub: `pg_advisory_xact_lock` takes it.
 MIGRATION_LOCK = 0x6B6D7A  # "kmz"
@@ -87,6 +92,49 @@ MIGRATIONS: list[str] = [
     """
     CREATE INDEX traffic_ts ON traffic (ts, id);
     """,
+    # The key (id, ts): a partitioned table's key holds its partition key.
+    # Ids come from a sequence of their own: the identity of the table they
+    # were copied from goes with it.
+    """
+    ALTER TABLE traffic RENAME TO traffic_v4;
+    ALTER INDEX traffic_instrument RENAME TO traffic_v4_instrument;
+    ALTER INDEX traffic_ts RENAME TO traffic_v4_ts;
+    ALTER TABLE traffic_v4 RENAME CONSTRAINT traffic_pkey TO traffic_v4_pkey;
+    CREATE SEQUENCE traffic_ids;
+    CREATE TABLE traffic (
+        id bigint NOT NULL DEFAULT nextval('traffic_ids'),
+        ts timestamptz NOT NULL,
+        direction text NOT NULL CHECK (direction IN ('in', 'out')),
+        peer text NOT NULL,
+        instrument text,
+        type text NOT NULL,
+        message text NOT NULL,  -- the JSON exactly as it crossed the wire
+        delivered_to text,
+        PRIMARY KEY (id, ts)
+    ) PARTITION BY RANGE (ts);
+    ALTER SEQUENCE traffic_ids OWNED BY traffic.id;
+    CREATE INDEX traffic_instrument ON traffic (instrument, id);
+    CREATE INDEX traffic_ts ON traffic (ts, id);
+    DO $$
+    DECLARE month timestamp;
+    BEGIN
+        FOR month IN SELECT DISTINCT date_trunc('month', ts AT TIME ZONE 'UTC') FROM traffic_v4
+        LOOP
+            EXECUTE format(
+                'CREATE TABLE %I PARTITION OF traffic FOR VALUES FROM (%L) TO (%L)',
+                'traffic_' || to_char(month, 'YYYY_MM'),
+                to_char(month, 'YYYY-MM-DD HH24:MI:SS') || '+00',
+                to_char(month + interval '1 month', 'YYYY-MM-DD HH24:MI:SS') || '+00');
+        END LOOP;
+    END $$;
+    INSERT INTO traffic SELECT * FROM traffic_v4;
+    SELECT setval('traffic_ids', coalesce((SELECT max(id) FROM traffic_v4), 0) + 1, false);
+    DROP TABLE traffic_v4;
+    """,
+    """
+    ALTER TABLE instrument_seq ADD COLUMN updated timestamptz NOT NULL DEFAULT now();
+    ALTER TABLE writer_position ADD COLUMN committed_at timestamptz NOT NULL DEFAULT now();
+    """,
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
@@ -100,7 +148,7 @@ UPSERT_SEQS = """
 INSERT INTO instrument_seq (run, instrument, seq)
 SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])
 ON CONFLICT (run, instrument) DO UPDATE
-SET seq = greatest(instrument_seq.seq, excluded.seq)
+SET seq = greatest(instrument_seq.seq, excluded.seq), updated = now()
 """
 # A save without a time keeps the stored one: announcing is not a reading.
 UPSERT_INSTRUMENT = """
@@ -110,7 +158,8 @@ ON CONFLICT (id) DO UPDATE SET agent = excluded.agent, info = excluded.info,
 """
 UPSERT_POSITION = """
 INSERT INTO writer_position (writer, position) VALUES ($1, $2)
-ON CONFLICT (writer) DO UPDATE SET position = greatest(writer_position.position, excluded.position)
+ON CONFLICT (writer) DO UPDATE SET position = greatest(writer_position.position, excluded.position),
+    committed_at = now()
 """
 SELECT_POSITION = "SELECT position FROM writer_position WHERE writer = $1"
 DELETE_INSTRUMENT = "DELETE FROM known_instrument WHERE id = $1"
@@ -177,12 +226,30 @@ def next_month(month: tuple[int, int]) -> tuple[int, int]:
     return (year + 1, 1) if number == 12 else (year, number + 1)
 
 
-def create_partition(month: tuple[int, int]) -> str:
-    """The statement that makes the sample partition of one month, unless it exists."""
+#: The tables partitioned by month: `sample` by receive time, `traffic` by ts.
+PARTITIONED = ("sample", "traffic")
+
+
+def partition_name(table: str, month: tuple[int, int]) -> str:
+    """The name of `table`'s partition of one month: ``sample_2026_03``."""
+    return f"{table}_{month[0]:04d}_{month[1]:02d}"
+
+
+def month_bounds(month: tuple[int, int]) -> tuple[float, float]:
+    """The UNIX times where a month starts and the next one starts."""
+    following = next_month(month)
+    return (
+        datetime(month[0], month[1], 1, tzinfo=UTC).timestamp(),
+        datetime(following[0], following[1], 1, tzinfo=UTC).timestamp(),
+    )
+
+
+def create_partition(month: tuple[int, int], table: str = "sample") -> str:
+    """The statement that makes `table`'s partition of one month, unless it exists."""
     year, number = month
     following = next_month(month)
     return (
-        f"CREATE TABLE IF NOT EXISTS sample_{year:04d}_{number:02d} PARTITION OF sample"
+        f"CREATE TABLE IF NOT EXISTS {partition_name(table, month)} PARTITION OF {table}"
         f" FOR VALUES FROM ('{year:04d}-{number:02d}-01 00:00:00+00')"
         f" TO ('{following[0]:04d}-{following[1]:02d}-01 00:00:00+00')"
     )

@@ -15,6 +15,9 @@ Versions (``PRAGMA user_version``):
    committed with its rows, so that a writer restarted after a crash writes
    nothing twice.
 8  ``traffic_ts``: the log read by time range (``kmz log --since``) by index.
+9  ``instrument_seq.updated`` and ``writer_position.committed_at`` (UNIX
+   seconds of the last write): retention prunes the runs and writers no one
+   needs any more (`retention`). New files vacuum incrementally.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from .batch import sample_rows
 _log = logging.getLogger(__name__)
 
 #: Bumped with every schema change; `migrate` brings older files up to date.
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS traffic (
@@ -52,6 +55,7 @@ CREATE TABLE IF NOT EXISTS instrument_seq (
     run TEXT NOT NULL,
     instrument TEXT NOT NULL,
     seq INTEGER NOT NULL,
+    updated REAL NOT NULL DEFAULT 0,  -- UNIX seconds of its last write (retention)
     PRIMARY KEY (run, instrument)
 );
 -- Every instrument the hub has seen, so that after a restart it can list
@@ -76,7 +80,8 @@ CREATE INDEX IF NOT EXISTS sample_instrument_ts ON sample (instrument, ts);
 -- How far each writer process (one per hub start) got in its hub's stream.
 CREATE TABLE IF NOT EXISTS writer_position (
     writer TEXT PRIMARY KEY,
-    position INTEGER NOT NULL
+    position INTEGER NOT NULL,
+    committed_at REAL NOT NULL DEFAULT 0  -- UNIX seconds of its last commit (retention)
 );
 """
 
@@ -85,8 +90,8 @@ INSERT_TRAFFIC = (
     " VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 UPSERT_SEQ = """
-INSERT INTO instrument_seq (run, instrument, seq) VALUES (?, ?, ?)
-ON CONFLICT (run, instrument) DO UPDATE SET seq = max(seq, excluded.seq)
+INSERT INTO instrument_seq (run, instrument, seq, updated) VALUES (?, ?, ?, unixepoch())
+ON CONFLICT (run, instrument) DO UPDATE SET seq = max(seq, excluded.seq), updated = excluded.updated
 """
 # A save without a time keeps the stored one: announcing is not a reading.
 UPSERT_INSTRUMENT = """
@@ -126,8 +131,9 @@ EXPORT_SAMPLES = (
     " WHERE instrument = ? AND ts >= ? AND ts < ? ORDER BY ts"
 )
 UPSERT_POSITION = """
-INSERT INTO writer_position (writer, position) VALUES (?, ?)
-ON CONFLICT (writer) DO UPDATE SET position = max(position, excluded.position)
+INSERT INTO writer_position (writer, position, committed_at) VALUES (?, ?, unixepoch())
+ON CONFLICT (writer) DO UPDATE SET position = max(position, excluded.position),
+    committed_at = excluded.committed_at
 """
 SELECT_POSITION = "SELECT position FROM writer_position WHERE writer = ?"
 DELETE_INSTRUMENT = "DELETE FROM known_instrument WHERE id = ?"
@@ -166,6 +172,8 @@ def migrate(connection: sqlite3.Connection) -> None:
             _fill_sample_table(connection)
         if version < 6:
             _key_seqs_by_run(connection)
+        if version < 9:
+            _time_bookkeeping(connection)
         connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         connection.execute("COMMIT")
     except BaseException:
@@ -245,3 +253,13 @@ def _key_seqs_by_run(connection: sqlite3.Connection) -> None:
     )
     connection.execute("DROP TABLE instrument_seq")
     connection.execute("ALTER TABLE instrument_seq_by_run RENAME TO instrument_seq")
+
+
+def _time_bookkeeping(connection: sqlite3.Connection) -> None:
+    # Rows from before version 9 count as written now: retention keeps them
+    # for its grace period, as it would rows written today.
+    for table, column in (("instrument_seq", "updated"), ("writer_position", "committed_at")):
+        columns = {row[1] for row in connection.execute(f"PRAGMA table_info({table})")}
+        if column not in columns:
+            connection.execute(f"ALTER TABLE {table} ADD COLUMN {column} REAL NOT NULL DEFAULT 0")
+        connection.execute(f"UPDATE {table} SET {column} = unixepoch() WHERE {column} = 0")

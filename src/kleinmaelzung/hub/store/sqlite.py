@@ -57,6 +57,10 @@ class SqliteBackend:
         # process; beyond that the writer retries, and stops when closing.
         connection = sqlite3.connect(self.path, isolation_level=None, timeout=1.0)
         try:
+            # Before the first table: a new file hands the pages retention
+            # frees back a few at a time (`sqlite_retention`); an older file
+            # reuses them instead.
+            connection.execute("PRAGMA auto_vacuum=INCREMENTAL")
             connection.execute("PRAGMA journal_mode=WAL")
             # FULL: a committed batch survives power loss, so an Ack to the
             # agent (which then forgets the samples) is a promise we keep.
