@@ -28,6 +28,7 @@ from typing import BinaryIO
 
 import msgspec
 
+from ...logformat import configure_logging
 from .base import Record
 from .batch import Batch, Item, describe, merge_acks
 from .committer import Committer
@@ -272,9 +273,9 @@ def main() -> int:
     # Before any thread starts, so that every thread has it: the hub's
     # forwarding keeps the core while a sample waits to be sent.
     os.nice(WRITER_NICE)
-    logging.basicConfig(
-        stream=sys.stderr, level=logging.WARNING, format="kmz log writer: %(levelname)s %(message)s"
-    )
+    # The hub's log format (`kmz --log-format`, inherited as $KMZ_LOG_FORMAT).
+    configure_logging(log_format="json" if os.environ.get("KMZ_LOG_FORMAT") == "json" else "text")
+    logging.getLogger().setLevel(logging.WARNING)
     stdin, answers = sys.stdin.buffer, _Answers(sys.stdout.buffer)
     start = _read_message(stdin)
     if not isinstance(start, Start):
