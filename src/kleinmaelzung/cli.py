@@ -275,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run `kmz`; return the exit status."""
     args = _parser().parse_args(argv)
     configure_logging(args.verbose, args.log_format)
+    os.environ["KMZ_LOG_FORMAT"] = args.log_format  # for the processes it starts
     handler: Callable[[argparse.Namespace], int] = globals()[f"_cmd_{args.command}"]
     try:
         return handler(args)
