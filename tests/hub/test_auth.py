@@ -239,6 +239,25 @@ async def test_an_absurd_seq_is_refused_and_does_not_silence_the_instrument(
         assert codes(await refused_entries(hub)) == ["seq_out_of_range"]
 
 
+async def test_an_agent_cannot_pass_off_values_as_calibrated(hub: RunningHub) -> None:
+    # Only the hub applies calibrations: `corrected` from an agent is refused.
+    async with (
+        greeted(hub.url, AGENT, agent_hello("pi-1", ("balance",), None)) as agent,
+        greeted(hub.url, CLIENT, client_hello(None)) as client,
+    ):
+        await client.send({"type": "subscribe", "id": "1", "patterns": ["balance"]})
+        await client.receive_type("subscribed")
+        forged = {"instrument": "balance", "seq": 1, "ts": 2.0, "values": {"mass": 1.0}}
+        forged |= {"corrected": {"mass": 100.0}, "calibration": "KMZ-2026-0001"}
+        await agent.send({"type": "data", "samples": [forged]})
+        error = await agent.receive_type("error")
+        assert error["code"] == "invalid_message" and "only the hub" in error["message"]
+        await agent.send(data("balance", 1))
+        sample = (await client.receive_type("data"))["samples"][0]
+        assert sample["seq"] == 1 and "corrected" not in sample
+        assert codes(await refused_entries(hub)) == ["invalid_message"]
+
+
 @pytest.mark.parametrize(
     ("origin", "allowed"),
     [

@@ -176,6 +176,8 @@ async def _seqs_in_range(ctx: Context, message: Data) -> bool:
     # Per frame, one pass: the S1/S3 benchmarks measure every call made here.
     missing: list[str] = []
     for sample in message.samples:
+        if sample.corrected or sample.calibration is not None:
+            return _forged_correction(ctx, sample.instrument)
         entry = instruments.get(sample.instrument)
         if entry is None:
             continue  # not announced: the handler refuses it
@@ -211,6 +213,25 @@ def _absurd(ctx: Context, run: str, instrument: str, seq: int, newest: int) -> b
     )
     _log.warning(
         "absurd seq refused", extra={"agent": ctx.peer.name, "instrument": instrument, "seq": seq}
+    )
+    ctx.hub.traffic.refused(ctx.peer.name, error, ctx.frame)
+    ctx.send(error)
+    return False
+
+
+def _forged_correction(ctx: Context, instrument: str) -> bool:
+    """Refuse a data message whose sample claims a calibration's correction; always False.
+
+    Only the hub applies calibrations (`corrections`): an agent that sent
+    `corrected` values could pass off any number as a certified one.
+    """
+    error = Error(
+        code=ErrorCode.INVALID_MESSAGE,
+        message=f"a sample of {instrument!r} carries 'corrected' or 'calibration': only the hub "
+        "applies calibrations; none of this message was accepted",
+    )
+    _log.warning(
+        "forged correction refused", extra={"agent": ctx.peer.name, "instrument": instrument}
     )
     ctx.hub.traffic.refused(ctx.peer.name, error, ctx.frame)
     ctx.send(error)
