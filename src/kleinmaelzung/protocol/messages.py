@@ -376,7 +376,9 @@ HubToAgentMessage = Welcome | Command | Ack | Error
 """Hub to agent."""
 ClientMessage = ClientHello | Subscribe | Unsubscribe | ListInstruments | Command
 """Client to hub."""
-HubToClientMessage = Welcome | Data | Gap | Status | Reply | Subscribed | InstrumentList | Error
+HubToClientMessage = (
+    Welcome | Data | Gap | Missed | Status | Reply | Subscribed | InstrumentList | Error
+)
 """Hub to client."""
 
 Message = (
