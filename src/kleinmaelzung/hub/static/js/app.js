@@ -19,7 +19,7 @@ const PAGES = {
 
 const $ = (id) => document.getElementById(id);
 /** Seconds of the hub's log replayed when the page connects. */
-const REPLAY_S = 60;
+const REPLAY_S = 10;
 let context = null;
 const mounted = new Map();
 let current = null;
@@ -99,7 +99,7 @@ function start(session) {
   link.addEventListener("welcome", async () => {
     performance.mark("kmz:welcome");
     await relist();
-    // The last minute from the hub's log first (values for every card at once, a start
+    // The last seconds from the hub's log first (values for every card at once, a start
     // for the plots), or after a reconnect what came since the newest sample seen.
     const since = lab.newestTs ?? Date.now() / 1000 - REPLAY_S;
     await link.subscribe(grant.subscriptionPatterns(), since);
