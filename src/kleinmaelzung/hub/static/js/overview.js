@@ -87,7 +87,8 @@ export function mount(section, { lab, grant }) {
       const rows = [];
       for (const ch of channels) {
         const value = h("span", { class: "value" }, "–");
-        rows.push(h("dt", { title: ch.description || "" }, ch.name),
+        // "grain temperature" for grain_temperature: it wraps at the space on a narrow card.
+        rows.push(h("dt", { title: ch.description || ch.name }, ch.name.replaceAll("_", " ")),
           h("dd", { "data-channel": ch.name }, value, ch.unit ? h("span", { class: "unit" }, ch.unit) : null));
         c.cells.set(ch.name, value);
       }
