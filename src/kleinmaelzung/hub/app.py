@@ -105,6 +105,7 @@ def create_app(
     app.router.add_get("/ws/client", views.client_endpoint)
     app.router.add_get("/api/health", rest.health)
     app.router.add_get("/api/ready", rest.ready)
+    app.router.add_get("/api/asyncapi.json", rest.asyncapi)
     app.router.add_get("/api/instruments", rest.instruments)
     app.router.add_get("/api/agents", rest.agents)
     app.router.add_delete("/api/instruments/{instrument}", rest.forget_instrument)

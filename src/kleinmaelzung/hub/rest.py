@@ -9,6 +9,7 @@ from aiohttp import web
 
 from .. import __version__
 from ..protocol import ErrorCode, LogEntry, LogPage, PeerKind, is_instrument_id
+from ..protocol.asyncapi import asyncapi_document
 from .auth.web import log_types, principal_of, visible_agents
 from .services import HUB_KEY
 
@@ -56,6 +57,16 @@ async def ready(request: web.Request) -> web.Response:
     log = hub.store.health
     reasons = [log.reason or "the traffic log is degraded"] if log.state != "ok" else []
     return _json({"ready": not reasons, "reasons": reasons}, status=503 if reasons else 200)
+
+
+async def asyncapi(request: web.Request) -> web.Response:
+    """`GET /api/asyncapi.json`: the WebSocket protocol as an AsyncAPI 3.0 document.
+
+    Generated from the message types (`protocol.asyncapi`), for this hub's
+    address as the caller reached it; public, like the protocol's docs.
+    """
+    document = asyncapi_document(request.host, "wss" if request.secure else "ws")
+    return _json(document)
 
 
 async def instruments(request: web.Request) -> web.Response:
