@@ -4,9 +4,9 @@ Generated, not written: the payload schemas are `msgspec.json.schema` of the
 very Structs the codec decodes, and each endpoint's operations list exactly
 the members of its direction's union (`AgentMessage`, `HubToAgentMessage`,
 `ClientMessage`, `HubToClientMessage`), so the document cannot drift from
-the code. The hub serves it at ``/api/asyncapi.json``; `kmz` prints it
-(``kmz protocol --asyncapi``). Operations are the hub's: it *receives* what
-agents and clients send, and *sends* what they receive.
+the code. The hub serves it at ``/api/asyncapi.json``. Operations are the
+hub's: it *receives* what agents and clients send, and *sends* what they
+receive.
 """
 
 from __future__ import annotations
