@@ -135,8 +135,9 @@ def _with_session_credentials(request: web.Request) -> web.Request:
 
     Browsers cannot set headers on a WebSocket; they send the cookie (only
     on same-site requests: SameSite=Strict), and the Origin check above has
-    refused other sites' pages already. A token in the header or the hello
-    wins over the cookie.
+    refused other sites' pages already. A token in the Authorization header
+    wins over the cookie; one in the hello besides the cookie is refused as
+    two different tokens.
     """
     secret = session_secret(request)
     if secret is None or "Authorization" in request.headers:
