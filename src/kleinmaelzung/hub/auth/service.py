@@ -35,6 +35,15 @@ subscriptions and is closed with 4001; one whose grant changed keeps
 only what the new grant allows. Per message, the principal is the one
 resolved last, so a command after a revocation is refused even before the
 close.
+
+Dashboard sessions
+------------------
+A browser signs in with a token (or a one-time login code) and gets a
+session (`sessions`); the session's secret, from its cookie, is then
+accepted wherever a token is, and yields the principal of the token that
+opened it, as it stands now, with ``token_id`` ``session:<id>``. Ending the
+session (sign-out) or losing the token ends it on open connections within a
+second, as above.
 """
 
 from __future__ import annotations
