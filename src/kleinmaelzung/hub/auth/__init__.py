@@ -6,6 +6,7 @@
 - `leases`: the control lease table;
 - `service`: `Authenticator`, the hub's view of who each connection is, kept current;
 - `guard`: the checks at the handshake and on every message, and the lease commands;
+- `sessions`: the dashboard's sessions (a browser's cookie) and one-time login codes;
 - `web`: the Origin check and the REST checks, as aiohttp middleware.
 """
 
