@@ -63,6 +63,15 @@ def add_log_parser(commands: Any, hub_option: Any, positive_int: Any) -> None:
         action="store_true",
         help="instead: rows, size and oldest entry of each kind, and how long each is kept",
     )
+    log.add_argument(
+        "--timeline",
+        metavar="INSTRUMENT",
+        default=None,
+        help="instead: when the instrument was online, offline or faulted, and why",
+    )
+    log.add_argument(
+        "--agent-timeline", metavar="AGENT", default=None, help="the same for an agent"
+    )
     hub_option(log)
     _relative_times_are_values(log)
 
@@ -142,6 +151,8 @@ def cmd_log(args: argparse.Namespace) -> int:
 
     if args.stats:
         return _log_stats(args)
+    if args.timeline is not None or args.agent_timeline is not None:
+        return _timeline(args)
     where = LogFilter(
         since=_seconds(args.since, "--since"),
         until=_seconds(args.until, "--until"),
@@ -202,6 +213,39 @@ def _log_stats(args: argparse.Namespace) -> int:
             kept = f"{kind.retention_days:g} days" if kind.retention_days else "forever"
             print(f"{kind.kind:<12} {kind.rows:>12,} {_size(kind.bytes):>10}  {oldest:<19}  {kept}")
         print(f"on disk: {_size(stats.total_bytes)} ({stats.backend}, indexes included)")
+        return EXIT_OK
+
+    return _run_client("log", run())
+
+
+def _timeline(args: argparse.Namespace) -> int:
+    """`kmz log --timeline ID`: one line per change of state, oldest first."""
+    import msgspec
+
+    from .cli import EXIT_OK, _hub_url, _run_client, _token
+    from .client import fetch_timeline
+
+    url = _hub_url(args)
+    since, until = _seconds(args.since, "--since"), _seconds(args.until, "--until")
+
+    async def run() -> int:
+        found = await fetch_timeline(
+            url,
+            args.timeline,
+            agent=args.agent_timeline,
+            since=since,
+            until=until,
+            token=_token(url),
+            **_trust(args),
+        )
+        if args.json:
+            print(msgspec.json.encode(found).decode())
+            return EXIT_OK
+        for change in found.changes:
+            why = f" ({change.reason})" if change.reason and change.reason != change.cause else ""
+            print(f"{_local_time(change.ts)}  {change.state:<8} {change.cause}{why}")
+        if not found.changes:
+            print(f"nothing logged of {found.id}", file=sys.stderr)
         return EXIT_OK
 
     return _run_client("log", run())

@@ -20,6 +20,7 @@ from .log_stats import LogStats, fetch_log_stats
 from .stream import StreamCut
 from .subscription import Event, Subscription
 from .sync import SyncClient
+from .timeline import Timeline, fetch_timeline
 
 __all__ = [
     "Calibrations",
@@ -45,11 +46,13 @@ __all__ = [
     "StreamCut",
     "Subscription",
     "SyncClient",
+    "Timeline",
     "export",
     "fetch_agents",
     "fetch_history",
     "fetch_log",
     "fetch_log_stats",
+    "fetch_timeline",
     "forget_instrument",
     "query_log",
     "stream_log",

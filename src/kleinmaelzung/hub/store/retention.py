@@ -5,7 +5,8 @@ Kinds (``kmz log --stats`` shows each):
 - ``samples``: the sample table (`history`, `export`, a client's ``since``).
 - ``commands``: commands and their replies, who sent what.
 - ``audit``: who connected (``agent_hello``, ``client_hello``), what was
-  refused, and each instrument's status changes (its timeline).
+  refused, each instrument's status changes and the hub's starts and stops
+  (the timelines, `hub.timeline`).
 - ``calibration``: the calibration steps the hub logged.
 - ``wire``: every other logged message, the full wire copies (data frames,
   acks, subscriptions, ...), by far the largest part of the log.
@@ -43,7 +44,7 @@ KINDS: tuple[Kind, ...] = ("samples", "wire", "commands", "audit", "calibration"
 #: The log entry types of each kind but ``samples`` and ``wire`` (every other type).
 TYPES_OF_KIND: dict[Kind, tuple[str, ...]] = {
     "commands": ("command", "reply"),
-    "audit": (REFUSED, "agent_hello", "client_hello", "status"),
+    "audit": (REFUSED, "agent_hello", "client_hello", "status", "hub_start", "hub_stop"),
     "calibration": ("calibration",),
 }
 
