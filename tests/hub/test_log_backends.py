@@ -174,7 +174,7 @@ async def test_postgres_log_of_version_1_is_upgraded_in_place(postgres_place: Lo
     assert await store.last_seqs("r2", ["balance"]) == {"balance": 0}
     await store.close()
     rows = await postgres_place.sql("SELECT version FROM kmz_schema_version ORDER BY version")
-    assert [v for (v,) in rows] == [1, 2, 3, 4] == list(range(1, POSTGRES_SCHEMA_VERSION + 1))
+    assert [v for (v,) in rows] == list(range(1, POSTGRES_SCHEMA_VERSION + 1))
 
 
 async def test_postgres_refuses_a_log_of_a_newer_hub(postgres_place: LogPlace) -> None:
