@@ -117,6 +117,60 @@ def add_export_parser(commands: Any, hub_option: Any) -> None:
     _relative_times_are_values(export)
 
 
+def add_replay_parser(commands: Any, hub_option: Any) -> None:
+    """The `kmz replay` subcommand."""
+    replay = commands.add_parser(
+        "replay",
+        help="publish logged samples again through the hub, as replay.ID instruments",
+    )
+    replay.add_argument("--since", required=True, help=f"start ({TIME_HELP})")
+    replay.add_argument("--until", default=None, help="end (default now)")
+    replay.add_argument("--instrument", default="*", help="an id or a pattern (default '*')")
+    replay.add_argument(
+        "--speed", type=float, default=1.0, help="how many times as fast as taken (default 1)"
+    )
+    replay.add_argument(
+        "--prefix", default="replay.", help="before each replayed id (default 'replay.')"
+    )
+    replay.add_argument("--agent-id", default="replay", help="the replay agent's id")
+    hub_option(replay)
+    _relative_times_are_values(replay)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    """`kmz replay`: one line per replayed instrument at the end."""
+    from .cli import EXIT_OK, _hub_url, _run_client, _token
+    from .client.replay import replay
+
+    since = _seconds(args.since, "--since")
+    until = _seconds(args.until, "--until") or time.time()
+    assert since is not None
+    if args.speed <= 0:
+        raise UsageError(f"--speed must be above 0, got {args.speed:g}")
+    url = _hub_url(args)
+
+    async def run() -> int:
+        try:
+            result = await replay(
+                url,
+                since=since,
+                until=until,
+                instrument=_pattern(args.instrument) or "*",
+                speed=args.speed,
+                prefix=args.prefix,
+                agent_id=args.agent_id,
+                token=_token(url),
+                **_trust(args),
+            )
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        for original, replayed in sorted(result.ids.items()):
+            print(f"{original} -> {replayed}: {result.samples[replayed]} samples")
+        return EXIT_OK
+
+    return _run_client("replay", run())
+
+
 def _seconds(text: str | None, option: str) -> float | None:
     from .protocol import TimeFormatError, parse_time
 
