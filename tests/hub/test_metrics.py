@@ -35,7 +35,15 @@ async def test_metrics_show_connections_instruments_agents_and_the_log(hub: Runn
         sample = {"instrument": "balance", "seq": 0, "ts": time.time(), "values": {}}
         await agent.send({"type": "data", "samples": [sample]})
         await agent.send(
-            {"type": "agent_state", "spool_depth": 7, "spool_oldest": None, "dropped": 2}
+            {
+                "type": "agent_state",
+                "spool_depth": 7,
+                "spool_oldest": None,
+                "dropped": 2,
+                "uptime_s": 3600.5,
+                "cpu_pct": 4.5,
+                "rss_bytes": 40 << 20,
+            }
         )
         await agent.receive_type("ack")
         families = await scrape(hub.url)
@@ -46,6 +54,9 @@ async def test_metrics_show_connections_instruments_agents_and_the_log(hub: Runn
     assert families["kmz_agent_spool_dropped_total"][(("agent", "pi"),)] == 2
     offset = families["kmz_agent_clock_offset_seconds"][(("agent", "pi"),)]
     assert abs(offset) < 1.0
+    assert families["kmz_agent_uptime_seconds"][(("agent", "pi"),)] == 3600.5
+    assert families["kmz_agent_cpu_percent"][(("agent", "pi"),)] == 4.5
+    assert families["kmz_agent_rss_bytes"][(("agent", "pi"),)] == 40 << 20
     assert families["kmz_log_degraded"][()] == 0
     assert "kmz_log_backlog" in families and "kmz_commands_in_flight" in families
 

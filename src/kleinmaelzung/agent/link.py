@@ -52,6 +52,7 @@ from ..transport import (
 from .errors import AgentError
 from .permit import Permit
 from .spool import Spool
+from .vitals import Vitals
 
 _log = logging.getLogger(__name__)
 
@@ -99,6 +100,7 @@ class Link:
         self.url = websocket_url(hub, AGENT_PATH)
         self.agent_id = agent_id
         self.connected = asyncio.Event()
+        self._vitals = Vitals()
         #: Completed handshakes so far (1 after the first connect).
         self.sessions = 0
         hello = AgentHello(
@@ -258,13 +260,20 @@ class Link:
 
     async def _report_state(self) -> None:
         """Tell the hub what the spool holds: at once, then whenever it changed, at most every
-        `STATE_INTERVAL_S` (for `kmz agents`)."""
+        `STATE_INTERVAL_S` (for `kmz agents`), with the agent process's `Vitals`."""
         last: AgentState | None = None
         while True:
             spool = self._spool
+            uptime_s, cpu_pct, rss = self._vitals.read()
             state = AgentState(
-                spool_depth=spool.depth, spool_oldest=spool.oldest, dropped=spool.dropped
+                spool_depth=spool.depth,
+                spool_oldest=spool.oldest,
+                dropped=spool.dropped,
+                uptime_s=uptime_s,
+                cpu_pct=cpu_pct,
+                rss_bytes=rss,
             )
+            # The process's figures change every time: sent every interval.
             if state != last:
                 await self._send(state)
                 last = state

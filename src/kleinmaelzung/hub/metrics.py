@@ -157,6 +157,32 @@ class HubCollector:
         yield spool_dropped
         yield offset
 
+        # The agents' own processes, as each last said (`agent_state`).
+        uptime = GaugeMetricFamily(
+            "kmz_agent_uptime_seconds",
+            "Seconds since the agent's process started.",
+            labels=["agent"],
+        )
+        cpu = GaugeMetricFamily(
+            "kmz_agent_cpu_percent", "The agent process's CPU use, % of one core.", labels=["agent"]
+        )
+        rss = GaugeMetricFamily(
+            "kmz_agent_rss_bytes", "The agent process's resident memory.", labels=["agent"]
+        )
+        for agent_id, agent in sorted(hub.registry.agents.items()):
+            reported = agent.state
+            if reported is None:
+                continue
+            if reported.uptime_s is not None:
+                uptime.add_metric([agent_id], reported.uptime_s)
+            if reported.cpu_pct is not None:
+                cpu.add_metric([agent_id], reported.cpu_pct)
+            if reported.rss_bytes is not None:
+                rss.add_metric([agent_id], reported.rss_bytes)
+        yield uptime
+        yield cpu
+        yield rss
+
 
 async def metrics(request: web.Request) -> web.Response:
     """`GET /metrics`: Prometheus's text format; a viewer token when the hub requires them."""

@@ -226,12 +226,19 @@ class Gap(_Struct, frozen=True, tag="gap"):
     id: int | None = None
 
 
-class AgentState(_Struct, frozen=True, tag="agent_state"):
-    """Agent to hub, every few seconds while something changes: what its spool holds."""
+class AgentState(_Struct, frozen=True, tag="agent_state", omit_defaults=True):
+    """Agent to hub, every few seconds while something changes: what its spool holds,
+    and how the agent's process fares (for `/metrics`, `/api/agents` and `kmz agents`)."""
 
     spool_depth: Annotated[int, msgspec.Meta(ge=0)]
     spool_oldest: Timestamp | None
     dropped: Annotated[int, msgspec.Meta(ge=0)]
+    #: Seconds since the agent's process started.
+    uptime_s: Annotated[float, msgspec.Meta(ge=0)] | None = None
+    #: Its process's CPU use since the previous report, % of one core.
+    cpu_pct: Annotated[float, msgspec.Meta(ge=0)] | None = None
+    #: Its process's resident memory, bytes.
+    rss_bytes: Annotated[int, msgspec.Meta(ge=0)] | None = None
 
 
 class Missed(_Struct, frozen=True, tag="missed"):
