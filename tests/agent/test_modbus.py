@@ -87,6 +87,9 @@ async def test_info_declares_channels_with_units_and_typed_commands(
         ("value", "float", 0.0, 120.0)
     ]
     assert commands["enable_heater"][0].type == "bool"
+    # Setting the kiln is a physical act: the dashboard confirms these first.
+    dangerous = {c.name for c in info.commands if c.dangerous}
+    assert dangerous == {"set_setpoint", "set_fan_speed", "enable_heater"}
 
 
 async def test_offset_and_inline_registers(kiln: KilnModbusServer) -> None:

@@ -119,6 +119,14 @@ async def test_missing_port_is_a_port_error() -> None:
         await driver.open()
 
 
+def test_a_profile_marks_its_dangerous_commands() -> None:
+    info = SerialLineDriver(
+        InstrumentConfig(id="kiln-air", profile="kmz-kiln", port="/dev/does-not-exist")
+    ).info()
+    flags = {c.name: c.dangerous for c in info.commands}
+    assert flags == {"set_setpoint": True, "get_setpoint": False}
+
+
 async def test_the_serial_frame_of_the_settings_reaches_the_port(sim: Simulator) -> None:
     """Two stop bits and hardware handshake: the port is set so, as the OS sees it.
 

@@ -70,6 +70,9 @@ class CommandSpec(_Struct, frozen=True):
     name: CommandName
     description: str = ""
     args: list[CommandArg] = []
+    #: A physical act whose mistake can harm (heating, dosing, motion): the
+    #: dashboard asks for confirmation before sending it.
+    dangerous: bool = False
 
 
 class InstrumentInfo(_Struct, frozen=True):

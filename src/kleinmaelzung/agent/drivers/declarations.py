@@ -45,7 +45,7 @@ def declared_info(config: InstrumentConfig, profile: Declared) -> InstrumentInfo
             Channel(name=c.name, unit=c.unit, description=c.description) for c in profile.channels
         ],
         commands=[
-            CommandSpec(name=c.name, description=c.description, args=c.args)
+            CommandSpec(name=c.name, description=c.description, args=c.args, dangerous=c.dangerous)
             for c in profile.commands
         ],
         poll_interval_s=config.poll_interval_s,

@@ -68,6 +68,9 @@ class LineCommand(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     description: str = ""
     args: list[CommandArg] = []
     timeout_s: float | None = None
+    #: A physical act whose mistake can harm (heating, dosing, motion): the
+    #: dashboard asks for confirmation before sending it.
+    dangerous: bool = False
     #: On a streaming instrument: a regex for the lines that answer this
     #: command, good or bad (`'^T '` for an MT-SICS tare); other lines are
     #: stream frames. Default: a line matching `expect`, `error` or `errors`.

@@ -83,6 +83,9 @@ class RegisterCommand(_Struct, frozen=True):
     maximum: float | None = None
     unit: str = ""
     description: str = ""
+    #: A physical act whose mistake can harm (heating, dosing, motion): the
+    #: dashboard asks for confirmation before sending it.
+    dangerous: bool = False
 
 
 class RegisterMap(_Struct, frozen=True):
@@ -351,6 +354,7 @@ class ModbusDriver:
                 CommandSpec(
                     name=c.name,
                     description=c.description,
+                    dangerous=c.dangerous,
                     args=[
                         CommandArg(
                             name="value",

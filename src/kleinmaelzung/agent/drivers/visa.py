@@ -61,6 +61,9 @@ class ScpiCommand(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     args: list[CommandArg] = []
     #: A regex for the answer; empty: the command does not answer (most SCPI settings).
     expect: str = ""
+    #: A physical act whose mistake can harm (heating, dosing, motion): the
+    #: dashboard asks for confirmation before sending it.
+    dangerous: bool = False
 
 
 class ScpiProfile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

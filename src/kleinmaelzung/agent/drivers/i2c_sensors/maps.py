@@ -122,6 +122,9 @@ class Switch(_Struct, frozen=True, kw_only=True):
     on: list[Byte]
     off: list[Byte]
     confirm: Confirm | None = None
+    #: A physical act whose mistake can harm (heating, dosing, motion): the
+    #: dashboard asks for confirmation before sending it.
+    dangerous: bool = False
 
 
 class SensorMap(_Struct, frozen=True, kw_only=True):

@@ -33,7 +33,10 @@ class Sensor:
         )
         self.commands = tuple(
             CommandSpec(
-                name=c.name, description=c.description, args=[CommandArg(name="on", type="bool")]
+                name=c.name,
+                description=c.description,
+                args=[CommandArg(name="on", type="bool")],
+                dangerous=c.dangerous,
             )
             for c in sensor_map.commands
         )

@@ -3,11 +3,13 @@
 
 import { clock, fill, formatValue, h } from "./dom.js";
 
-// SEAM: the protocol has no "dangerous" flag on commands (yet). Until it does, every
-// command that is not a plain read asks for confirmation before it is sent.
+// A command the instrument's declaration marks `dangerous` (a setpoint, a heater) asks for
+// confirmation before it is sent. From an agent older than that flag, every command that is
+// not a plain read asks.
 const READS = /^(get|read|query|measure|identify|status|list)(_|$)/;
 export function isDangerous(command) {
-  return command.dangerous === true || !READS.test(command.name);
+  if (typeof command.dangerous === "boolean") return command.dangerous;
+  return !READS.test(command.name);
 }
 
 /** The hub's own commands on every instrument (the control lease), for operators. */
