@@ -184,6 +184,9 @@ def _parser() -> argparse.ArgumentParser:
     _hub_option(forget)
 
     _credential_commands(commands)
+    from .cli_calibration import add_calibration_commands  # the standard library only
+
+    add_calibration_commands(commands)
 
     ports = commands.add_parser(
         "ports", help="list serial ports with their stable by-id paths and USB ids"
@@ -694,6 +697,12 @@ def _cmd_forget(args: argparse.Namespace) -> int:
         return EXIT_OK
 
     return _run_client("forget", run())
+
+
+def _cmd_calibration(args: argparse.Namespace) -> int:
+    from .cli_calibration import run_calibration_command
+
+    return run_calibration_command(args)
 
 
 # --- credentials ---------------------------------------------------------------

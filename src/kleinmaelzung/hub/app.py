@@ -19,6 +19,7 @@ from . import dashboard, metrics, rest, views
 from .acks import AckGatherer
 from .admission import Admission, AdmittingSite, raise_open_file_limit
 from .auth.web import install as install_auth
+from .calibration_routes import install as install_calibrations
 from .commands import Commands
 from .config import HubConfig
 from .data_routes import install as install_data_routes
@@ -112,6 +113,8 @@ def create_app(
     # The log (filtered, paged, streamed), history and export (issue 13).
     install_data_routes(app)
     app.router.add_get("/metrics", metrics.metrics)
+    # Calibration records, certificates and corrections (issue 12).
+    install_calibrations(app, hub)
     # The dashboard (`/`, `/static/`, sign-in): a client of the routes above.
     dashboard.install(app)
     return app
