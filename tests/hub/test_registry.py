@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 import aiohttp
 
 from kleinmaelzung.hub import RunningHub
@@ -65,3 +68,40 @@ async def test_an_instrument_moves_to_another_agent_once_its_own_is_gone(
         assert [(r["id"], r["agent"], r["state"]) for r in listed] == [
             ("kiln-air", "pi-2", "online")
         ]
+
+
+async def test_each_instrument_says_since_when_its_state_holds(hub: RunningHub) -> None:
+    async def listed() -> dict[str, object]:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(hub.url + "/api/instruments") as response,
+        ):
+            records = await response.json()
+        return {r["id"]: r for r in records}["kiln-air"]  # type: ignore[no-any-return]
+
+    def since(record: Any) -> float:
+        return float(record["since"])
+
+    started = time.time()
+    async with raw_client(hub.url) as client:
+        async with raw_agent(hub.url, "pi-1", [instrument("kiln-air")]) as agent:
+            online = await listed()
+            assert online["state"] == "online"  # type: ignore[index]
+            assert started - 1 <= since(online) <= time.time()
+            await client.send({"type": "subscribe", "id": "s", "patterns": ["kiln-air"]})
+            await client.receive_type("subscribed")
+            for reason in ("no answer", "port vanished"):
+                await agent.send(
+                    {"type": "status", "instrument": "kiln-air", "state": "faulted",
+                     "ts": time.time(), "reason": reason}
+                )  # fmt: skip
+                while (await client.receive_type("status"))["reason"] != reason:
+                    pass  # the status the subscription began with
+                if reason == "no answer":
+                    faulted = await listed()
+                    assert since(faulted) >= since(online)
+            # Another reason, the same state: since stays.
+            assert since(await listed()) == since(faulted)
+        while (await client.receive_type("status"))["state"] != "offline":
+            pass
+        assert since(await listed()) >= since(faulted)

@@ -403,7 +403,9 @@ async def agent_status(ctx: Context, message: Status) -> None:
         )
         return
     # An agent repeats every status after a reconnect: only changes go out.
-    if ctx.hub.registry.set_status(message.instrument, message.state, message.reason):
+    if ctx.hub.registry.set_status(
+        message.instrument, message.state, message.reason, ctx.hub.clock()
+    ):
         ctx.hub.fanout.publish_status(message)
 
 

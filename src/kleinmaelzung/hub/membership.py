@@ -189,7 +189,7 @@ def leave(hub: Hub, peer: Peer, reason: str = "agent disconnected") -> None:
         return
     entry = hub.registry.agents.get(peer.name)
     run = entry.hello.run if entry is not None and entry.peer is peer else None
-    offline = hub.registry.remove_agent(peer.name, peer, reason)
+    offline = hub.registry.remove_agent(peer.name, peer, reason, hub.clock())
     if not offline and run is None:
         return  # an older connection of an agent that has a newer one
     hub.commands.agent_left(peer.name, reason)

@@ -40,6 +40,8 @@ class InstrumentEntry:
     reason: str = ""
     #: Hub time of its newest reading; None until it sends one.
     last_seen: float | None = None
+    #: Hub time since when `state` holds; None if not seen change since the hub started.
+    since: float | None = None
     #: Highest seq accepted per agent run; samples at or below it are
     #: duplicates. A run missing here is looked up in the log first
     #: (`needs_lookup`). Several runs are live at once while an agent sends
@@ -61,6 +63,7 @@ class InstrumentEntry:
             description=self.info.description,
             channels=self.info.channels,
             commands=self.info.commands,
+            since=self.since,
         )
 
 
@@ -160,6 +163,8 @@ class Registry:
             known.info = info
             known.channel_names = _channel_names(info)
             known.agent = hello.agent_id
+            if known.state != "online" or known.since is None:
+                known.since = now
             known.state = "online"
             known.reason = ""
             entry.instruments.add(info.id)
@@ -199,7 +204,9 @@ class Registry:
                 # committed, so the log answers for it if it comes back.
                 del entry.seqs[next(iter(entry.seqs))]
 
-    def remove_agent(self, agent_id: str, peer: Peer, reason: str) -> list[str]:
+    def remove_agent(
+        self, agent_id: str, peer: Peer, reason: str, now: float | None = None
+    ) -> list[str]:
         """Forget a disconnected agent; return the instruments that went offline."""
         entry = self._agents.get(agent_id)
         if entry is None or entry.peer is not peer:
@@ -210,6 +217,7 @@ class Registry:
             instrument = self._instruments[instrument_id]
             instrument.state = "offline"
             instrument.reason = reason
+            instrument.since = now
             offline.append(instrument_id)
         return offline
 
@@ -262,11 +270,15 @@ class Registry:
                     fresh.append(sample)
         return fresh
 
-    def set_status(self, instrument_id: str, state: InstrumentState, reason: str) -> bool:
-        """Record an instrument's state; return whether it changed."""
+    def set_status(
+        self, instrument_id: str, state: InstrumentState, reason: str, now: float | None = None
+    ) -> bool:
+        """Record an instrument's state (a new one since `now`); return whether it changed."""
         entry = self._instruments[instrument_id]
         if (entry.state, entry.reason) == (state, reason):
             return False
+        if entry.state != state:
+            entry.since = now
         entry.state, entry.reason = state, reason
         return True
 

@@ -133,6 +133,9 @@ class InstrumentRecord(_Struct, frozen=True):
     description: str = ""
     channels: list[Channel] = []
     commands: list[CommandSpec] = []
+    #: Hub time since when `state` holds; None if the hub does not know (it
+    #: restarted since, and the instrument has not connected again).
+    since: Timestamp | None = None
 
 
 class AgentRecord(_Struct, frozen=True):

@@ -26,7 +26,7 @@ export class Lab extends EventTarget {
       seen.add(record.id);
       const entry = this.instruments.get(record.id);
       if (entry) {
-        if (entry.record.state !== record.state) entry.stateSince = now;
+        if (entry.record.state !== record.state) entry.stateSince = record.since ?? now;
         entry.record = record;
       } else {
         this.instruments.set(record.id, {
@@ -36,8 +36,9 @@ export class Lab extends EventTarget {
           ts: record.last_seen,
           arrived: null,
           interval: null,
-          // Known only from when this page saw the state begin; an offline one since its last reading.
-          stateSince: record.state === "offline" ? record.last_seen : null,
+          // The hub's since; else (a state older than the hub's start) an offline
+          // instrument's last reading.
+          stateSince: record.since ?? (record.state === "offline" ? record.last_seen : null),
         });
       }
       this.changed.add(record.id);
