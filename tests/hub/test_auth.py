@@ -349,10 +349,19 @@ async def test_the_lease_holds_against_a_second_operator(tmp_path: Path) -> None
         await watcher.receive_type("status")  # the state on subscribing
         taken = await command(oscar, "1", "kiln-air", "lease", duration_s=60)
         assert taken["ok"] is True and taken["result"]["holder"] == "oscar"
-        assert "leased by oscar" in (await watcher.receive_type("status"))["reason"]
+        leased = await watcher.receive_type("status")
+        assert leased["lease"]["holder"] == "oscar" and leased["reason"] == ""
+        assert leased["lease"]["until"] == taken["result"]["expires"]
         await otto.send({"type": "list_instruments", "id": "l"})  # seen by whoever looks later
         listed = (await otto.receive_type("instrument_list"))["instruments"]
-        assert "leased by oscar" in listed[0]["reason"]
+        assert listed[0]["lease"] == leased["lease"]
+        # The agent's own status keeps the instrument's reason, and the lease stays shown.
+        await agent.send(
+            {"type": "status", "instrument": "kiln-air", "state": "faulted", "ts": 2.0,
+             "reason": "no answer"}
+        )  # fmt: skip
+        faulted = await watcher.receive_type("status")
+        assert (faulted["reason"], faulted["lease"]) == ("no answer", leased["lease"])
         held = await command(otto, "2", "kiln-air", "tare")
         assert held["error"]["code"] == "lease_held" and "oscar" in held["error"]["message"]
         stolen = await command(otto, "3", "kiln-air", "lease")
@@ -366,7 +375,8 @@ async def test_the_lease_holds_against_a_second_operator(tmp_path: Path) -> None
         assert (await oscar.receive_type("reply"))["ok"] is True
         released = await command(oscar, "6", "kiln-air", "release")
         assert released["ok"] is True
-        assert (await watcher.receive_type("status"))["reason"] == "lease released"
+        ended = await watcher.receive_type("status")
+        assert (ended["lease"], ended["reason"]) == (None, "no answer")
         await otto.send({"type": "command", "id": "7", "instrument": "kiln-air", "name": "tare"})
         assert (await agent.receive_type("command"))["name"] == "tare"
 
@@ -380,9 +390,9 @@ async def test_a_lease_expires_and_watchers_are_told(tmp_path: Path) -> None:
         await oscar.send({"type": "subscribe", "id": "1", "patterns": ["kiln-air"]})
         await oscar.receive_type("status")
         assert (await command(oscar, "2", "kiln-air", "lease", duration_s=1))["ok"] is True
-        assert "leased by" in (await oscar.receive_type("status"))["reason"]
+        assert (await oscar.receive_type("status"))["lease"]["holder"] == "oscar"
         status = await oscar.receive_type("status", timeout=3.0)
-        assert status["reason"] == "lease released"
+        assert status["lease"] is None
 
 
 async def test_the_databases_hold_no_plaintext_token(tmp_path: Path) -> None:

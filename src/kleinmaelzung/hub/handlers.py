@@ -403,9 +403,12 @@ async def agent_status(ctx: Context, message: Status) -> None:
         )
         return
     # An agent repeats every status after a reconnect: only changes go out.
-    if ctx.hub.registry.set_status(
-        message.instrument, message.state, message.reason, ctx.hub.clock()
-    ):
+    registry = ctx.hub.registry
+    if registry.set_status(message.instrument, message.state, message.reason, ctx.hub.clock()):
+        # The lease is the hub's to tell, never the agent's.
+        lease = registry.instruments[message.instrument].lease
+        if message.lease != lease:
+            message = msgspec.structs.replace(message, lease=lease)
         ctx.hub.fanout.publish_status(message)
 
 
@@ -475,7 +478,13 @@ async def client_subscribe(ctx: Context, message: Subscribe) -> None:
     for instrument_id in added:
         entry = known[instrument_id]
         ctx.send(
-            Status(instrument=instrument_id, state=entry.state, ts=now, reason=entry.reason),
+            Status(
+                instrument=instrument_id,
+                state=entry.state,
+                ts=now,
+                reason=entry.reason,
+                lease=entry.lease,
+            ),
             instrument=instrument_id,
         )
     if recovering:

@@ -142,7 +142,10 @@ async def _join_agent(
     for info in hello.instruments:
         hub.traffic.remember_instrument(info, hello.agent_id, None)
         if before.get(info.id) != ("online", ""):
-            hub.fanout.publish_status(Status(instrument=info.id, state="online", ts=now))
+            lease = registry.instruments[info.id].lease
+            hub.fanout.publish_status(
+                Status(instrument=info.id, state="online", ts=now, lease=lease)
+            )
     _log.info(
         "agent joined", extra={"agent": hello.agent_id, "instruments": len(hello.instruments)}
     )
@@ -200,7 +203,13 @@ def leave(hub: Hub, peer: Peer, reason: str = "agent disconnected") -> None:
         entry_ = hub.registry.instruments[instrument_id]
         hub.traffic.remember_instrument(entry_.info, entry_.agent, entry_.last_seen)
         hub.fanout.publish_status(
-            Status(instrument=instrument_id, state="offline", ts=now, reason=reason)
+            Status(
+                instrument=instrument_id,
+                state="offline",
+                ts=now,
+                reason=reason,
+                lease=entry_.lease,
+            )
         )
     # Within the cap on remembered instruments (a registration flood).
     for evicted in hub.registry.evict_offline():

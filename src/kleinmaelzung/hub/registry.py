@@ -17,6 +17,7 @@ from ..protocol import (
     InstrumentInfo,
     InstrumentRecord,
     InstrumentState,
+    LeaseInfo,
     Sample,
 )
 from ..protocol.limits import Limits
@@ -42,6 +43,8 @@ class InstrumentEntry:
     last_seen: float | None = None
     #: Hub time since when `state` holds; None if not seen change since the hub started.
     since: float | None = None
+    #: The control lease while one is held (`auth.guard` sets it).
+    lease: LeaseInfo | None = None
     #: Highest seq accepted per agent run; samples at or below it are
     #: duplicates. A run missing here is looked up in the log first
     #: (`needs_lookup`). Several runs are live at once while an agent sends
@@ -64,6 +67,7 @@ class InstrumentEntry:
             channels=self.info.channels,
             commands=self.info.commands,
             since=self.since,
+            lease=self.lease,
         )
 
 
@@ -355,6 +359,12 @@ class Registry:
         chosen = self._instruments if ids is None else set(ids) & self._instruments.keys()
         notes = self._calibration_notes
         return [self._instruments[i].record(notes.get(i, "")) for i in sorted(chosen)]
+
+    def set_lease(self, instrument_id: str, lease: LeaseInfo | None) -> None:
+        """Record who holds an instrument's control lease (`auth.leases` decides)."""
+        entry = self._instruments.get(instrument_id)
+        if entry is not None:
+            entry.lease = lease
 
     def set_calibration_notes(self, notes: Mapping[str, str]) -> None:
         """Replace what is said of instruments' calibrations (the calibration service's view)."""

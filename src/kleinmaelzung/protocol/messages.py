@@ -121,6 +121,13 @@ class ErrorInfo(_Struct, frozen=True):
     message: str
 
 
+class LeaseInfo(_Struct, frozen=True):
+    """Who holds an instrument's control lease, and until when (hub time)."""
+
+    holder: str
+    until: Timestamp
+
+
 class InstrumentRecord(_Struct, frozen=True):
     """The hub's view of one instrument, as listed to clients."""
 
@@ -136,6 +143,8 @@ class InstrumentRecord(_Struct, frozen=True):
     #: Hub time since when `state` holds; None if the hub does not know (it
     #: restarted since, and the instrument has not connected again).
     since: Timestamp | None = None
+    #: The control lease, while someone holds one.
+    lease: LeaseInfo | None = None
 
 
 class AgentRecord(_Struct, frozen=True):
@@ -267,6 +276,9 @@ class Status(_Struct, frozen=True, tag="status"):
     state: InstrumentState
     ts: Timestamp
     reason: str = ""
+    #: From the hub: the instrument's control lease while one is held (an
+    #: agent's is replaced by the hub's).
+    lease: LeaseInfo | None = None
 
 
 class Command(_Struct, frozen=True, tag="command"):

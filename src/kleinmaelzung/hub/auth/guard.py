@@ -31,6 +31,7 @@ from ...protocol import (
     Data,
     Error,
     ErrorCode,
+    LeaseInfo,
     ListInstruments,
     PeerKind,
     Reply,
@@ -303,23 +304,25 @@ def _answer(ctx: Context, message: Command, result: dict[str, Any]) -> None:
 
 
 def publish_lease(hub: Hub, instrument: str, lease: Lease | None) -> None:
-    """Tell everyone watching `instrument` who holds its lease now (a status with that reason).
+    """Tell everyone watching `instrument` who holds its lease now: a status with its `lease`.
 
-    The reason stays the instrument's while the lease holds, so whoever
-    subscribes or lists instruments later sees it too, until the agent
-    reports a new state.
+    The instrument's state and reason are its own, unchanged; its record
+    (`instrument_list`, `/api/instruments`) and every status the hub sends of
+    it carry the lease while it holds.
     """
     entry = hub.registry.instruments.get(instrument)
     if entry is None:
         return
-    reason = _held(lease) if lease is not None else ""
-    hub.registry.set_status(instrument, entry.state, reason)
+    hub.registry.set_lease(
+        instrument, LeaseInfo(holder=lease.holder, until=lease.expires) if lease else None
+    )
     hub.fanout.publish_status(
         Status(
             instrument=instrument,
             state=entry.state,
             ts=hub.clock(),
-            reason=reason or "lease released",
+            reason=entry.reason,
+            lease=entry.lease,
         )
     )
 

@@ -63,7 +63,8 @@ export function mount(section, { lab, link, grant }) {
     const values = Object.entries(entry.values).map(([k, v]) => `${k} ${formatValue(v)}`).join(" · ");
     fill(header,
       h("p", {}, h("strong", {}, r.id), ` — ${r.kind}, `, h("span", { class: "badge", "data-state": lab.displayState(entry) }, lab.displayState(entry)),
-        r.reason ? ` ${r.reason}` : "", values ? h("span", { class: "hint" }, ` · ${values}`) : null));
+        r.reason ? ` ${r.reason}` : "", lab.leaseText(entry) ? ` · ${lab.leaseText(entry)}` : "",
+        values ? h("span", { class: "hint" }, ` · ${values}`) : null));
   }
 
   function renderForms() {

@@ -100,8 +100,16 @@ export class Lab extends EventTarget {
       entry.stateSince = null; // the state held before this page opened: since unknown
     }
     entry.record.reason = message.reason || "";
+    entry.record.lease = message.lease || null;
     this.changed.add(message.instrument);
     this.notify(true);
+  }
+
+  /** "leased by alice until 14:03:07", or "" when nobody holds the instrument's lease. */
+  leaseText(entry) {
+    const lease = entry.record.lease;
+    if (!lease) return "";
+    return `leased by ${lease.holder} until ${new Date(lease.until * 1000).toLocaleTimeString([], { hour12: false })}`;
   }
 
   /** online, offline, faulted or stale (online, but no sample for a while). */

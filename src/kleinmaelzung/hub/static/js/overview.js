@@ -126,8 +126,8 @@ export function mount(section, { lab, grant }) {
     const r = entry.record;
     c.kind.textContent = r.description ? `${r.kind} · ${r.description}` : r.kind;
     c.agent.textContent = `agent ${r.agent}`;
-    c.reason.textContent = r.reason || "";
-    c.reason.hidden = !r.reason;
+    c.reason.textContent = [r.reason, lab.leaseText(entry)].filter(Boolean).join(" · ");
+    c.reason.hidden = !c.reason.textContent;
     if (!c.links.childElementCount) {
       const enc = encodeURIComponent(id);
       const drive = (r.commands || []).some((cmd) => grant.mayCommand(id, cmd.name)) || grant.mayLease(id);
