@@ -12,7 +12,6 @@ import pytest
 
 from kleinmaelzung.client import (
     Client,
-    HubUnreachable,
     LogFilter,
     MissingExtra,
     RequestError,
@@ -23,7 +22,6 @@ from kleinmaelzung.client import (
 )
 from kleinmaelzung.hub import HubConfig, RunningHub, start_hub
 
-from ..hub.certificates import make_certificates
 from ..hub.data_lab import NOVEMBER, Clock, fill, kiln_values
 
 
@@ -147,23 +145,3 @@ async def test_a_refused_export_leaves_no_file(filled: RunningHub, tmp_path: Pat
     assert caught.value.code == "invalid_instrument_id"
     assert not (tmp_path / "x.csv").exists()
     assert not (tmp_path / "x.csv.partial").exists()
-
-
-async def test_over_https_the_lab_ca_is_asked_for(tmp_path: Path) -> None:
-    certs = make_certificates(tmp_path / "tls")
-    running = await start_hub(
-        HubConfig(port=0, data_dir=tmp_path / "hub-data", tls_cert=certs.cert, tls_key=certs.key)
-    )
-    try:
-        trust = {"ca_file": certs.ca, "pin_sha256": certs.pin}
-        async with Client(running.url, **trust) as hub:
-            assert await hub.history("kiln-air") == []
-        page = await query_log(running.url, LogFilter(since="-1h"), **trust)
-        assert page.entries  # the hub logged the client's hello
-        assert [e.id async for e in stream_log(running.url, limit=1, **trust)]
-        done = await export(running.url, tmp_path / "none.csv", format="csv", **trust)
-        assert done.rows == 0
-        with pytest.raises(HubUnreachable, match="not trusted"):
-            await export(running.url, tmp_path / "no.csv")
-    finally:
-        await running.stop()
