@@ -27,6 +27,14 @@ _log = logging.getLogger(__name__)
 #: File descriptors kept for everything but connections: the log (SQLite
 #: files, PostgreSQL sockets), listening sockets, serial ports of a demo.
 RESERVED_FDS = 64
+#: asyncio accepts up to `backlog` sockets per wake-up before any of them
+#: reaches admission, and a refused one is closed an iteration later, so a
+#: burst can hold a few batches at once: `ACCEPT_BATCHES` of them are kept
+#: free too, and the backlog shrinks with a low limit. Without this a hard
+#: limit of 256 ran out under a burst of 300 connections (asyncio logged a
+#: traceback per failed accept).
+MAX_ACCEPT_BATCH = 128
+ACCEPT_BATCHES = 3
 
 #: Addresses whose refusals are remembered (to log each once), at most.
 MAX_NOTED_ADDRESSES = 1024
@@ -61,8 +69,12 @@ class Admission:
 
     def __init__(self, limits: Limits, open_file_limit: int | None = None) -> None:
         total = limits.max_connections
+        #: Sockets accepted per wake-up (the listening socket's backlog).
+        self.accept_batch = MAX_ACCEPT_BATCH
         if open_file_limit is not None:
-            total = max(1, min(total, open_file_limit - RESERVED_FDS))
+            spare = max(1, open_file_limit - RESERVED_FDS)
+            self.accept_batch = max(1, min(MAX_ACCEPT_BATCH, spare // (4 * ACCEPT_BATCHES)))
+            total = max(1, min(total, spare - ACCEPT_BATCHES * self.accept_batch))
         self.max_total = total
         self.max_per_address = limits.max_connections_per_address
         self.total = 0
@@ -267,7 +279,7 @@ class AdmittingSite(web.TCPSite):
             lambda: _Admitted(admission, server, tls, handshakes),
             self._host,
             self._port,
-            backlog=self._backlog,
+            backlog=min(self._backlog, admission.accept_batch),
             reuse_address=self._reuse_address,
             reuse_port=self._reuse_port,
         )
