@@ -17,7 +17,7 @@ from aiohttp import web
 from ..protocol import Ack, CloseCode, PeerKind
 from . import dashboard, metrics, rest, views
 from .acks import AckGatherer
-from .admission import Admission, AdmittingSite, raise_open_file_limit
+from .admission import Admission, AdmittingSite, Tls, raise_open_file_limit
 from .auth.web import install as install_auth
 from .calibration_routes import install as install_calibrations
 from .commands import Commands
@@ -31,6 +31,7 @@ from .services import HUB_KEY, Hub
 from .store import SqliteStore, Store, StoreError, store_for_url
 from .store.urls import sqlite_url
 from .subscriptions import Subscriptions
+from .tls import check_tls_pair, server_context
 from .traffic import TrafficLog, split_ack_key
 
 _log = logging.getLogger(__name__)
@@ -190,8 +191,17 @@ async def start_hub(
     its own (`store.process`), as `kmz hub` does, rather than by a thread.
     Raises `HubStartError` if it cannot listen (the port is taken, the address
     is not this machine's) or cannot open its traffic log (a bad URL, a server
-    that cannot be reached), with nothing left running.
+    that cannot be reached), with nothing left running, or cannot load its TLS
+    certificate and key (`config.tls_cert`, `config.tls_key`).
     """
+    check_tls_pair(config.tls_cert, config.tls_key)
+    tls = None
+    if config.tls_cert is not None and config.tls_key is not None:
+        tls = Tls(
+            server_context(config.tls_cert, config.tls_key),
+            handshake_s=config.timeouts.handshake_s,
+            shutdown_s=config.timeouts.close_s,
+        )
     try:
         if store is None and writer_process:
             url = config.log_url or sqlite_url(config.traffic_db)
@@ -216,7 +226,7 @@ async def start_hub(
         await runner.cleanup()
         raise HubStartError(str(exc)) from None
     admission = Admission(config.limits, raise_open_file_limit())
-    site = AdmittingSite(runner, config.host, config.port, admission=admission)
+    site = AdmittingSite(runner, config.host, config.port, admission=admission, tls=tls)
     try:
         await site.start()
     except OSError as exc:
@@ -228,7 +238,7 @@ async def start_hub(
     if sockets:
         port = sockets[0].getsockname()[1]
     host = f"[{config.host}]" if ":" in config.host else config.host
-    url = f"http://{host}:{port}"
+    url = f"{'https' if tls else 'http'}://{host}:{port}"
     _log.info("hub started", extra={"url": url, "data": str(config.data_dir)})
     return RunningHub(url=url, app=app, runner=runner)
 
