@@ -1,4 +1,4 @@
-"""The HTTP API: health, instruments, agents, the traffic log (the dashboard: `dashboard`)."""
+"""The HTTP API: health, readiness, the protocol document, instruments, agents (log: `log_api`)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,10 @@ import msgspec
 from aiohttp import web
 
 from .. import __version__
-from ..protocol import ErrorCode, LogEntry, LogPage, PeerKind, is_instrument_id
+from ..protocol import ErrorCode, PeerKind, is_instrument_id
 from ..protocol.asyncapi import asyncapi_document
-from .auth.web import log_types, principal_of, visible_agents
+from .auth.web import principal_of, visible_agents
 from .services import HUB_KEY
-
-#: Entries a log query reads first; each further read asks for 4x more.
-FIRST_LOG_PAGE = 16
 
 
 def _json(payload: object, status: int = 200) -> web.Response:
@@ -112,55 +109,3 @@ async def forget_instrument(request: web.Request) -> web.Response:
         )
     hub.traffic.forget_instrument(instrument_id)
     return _json({"forgotten": instrument_id})
-
-
-async def traffic_log(request: web.Request) -> web.Response:
-    """`GET /api/log?instrument=ID&limit=N&kind=K`: newest traffic-log entries first."""
-    hub = request.app[HUB_KEY]
-    instrument = request.query.get("instrument")
-    kind = request.query.get("kind")
-    types = log_types(kind) if kind is not None else ()
-    if types is None:
-        return _bad_request(ErrorCode.INVALID_ARGUMENTS, f"not a kind of log entry: {kind!r}")
-    if instrument is not None and not is_instrument_id(instrument):
-        return _bad_request(
-            ErrorCode.INVALID_INSTRUMENT_ID, f"not an instrument id: {instrument!r}"
-        )
-    raw_limit = request.query.get("limit", "100")
-    try:
-        limit = int(raw_limit)
-    except ValueError:
-        return _bad_request(
-            ErrorCode.INVALID_ARGUMENTS, f"limit must be an integer, got {raw_limit!r}"
-        )
-    limits = hub.config.limits
-    if not 1 <= limit <= limits.max_log_entries:
-        return _bad_request(
-            ErrorCode.INVALID_ARGUMENTS, f"limit must be 1..{limits.max_log_entries}, got {limit}"
-        )
-    # The answer keeps the 1 MiB rule the hub asks of every peer. Reading
-    # `limit` entries at once held ~200 MB for limit=10000 (656 MB for three
-    # at once) to answer with what fits; reading 4x more each time until the
-    # answer is full holds a few MiB, and costs at most a third more reading.
-    budget = min(limits.max_message_bytes, limits.max_hub_message_bytes)
-    asked = min(limit, FIRST_LOG_PAGE)
-    while True:
-        entries = await hub.store.query(instrument=instrument, limit=asked, types=types)
-        fitting = _within(entries, budget)
-        if len(fitting) < len(entries) or len(entries) < asked or asked == limit:
-            return _json(LogPage(entries=fitting))
-        asked = min(limit, asked * 4)
-
-
-#: A log entry's fields besides its message, encoded, at most (bytes).
-_ENTRY_OVERHEAD = 512
-
-
-def _within(entries: list[LogEntry], max_bytes: int) -> list[LogEntry]:
-    """The newest entries whose answer fits in `max_bytes`, as every answer of the hub does."""
-    total = len(b'{"entries":[]}')
-    for index, entry in enumerate(entries):
-        total += len(entry.message) + _ENTRY_OVERHEAD
-        if total > max_bytes:
-            return entries[:index]
-    return entries
