@@ -27,7 +27,7 @@ from kleinmaelzung.hub import HubConfig, RunningHub, start_hub
 from kleinmaelzung.protocol import Command, InstrumentInfo, Reply, Timeouts
 
 DEADLINE_S = 10.0
-WELCOME = {"type": "welcome", "protocol": 2, "hub": "h", "session": "s", "server_time": 0.0}
+WELCOME = {"type": "welcome", "protocol": 3, "hub": "h", "session": "s", "server_time": 0.0}
 
 
 def free_port() -> int:

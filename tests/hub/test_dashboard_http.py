@@ -68,7 +68,7 @@ async def test_logout_ends_the_session_and_its_websocket(tmp_path: Path) -> None
         await sign_in(http, lab.url, lab.tokens["oscar"])
         ws_url = lab.url.replace("http", "ws", 1) + CLIENT
         async with http.ws_connect(ws_url) as ws:
-            await ws.send_json({"type": "client_hello", "protocol": 2, "token": None})
+            await ws.send_json({"type": "client_hello", "protocol": 3, "token": None})
             welcome = await ws.receive_json(timeout=5)
             assert welcome["type"] == "welcome"
             async with http.delete(lab.url + "/api/session") as response:
@@ -89,7 +89,7 @@ async def test_a_revoked_token_ends_its_sessions(tmp_path: Path) -> None:
         await sign_in(http, lab.url, lab.tokens["oscar"])
         ws_url = lab.url.replace("http", "ws", 1) + CLIENT
         async with http.ws_connect(ws_url) as ws:
-            await ws.send_json({"type": "client_hello", "protocol": 2, "token": None})
+            await ws.send_json({"type": "client_hello", "protocol": 3, "token": None})
             assert (await ws.receive_json(timeout=5))["type"] == "welcome"
             SqliteCredentials(lab.store.data_dir).revoke_token(lab.token_id("oscar"))
             assert (await ws.receive_json(timeout=2))["code"] == "unauthorized"
@@ -181,7 +181,7 @@ async def test_an_agent_cannot_use_a_session_secret(tmp_path: Path) -> None:
         _, _, cookie = await sign_in(http, lab.url, lab.tokens["ada"])
         secret = cookie.split(";")[0].split("=", 1)[1]
         async with greeted(
-            lab.url, CLIENT, {"type": "client_hello", "protocol": 2, "token": secret}
+            lab.url, CLIENT, {"type": "client_hello", "protocol": 3, "token": secret}
         ):
             pass  # a session works in a hello, as a token does
         async with socket(lab.url, AGENT) as agent:

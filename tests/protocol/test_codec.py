@@ -64,9 +64,9 @@ KILN = InstrumentInfo(
 )
 
 EXAMPLES: list[Any] = [
-    AgentHello(protocol=2, agent_id="malthouse-pi-1", instruments=[KILN], token="t", run="ab"),
-    ClientHello(protocol=2, name="notebook"),
-    Welcome(protocol=2, hub="kmz-hub", session="s1", server_time=1.7e9),
+    AgentHello(protocol=3, agent_id="malthouse-pi-1", instruments=[KILN], token="t", run="ab"),
+    ClientHello(protocol=3, name="notebook"),
+    Welcome(protocol=3, hub="kmz-hub", session="s1", server_time=1.7e9),
     Data(
         samples=[
             Sample(instrument="kiln-air", seq=0, ts=1.7e9, values={"temperature": 64.5}),
@@ -203,14 +203,14 @@ def test_bad_input_gives_a_typed_error_that_says_where(frame: bytes, code: str, 
         ),
         (
             agent_decoder(),
-            b'{"type": "agent_hello", "protocol": 2, "agent_id": "pi", "instruments":'
+            b'{"type": "agent_hello", "protocol": 3, "agent_id": "pi", "instruments":'
             b' [{"id": "kiln", "kind": "k", "channels": [{"name": "Temp"}]}]}',
             "`$.instruments[0].channels[0].name`",
             "'Temp' is not a valid channel name; a channel name is a lowercase letter",
         ),
         (
             agent_decoder(),
-            b'{"type": "agent_hello", "protocol": 2, "agent_id": "Pi 1", "instruments": []}',
+            b'{"type": "agent_hello", "protocol": 3, "agent_id": "Pi 1", "instruments": []}',
             "`$.agent_id`",
             "'Pi 1' is not a valid agent id",
         ),
@@ -321,7 +321,7 @@ def test_any_name_gives_a_message_or_words_not_a_regex(
     subscribe = {"type": "subscribe", "id": "7", "patterns": [pattern]}
     hello = {
         "type": "agent_hello",
-        "protocol": 2,
+        "protocol": 3,
         "agent_id": instrument,
         "run": "r1",
         "instruments": [{"id": "kiln", "kind": "k", "channels": [{"name": channel}]}],

@@ -35,10 +35,10 @@ from kleinmaelzung.protocol import (
 )
 from kleinmaelzung.protocol import Error as ErrorMessage
 
-HELLO = b'{"type": "client_hello", "protocol": 2}'
-CLIENT_HELLO = ClientHello(protocol=2)
-AGENT_HELLO = AgentHello(protocol=2, agent_id="pi-1", instruments=[], run="r1")
-WELCOME = Welcome(protocol=2, hub="h", session="s", server_time=0.0)
+HELLO = b'{"type": "client_hello", "protocol": 3}'
+CLIENT_HELLO = ClientHello(protocol=3)
+AGENT_HELLO = AgentHello(protocol=3, agent_id="pi-1", instruments=[], run="r1")
+WELCOME = Welcome(protocol=3, hub="h", session="s", server_time=0.0)
 
 
 def command(id_: str) -> bytes:
@@ -193,7 +193,7 @@ def test_nothing_goes_out_once_closed() -> None:
 
 
 def test_agent_hello_round_trips_through_the_hub_machine() -> None:
-    hello = AgentHello(protocol=2, agent_id="pi-1", instruments=[], run="r1")
+    hello = AgentHello(protocol=3, agent_id="pi-1", instruments=[], run="r1")
     connection = hub_agent_connection()
     assert connection.receive(encode(hello)) == Received(hello)
     assert connection.hello == hello
@@ -202,7 +202,7 @@ def test_agent_hello_round_trips_through_the_hub_machine() -> None:
 def test_data_with_too_many_samples_is_refused_whole_and_the_connection_stays() -> None:
     connection = hub_agent_connection(Limits(max_samples_per_data=3))
     hello = (
-        b'{"type": "agent_hello", "protocol": 2, "agent_id": "pi-1", "instruments": [], "run": "r"}'
+        b'{"type": "agent_hello", "protocol": 3, "agent_id": "pi-1", "instruments": [], "run": "r"}'
     )
     assert isinstance(connection.receive(hello), Received)
 

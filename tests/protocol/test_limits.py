@@ -22,7 +22,7 @@ from kleinmaelzung.protocol import (
     hub_client_connection,
 )
 
-HELLO = b'{"type": "client_hello", "protocol": 2}'
+HELLO = b'{"type": "client_hello", "protocol": 3}'
 
 
 def nested(depth: int) -> bytes:
@@ -94,7 +94,7 @@ def test_an_agent_announcing_too_many_instruments_is_refused_and_closed() -> Non
     hello = msgspec.json.encode(
         {
             "type": "agent_hello",
-            "protocol": 2,
+            "protocol": 3,
             "agent_id": "pi-1",
             "run": "r1",
             "instruments": [{"id": f"i{n}", "kind": "k"} for n in range(3)],

@@ -38,9 +38,9 @@ from kleinmaelzung.transport import (
 )
 
 DEADLINE_S = 10.0
-CLIENT_HELLO = ClientHello(protocol=2, name="test")
-AGENT_HELLO = AgentHello(protocol=2, agent_id="pi-1", instruments=[], run="r1")
-WELCOME = {"type": "welcome", "protocol": 2, "hub": "h", "session": "s", "server_time": 0.0}
+CLIENT_HELLO = ClientHello(protocol=3, name="test")
+AGENT_HELLO = AgentHello(protocol=3, agent_id="pi-1", instruments=[], run="r1")
+WELCOME = {"type": "welcome", "protocol": 3, "hub": "h", "session": "s", "server_time": 0.0}
 
 
 def free_port() -> int:

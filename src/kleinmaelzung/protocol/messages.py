@@ -17,8 +17,8 @@ from .topics import ID_REGEX, NAME_REGEX, PATTERN_REGEX
 
 #: Bumped on any change an old peer could misread. The hub accepts exactly the
 #: versions in `SUPPORTED_PROTOCOLS`.
-PROTOCOL_VERSION = 2
-SUPPORTED_PROTOCOLS = frozenset({2})
+PROTOCOL_VERSION = 3
+SUPPORTED_PROTOCOLS = frozenset({3})
 
 InstrumentId = Annotated[str, msgspec.Meta(pattern=ID_REGEX, description="instrument id")]
 AgentId = Annotated[str, msgspec.Meta(pattern=ID_REGEX, description="agent id")]

@@ -4,7 +4,7 @@
 // "missed", "gap", "unauthorized" (closed with 4001: sign in again), "problem" (an error
 // with no request id). Requests (subscribe, list, command) return Promises of the answer.
 
-const PROTOCOL = 2;
+const PROTOCOL = 3;
 const REQUEST_TIMEOUT_S = 10;
 
 export class HubLink extends EventTarget {
