@@ -82,6 +82,8 @@ async def test_retention_removes_exactly_what_is_due(log_place: LogPlace) -> Non
         wire_kept = [at(5, 20), at(6, 10)]
         samples_kept = [at(4, 20), at(5, 10), at(5, 20), at(6, 10)]
         assert report.removed == {"wire": 6, "samples": 3}
+        # The pages freed went back to the file system.
+        assert await log_place.sql("PRAGMA freelist_count") == [(0,)]
     else:
         # A month once all of it is due: May's wire copies and April's
         # samples wait for the rest of their month.
