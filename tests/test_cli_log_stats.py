@@ -45,7 +45,7 @@ async def test_kmz_log_stats_shows_each_kind_and_what_a_pass_removed(
     # Two kilns, 120 samples each, in 6 frames of both.
     assert rows["samples"].split()[1] == "240"
     assert rows["samples"].endswith("10 days")
-    assert rows["wire"].endswith("1 days")
+    assert rows["wire"].endswith("1 day")
     assert rows["commands"].endswith("forever")
     assert lines[-1].startswith("on disk: ") and "(sqlite" in lines[-1]
 

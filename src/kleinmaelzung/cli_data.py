@@ -264,7 +264,8 @@ def _log_stats(args: argparse.Namespace) -> int:
         print(f"{'kind':<12} {'rows':>12} {'size':>10}  {'oldest':<19}  kept")
         for kind in stats.kinds:
             oldest = _local_time(kind.oldest) if kind.oldest is not None else "-"
-            kept = f"{kind.retention_days:g} days" if kind.retention_days else "forever"
+            days = kind.retention_days
+            kept = f"{days:g} day{'' if days == 1 else 's'}" if days else "forever"
             print(f"{kind.kind:<12} {kind.rows:>12,} {_size(kind.bytes):>10}  {oldest:<19}  {kept}")
         print(f"on disk: {_size(stats.total_bytes)} ({stats.backend}, indexes included)")
         return EXIT_OK
