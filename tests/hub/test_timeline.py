@@ -64,7 +64,7 @@ async def test_each_change_has_its_cause_and_a_lost_agent_is_noticed(
             await agent.send({"type": "bye"})  # not a message it knows: the agent goes
             await agent.ws.close()
             await client.receive_type("status")
-    # Back, then gone without a word logged (nobody subscribed), then back again.
+    # Back, then gone with nobody subscribed (logged all the same), then back again.
     clock.now = 140.0
     async with raw_agent(running.url, "pi-1", [kiln], run="r2") as agent:
         clock.now = 155.0
@@ -78,7 +78,7 @@ async def test_each_change_has_its_cause_and_a_lost_agent_is_noticed(
             (120.0, "online", "recovered"),
             (130.0, "offline", "agent disconnected"),
             (140.0, "online", "agent connected"),
-            (155.0, "offline", "agent lost"),
+            (155.0, "offline", "agent disconnected"),
             (160.0, "online", "agent connected"),
         ]
         # From 125 on: the state then, and what followed until 150.
@@ -92,7 +92,7 @@ async def test_each_change_has_its_cause_and_a_lost_agent_is_noticed(
             "agent connected",
             "agent disconnected",
             "agent connected",
-            "agent lost",
+            "agent disconnected",
             "agent connected",
         ]
 

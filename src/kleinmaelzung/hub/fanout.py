@@ -154,15 +154,17 @@ class Fanout:
             peer.send(frame)
 
     def publish_status(self, status: Status) -> None:
-        """Send an instrument's status change to its subscribers, logged once."""
+        """Send an instrument's status change to its subscribers, logged once.
+
+        Logged with nobody subscribed too: the log is the instruments'
+        timeline (an agent stopped while nobody watched went offline then).
+        """
         subscribers = self._subscriptions.subscribers(status.instrument)
-        if subscribers:
-            frame = encode(status)
-            self._traffic.status_out(
-                self._subscriptions.recipients(status.instrument), frame, status.instrument
-            )
-            for peer in subscribers:
-                peer.send(frame)
+        frame = encode(status)
+        recipients = self._subscriptions.recipients(status.instrument) if subscribers else ""
+        self._traffic.status_out(recipients, frame, status.instrument)
+        for peer in subscribers:
+            peer.send(frame)
 
 
 def _spans(samples: Sequence[Sample]) -> tuple[Span, ...]:

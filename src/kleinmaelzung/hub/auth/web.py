@@ -218,6 +218,12 @@ def _needed(request: web.Request, principal: Principal) -> str | None:
         if not principal.may_watch(instrument):
             return f"{principal.name} may not read the history of {instrument!r}"
         return None
+    if request.method == "GET" and path.startswith("/api/timeline/"):
+        # An instrument's timeline: whoever may watch it (an agent's: admin).
+        instrument = path.removeprefix("/api/timeline/")
+        if not principal.may_watch(instrument):
+            return f"{principal.name} may not read the timeline of {instrument!r}"
+        return None
     if principal.is_admin:
         return None
     return f"{request.method} {path} needs the admin role"
