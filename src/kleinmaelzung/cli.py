@@ -39,6 +39,20 @@ def _hub_option(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="hub URL (default: $KMZ_HUB, else the local demo hub http://127.0.0.1:8765)",
     )
+    parser.add_argument(
+        "--ca",
+        metavar="FILE",
+        default=None,
+        help="for an https:// hub: trust only certificates this CA (PEM) signed "
+        "(default: $KMZ_CA, else the system's CAs)",
+    )
+    parser.add_argument(
+        "--pin",
+        metavar="SHA256",
+        default=None,
+        help="for an https:// hub: accept only the certificate with this SHA-256 fingerprint "
+        "(openssl x509 -noout -fingerprint -sha256; default: $KMZ_PIN)",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -90,6 +104,21 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="serve a non-loopback address without authentication (anyone who reaches the "
         "hub may drive every instrument); refused without this flag",
+    )
+    hub.add_argument(
+        "--tls-cert",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="serve https:// and wss:// with this certificate (PEM, chain after it); "
+        "needs --tls-key",
+    )
+    hub.add_argument(
+        "--tls-key",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="the certificate's unencrypted private key (PEM)",
     )
     hub.add_argument(
         "--allow-origin",
@@ -176,6 +205,7 @@ def _parser() -> argparse.ArgumentParser:
     cli_data.add_log_parser(commands, _hub_option, _positive_int)
     cli_data.add_history_parser(commands, _hub_option, _positive_int)
     cli_data.add_export_parser(commands, _hub_option)
+    cli_data.add_replay_parser(commands, _hub_option)
 
     forget = commands.add_parser(
         "forget", help="stop listing an instrument whose agent is gone (the log keeps its traffic)"
@@ -307,6 +337,8 @@ def _cmd_hub(args: argparse.Namespace) -> int:
         "log_url": args.log,
         "insecure": args.insecure,
         "allowed_origins": tuple(args.allow_origin) if args.allow_origin else None,
+        "tls_cert": args.tls_cert,
+        "tls_key": args.tls_key,
     }
     try:
         config = load_hub_config(
@@ -480,6 +512,12 @@ def _hub_url(args: argparse.Namespace) -> str:
         raise _UsageError(str(exc)) from None
 
 
+def _trust(args: argparse.Namespace) -> dict[str, Any]:
+    """A client's `ca_file` and `pin_sha256` from --ca/--pin (the client falls back to
+    $KMZ_CA and $KMZ_PIN)."""
+    return {"ca_file": args.ca, "pin_sha256": args.pin}
+
+
 def _token(url: str) -> str | None:
     from .client.credentials import token_for
 
@@ -532,7 +570,7 @@ def _cmd_instruments(args: argparse.Namespace) -> int:
     url = _hub_url(args)
 
     async def run() -> int:
-        async with Client(url, name="kmz-instruments", token=_token(url)) as client:
+        async with Client(url, name="kmz-instruments", token=_token(url), **_trust(args)) as client:
             records = await client.instruments()
         if args.json:
             print(msgspec.json.format(msgspec.json.encode(records)).decode())
@@ -554,7 +592,7 @@ def _cmd_agents(args: argparse.Namespace) -> int:
     url = _hub_url(args)
 
     async def run() -> int:
-        records = await fetch_agents(url, token=_token(url))
+        records = await fetch_agents(url, token=_token(url), **_trust(args))
         if args.json:
             print(msgspec.json.format(msgspec.json.encode(records)).decode())
         else:
@@ -584,7 +622,9 @@ def _cmd_watch(args: argparse.Namespace) -> int:
 
     async def run() -> int:
         # Reconnects by itself: a watch outlives a hub restart.
-        async with Client(url, name="kmz-watch", reconnect=True, token=_token(url)) as client:
+        async with Client(
+            url, name="kmz-watch", reconnect=True, token=_token(url), **_trust(args)
+        ) as client:
             records = await client.instruments()
             units = units_of(records)
             for pattern in args.patterns:
@@ -644,7 +684,7 @@ def _cmd_send(args: argparse.Namespace) -> int:
     url = _hub_url(args)
 
     async def run() -> int:
-        async with Client(url, name="kmz-send", token=_token(url)) as client:
+        async with Client(url, name="kmz-send", token=_token(url), **_trust(args)) as client:
             try:
                 result = await client.command(
                     args.instrument,
@@ -681,6 +721,7 @@ def _name_like(text: str) -> str | None:
 _cmd_log = cli_data.cmd_log
 _cmd_history = cli_data.cmd_history
 _cmd_export = cli_data.cmd_export
+_cmd_replay = cli_data.cmd_replay
 
 
 def _cmd_forget(args: argparse.Namespace) -> int:
@@ -692,7 +733,7 @@ def _cmd_forget(args: argparse.Namespace) -> int:
     url = _hub_url(args)
 
     async def run() -> int:
-        await forget_instrument(url, args.instrument, token=_token(url))
+        await forget_instrument(url, args.instrument, token=_token(url), **_trust(args))
         print(f"forgot {args.instrument}")
         return EXIT_OK
 
