@@ -26,6 +26,7 @@ from .data_routes import install as install_data_routes
 from .errors import HubStartError
 from .fanout import Fanout
 from .handlers import default_handlers
+from .rates import UserRates
 from .registry import Registry
 from .services import HUB_KEY, Hub
 from .store import SqliteStore, Store, StoreError, store_for_url
@@ -85,6 +86,7 @@ def create_app(
         clock=clock,
         started=monotonic(),
         boot_id=boot_id,
+        user_rates=UserRates(config.limits),
     )
 
     def send_ack(key: str, seqs: dict[str, int]) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ..protocol import Limits
 from .acks import AckGatherer
 from .auth import Authenticator
 from .commands import Commands
@@ -20,6 +21,7 @@ from .corrections import Corrections
 from .fanout import Fanout
 from .handlers import Handlers
 from .peers import Peer
+from .rates import UserRates
 from .registry import Registry
 from .store import Store
 from .subscriptions import Subscriptions
@@ -80,6 +82,8 @@ class Hub:
     client_numbers: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     #: Approved calibrations applied to the stream; written by the calibration service.
     corrections: Corrections = field(default_factory=Corrections)
+    #: Messages per second per user over all of the user's connections (`views`).
+    user_rates: UserRates = field(default_factory=lambda: UserRates(Limits()))
 
 
 HUB_KEY = web.AppKey("hub", Hub)
