@@ -15,14 +15,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from ..hub.test_log_full_disk import fill
+from ..hub.test_log_full_disk import fill, mounted_volume
 from .delivery_check import RawWatcher, check_delivery, read_hub_log, read_spool
 from .processes import StreamingLab, get_json, terminate, wait_until_async
 
@@ -33,21 +31,9 @@ VOLUME_BYTES = 16 * 1024 * 1024
 
 @pytest.fixture
 def hub_volume(tmp_path: Path) -> Iterator[Path]:
-    """The hub's data folder as a small file system of its own, unmounted afterwards."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small volume needs root")
-    volume = tmp_path / "data"
-    volume.mkdir()
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={VOLUME_BYTES}", "tmpfs", str(volume)],
-        check=True,
-        capture_output=True,
-        timeout=10,
-    )
-    try:
+    """The hub's data folder as a small file system of its own."""
+    with mounted_volume(tmp_path / "data", VOLUME_BYTES) as volume:
         yield volume
-    finally:
-        subprocess.run(["umount", "-l", str(volume)], check=False, timeout=10)
 
 
 def log_state(url: str) -> str | None:

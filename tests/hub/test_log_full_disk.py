@@ -21,15 +21,14 @@ from kleinmaelzung.hub.store import LogHealth, SqliteStore
 VOLUME_BYTES = 4 * 1024 * 1024
 
 
-@pytest.fixture
-def small_volume(tmp_path: Path) -> Iterator[Path]:
-    """A 4 MiB file system of its own, unmounted afterwards."""
+@contextlib.contextmanager
+def mounted_volume(volume: Path, size_bytes: int) -> Iterator[Path]:
+    """`volume` as a file system of `size_bytes` of its own (a tmpfs), unmounted afterwards."""
     if os.geteuid() != 0:
         pytest.skip("mounting a small volume needs root")
-    volume = tmp_path / "volume"
     volume.mkdir()
     subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={VOLUME_BYTES}", "tmpfs", str(volume)],
+        ["mount", "-t", "tmpfs", "-o", f"size={size_bytes}", "tmpfs", str(volume)],
         check=True,
         capture_output=True,
         timeout=10,
@@ -38,6 +37,13 @@ def small_volume(tmp_path: Path) -> Iterator[Path]:
         yield volume
     finally:
         subprocess.run(["umount", "-l", str(volume)], check=False, timeout=10)
+
+
+@pytest.fixture
+def small_volume(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB file system of its own."""
+    with mounted_volume(tmp_path / "volume", VOLUME_BYTES) as volume:
+        yield volume
 
 
 def fill(volume: Path) -> Path:

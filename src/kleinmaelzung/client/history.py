@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from ..protocol import ErrorCode, History, KmzError, ProtocolError, TimeFormatError, parse_time
+from ..protocol import History, KmzError, TimeFormatError, parse_time
 from ..transport import base_url
-from .http import request
+from .http import get_decoded
 
 if TYPE_CHECKING:
     import pandas
@@ -96,8 +96,8 @@ async def fetch_history(
     if points is not None:
         params["points"] = str(points)
     endpoint = f"{base_url(url)}/api/history/{instrument}"
-    body = await request(
-        "GET",
+    return await get_decoded(
+        _history_decoder,
         endpoint,
         params=params,
         timeout_s=timeout_s,
@@ -105,12 +105,6 @@ async def fetch_history(
         ca_file=ca_file,
         pin_sha256=pin_sha256,
     )
-    try:
-        return _history_decoder.decode(body)
-    except msgspec.DecodeError as exc:
-        raise ProtocolError(
-            ErrorCode.INVALID_MESSAGE, f"unexpected answer from {endpoint}: {exc}"
-        ) from None
 
 
 async def load_history(

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
+from typing import TypeVar
 
 import aiohttp
 import msgspec
 
+from ..protocol import ErrorCode, ProtocolError
 from ..transport import Trust
 from .credentials import token_for
 from .errors import RequestError, reaching
+
+T = TypeVar("T")
 
 
 class _Problem(msgspec.Struct, frozen=True):
@@ -55,3 +59,31 @@ async def request(
             problem = _Problem(f"http_{status}", body[:200].decode(errors="replace"))
         raise RequestError(problem.code, problem.message)
     return body
+
+
+async def get_decoded(
+    decoder: msgspec.json.Decoder[T],
+    endpoint: str,
+    *,
+    params: dict[str, str] | None = None,
+    timeout_s: float = 10.0,
+    token: str | None = None,
+    ca_file: str | os.PathLike[str] | None = None,
+    pin_sha256: str | None = None,
+) -> T:
+    """`GET endpoint`, its answer decoded; `ProtocolError` naming the endpoint if it is not."""
+    body = await request(
+        "GET",
+        endpoint,
+        params=params,
+        timeout_s=timeout_s,
+        token=token,
+        ca_file=ca_file,
+        pin_sha256=pin_sha256,
+    )
+    try:
+        return decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        raise ProtocolError(
+            ErrorCode.INVALID_MESSAGE, f"unexpected answer from {endpoint}: {exc}"
+        ) from None

@@ -18,7 +18,7 @@ import msgspec
 from ..protocol import ErrorCode, LogEntry, LogPage, ProtocolError
 from ..transport import base_url
 from .history import TimeLike, to_timestamp
-from .http import request
+from .http import get_decoded
 from .stream import lines, streamed_get
 
 _page_decoder = msgspec.json.Decoder(LogPage)
@@ -76,8 +76,8 @@ async def query_log(
     if cursor:
         params["cursor"] = cursor
     endpoint = base_url(url) + "/api/log"
-    body = await request(
-        "GET",
+    return await get_decoded(
+        _page_decoder,
         endpoint,
         params=params,
         timeout_s=timeout_s,
@@ -85,12 +85,6 @@ async def query_log(
         ca_file=ca_file,
         pin_sha256=pin_sha256,
     )
-    try:
-        return _page_decoder.decode(body)
-    except msgspec.DecodeError as exc:
-        raise ProtocolError(
-            ErrorCode.INVALID_MESSAGE, f"unexpected answer from {endpoint}: {exc}"
-        ) from None
 
 
 async def stream_log(

@@ -7,9 +7,8 @@ from urllib.parse import quote
 
 import msgspec
 
-from ..protocol import ErrorCode, ProtocolError
 from ..transport import base_url
-from .http import request
+from .http import get_decoded
 
 
 class Change(msgspec.Struct, frozen=True, kw_only=True):
@@ -58,8 +57,8 @@ async def fetch_timeline(
         params["since"] = repr(since)
     if until is not None:
         params["until"] = repr(until)
-    body = await request(
-        "GET",
+    return await get_decoded(
+        _decoder,
         endpoint,
         params=params,
         timeout_s=timeout_s,
@@ -67,9 +66,3 @@ async def fetch_timeline(
         ca_file=ca_file,
         pin_sha256=pin_sha256,
     )
-    try:
-        return _decoder.decode(body)
-    except msgspec.DecodeError as exc:
-        raise ProtocolError(
-            ErrorCode.INVALID_MESSAGE, f"unexpected answer from {endpoint}: {exc}"
-        ) from None
