@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -284,6 +285,13 @@ class AdmittingSite(web.TCPSite):
             reuse_port=self._reuse_port,
         )
         sockets = self._server.sockets
+        for listening in sockets:
+            # asyncio accepts `accept_batch` per wake-up and listens with the
+            # same number; the kernel's queue of connections not yet accepted
+            # must stay long, or a burst's connections beyond it hang
+            # unanswered (the kernel retries their handshake for seconds).
+            with socket.fromfd(listening.fileno(), listening.family, listening.type) as dup:
+                dup.listen(max(self._backlog, MAX_ACCEPT_BATCH))
         self._bound_port = sockets[0].getsockname()[1] if sockets else self._port
 
     async def stop(self) -> None:
