@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Iterable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import msgspec
 
@@ -172,3 +172,21 @@ class BackendReads:
     ) -> AsyncIterator[list[ExportRow]]:
         """One instrument's committed samples, oldest first, `chunk_rows` at a time."""
         return self.backend.stream_samples(instrument, start, end, chunk_rows)
+
+
+def log_entries(rows: Iterable[Sequence[Any]]) -> list[LogEntry]:
+    """Traffic-log rows (id, ts, direction, peer, instrument, type, message, delivered_to)
+    as entries, the message as the JSON it was logged as: both backends read them so."""
+    return [
+        LogEntry(
+            id=row[0],
+            ts=row[1],
+            direction=row[2],
+            peer=row[3],
+            instrument=row[4],
+            type=row[5],
+            message=msgspec.Raw(row[6].encode()),
+            delivered_to=row[7],
+        )
+        for row in rows
+    ]

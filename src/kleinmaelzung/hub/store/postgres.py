@@ -24,7 +24,7 @@ import msgspec
 
 from ...protocol import LogEntry, Value
 from . import postgres_schema as schema
-from .backend import BackendUnavailable, decode_info
+from .backend import BackendUnavailable, decode_info, log_entries
 from .base import KnownInstrument, LoggedSample, StoreError
 from .batch import Batch, SaveInstrument
 from .queries import ExportRow, HistoryRow, LogQuery, order_clause, where_clause
@@ -335,7 +335,7 @@ class PostgresBackend:
             + f" ORDER BY id DESC LIMIT ${len(params)}"
         )
         rows = await self._read(lambda c: c.fetch(sql, *params))
-        return _entries(rows)
+        return log_entries(rows)
 
     async def query_log(self, query: LogQuery, limit: int) -> list[LogEntry]:
         """Entries matching `query`, in its order, at most `limit`."""
@@ -343,7 +343,7 @@ class PostgresBackend:
         params.append(limit)
         sql = schema.SELECT_TRAFFIC + where + order_clause(query) + f" LIMIT ${len(params)}"
         rows = await self._read(lambda c: c.fetch(sql, *params))
-        return _entries(rows)
+        return log_entries(rows)
 
     async def history(
         self, instrument: str, start: float, end: float, every: float, channels: Sequence[str]
@@ -400,22 +400,6 @@ class PostgresBackend:
             )
             for row in rows
         ]
-
-
-def _entries(rows: list[Any]) -> list[LogEntry]:
-    return [
-        LogEntry(
-            id=row[0],
-            ts=row[1],
-            direction=row[2],
-            peer=row[3],
-            instrument=row[4],
-            type=row[5],
-            message=msgspec.Raw(row[6].encode()),
-            delivered_to=row[7],
-        )
-        for row in rows
-    ]
 
 
 async def migrate(connection: Any) -> None:

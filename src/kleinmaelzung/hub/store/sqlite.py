@@ -13,13 +13,13 @@ import logging
 import sqlite3
 from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Unpack
+from typing import Unpack
 
 import msgspec
 
 from ...protocol import LogEntry, Value
 from . import schema
-from .backend import BackendUnavailable, decode_info
+from .backend import BackendUnavailable, decode_info, log_entries
 from .base import KnownInstrument, LoggedSample
 from .batch import Batch, ForgetInstrument, SaveInstrument
 from .queries import ExportRow, HistoryRow, LogQuery, order_clause, where_clause
@@ -175,7 +175,7 @@ class SqliteBackend:
         sql += " ORDER BY id DESC LIMIT ?"
         with contextlib.closing(sqlite3.connect(self.path)) as connection:
             rows = connection.execute(sql, (*params, limit)).fetchall()
-        return _entries(rows)
+        return log_entries(rows)
 
     async def query_log(self, query: LogQuery, limit: int) -> list[LogEntry]:
         """Entries matching `query`, in its order, at most `limit`."""
@@ -191,7 +191,7 @@ class SqliteBackend:
         )
         with contextlib.closing(sqlite3.connect(self.path)) as connection:
             rows = connection.execute(sql, (*params, limit)).fetchall()
-        return _entries(rows)
+        return log_entries(rows)
 
     async def history(
         self, instrument: str, start: float, end: float, every: float, channels: Sequence[str]
@@ -286,22 +286,6 @@ class SqliteBackend:
             )
             for row in rows
         ]
-
-
-def _entries(rows: list[tuple[Any, ...]]) -> list[LogEntry]:
-    return [
-        LogEntry(
-            id=row[0],
-            ts=row[1],
-            direction=row[2],
-            peer=row[3],
-            instrument=row[4],
-            type=row[5],
-            message=msgspec.Raw(row[6].encode()),
-            delivered_to=row[7],
-        )
-        for row in rows
-    ]
 
 
 class SqliteStore(LogWriter):
