@@ -91,3 +91,8 @@ def test_kmz_hub_refuses_a_bad_config_with_its_reason_and_exit_status_2(tmp_path
         check=True,
     )
     assert example.stdout == example_config()
+
+
+def test_a_degraded_time_that_is_not_positive_is_refused_with_its_key() -> None:
+    with pytest.raises(ConfigFileError, match=r"log_degraded_after_s.*got -1"):
+        load_hub_config(env={"KMZ_HUB_LOG_DEGRADED_AFTER_S": "-1"})

@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -28,7 +28,7 @@ class HubConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     #: Seconds the log's writes may fail, or its backlog stay over high water,
     #: before it is degraded: live data is then forwarded without being logged
     #: (`handlers`), and /api/health and /api/ready say why.
-    log_degraded_after_s: float = 10.0
+    log_degraded_after_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
     name: str = "kmz-hub"
     #: An agent whose clock is further than this from the hub's is flagged
     #: (logged, and `clock_ok: false` in `/api/agents`).
