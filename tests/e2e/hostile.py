@@ -8,6 +8,7 @@ store, an admin token and an agent token, and reads the process's memory.
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import sys
@@ -72,6 +73,11 @@ class AuthedHub:
     def rss(self) -> int:
         """The hub's resident memory now, in bytes (its writer process included)."""
         return rss_bytes(self.pid)
+
+    def cpu_s(self) -> float:
+        """CPU seconds the hub's own process has used so far (user and system)."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         self.process.stop()

@@ -113,8 +113,11 @@ async def test_a_client_flooding_10000_messages_per_s_is_limited_and_others_are_
     try:
         async with prober(hub) as measure:
             await measure()  # warm-up
+            cpu, began = hub.cpu_s(), time.perf_counter()
             baseline = p99(await measure())
+            quiet_cpu = (hub.cpu_s() - cpu) / (time.perf_counter() - began)
             flood_s = PROBES * PROBE_INTERVAL_S + 3
+            cpu, began = hub.cpu_s(), time.perf_counter()
             flooder = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "tests.e2e.flood", hub.url, hub.client_token,
                 "--rate", "10000", "--seconds", str(flood_s),
@@ -125,6 +128,7 @@ async def test_a_client_flooding_10000_messages_per_s_is_limited_and_others_are_
                 await asyncio.sleep(0.5)  # let the flood reach its rate before measuring
                 attacked = p99(await measure())
                 out, _ = await asyncio.wait_for(flooder.communicate(), flood_s + 30)
+            flood_cpu = (hub.cpu_s() - cpu) / (time.perf_counter() - began)
             seen = json.loads(out)
             # Others share this machine: the baseline is the quieter side's worse p99.
             baseline = max(baseline, p99(await measure()))
@@ -133,7 +137,8 @@ async def test_a_client_flooding_10000_messages_per_s_is_limited_and_others_are_
         await asyncio.to_thread(hub.stop)
     figures = (
         f"p99 baseline {baseline * 1e3:.2f} ms, under the flood {attacked * 1e3:.2f} ms; "
-        f"hub memory +{memory.growth / 2**20:.1f} MiB; flooder {seen}"
+        f"hub memory +{memory.growth / 2**20:.1f} MiB; hub CPU {quiet_cpu:.0%} of a core "
+        f"while probed, {flood_cpu:.0%} under the flood; flooder {seen}"
     )
     print(figures)
     # The flood was sent, and limited: a rate_limited error per connection, then close 4007.
@@ -148,8 +153,12 @@ async def test_a_client_flooding_10000_messages_per_s_is_limited_and_others_are_
     assert output.count("peer over a limit") <= sum(seen["closes"].values()) + 1
     if attacked > allowed_p99(baseline):
         # Measured 113 ms against 6.5 before the receive loop yielded every 16 dropped
-        # frames (hub/views.py); since, 3.1-3.9 ms against 1.9-2.5 on a quiet machine:
-        # parsing the flood's frames still costs the hub's one core.
+        # frames (hub/views.py); since, 3.1-3.9 ms against 1.9-2.5 on a quiet machine.
+        # The hub itself is not what is short: it used 10-13% of a core under the
+        # flood (3% probed alone). The flooder, a Python process sending 10,000
+        # frames/s, shares the machine's two cores with the hub and the prober.
+        # Not reading the flooder (TCP backpressure) took the hub from 13% to 10%
+        # and left the p99 as it was, so it was not kept.
         pytest.xfail(f"the other client's p99 is over {P99_FACTOR}x its baseline: {figures}")
 
 
