@@ -44,6 +44,13 @@ def add_calibration_commands(commands: Any) -> None:
         action = actions.add_parser(name, help=words)
         action.add_argument("number", metavar="ID")
         action.add_argument("--name", default="", help="your full name as printed (default: user)")
+        if name == "approve":
+            action.add_argument(
+                "--failed",
+                action="store_true",
+                help="approve a calibration whose result fails (or one not to apply): "
+                "kept and signed, applied to nothing; the correction in force ends",
+            )
 
     for name, words in (
         ("correct", "start a new revision of an approved calibration"),
@@ -212,11 +219,13 @@ async def _sign(args: argparse.Namespace, url: str, token: str | None) -> int:
 async def _approve(args: argparse.Namespace, url: str, token: str | None) -> int:
     from .client.calibrations import Calibrations
 
-    view = await Calibrations(url, token=token).approve(args.number, args.name)
+    view = await Calibrations(url, token=token).approve(
+        args.number, args.name, apply_correction=not args.failed
+    )
     applied = (
         f"; applied to {view.record.instrument.id} as {view.correction.calibration}"
         if view.correction is not None
-        else ""
+        else f"; {view.verdict or 'no result'}, applied to nothing"
     )
     print(f"{view.record.certificate_number} approved (hash {view.content_hash[:12]}){applied}")
     return 0

@@ -8,6 +8,7 @@ PDF is asked for, and needs ``kleinmaelzung[calibration]``.
 from .correction import Correction, calibration_id, correction_from_record
 from .errors import (
     CalibrationError,
+    CalibrationFailed,
     InsufficientData,
     ProcedureError,
     RecordLocked,
@@ -69,6 +70,7 @@ from .uncertainty import (
 __all__ = [
     "Budget",
     "CalibrationError",
+    "CalibrationFailed",
     "CalibrationRecord",
     "Component",
     "Correction",

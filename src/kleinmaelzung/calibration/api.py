@@ -87,6 +87,17 @@ class SignRequest(_Request, frozen=True):
     full_name: str = ""
 
 
+class ApproveRequest(SignRequest, frozen=True):
+    """``POST .../approve``: the approver's signature, and whether the correction applies.
+
+    A record whose final result fails is approved only with
+    ``apply_correction=False`` (signed as a failure: kept, applied to
+    nothing); asked to apply, it is refused with ``calibration_failed``.
+    """
+
+    apply_correction: bool = True
+
+
 class ReasonRequest(_Request, frozen=True):
     """``POST .../correct`` and ``.../withdraw``: why."""
 

@@ -6,6 +6,7 @@ CalibrationError
 ├── InsufficientData        too few readings or points for the arithmetic asked
 ├── RecordLocked            an approved record was asked to change
 ├── SignatureError          a signature is out of order or does not match the content
+├── CalibrationFailed       a failed calibration's correction was asked to be applied
 └── RenderError             the certificate could not be produced (Typst failed)
 """
 
@@ -48,6 +49,12 @@ class SignatureError(CalibrationError):
     """A signature is out of order, or the content no longer matches its hash."""
 
     code = "signature_invalid"
+
+
+class CalibrationFailed(CalibrationError):
+    """The record's final result is a fail: its correction is not calibrated data."""
+
+    code = "calibration_failed"
 
 
 class RenderError(CalibrationError):

@@ -21,6 +21,7 @@ from ..calibration import (
 )
 from ..calibration.api import (
     Adjustment,
+    ApproveRequest,
     Capture,
     DueEntry,
     EnvironmentEntry,
@@ -187,9 +188,15 @@ class Calibrations:
         """Withdraw the performer's signature of a draft, to change it."""
         return await self._call("POST", f"/{number}/reopen", RecordView)
 
-    async def approve(self, number: str, full_name: str = "") -> RecordView:
-        """Approve (admin, not the performer): immutable from now on, and applied to the stream."""
-        body = SignRequest(full_name=full_name)
+    async def approve(
+        self, number: str, full_name: str = "", *, apply_correction: bool = True
+    ) -> RecordView:
+        """Approve (admin, not the performer): immutable from now on, and applied to the stream.
+
+        A failed calibration is refused (``calibration_failed``) unless
+        `apply_correction` is False: then it is approved as a failure, applied to nothing.
+        """
+        body = ApproveRequest(full_name=full_name, apply_correction=apply_correction)
         return await self._call("POST", f"/{number}/approve", RecordView, body=body)
 
     async def correct(self, number: str, reason: str) -> RecordView:

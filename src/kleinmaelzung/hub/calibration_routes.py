@@ -30,6 +30,7 @@ from ..calibration import (
 )
 from ..calibration.api import (
     Adjustment,
+    ApproveRequest,
     Capture,
     EnvironmentEntry,
     ManualReading,
@@ -394,8 +395,12 @@ async def approve(
 ) -> web.Response:
     """`POST .../approve`: the approver's signature; then the record is immutable and applied."""
     number = await _checked(request, service, principal)
-    body = await _body(request, SignRequest)
-    return _json(await service.approve(principal, number, body.full_name))
+    body = await _body(request, ApproveRequest)
+    return _json(
+        await service.approve(
+            principal, number, body.full_name, apply_correction=body.apply_correction
+        )
+    )
 
 
 async def withdraw(

@@ -24,6 +24,7 @@ import msgspec
 
 from ..calibration import (
     CalibrationError,
+    CalibrationFailed,
     CalibrationRecord,
     Correction,
     Customer,
@@ -37,6 +38,7 @@ from ..calibration import (
     add_point,
     add_reading,
     approve,
+    calibration_id,
     check_usable,
     content_hash,
     correct,
@@ -93,6 +95,8 @@ class CalibrationService:
         self._renderer: object | None = None
         self._render_lock = asyncio.Lock()
         self._pdfs: OrderedDict[str, bytes] = OrderedDict()
+        #: Instrument id -> what its newest approved calibration, failed, says of it.
+        self._failed: dict[str, str] = {}
 
     async def open(self) -> None:
         """Open the store, if there is one, and apply the corrections still in force.
@@ -106,6 +110,7 @@ class CalibrationService:
             for correction in await self.calibrations.corrections():
                 if correction.withdrawn_at is None:
                     self._hub.corrections.install(correction)
+            await self._load_verdicts()
             await self.note_expired()
 
     async def ready(self) -> None:
@@ -116,14 +121,38 @@ class CalibrationService:
                 self._opened = True
 
     async def note_expired(self) -> None:
-        """Have instruments whose calibration expired say so in their listed status."""
+        """Have instruments say in their listed status that their calibration failed or expired."""
         today = self.today()
-        notes = {
-            instrument.id: f"calibration expired on {instrument.next_due.isoformat()}"
-            for instrument in await self.calibrations.due(today, -1)
-            if instrument.next_due is not None
-        }
+        notes = dict(self._failed)
+        for instrument in await self.calibrations.due(today, -1):
+            if instrument.next_due is not None:
+                expired = f"calibration expired on {instrument.next_due.isoformat()}"
+                notes[instrument.id] = "; ".join(filter(None, (notes.get(instrument.id), expired)))
         self._hub.registry.set_calibration_notes(notes)
+
+    async def _load_verdicts(self) -> None:
+        """Which instruments' newest approved calibration failed (once, when the hub starts)."""
+        seen: set[str] = set()
+        for summary in await self.calibrations.records():  # newest calibration first
+            if not summary.approved or summary.instrument_id in seen:
+                continue
+            seen.add(summary.instrument_id)
+            record = await self.calibrations.record(summary.certificate_number, summary.revision)
+            try:
+                verdict = evaluate(record).verdict
+            except CalibrationError:
+                continue
+            self._note_verdict(record, verdict)
+
+    def _note_verdict(self, record: CalibrationRecord, verdict: str) -> None:
+        """Remember what an instrument's newest approved calibration says of it."""
+        if verdict == "fail":
+            self._failed[record.instrument.id] = (
+                f"calibration {calibration_id(record)} failed on "
+                f"{record.calibrated_on.isoformat()}: not fit for use"
+            )
+        else:
+            self._failed.pop(record.instrument.id, None)
 
     async def watch_expiry(self) -> None:
         """Renew the expiry notes every `EXPIRY_CHECK_S` (a due date passes at midnight)."""
@@ -390,29 +419,94 @@ class CalibrationService:
         self.audit(who, "reopen", record)
         return self.view(record)
 
-    async def approve(self, who: Principal, number: str, full_name: str) -> RecordView:
-        """The approver's signature; the record becomes immutable and its correction applies."""
+    async def approve(
+        self, who: Principal, number: str, full_name: str, *, apply_correction: bool = True
+    ) -> RecordView:
+        """The approver's signature; the record becomes immutable and its correction applies.
+
+        A record whose final result fails is refused (`CalibrationFailed`)
+        unless `apply_correction` is False: ISO/IEC 17025 §7.10 treats the
+        instrument as nonconforming, so its correction must not reach the
+        stream as calibrated data, yet the failed record itself must be
+        kept and signed (it is the evidence the review of affected results
+        starts from), not left as a draft that nobody may sign. There is no
+        way to apply a failed calibration's correction: a lab that accepts
+        a known offset states it in the procedure's tolerance instead.
+
+        Any approval ends the correction in force until then: the newest
+        calibration is what the instrument is now, and one approved without
+        a correction (failed, or by choice) leaves the data raw.
+        """
         async with self._lock:
-            record = await self.calibrations.record(number)
-            record = approve(record, user=who.name, full_name=full_name or who.name, at=self.now())
+            # Signed before evaluated: an unsigned draft says so first.
+            record = approve(
+                await self.calibrations.record(number),
+                user=who.name,
+                full_name=full_name or who.name,
+                at=self.now(),
+            )
+            evaluation = evaluate(record)
+            calibration = calibration_id(record)
+            if evaluation.verdict == "fail" and apply_correction:
+                failed = ", ".join(
+                    f"{p.nominal:g} {record.procedure.unit}"
+                    for p in evaluation.final.points
+                    if p.verdict == "fail"
+                )
+                raise CalibrationFailed(
+                    f"calibration {calibration} failed ({evaluation.final.phase.replace('_', '-')} "
+                    f"out of tolerance at {failed}): the instrument is not fit for use and its "
+                    "correction is not applied to the stream. To sign the record as a failed "
+                    "calibration (kept, applied to nothing; the correction in force until now "
+                    "ends), approve it with apply_correction=false "
+                    "(kmz calibration approve --failed)"
+                )
             await self.calibrations.save_approved(record)
-            correction = correction_from_record(record, valid_from=self._hub.clock())
-            replaced = self._hub.corrections.install(correction)
+            now = self._hub.clock()
+            correction = None
+            if apply_correction:
+                correction = correction_from_record(record, valid_from=now, evaluation=evaluation)
+                replaced = self._hub.corrections.install(correction)
+                ended = f"superseded by {calibration}"
+            else:
+                current = self._hub.corrections.active.get(record.instrument.id)
+                replaced = None
+                if current is not None:
+                    replaced = self._hub.corrections.withdraw(
+                        record.instrument.id, current.calibration
+                    )
+                ended = (
+                    f"calibration {calibration} failed: the instrument is not fit for use"
+                    if evaluation.verdict == "fail"
+                    else f"superseded by {calibration}, approved without a correction"
+                )
             if replaced is not None:
                 await self.calibrations.save_correction(
-                    msgspec.structs.replace(
-                        replaced,
-                        withdrawn_at=correction.valid_from,
-                        withdrawn_reason=f"superseded by {correction.calibration}",
-                    )
+                    msgspec.structs.replace(replaced, withdrawn_at=now, withdrawn_reason=ended)
                 )
-            await self.calibrations.save_correction(correction)
-            await self._set_next_due(record)
+            if correction is not None:
+                await self.calibrations.save_correction(correction)
+            self._note_verdict(record, evaluation.verdict)
+            if evaluation.verdict == "pass":
+                # A failed calibration does not move the due date on: the
+                # instrument needs repair and a new calibration, not a year.
+                await self._set_next_due(record)
         await self.note_expired()
-        self.audit(who, "approve", record, correction=correction.calibration)
+        self.audit(
+            who,
+            "approve",
+            record,
+            verdict=evaluation.verdict,
+            correction=correction.calibration if correction is not None else None,
+        )
         _log.info(
-            "calibration approved and applied",
-            extra={"calibration": correction.calibration, "instrument": correction.instrument_id},
+            "calibration approved",
+            extra={
+                "calibration": calibration,
+                "instrument": record.instrument.id,
+                "verdict": evaluation.verdict,
+                "applied": correction is not None,
+            },
         )
         return self.view(record)
 
