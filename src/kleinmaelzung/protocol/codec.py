@@ -23,6 +23,7 @@ from .messages import (
     Command,
     CommandName,
     Error,
+    EscapedBytes,
     HubToAgentMessage,
     HubToClientMessage,
     InstrumentId,
@@ -81,15 +82,25 @@ PATTERN_RULES: dict[str, _Rule] = {
     _regex_of(Pattern): _Rule("pattern", PATTERN_RULE),
     _regex_of(CommandName): _Rule("name", NAME_RULE),
     _regex_of(ChannelName): _Rule("name", NAME_RULE),
+    _regex_of(EscapedBytes): _Rule(
+        "escaped bytes", r"printable ASCII, with \\ \r \n \t and \xNN (lowercase) for other bytes"
+    ),
 }
 
 
 def _pattern_errors() -> dict[str, str]:
     """msgspec's own text for a string that breaks each pattern, to its regex."""
     errors: dict[str, str] = {}
-    for annotated in (InstrumentId, AgentId, Pattern, CommandName, ChannelName):
+    for annotated, bad in (
+        (InstrumentId, ""),
+        (AgentId, ""),
+        (Pattern, ""),
+        (CommandName, ""),
+        (ChannelName, ""),
+        (EscapedBytes, "\x1b"),  # escaped bytes may be empty, never hold ESC itself
+    ):
         try:
-            msgspec.convert("", type=annotated)  # every pattern of ours refuses ""
+            msgspec.convert(bad, type=annotated)
         except msgspec.ValidationError as exc:
             errors[str(exc)] = _regex_of(annotated)
     return errors

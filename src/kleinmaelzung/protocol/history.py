@@ -1,4 +1,4 @@
-"""The answer of ``GET /api/history/INSTRUMENT``: one instrument's channels, downsampled.
+"""The answer of ``GET /api/history/INSTRUMENT`` and `history_result`: channels, downsampled.
 
 One definition for the hub that answers and the clients (and the dashboard)
 that read it; `docs/data.md` describes the same shape for other languages.
@@ -22,29 +22,6 @@ each channel of `series` (its unit, as the instrument announced it).
 
 from __future__ import annotations
 
-import msgspec
+from .messages import ChannelSeries, History
 
-from .messages import Channel
-
-
-class ChannelSeries(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """One channel's statistics per bucket, parallel to `History.t`."""
-
-    count: list[int]
-    min: list[float | None]
-    max: list[float | None]
-    mean: list[float | None]
-
-
-class History(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """The body of a ``GET /api/history/INSTRUMENT`` answer (see the module docstring)."""
-
-    instrument: str
-    since: float
-    until: float
-    #: The width of each bucket, in seconds.
-    every: float
-    channels: list[Channel]
-    #: The start time of each bucket that holds a sample, oldest first.
-    t: list[float]
-    series: dict[str, ChannelSeries]
+__all__ = ["ChannelSeries", "History"]

@@ -1,4 +1,5 @@
-"""The traffic-log entry as it crosses the wire (`GET /api/log`), and how refused input is kept.
+"""The traffic-log entry as it crosses the wire (`GET /api/log`, `log_result`), and how
+refused input is kept.
 
 One definition for the hub that serves the log and the clients that read it.
 An entry's `message` is raw JSON, embedded as it was logged: a reader never
@@ -13,20 +14,29 @@ refused bytes were.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
 
 import msgspec
 
 from .codec import Invalid, any_decoder
 from .limits import Limits
-from .messages import Error, ErrorInfo, Message
+from .messages import Error, ErrorInfo, LogDirection, LogEntry, Message
+
+__all__ = [
+    "REFUSED",
+    "REFUSED_FRAME_BYTES",
+    "LogDirection",
+    "LogEntry",
+    "LogPage",
+    "RefusedInput",
+    "decode_logged",
+    "decode_refusal",
+    "refused_entry_message",
+]
 
 #: The `type` of a log entry that records input the hub refused.
 REFUSED = "refused"
 #: How much of a refused frame the log keeps, in bytes of the frame.
 REFUSED_FRAME_BYTES = 4096
-
-LogDirection = Literal["in", "out"]
 
 
 class RefusedInput(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -40,56 +50,27 @@ class RefusedInput(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     frame_bytes: int
 
 
-class LogEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """One traffic-log entry; `message` is the logged message as raw JSON."""
-
-    id: int
-    ts: float
-    direction: LogDirection
-    #: The sender of an inbound message, the recipient of an outbound one;
-    #: several recipients of one status are listed comma-separated.
-    peer: str
-    instrument: str | None
-    type: str
-    message: msgspec.Raw
-    #: For inbound data: the clients it was forwarded to, comma-separated.
-    delivered_to: str | None = None
-
-    def __repr__(self) -> str:
-        # msgspec.Raw shows only its address: show the JSON instead.
-        shown = {name: repr(getattr(self, name)) for name in self.__struct_fields__}
-        shown["message"] = bytes(self.message).decode(errors="replace")
-        return "LogEntry(" + ", ".join(f"{k}={v}" for k, v in shown.items()) + ")"
-
-    def decode_message(self) -> Message | Invalid:
-        """The message as a protocol message, or `Invalid` (say, a `refused` entry)."""
-        return _message_decoder.decode(bytes(self.message))
-
-    def message_object(self) -> dict[str, Any]:
-        """The message as plain Python objects.
-
-        Hubs before schema version 4 logged refused input as a JSON string
-        under type `error`: such a message comes back as ``{"frame": text}``.
-        """
-        value = msgspec.json.decode(self.message)
-        return value if isinstance(value, dict) else {"frame": value}
-
-    def refusal(self) -> RefusedInput | None:
-        """For a `refused` entry, why and what was refused; None for any other."""
-        if self.type != REFUSED:
-            return None
-        try:
-            return _refused_decoder.decode(self.message)
-        except msgspec.DecodeError:
-            return None
-
-
 class LogPage(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
     """The body of a `GET /api/log` answer: entries newest first (or oldest, if asked)."""
 
     entries: list[LogEntry]
     #: Where the next page starts (``cursor=``), when there may be more; opaque.
     next_cursor: str | None = None
+
+
+def decode_logged(message: bytes) -> Message | Invalid:
+    """A logged message as a protocol message, or `Invalid` (`LogEntry.decode_message`)."""
+    return _message_decoder.decode(message)
+
+
+def decode_refusal(entry: LogEntry) -> RefusedInput | None:
+    """For a `refused` entry, why and what was refused; None for any other (`LogEntry.refusal`)."""
+    if entry.type != REFUSED:
+        return None
+    try:
+        return _refused_decoder.decode(entry.message)
+    except msgspec.DecodeError:
+        return None
 
 
 def refused_entry_message(error: Error, frame: bytes | str) -> bytes:

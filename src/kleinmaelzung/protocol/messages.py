@@ -8,17 +8,23 @@ example that a test decodes.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
 
 from .errors import ErrorCode
 from .topics import ID_REGEX, NAME_REGEX, PATTERN_REGEX
 
+if TYPE_CHECKING:
+    from .codec import Invalid
+    from .log import RefusedInput
+
 #: Bumped on any change an old peer could misread. The hub accepts exactly the
-#: versions in `SUPPORTED_PROTOCOLS`.
-PROTOCOL_VERSION = 3
-SUPPORTED_PROTOCOLS = frozenset({3})
+#: versions in `SUPPORTED_PROTOCOLS`: version 4 only added messages that a
+#: version-3 peer never gets unless it asks (it cannot ask), so agents and
+#: clients of version 3 keep working beside a hub of version 4.
+PROTOCOL_VERSION = 4
+SUPPORTED_PROTOCOLS = frozenset({3, 4})
 
 InstrumentId = Annotated[str, msgspec.Meta(pattern=ID_REGEX, description="instrument id")]
 AgentId = Annotated[str, msgspec.Meta(pattern=ID_REGEX, description="agent id")]
@@ -37,6 +43,12 @@ Timestamp = float
 Value = int | float | bool | str
 InstrumentState = Literal["online", "offline", "faulted"]
 ArgType = Literal["float", "int", "str", "bool"]
+LogDirection = Literal["in", "out"]
+#: Bytes as text (`transcript.escape_bytes`): printable ASCII but the
+#: backslash as itself, ``\\``, ``\r``, ``\n``, ``\t``, and ``\xNN`` for any
+#: other byte. Nothing in it can move a terminal's cursor or change its colours.
+ESCAPED_BYTES_REGEX = r"^(?:[ -\[\]-~]|\\[\\rnt]|\\x[0-9a-f]{2})*$"
+EscapedBytes = Annotated[str, msgspec.Meta(pattern=ESCAPED_BYTES_REGEX, max_length=65536)]
 
 
 class _Struct(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -169,6 +181,94 @@ class AgentRecord(_Struct, frozen=True):
     clock_ok: bool = True
     #: Per instrument, the newest seq logged of its current run.
     logged_seqs: dict[str, int] = {}
+
+
+class LogEntry(_Struct, frozen=True):
+    """One traffic-log entry; `message` is the logged message as raw JSON.
+
+    Embedded as it was logged: a reader never fails on an entry whose message
+    it does not know, and decodes it further only if it wants to
+    (`decode_message`, `message_object`).
+    """
+
+    id: int
+    ts: float
+    direction: LogDirection
+    #: The sender of an inbound message, the recipient of an outbound one;
+    #: several recipients of one status are listed comma-separated.
+    peer: str
+    instrument: str | None
+    type: str
+    message: msgspec.Raw
+    #: For inbound data: the clients it was forwarded to, comma-separated.
+    delivered_to: str | None = None
+
+    def __repr__(self) -> str:
+        # msgspec.Raw shows only its address: show the JSON instead.
+        shown = {name: repr(getattr(self, name)) for name in self.__struct_fields__}
+        shown["message"] = bytes(self.message).decode(errors="replace")
+        return "LogEntry(" + ", ".join(f"{k}={v}" for k, v in shown.items()) + ")"
+
+    def decode_message(self) -> Message | Invalid:
+        """The message as a protocol message, or `Invalid` (say, a `refused` entry)."""
+        # `log` imports this module: its decoders are looked up when first used.
+        from .log import decode_logged
+
+        return decode_logged(bytes(self.message))
+
+    def message_object(self) -> dict[str, Any]:
+        """The message as plain Python objects.
+
+        Hubs before schema version 4 logged refused input as a JSON string
+        under type `error`: such a message comes back as ``{"frame": text}``.
+        """
+        value = msgspec.json.decode(self.message)
+        return value if isinstance(value, dict) else {"frame": value}
+
+    def refusal(self) -> RefusedInput | None:
+        """For a `refused` entry, why and what was refused; None for any other."""
+        from .log import decode_refusal
+
+        return decode_refusal(self)
+
+
+class ChannelSeries(_Struct, frozen=True):
+    """One channel's statistics per bucket, parallel to `History.t`."""
+
+    count: list[int]
+    min: list[float | None]
+    max: list[float | None]
+    mean: list[float | None]
+
+
+class CorrectionSpan(_Struct, frozen=True):
+    """When one calibration's correction applied to a channel, within a `History`'s range."""
+
+    #: Certificate number and revision, as samples name it (``KMZ-2026-0007/1``).
+    calibration: str
+    channel: str
+    #: ``since <= ts < until``, clipped to the history's range.
+    since: float
+    until: float
+
+
+class History(_Struct, frozen=True, omit_defaults=True):
+    """One instrument's channels over a time range, downsampled (`protocol.history`)."""
+
+    instrument: str
+    since: float
+    until: float
+    #: The width of each bucket, in seconds.
+    every: float
+    channels: list[Channel]
+    #: The start time of each bucket that holds a sample, oldest first.
+    t: list[float]
+    series: dict[str, ChannelSeries]
+    #: Per calibrated channel, its corrected values per bucket, parallel to `t`
+    #: (count 0 where no sample of the bucket was corrected); `series` stays raw.
+    corrected: dict[str, ChannelSeries] = {}
+    #: Which calibration corrected which channel when, oldest first.
+    calibrations: list[CorrectionSpan] = []
 
 
 # --- messages ----------------------------------------------------------------
@@ -378,6 +478,90 @@ class InstrumentList(_Struct, frozen=True, tag="instrument_list"):
     instruments: list[InstrumentRecord]
 
 
+class QueryLog(_Struct, frozen=True, tag="log_query", omit_defaults=True):
+    """Client to hub (protocol 4): the traffic-log entries matching every filter given.
+
+    The filters of ``GET /api/log``, typed; answered by one or more `LogResult`
+    with the same id, the last with ``done: true``, or an `Error` with the id.
+    """
+
+    id: CorrelationId
+    #: Hub time: entries with ``since <= ts < until``.
+    since: Timestamp | None = None
+    until: Timestamp | None = None
+    #: An instrument id or a glob over ids.
+    instrument: Pattern | None = None
+    #: A glob over peer names, matched against each sender or recipient.
+    peer: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
+    direction: LogDirection | None = None
+    #: A message type, ``command`` (commands and replies), ``refused``, ``raw``.
+    kind: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
+    #: Text the logged message contains (case-insensitive).
+    text: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
+    order: Literal["newest", "oldest"] = "newest"
+    #: Entries at most, over all the results (up to the hub's `max_log_entries`).
+    limit: Annotated[int, msgspec.Meta(ge=1)] = 100
+    #: A `LogResult.next_cursor`: continue after the entries it ended with.
+    cursor: Annotated[str, msgspec.Meta(min_length=1, max_length=32)] | None = None
+
+
+class LogResult(_Struct, frozen=True, tag="log_result"):
+    """Hub to client: entries answering a `QueryLog`, in its order, each frame within the limit."""
+
+    id: CorrelationId
+    entries: list[LogEntry]
+    #: Where a next query continues (its ``cursor``) after these entries; None
+    #: when the log holds no more that match.
+    next_cursor: str | None = None
+    #: The last result for this query.
+    done: bool = True
+
+
+class QueryHistory(_Struct, frozen=True, tag="history_query", omit_defaults=True):
+    """Client to hub (protocol 4): one instrument's channels over a time range, downsampled.
+
+    The parameters of ``GET /api/history/INSTRUMENT``; answered by a
+    `HistoryResult` with the same id, or an `Error` with the id.
+    """
+
+    id: CorrelationId
+    instrument: InstrumentId
+    #: Default: an hour before `until`.
+    since: Timestamp | None = None
+    #: Default: the hub's now.
+    until: Timestamp | None = None
+    #: Bucket width in seconds; without it, `points` buckets over the range.
+    every: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    points: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    #: Channel names; empty: every numeric channel.
+    channels: Annotated[list[str], msgspec.Meta(max_length=256)] = []
+
+
+class HistoryResult(_Struct, frozen=True, tag="history_result"):
+    """Hub to client: the answer to a `QueryHistory`."""
+
+    id: CorrelationId
+    history: History
+
+
+class RawTraffic(_Struct, frozen=True, tag="raw", omit_defaults=True):
+    """Agent to hub (protocol 4): bytes exchanged with an instrument's port during a transcript.
+
+    Sent only while a transcript the hub asked for runs (the ``transcript``
+    command), within its byte rate; logged by the hub as entries of type `raw`.
+    """
+
+    instrument: InstrumentId
+    #: The agent's clock when the bytes were written or read.
+    ts: Timestamp
+    #: ``tx``: the agent wrote them to the instrument; ``rx``: it read them.
+    direction: Literal["tx", "rx"]
+    #: The bytes, escaped (`ESCAPED_BYTES_REGEX`).
+    data: EscapedBytes
+    #: Bytes left out since the previous message of this instrument, for the rate.
+    dropped: Annotated[int, msgspec.Meta(ge=0)] = 0
+
+
 class Error(_Struct, frozen=True, tag="error"):
     """Something the peer sent was refused; `id` names the request when known."""
 
@@ -395,14 +579,26 @@ class Error(_Struct, frozen=True, tag="error"):
 
 # --- directions ----------------------------------------------------------------
 
-AgentMessage = AgentHello | Data | Gap | AgentState | Status | Reply | Error
+AgentMessage = AgentHello | Data | Gap | AgentState | Status | Reply | RawTraffic | Error
 """Agent to hub."""
 HubToAgentMessage = Welcome | Command | Ack | Error
 """Hub to agent."""
-ClientMessage = ClientHello | Subscribe | Unsubscribe | ListInstruments | Command
+ClientMessage = (
+    ClientHello | Subscribe | Unsubscribe | ListInstruments | Command | QueryLog | QueryHistory
+)
 """Client to hub."""
 HubToClientMessage = (
-    Welcome | Data | Gap | Missed | Status | Reply | Subscribed | InstrumentList | Error
+    Welcome
+    | Data
+    | Gap
+    | Missed
+    | Status
+    | Reply
+    | Subscribed
+    | InstrumentList
+    | LogResult
+    | HistoryResult
+    | Error
 )
 """Hub to client."""
 
@@ -423,6 +619,11 @@ Message = (
     | Subscribed
     | ListInstruments
     | InstrumentList
+    | QueryLog
+    | LogResult
+    | QueryHistory
+    | HistoryResult
+    | RawTraffic
     | Error
 )
 """Any message, in any direction."""
@@ -444,5 +645,10 @@ ALL_MESSAGE_TYPES: tuple[type[msgspec.Struct], ...] = (
     Subscribed,
     ListInstruments,
     InstrumentList,
+    QueryLog,
+    LogResult,
+    QueryHistory,
+    HistoryResult,
+    RawTraffic,
     Error,
 )
