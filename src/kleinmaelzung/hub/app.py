@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from ..protocol import Ack, CloseCode, PeerKind
-from . import dashboard, metrics, rest, views
+from . import dashboard, metrics, openapi, rest, views
 from .acks import AckGatherer
 from .admission import Admission, AdmittingSite, Tls, raise_open_file_limit
 from .auth.web import install as install_auth
@@ -110,6 +110,7 @@ def create_app(
     app.router.add_get("/api/health", rest.health)
     app.router.add_get("/api/ready", rest.ready)
     app.router.add_get("/api/asyncapi.json", rest.asyncapi)
+    app.router.add_get("/api/openapi.json", openapi.openapi_json)
     app.router.add_get("/api/instruments", rest.instruments)
     app.router.add_get("/api/agents", rest.agents)
     app.router.add_delete("/api/instruments/{instrument}", rest.forget_instrument)

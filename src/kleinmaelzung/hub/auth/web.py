@@ -120,7 +120,9 @@ async def _middleware(request: web.Request, handler: _Handler) -> web.StreamResp
 #: The name of the dashboard's session cookie (`auth.sessions`).
 SESSION_COOKIE = "kmz_session"
 #: API routes that check credentials themselves (or need none).
-_PUBLIC_API = frozenset({"/api/health", "/api/ready", "/api/session", "/api/asyncapi.json"})
+_PUBLIC_API = frozenset(
+    {"/api/health", "/api/ready", "/api/session", "/api/asyncapi.json", "/api/openapi.json"}
+)
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
