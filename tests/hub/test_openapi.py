@@ -12,7 +12,9 @@ status and media type.
 from __future__ import annotations
 
 import copy
+import inspect
 import json
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -100,6 +102,26 @@ def test_every_route_under_api_is_documented_and_nothing_else(tmp_path: Path) ->
     assert sorted(served - documented) == [], "served but not documented (hub/openapi_routes.py)"
     assert sorted(documented - served) == [], "documented but not served"
     assert len(served) > 30
+
+
+def test_each_documented_request_body_is_the_struct_its_handler_decodes(tmp_path: Path) -> None:
+    app = create_app(config=HubConfig(host="127.0.0.1", port=0, data_dir=tmp_path))
+    checked = 0
+    for route in app.router.routes():
+        path = route.resource.canonical if route.resource is not None else ""
+        if not path.startswith("/api/") or route.method == "HEAD":
+            continue
+        handler: Any = route.handler
+        # The calibration routes wrap their handler (`calibration_routes._route`).
+        cells = dict(zip(handler.__code__.co_freevars, handler.__closure__ or (), strict=True))
+        inner = cells["handler"].cell_contents if "handler" in cells else handler
+        decoded = re.findall(r"_body\(request, (\w+)\)", inspect.getsource(inner))
+        operation = DOCUMENT["paths"][path][route.method.lower()]
+        body = operation.get("requestBody", {}).get("content", {}).get("application/json", {})
+        documented = body.get("schema", {}).get("$ref", "").rpartition("/")[2] or None
+        assert documented == (decoded[0] if decoded else None), (route.method, path)
+        checked += bool(decoded)
+    assert checked >= 10
 
 
 def test_each_operation_is_named_summarised_and_answers_problems_as_documented() -> None:

@@ -15,6 +15,7 @@ from typing import Any
 from ..calibration import Correction, Instrument, Laboratory, Procedure, ReferenceStandard
 from ..calibration.api import (
     Adjustment,
+    ApproveRequest,
     Capture,
     DueEntry,
     EnvironmentEntry,
@@ -548,8 +549,8 @@ ROUTES: tuple[Route, ...] = (
     _step("correct", ReasonRequest, "A new revision of an approved record", status=201),
     _step(
         "approve",
-        SignRequest,
-        "The approver's signature: the record is final and applied",
+        ApproveRequest,
+        "The approver's signature: the record is final, and applied unless told not to",
         Role.ADMIN,
     ),
     Route(
