@@ -84,9 +84,39 @@ def test_withdrawing_stops_only_the_named_calibration() -> None:
     corrections = Corrections()
     correction = correction_from_record(approved_balance_record(), valid_from=0.0)
     corrections.install(correction)
-    assert corrections.withdraw("balance", "KMZ-2026-0042/2") is None
-    assert corrections.withdraw("balance", "KMZ-2026-0042/1") == correction
+    assert corrections.withdraw("balance", "KMZ-2026-0042/2", 5.0, "wrong one") is None
+    ended = corrections.withdraw("balance", "KMZ-2026-0042/1", 5.0, "moved")
+    assert ended == msgspec.structs.replace(correction, withdrawn_at=5.0, withdrawn_reason="moved")
     assert corrections.active == {}
+    # What was in force when stays known: the past is never rewritten.
+    assert corrections.at("balance", 4.9) == ended
+    assert corrections.at("balance", 5.0) is None
+
+
+def test_a_late_sample_is_corrected_by_the_version_in_force_at_its_time() -> None:
+    corrections = Corrections()
+    first = correction_from_record(approved_balance_record(), valid_from=100.0)
+    second = msgspec.structs.replace(
+        first, calibration="KMZ-2026-0042/2", valid_from=200.0, coefficients=(0.5,)
+    )
+    corrections.install(first)
+    ended = corrections.install(second)
+    assert ended is not None and ended.withdrawn_at == 200.0
+    assert ended.withdrawn_reason == "superseded by KMZ-2026-0042/2"
+    message = Data(
+        samples=[
+            sample("balance", 1, 99.0, mass=10.0),  # before any
+            sample("balance", 2, 150.0, mass=10.0),  # the first's time, arriving now
+            sample("balance", 3, 250.0, mass=10.0),
+        ]
+    )
+    corrected, _ = corrections.apply(message, encode(message))
+    assert [s.calibration for s in corrected.samples] == [
+        None,
+        "KMZ-2026-0042/1",
+        "KMZ-2026-0042/2",
+    ]
+    assert corrected.samples[2].corrected == {"mass": 10.5}
 
 
 def test_kmz_watch_shows_the_corrected_value_beside_the_raw_one() -> None:

@@ -33,15 +33,18 @@ from .test_hub_api import (
 __all__ = ["lab"]  # the fixture, used by name
 
 
-async def signed_run(hub: Lab, error_g: float) -> str:
-    """A run entered by hand with this error of indication at every point, signed."""
+async def signed_run(
+    hub: Lab, error_g: float, *, span: float = 0.0, procedure: str = "balance-quick"
+) -> str:
+    """A run entered by hand, signed: the balance reads ``nominal * (1 + span) + error_g``."""
     operator = api(hub, "oscar")
     number = (
-        await operator.start("balance", "balance-quick", standards=("W-SET-1",))
+        await operator.start("balance", procedure, standards=("W-SET-1",))
     ).record.certificate_number
     for index, nominal in enumerate((0.0, 100.0, 200.0)):
         for _ in range(2):
-            await operator.enter_reading(number, "as_found", index, nominal + error_g)
+            value = round(nominal * (1 + span) + error_g, 3)
+            await operator.enter_reading(number, "as_found", index, value)
     await operator.enter_environment(number, "air temperature", 21.0, 21.5)
     await operator.sign(number, "Oscar Operator")
     return number

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +49,12 @@ class HistoryPoint:
     minimum: dict[str, float]
     maximum: dict[str, float]
     count: dict[str, int]
+    #: The mean of each calibrated channel's corrected values, where samples
+    #: of the bucket were taken while an approved calibration was in force.
+    corrected: dict[str, float] = field(default_factory=dict)
+    #: The calibration that corrected each of them (the newest, should two
+    #: share the bucket): certificate number and revision.
+    calibration: dict[str, str] = field(default_factory=dict)
 
 
 def to_timestamp(value: TimeLike, *, now: float | None = None) -> float:
@@ -156,7 +162,17 @@ def history_points(history: History) -> list[HistoryPoint]:
             minimum[name] = mean if low is None else low
             maximum[name] = mean if high is None else high
             count[name] = series.count[index]
-        points.append(HistoryPoint(ts, values, minimum, maximum, count))
+        corrected: dict[str, float] = {}
+        calibration: dict[str, str] = {}
+        for name, series in history.corrected.items():
+            mean = series.mean[index]
+            if mean is None or series.count[index] == 0:
+                continue
+            corrected[name] = mean
+            for span in history.calibrations:
+                if span.channel == name and span.since < ts + history.every and span.until > ts:
+                    calibration[name] = span.calibration
+        points.append(HistoryPoint(ts, values, minimum, maximum, count, corrected, calibration))
     return points
 
 

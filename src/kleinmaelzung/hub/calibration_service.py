@@ -107,9 +107,7 @@ class CalibrationService:
         """
         if self.calibrations.exists():
             await self.ready()
-            for correction in await self.calibrations.corrections():
-                if correction.withdrawn_at is None:
-                    self._hub.corrections.install(correction)
+            self._hub.corrections.load(await self.calibrations.corrections())
             await self._load_verdicts()
             await self.note_expired()
 
@@ -466,24 +464,21 @@ class CalibrationService:
             correction = None
             if apply_correction:
                 correction = correction_from_record(record, valid_from=now, evaluation=evaluation)
-                replaced = self._hub.corrections.install(correction)
-                ended = f"superseded by {calibration}"
+                ended = self._hub.corrections.install(correction)
             else:
                 current = self._hub.corrections.active.get(record.instrument.id)
-                replaced = None
+                ended = None
                 if current is not None:
-                    replaced = self._hub.corrections.withdraw(
-                        record.instrument.id, current.calibration
+                    why = (
+                        f"calibration {calibration} failed: the instrument is not fit for use"
+                        if evaluation.verdict == "fail"
+                        else f"superseded by {calibration}, approved without a correction"
                     )
-                ended = (
-                    f"calibration {calibration} failed: the instrument is not fit for use"
-                    if evaluation.verdict == "fail"
-                    else f"superseded by {calibration}, approved without a correction"
-                )
-            if replaced is not None:
-                await self.calibrations.save_correction(
-                    msgspec.structs.replace(replaced, withdrawn_at=now, withdrawn_reason=ended)
-                )
+                    ended = self._hub.corrections.withdraw(
+                        record.instrument.id, current.calibration, now, why
+                    )
+            if ended is not None:
+                await self.calibrations.save_correction(ended)
             if correction is not None:
                 await self.calibrations.save_correction(correction)
             self._note_verdict(record, evaluation.verdict)
@@ -527,10 +522,10 @@ class CalibrationService:
             active = self._hub.corrections.active.get(record.instrument.id)
             if active is None or not active.calibration.startswith(f"{number}/"):
                 raise NotFound(f"calibration {number} is not applied to the stream")
-            self._hub.corrections.withdraw(record.instrument.id, active.calibration)
-            withdrawn = msgspec.structs.replace(
-                active, withdrawn_at=self._hub.clock(), withdrawn_reason=reason
+            withdrawn = self._hub.corrections.withdraw(
+                record.instrument.id, active.calibration, self._hub.clock(), reason
             )
+            assert withdrawn is not None  # the active one, under the lock
             await self.calibrations.save_correction(withdrawn)
         self.audit(who, "withdraw", record, correction=active.calibration, reason=reason)
         return withdrawn

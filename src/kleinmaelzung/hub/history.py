@@ -16,16 +16,25 @@ rows. The answer is `protocol.History` (its docstring and ``docs/data.md``
 show it), at most 1 MiB like every answer of the hub: too many buckets times
 channels is refused with ``invalid_arguments``, saying what to narrow.
 
+Where an approved calibration was in force (`corrections`), the answer also
+holds the corrected channel's statistics (`History.corrected`) and which
+calibration was in force when (`History.calibrations`);
+`history_corrections` says how they are computed.
+
 Who may ask: whoever may watch the instrument (`auth.web`, checked again here).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import msgspec
 from aiohttp import web
 
 from ..protocol import Channel, ChannelSeries, ErrorCode, History
 from .auth.web import principal_of
+from .history_corrections import corrected_rows, with_corrections
 from .params import (
     BadParameter,
     channel_params,
@@ -38,6 +47,9 @@ from .params import (
 from .services import HUB_KEY
 from .store import StoreError
 from .store.queries import HistoryRow
+
+if TYPE_CHECKING:
+    from .services import Hub
 
 #: Buckets one answer may hold, and how many it holds unless asked.
 MAX_BUCKETS = 10_000
@@ -82,12 +94,9 @@ async def history(request: web.Request) -> web.Response:
             status=403,
         )
     try:
-        rows = await hub.store.history(instrument, since, until, every, channels)
+        answer = await load_history(hub, instrument, since, until, every, channels)
     except StoreError as exc:
         return problem(BadParameter(str(exc), ErrorCode.INTERNAL_ERROR), status=503)
-    entry = hub.registry.instruments.get(instrument)
-    declared = entry.info.channels if entry is not None else []
-    answer = build_history(instrument, since, until, every, rows, declared)
     body = _encoder.encode(answer)
     limits = hub.config.limits
     budget = min(limits.max_message_bytes, limits.max_hub_message_bytes)
@@ -99,6 +108,30 @@ async def history(request: web.Request) -> web.Response:
             )
         )
     return web.Response(body=body, content_type="application/json")
+
+
+async def load_history(
+    hub: Hub, instrument: str, since: float, until: float, every: float, channels: Sequence[str]
+) -> History:
+    """The history of `instrument`, raw and, where a calibration was in force, corrected.
+
+    Raises `StoreError` if the log cannot be read.
+    """
+    rows = await hub.store.history(instrument, since, until, every, channels)
+    entry = hub.registry.instruments.get(instrument)
+    declared = entry.info.channels if entry is not None else []
+    answer = build_history(instrument, since, until, every, rows, declared)
+    versions = [
+        v
+        for v in hub.corrections.overlapping(instrument, since, until)
+        if not channels or v.channel in channels
+    ]
+    if not versions or not rows:
+        return answer
+    corrected: list[HistoryRow] = []
+    for version in versions:
+        corrected += await corrected_rows(hub.store, instrument, since, until, every, rows, version)
+    return with_corrections(answer, corrected, versions)
 
 
 def build_history(
