@@ -83,7 +83,7 @@ class AuthedHub:
         self.process.stop()
 
     @classmethod
-    def start(cls, tmp: Path, config: str = "") -> AuthedHub:
+    def start(cls, tmp: Path, config: str = "", *, asyncio_debug: bool = True) -> AuthedHub:
         """Create the credentials, then start the hub with `config` (TOML) on a free port."""
         data = tmp / "hub-data"
         kmz_output("user", "add", "fuzzer", "--role", "admin", "--data", str(data))
@@ -98,6 +98,7 @@ class AuthedHub:
             "hub",
             ["hub", "--port", str(port), "--data", str(data), "--config", str(path)],
             tmp,
+            asyncio_debug=asyncio_debug,
         )
         url = f"http://127.0.0.1:{port}"
         wait_until(lambda: get_json(url + "/api/health"), "hub health", 20.0, process)

@@ -31,11 +31,18 @@ def free_port() -> int:
 class Process:
     """A `kmz` subprocess whose output goes to a file, shown when a test fails."""
 
-    def __init__(self, name: str, args: list[str], log_dir: Path) -> None:
+    def __init__(
+        self, name: str, args: list[str], log_dir: Path, *, asyncio_debug: bool = True
+    ) -> None:
+        """`asyncio_debug=False` runs it as users do, without the test command's
+        PYTHONASYNCIODEBUG: for tests that measure latency (debug mode took the hub
+        from 10% to 41% of a core under a flood, and another client's p99 with it)."""
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         self._log = self.log_path.open("wb")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if not asyncio_debug:
+            env.pop("PYTHONASYNCIODEBUG", None)
         self.popen = subprocess.Popen(
             [sys.executable, "-m", "kleinmaelzung.cli", *args],
             stdout=self._log,

@@ -3,8 +3,10 @@
 client's p99 round trip stays within 1.5x its baseline, and the hub's memory stays bounded.
 
 Round trips are `list_instruments` requests paced at 50/s (under the client rate limit),
-measured from this process; the flood runs in a process of its own. The baseline is measured
-before and after the attack, and the worse of the two counts: the machine is shared.
+measured from this process; the flood and the silent sockets run in processes of their own.
+The baseline is the prober's p99 while the same attack, on the same two cores, is aimed at
+another hub: what the attacking process costs the machine is not what the hub lets it do to
+others. The hubs run without asyncio's debug mode, as users run them.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -103,40 +106,87 @@ class Memory:
         return self.peak - self.before
 
 
+def _start(tmp: Path, config: str = "") -> AuthedHub:
+    tmp.mkdir()
+    # As users run it: asyncio's debug mode (the test command's) would be measured too.
+    return AuthedHub.start(tmp, config, asyncio_debug=False)
+
+
+async def _silent_sockets(
+    hub: AuthedHub, measure: Callable[[], asyncio.Future[list[float]]]
+) -> tuple[float, dict[str, Any]]:
+    """The prober's p99 while 500 silent sockets (another process's) are held on `hub` and
+    closed at its deadline; and what that process saw."""
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.e2e.silent", hub.url, "500",
+        stdout=subprocess.PIPE,
+        cwd=Path(__file__).parents[2],
+    )  # fmt: skip
+    assert holder.stdout is not None
+    try:
+        opened = json.loads(await asyncio.wait_for(holder.stdout.readline(), 30))
+        closed = asyncio.ensure_future(asyncio.wait_for(holder.stdout.readline(), 60))
+        times: list[float] = []
+        while not closed.done():  # measured while they are held, and until all are closed
+            times += await measure()
+        seen = json.loads(await closed)
+        attacked = p99(times)
+        await asyncio.wait_for(holder.wait(), 10)
+    finally:
+        if holder.returncode is None:
+            holder.kill()
+            await holder.wait()
+    return attacked, {**opened, **seen}
+
+
+async def _flood(hub: AuthedHub, seconds: float) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.e2e.flood", hub.url, hub.client_token,
+        "--rate", "10000", "--seconds", str(seconds),
+        stdout=subprocess.PIPE,
+        cwd=Path(__file__).parents[2],
+    )  # fmt: skip
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 async def test_a_client_flooding_10000_messages_per_s_is_limited_and_others_are_served(
     tmp_path: Path,
 ) -> None:
     # The default limits: 200 messages/s, bursts of 400, closed after 5 s over.
-    hub = await asyncio.to_thread(AuthedHub.start, tmp_path)
+    hub = await asyncio.to_thread(_start, tmp_path / "attacked")
+    control = await asyncio.to_thread(_start, tmp_path / "control")
+    flood_s = PROBES * PROBE_INTERVAL_S + 3
     try:
         async with prober(hub) as measure:
             await measure()  # warm-up
             cpu, began = hub.cpu_s(), time.perf_counter()
-            baseline = p99(await measure())
+            quiet = p99(await measure())
             quiet_cpu = (hub.cpu_s() - cpu) / (time.perf_counter() - began)
-            flood_s = PROBES * PROBE_INTERVAL_S + 3
+            # The baseline: the same flood on the same machine, aimed at another hub. Two
+            # cores carry the hub, the prober and a Python process sending 10,000 frames/s;
+            # what the flood does to the machine is not what the hub lets it do to others.
+            flooder = await _flood(control, flood_s)
+            await asyncio.sleep(0.5)  # let the flood reach its rate before measuring
+            baseline = p99(await measure())
+            flooder.kill()
+            await flooder.wait()
+            await asyncio.to_thread(control.stop)
             cpu, began = hub.cpu_s(), time.perf_counter()
-            flooder = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "tests.e2e.flood", hub.url, hub.client_token,
-                "--rate", "10000", "--seconds", str(flood_s),
-                stdout=subprocess.PIPE,
-                cwd=Path(__file__).parents[2],
-            )  # fmt: skip
+            flooder = await _flood(hub, flood_s)
             async with Memory(hub) as memory:
-                await asyncio.sleep(0.5)  # let the flood reach its rate before measuring
+                await asyncio.sleep(0.5)
                 attacked = p99(await measure())
                 out, _ = await asyncio.wait_for(flooder.communicate(), flood_s + 30)
             flood_cpu = (hub.cpu_s() - cpu) / (time.perf_counter() - began)
             seen = json.loads(out)
-            # Others share this machine: the baseline is the quieter side's worse p99.
-            baseline = max(baseline, p99(await measure()))
         output = hub.process.output()
     finally:
         await asyncio.to_thread(hub.stop)
+        await asyncio.to_thread(control.stop)
     figures = (
-        f"p99 baseline {baseline * 1e3:.2f} ms, under the flood {attacked * 1e3:.2f} ms; "
+        f"p99 {quiet * 1e3:.2f} ms quiet, {baseline * 1e3:.2f} ms with the flood aimed at "
+        f"another hub, {attacked * 1e3:.2f} ms with it aimed at this one; "
         f"hub memory +{memory.growth / 2**20:.1f} MiB; hub CPU {quiet_cpu:.0%} of a core "
         f"while probed, {flood_cpu:.0%} under the flood; flooder {seen}"
     )
@@ -158,7 +208,11 @@ async def test_a_client_flooding_10000_messages_per_s_is_limited_and_others_are_
         # flood (3% probed alone). The flooder, a Python process sending 10,000
         # frames/s, shares the machine's two cores with the hub and the prober.
         # Not reading the flooder (TCP backpressure) took the hub from 13% to 10%
-        # and left the p99 as it was, so it was not kept.
+        # and left the p99 as it was, so it was not kept. The hub ran in asyncio's
+        # debug mode under scripts/test until now (41% of a core under the flood, p99
+        # 13.9 ms against 6.3); as users run it, against a flood aimed at a control
+        # hub: 2.90 ms against 2.52 and 2.55 against 2.71 (twice within 1.5x), once
+        # 14.0 against 4.5 while four other test sessions shared the machine.
         pytest.xfail(f"the other client's p99 is over {P99_FACTOR}x its baseline: {figures}")
 
 
@@ -167,86 +221,40 @@ async def test_a_client_flooding_10000_messages_per_s_is_limited_and_others_are_
 async def test_500_silent_unauthenticated_sockets_are_closed_at_the_deadline(
     tmp_path: Path,
 ) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < 2048 <= hard or hard == resource.RLIM_INFINITY:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2048), hard))
     deadline_s = 6.0
-    hub = await asyncio.to_thread(
-        AuthedHub.start,
-        tmp_path,
-        f"[timeouts]\nhandshake_s = {deadline_s}\nhttp_idle_s = {deadline_s}\n",
-    )
-    host, port = "127.0.0.1", int(hub.url.rsplit(":", 1)[1])
-    loop = asyncio.get_running_loop()
+    config = f"[timeouts]\nhandshake_s = {deadline_s}\nhttp_idle_s = {deadline_s}\n"
+    hub = await asyncio.to_thread(_start, tmp_path / "attacked", config)
+    control = await asyncio.to_thread(_start, tmp_path / "control", config)
     try:
-        async with (
-            prober(hub) as measure,
-            # No cap on connections (aiohttp's default is 100 at once).
-            aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session,
-        ):
+        async with prober(hub) as measure:
             await measure()
-            baseline = p99(await measure())
+            quiet = p99(await measure())
+            # The baseline: the same sockets on the same machine, held against another hub.
+            baseline, _ = await _silent_sockets(control, measure)
+            await asyncio.to_thread(control.stop)
             async with Memory(hub) as memory:
-                opened = loop.time()
-                # Half never send a byte (closed at http_idle_s), half upgrade to a
-                # WebSocket and never send a hello (closed at handshake_s).
-                raw = await asyncio.gather(
-                    *(asyncio.open_connection(host, port) for _ in range(250))
-                )
-                upgraded = await asyncio.gather(
-                    *(
-                        session.ws_connect(f"ws://{host}:{port}/ws/client", autoping=False)
-                        for _ in range(250)
-                    )
-                )
-                all_open_s = loop.time() - opened
-                # Measured while they are held and then closed (opening them is this
-                # process's work as much as the hub's).
-                probing = measure()
-
-                async def raw_closed(reader: asyncio.StreamReader) -> float:
-                    await reader.read()
-                    return loop.time() - opened
-
-                async def ws_closed(ws: aiohttp.ClientWebSocketResponse) -> float:
-                    while (await ws.receive()).type not in (
-                        aiohttp.WSMsgType.CLOSE,
-                        aiohttp.WSMsgType.CLOSED,
-                        aiohttp.WSMsgType.ERROR,
-                    ):
-                        pass
-                    return loop.time() - opened
-
-                closed_after = await asyncio.wait_for(
-                    asyncio.gather(
-                        *(raw_closed(r) for r, _ in raw), *(ws_closed(ws) for ws in upgraded)
-                    ),
-                    deadline_s + all_open_s + 10,
-                )
-                close_codes = {ws.close_code for ws in upgraded}
-                attacked = p99(await probing)
-            for _, writer in raw:
-                writer.close()
-            for ws in upgraded:
-                await ws.close()
-            baseline = max(baseline, p99(await measure()))
+                attacked, seen = await _silent_sockets(hub, measure)
         output = hub.process.output()
     finally:
         await asyncio.to_thread(hub.stop)
+        await asyncio.to_thread(control.stop)
     figures = (
-        f"p99 baseline {baseline * 1e3:.2f} ms, with 500 silent sockets {attacked * 1e3:.2f} ms; "
-        f"all closed {max(closed_after):.1f} s after the first opened (deadline {deadline_s} s, "
-        f"opening took {all_open_s:.1f} s); close codes {close_codes}; "
+        f"p99 {quiet * 1e3:.2f} ms quiet, {baseline * 1e3:.2f} ms with 500 silent sockets "
+        f"on another hub, {attacked * 1e3:.2f} ms with them on this one; all closed "
+        f"{seen['closed_after']:.1f} s after the first opened (deadline {deadline_s} s, "
+        f"opening took {seen['open_s']:.1f} s); close codes {seen['close_codes']}; "
         f"hub memory +{memory.growth / 2**20:.1f} MiB"
     )
     print(figures)
-    assert max(closed_after) <= deadline_s + all_open_s + 1.5, figures
-    assert close_codes <= {4004, 1006}, figures  # handshake_timeout, or cut at the deadline
+    assert seen["closed_after"] <= deadline_s + seen["open_s"] + 1.5, figures
+    # handshake_timeout, or cut at the deadline
+    assert set(seen["close_codes"]) <= {4004, 1006}, figures
     assert memory.growth < MEMORY_GROWTH_LIMIT, figures
     assert "Traceback" not in output
     if attacked > allowed_p99(baseline):
-        # Measured 20 ms against 8 on a shared 2-core machine: the hub's work at each
-        # deadline (an error frame, a close, a log line and a refused entry per socket).
+        # Measured 20 ms against 8 while the sockets were held on the prober's own loop
+        # and the hub ran in asyncio's debug mode; in their own process, against a
+        # control hub, 5.5 ms against 4.2 (with other work on the machine).
         pytest.xfail(f"the other client's p99 is over {P99_FACTOR}x its baseline: {figures}")
 
 
