@@ -172,7 +172,8 @@ def _welcome(
     hub.fanout.send(
         peer,
         Welcome(
-            protocol=PROTOCOL_VERSION,
+            # The version spoken on this connection: the peer's (3 or 4).
+            protocol=min(hello.protocol, PROTOCOL_VERSION),
             hub=hub.config.name,
             session=f"{hub.boot_id}.{id(peer):x}",
             server_time=hub.clock(),

@@ -26,6 +26,7 @@ from .registry import Registry
 from .store import Store
 from .subscriptions import Subscriptions
 from .traffic import TrafficLog
+from .transcripts import Transcripts
 
 _log = logging.getLogger(__name__)
 
@@ -84,6 +85,8 @@ class Hub:
     corrections: Corrections = field(default_factory=Corrections)
     #: Messages per second per user over all of the user's connections (`views`).
     user_rates: UserRates = field(default_factory=lambda: UserRates(Limits()))
+    #: Raw serial transcripts running now (`transcripts`).
+    transcripts: Transcripts = field(default_factory=Transcripts)
 
 
 HUB_KEY = web.AppKey("hub", Hub)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ...protocol import (
+    TRANSCRIPT,
     AgentHello,
     ClientHello,
     CloseCode,
@@ -34,6 +35,8 @@ from ...protocol import (
     LeaseInfo,
     ListInstruments,
     PeerKind,
+    QueryHistory,
+    QueryLog,
     Reply,
     Status,
     Subscribe,
@@ -136,6 +139,21 @@ async def permit(ctx: Context, message: Any) -> bool:
         if message.name in (LEASE, RELEASE):
             _lease_command(ctx, message, principal)
             return False
+        if message.name == TRANSCRIPT:
+            # Whoever may drive the instrument at all, whatever commands their grant names.
+            if principal.is_admin or (
+                principal.at_least(Role.OPERATOR) and principal.may_watch(message.instrument)
+            ):
+                return True
+            ctx.log_in(message, message.instrument)
+            _refuse(
+                ctx,
+                message,
+                ErrorCode.FORBIDDEN,
+                f"{principal.name} ({principal.role}) may not take a transcript of "
+                f"{message.instrument!r}",
+            )
+            return False
         if not principal.may_command(message.instrument, message.name):
             _refuse(
                 ctx,
@@ -148,6 +166,23 @@ async def permit(ctx: Context, message: Any) -> bool:
         lease = hub.auth.leases.permits(message.instrument, principal.name, hub.clock())
         if lease is not None:
             _refuse(ctx, message, ErrorCode.LEASE_HELD, _held(lease))
+            return False
+        return True
+    if isinstance(message, QueryLog | QueryHistory):
+        # As `auth.web` decides for GET /api/log and /api/history/ID.
+        if isinstance(message, QueryHistory):
+            allowed = principal.may_watch(message.instrument)
+            why = f"{principal.name} may not read the history of {message.instrument!r}"
+        else:
+            allowed = principal.is_admin or (
+                message.instrument is not None and principal.may_subscribe(message.instrument)
+            )
+            why = f"{principal.name} may not read the log of {message.instrument!r}"
+            if message.instrument is None:
+                why = "the whole log needs admin; name an instrument"
+        if not allowed:
+            ctx.log_in(message)
+            _refuse(ctx, message, ErrorCode.FORBIDDEN, why)
             return False
         return True
     if (
