@@ -72,6 +72,13 @@ def add_log_parser(commands: Any, hub_option: Any, positive_int: Any) -> None:
     log.add_argument(
         "--agent-timeline", metavar="AGENT", default=None, help="the same for an agent"
     )
+    log.add_argument(
+        "--raw",
+        metavar="INSTRUMENT",
+        default=None,
+        help="instead: the raw bytes of the instrument's port taken by transcripts "
+        "(kmz send INSTRUMENT transcript duration_s=60 starts one), and who asked for them",
+    )
     hub_option(log)
     _relative_times_are_values(log)
 
@@ -207,6 +214,8 @@ def cmd_log(args: argparse.Namespace) -> int:
         return _log_stats(args)
     if args.timeline is not None or args.agent_timeline is not None:
         return _timeline(args)
+    if args.raw is not None:
+        return _raw(args)
     where = LogFilter(
         since=_seconds(args.since, "--since"),
         until=_seconds(args.until, "--until"),
@@ -242,6 +251,60 @@ def cmd_log(args: argparse.Namespace) -> int:
                 print(format_log_entry(entry))
         if page.next_cursor is not None and sys.stderr.isatty():
             print(f"(more: add --cursor {page.next_cursor}, or --all)", file=sys.stderr)
+        return EXIT_OK
+
+    return _run_client("log", run())
+
+
+def _raw(args: argparse.Namespace) -> int:
+    """`kmz log --raw ID`: a transcript's bytes and the commands that started it, oldest first."""
+    import msgspec
+
+    from .cli import EXIT_OK, _hub_url, _run_client, _token
+    from .client import LogFilter, query_log
+    from .client.formatting import format_raw_entry
+    from .protocol import RAW, TRANSCRIPT, is_instrument_id
+
+    if not is_instrument_id(args.raw):
+        raise UsageError(f"--raw takes an instrument id, not {args.raw!r}")
+    since, until = _seconds(args.since, "--since"), _seconds(args.until, "--until")
+    url = _hub_url(args)
+    limit = args.limit or 200
+
+    async def run() -> int:
+        token = _token(url)
+        raw = await query_log(
+            url,
+            LogFilter(since=since, until=until, instrument=args.raw, kind=RAW),
+            limit=limit,
+            cursor=args.cursor,
+            token=token,
+            **_trust(args),
+        )
+        started = await query_log(
+            url,
+            LogFilter(since=since, until=until, instrument=args.raw, kind=TRANSCRIPT),
+            limit=limit,
+            token=token,
+            **_trust(args),
+        )
+        commands = started.entries
+        oldest = raw.entries[-1].id if raw.next_cursor is not None and raw.entries else 0
+        # Newest first from the hub; a transcript reads oldest first.
+        shown = sorted(raw.entries + [c for c in commands if c.id > oldest], key=lambda e: e.id)
+        if args.json:
+            print(msgspec.json.encode(shown).decode())
+        else:
+            for entry in shown:
+                print(format_raw_entry(entry))
+            if not shown:
+                print(
+                    f"no raw transcript of {args.raw} in the log; start one with: "
+                    f"kmz send {args.raw} transcript duration_s=60",
+                    file=sys.stderr,
+                )
+        if raw.next_cursor is not None and sys.stderr.isatty():
+            print(f"(more: add --cursor {raw.next_cursor})", file=sys.stderr)
         return EXIT_OK
 
     return _run_client("log", run())

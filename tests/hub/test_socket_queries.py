@@ -168,7 +168,9 @@ async def test_a_bad_filter_is_an_error_with_the_id(hub: RunningHub) -> None:
 async def test_a_grant_reads_over_the_socket_what_it_reads_over_http(tmp_path: Path) -> None:
     """olga may watch kiln-* only: not balance's log rows, not the whole log, either way."""
     async with auth_lab(tmp_path) as lab:
-        await fill(lab.hub, seconds=40, token=lab.tokens["pi-1"], instruments=("kiln-air", "balance"))
+        await fill(
+            lab.hub, seconds=40, token=lab.tokens["pi-1"], instruments=("kiln-air", "balance")
+        )
         olga = lab.tokens["olga"]
         async with greeted(lab.url, "/ws/client", client_hello(olga, "olga")) as peer:
             (own,) = await ask_log(peer, "1", instrument="kiln-*", limit=1000)

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..protocol import (
+    TRANSCRIPT,
     Command,
     ErrorCode,
     ErrorInfo,
@@ -18,6 +19,7 @@ from ..protocol import (
     Status,
     Timeouts,
     Value,
+    transcript_arguments,
 )
 from ..transport import Trust
 from .buses import Buses
@@ -29,6 +31,7 @@ from .link import Link
 from .permit import Permit
 from .runner import InstrumentRunner
 from .spool import Spool, SpoolLimits, default_spool_path
+from .transcript import Transcript
 
 _log = logging.getLogger(__name__)
 
@@ -70,6 +73,8 @@ class Agent:
         self.ledger = CommandLedger(self.spool.path)
         self.buses = Buses()
         self.runners: dict[str, InstrumentRunner] = {}
+        #: Raw transcripts of the instruments asked for one so far.
+        self.transcripts: dict[str, Transcript] = {}
         for instrument in config.instruments:
             driver_class = (drivers or {}).get(instrument.driver) or find_driver(instrument.driver)
             driver: Driver
@@ -176,9 +181,36 @@ class Agent:
                     message=f"this agent has no instrument {command.instrument!r}",
                 ),
             )
+        if command.name == TRANSCRIPT:
+            return self._transcript(command, runner)
         if command.key is not None:
             return await self.ledger.run_once(command, lambda c: runner.execute(c, permit))
         return await runner.execute(command, permit)
+
+    def _transcript(self, command: Command, runner: InstrumentRunner) -> Reply:
+        """Start (or stop) a raw transcript of the instrument's port: the hub's command."""
+
+        def failed(code: ErrorCode, message: str) -> Reply:
+            return Reply(id=command.id, ok=False, error=ErrorInfo(code=code, message=message))
+
+        checked = transcript_arguments(command.args)
+        if isinstance(checked, str):
+            return failed(ErrorCode.INVALID_ARGUMENTS, checked)
+        driver = runner.driver
+        if not hasattr(driver, "transcript"):
+            return failed(
+                ErrorCode.UNKNOWN_COMMAND,
+                f"the {runner.config.driver} driver of {command.instrument!r} cannot tap its "
+                "port for a raw transcript (the serial line drivers can)",
+            )
+        transcript = self.transcripts.get(command.instrument)
+        if transcript is None:
+            transcript = Transcript(command.instrument, self.link.send_raw)
+            self.transcripts[command.instrument] = transcript
+        driver.transcript = transcript
+        duration_s, rate = checked
+        until = transcript.start(duration_s, rate)
+        return Reply(id=command.id, ok=True, result={"until": until, "max_bytes_per_s": rate})
 
 
 class _Unusable:

@@ -34,6 +34,7 @@ from ..protocol import (
     InstrumentInfo,
     Limits,
     ProtocolError,
+    RawTraffic,
     Reply,
     Status,
     Timeouts,
@@ -126,6 +127,8 @@ class Link:
         )
         self._connection: Connection[HubToAgentMessage] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Raw transcript messages dropped because the send queue was full.
+        self.raw_dropped = 0
 
     def send_status(self, status: Status) -> None:
         """Send a status change now if connected; reconnects send every status anyway."""
@@ -135,6 +138,17 @@ class Link:
                 "status not sent now: the send queue is full; it is sent on the next connection",
                 extra={"agent": self.agent_id, "instrument": status.instrument},
             )
+
+    def send_raw(self, raw: RawTraffic) -> None:
+        """Send a transcript's bytes now if connected; else (or if the queue is full) drop them."""
+        connection = self._connection
+        if connection is None or not connection.live:
+            return
+        try:
+            if not connection.send_soon(raw):
+                self.raw_dropped += 1
+        except ProtocolError as exc:
+            _log.error("raw not sent", extra={"code": exc.code, "detail": exc.message})
 
     async def run(self) -> None:
         """Connect, serve, and reconnect with backoff until cancelled; raise `AgentReplaced`."""

@@ -169,6 +169,33 @@ def format_log_entry(entry: LogEntry, width: int = 100) -> str:
     return f"{clock(entry.ts)}  {arrow} {peer:<20} {instrument:<14} {entry.type:<16} {body}"
 
 
+def format_raw_entry(entry: LogEntry) -> str:
+    """One line of a raw transcript (`kmz log --raw`): the agent's time, tx/rx, the bytes.
+
+    The bytes stay escaped as the hub logged them (``\\r``, ``\\xNN``): a
+    garbled byte shows as what it was. A ``transcript`` entry (who asked for
+    one, for how long) is a line of its own.
+    """
+    message = entry.message_object()
+    if entry.type == "transcript":
+        duration = message.get("duration_s", "?")
+        rate = message.get("max_bytes_per_s", "?")
+        what = "stop" if duration == 0 else f"for {duration:g} s at {rate} B/s"
+        return f"{_clock_ms(entry.ts)}  transcript {what} asked by {printable(entry.peer)}"
+    ts = message.get("ts")
+    when = _clock_ms(ts if isinstance(ts, int | float) else entry.ts)
+    direction = message.get("direction", "?")
+    # The hub admits only escaped ASCII here; printable() guards older or odd entries.
+    data = printable(str(message.get("data", "")), 10_000)
+    dropped = message.get("dropped") or 0
+    note = f"  ({dropped} bytes left out before, over the rate)" if dropped else ""
+    return f"{when}  {direction}  {data}{note}"
+
+
+def _clock_ms(ts: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(ts)) + f".{int(ts * 1000) % 1000:03d}"
+
+
 def parse_assignment(text: str) -> tuple[str, Any]:
     """KEY=VALUE: the value as JSON when it parses (80, true, "x"), else as a string."""
     key, sep, raw = text.partition("=")

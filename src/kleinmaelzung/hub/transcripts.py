@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from ..protocol import (
+    TRANSCRIPT,
     TRANSCRIPT_PROTOCOL,
     Command,
     Error,
@@ -129,6 +130,10 @@ def forward_transcript(ctx: Context, command: Command, agent: AgentEntry) -> Non
         },
     )
     filled = {"duration_s": duration_s, "max_bytes_per_s": rate}
+    # Who asked for it, beside the bytes (`kmz log --raw`): only transcripts
+    # the hub sent on, with their arguments as the agent gets them.
+    asked = {"instrument": command.instrument, **filled, "id": command.id}
+    hub.traffic.event(ctx.peer.name, TRANSCRIPT, msgspec.json.encode(asked), command.instrument)
     hub.commands.forward(ctx.peer, msgspec.structs.replace(command, args=filled), agent.peer)
 
 

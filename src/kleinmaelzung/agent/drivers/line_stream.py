@@ -27,14 +27,23 @@ Newest = tuple[Literal["frame"], dict[str, Value]] | tuple[Literal["error"], str
 class LineReceiver(asyncio.Protocol):
     """Splits what the port receives into lines for `on_line`; remembers when the port is lost."""
 
-    def __init__(self, ending: bytes, on_line: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        ending: bytes,
+        on_line: Callable[[str], None],
+        on_bytes: Callable[[bytes], None] | None = None,
+    ) -> None:
         self.lost: BaseException | None = None
         self.closed = asyncio.Event()
         self._ending = ending
         self._on_line = on_line
+        #: Every chunk as it arrived, before it is split (a raw transcript).
+        self._on_bytes = on_bytes
         self._buffer = bytearray()
 
     def data_received(self, data: bytes) -> None:
+        if self._on_bytes is not None:
+            self._on_bytes(data)
         self._buffer += data
         while (end := self._buffer.find(self._ending)) >= 0:
             raw = bytes(self._buffer[:end])

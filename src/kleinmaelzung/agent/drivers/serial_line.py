@@ -41,6 +41,7 @@ from ...protocol import InstrumentInfo, Value
 from ..config import InstrumentConfig
 from ..errors import InstrumentError, NoAnswer, PortError
 from ..ports import UsbIdentity, find_usb_port
+from ..transcript import ByteTap
 from .declarations import declared_info
 from .line_profiles import (
     ChannelSpec,
@@ -110,6 +111,9 @@ class SerialLineDriver:
         self._frame_timeout = (spec.timeout_s if spec is not None else None) or self._timeout
         self._transport: asyncio.WriteTransport | None = None
         self._receiver: LineReceiver | None = None
+        #: Set by the agent while a raw transcript of this port runs: every
+        #: chunk written and read goes to it as it passes.
+        self.transcript: ByteTap | None = None
         self._waiter: _Waiter | None = None
         self._identity: str | None = None
         #: The device the port was opened on last (a by-id link or USB ids resolved).
@@ -189,7 +193,9 @@ class SerialLineDriver:
         await self.close()
         device = self._find_device()
         loop = asyncio.get_running_loop()
-        receiver = LineReceiver(self.profile.receive_ending.encode("ascii"), self._on_line)
+        receiver = LineReceiver(
+            self.profile.receive_ending.encode("ascii"), self._on_line, self._on_bytes
+        )
         try:
             transport, _ = await serial_asyncio_fast.create_serial_connection(
                 loop,
@@ -288,7 +294,7 @@ class SerialLineDriver:
         # Only to the instrument we opened: a refused one is not sent commands.
         if opened and self._stop and receiver.lost is None:
             # close() lets buffered writes leave first, so the stop command goes out.
-            transport.write((self._stop + self.profile.line_ending).encode("ascii"))
+            self._write(transport, (self._stop + self.profile.line_ending).encode("ascii"))
         transport.close()
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(receiver.closed.wait(), 1.0)
@@ -451,7 +457,16 @@ class SerialLineDriver:
         except UnicodeEncodeError:
             # A command's text argument ("Prüfung"): the line protocol is ASCII.
             raise InstrumentError(f"cannot send {line!r}: only ASCII goes on the line") from None
-        self._transport.write(data)
+        self._write(self._transport, data)
+
+    def _write(self, transport: asyncio.WriteTransport, data: bytes) -> None:
+        transport.write(data)
+        if self.transcript is not None:
+            self.transcript.tx(data)
+
+    def _on_bytes(self, data: bytes) -> None:
+        if self.transcript is not None:
+            self.transcript.rx(data)
 
     async def _exchange(
         self, line: str, timeout_s: float, accepts: Callable[[str], bool] = _any_line
