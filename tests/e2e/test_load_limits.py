@@ -19,7 +19,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,8 @@ P99_FACTOR = 1.5
 #: Below this the p99 is scheduling noise on a shared machine, not the hub.
 P99_FLOOR_S = 0.002
 MEMORY_GROWTH_LIMIT = 48 << 20
+#: Measurements of the p99 before the factor counts as missed (see `_within_p99_factor`).
+ATTEMPTS = 3
 
 
 @asynccontextmanager
@@ -106,8 +108,27 @@ class Memory:
         return self.peak - self.before
 
 
+async def _within_p99_factor(
+    attempt: Callable[[Path], Awaitable[tuple[float, float, str]]], tmp_path: Path
+) -> None:
+    """Pass once an attempt's p99 under attack is within P99_FACTOR of its baseline.
+
+    Each attempt asserts what the attack must not do (memory, tracebacks, limits) on
+    its own. A p99 is the 3rd-worst of 250 round trips: one scheduling hiccup of a
+    shared two-core machine moves it, while a hub that lets an attack through (a
+    loop held by a flood: 113 ms against 6.5 once) fails every attempt.
+    """
+    seen = []
+    for n in range(ATTEMPTS):
+        baseline, attacked, figures = await attempt(tmp_path / f"attempt-{n}")
+        seen.append(figures)
+        if attacked <= allowed_p99(baseline):
+            return
+    pytest.fail(f"the other client's p99 is over {P99_FACTOR}x its baseline: {seen}")
+
+
 def _start(tmp: Path, config: str = "") -> AuthedHub:
-    tmp.mkdir()
+    tmp.mkdir(parents=True)
     # As users run it: asyncio's debug mode (the test command's) would be measured too.
     return AuthedHub.start(tmp, config, asyncio_debug=False)
 
@@ -149,10 +170,14 @@ async def _flood(hub: AuthedHub, seconds: float) -> asyncio.subprocess.Process:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(ATTEMPTS * 60)
 async def test_a_client_flooding_10000_messages_per_s_is_limited_and_others_are_served(
     tmp_path: Path,
 ) -> None:
+    await _within_p99_factor(_flood_attempt, tmp_path)
+
+
+async def _flood_attempt(tmp_path: Path) -> tuple[float, float, str]:
     # The default limits: 200 messages/s, bursts of 400, closed after 5 s over.
     hub = await asyncio.to_thread(_start, tmp_path / "attacked")
     control = await asyncio.to_thread(_start, tmp_path / "control")
@@ -201,26 +226,29 @@ async def test_a_client_flooding_10000_messages_per_s_is_limited_and_others_are_
     assert "Traceback" not in output
     # Logged once per connection that breached it, not per frame.
     assert output.count("peer over a limit") <= sum(seen["closes"].values()) + 1
-    if attacked > allowed_p99(baseline):
-        # Measured 113 ms against 6.5 before the receive loop yielded every 16 dropped
-        # frames (hub/views.py); since, 3.1-3.9 ms against 1.9-2.5 on a quiet machine.
-        # The hub itself is not what is short: it used 10-13% of a core under the
-        # flood (3% probed alone). The flooder, a Python process sending 10,000
-        # frames/s, shares the machine's two cores with the hub and the prober.
-        # Not reading the flooder (TCP backpressure) took the hub from 13% to 10%
-        # and left the p99 as it was, so it was not kept. The hub ran in asyncio's
-        # debug mode under scripts/test until now (41% of a core under the flood, p99
-        # 13.9 ms against 6.3); as users run it, against a flood aimed at a control
-        # hub: 2.90 ms against 2.52 and 2.55 against 2.71 (twice within 1.5x), once
-        # 14.0 against 4.5 while four other test sessions shared the machine.
-        pytest.xfail(f"the other client's p99 is over {P99_FACTOR}x its baseline: {figures}")
+    # Measured 113 ms against 6.5 before the receive loop yielded every 16 dropped
+    # frames (hub/views.py); since, 3.1-3.9 ms against 1.9-2.5 on a quiet machine.
+    # The hub itself is not what is short: it used 10-13% of a core under the
+    # flood (3% probed alone). The flooder, a Python process sending 10,000
+    # frames/s, shares the machine's two cores with the hub and the prober.
+    # Not reading the flooder (TCP backpressure) took the hub from 13% to 10%
+    # and left the p99 as it was, so it was not kept. The hub ran in asyncio's
+    # debug mode under scripts/test until now (41% of a core under the flood, p99
+    # 13.9 ms against 6.3); as users run it, against a flood aimed at a control
+    # hub: 2.90 ms against 2.52 and 2.55 against 2.71 (twice within 1.5x), once
+    # 14.0 against 4.5 while four other test sessions shared the machine.
+    return baseline, attacked, figures
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(ATTEMPTS * 80)
 async def test_500_silent_unauthenticated_sockets_are_closed_at_the_deadline(
     tmp_path: Path,
 ) -> None:
+    await _within_p99_factor(_silent_attempt, tmp_path)
+
+
+async def _silent_attempt(tmp_path: Path) -> tuple[float, float, str]:
     deadline_s = 6.0
     config = f"[timeouts]\nhandshake_s = {deadline_s}\nhttp_idle_s = {deadline_s}\n"
     hub = await asyncio.to_thread(_start, tmp_path / "attacked", config)
@@ -251,11 +279,10 @@ async def test_500_silent_unauthenticated_sockets_are_closed_at_the_deadline(
     assert set(seen["close_codes"]) <= {4004, 1006}, figures
     assert memory.growth < MEMORY_GROWTH_LIMIT, figures
     assert "Traceback" not in output
-    if attacked > allowed_p99(baseline):
-        # Measured 20 ms against 8 while the sockets were held on the prober's own loop
-        # and the hub ran in asyncio's debug mode; in their own process, against a
-        # control hub, 5.5 ms against 4.2 (with other work on the machine).
-        pytest.xfail(f"the other client's p99 is over {P99_FACTOR}x its baseline: {figures}")
+    # Measured 20 ms against 8 while the sockets were held on the prober's own loop
+    # and the hub ran in asyncio's debug mode; in their own process, against a
+    # control hub, 5.5 ms against 4.2 (with other work on the machine).
+    return baseline, attacked, figures
 
 
 @pytest.mark.slow
