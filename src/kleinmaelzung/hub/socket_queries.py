@@ -36,7 +36,7 @@ from ..protocol import (
     is_name,
 )
 from .auth.web import log_types
-from .history import DEFAULT_POINTS, DEFAULT_RANGE_S, MAX_BUCKETS, build_history
+from .history import DEFAULT_POINTS, DEFAULT_RANGE_S, MAX_BUCKETS, load_history
 from .log_api import ENTRY_OVERHEAD, FIRST_READ, STREAM_PAGE
 from .store import StoreError
 from .store.queries import LogQuery
@@ -208,7 +208,7 @@ async def history_query(ctx: Context, message: QueryHistory) -> None:
             )
         )
         return
-    empty = msgspec.structs.replace(history, t=[], series={})
+    empty = msgspec.structs.replace(history, t=[], series={}, corrected={})
     _send(ctx, result, HistoryResult(id=message.id, history=empty))
 
 
@@ -239,7 +239,5 @@ async def _history(hub: Hub, message: QueryHistory) -> History:
             raise _Refusal(ErrorCode.INVALID_ARGUMENTS, f"channel: not a channel name: {name!r}")
         if name not in channels:
             channels.append(name)
-    rows = await hub.store.history(message.instrument, since, until, every, tuple(channels))
-    entry = hub.registry.instruments.get(message.instrument)
-    declared = entry.info.channels if entry is not None else []
-    return build_history(message.instrument, since, until, every, rows, declared)
+    # Raw and, where a calibration was in force, corrected: as over HTTP.
+    return await load_history(hub, message.instrument, since, until, every, channels)
