@@ -344,10 +344,10 @@ def test_the_agents_page_lists_the_agent(context: Any, lab: Lab) -> None:
     row = page.inner_text('#agents-table tr[data-agent="bench-pi"]')
     assert "kiln-air" in row and "therm-46" in row
     page.goto(lab.url + "/#/calibration")
-    page.wait_for_selector("#calibration-seam p")
+    # Nothing registered for calibration here: no record, and what a run needs first.
+    page.wait_for_selector("#calibration p.hint")
     screenshot(page, "agents-calibration")
-    # The calibration page probes for the hub's calibration API: 404 where it has none.
-    watched.assert_clean(statuses=(404,))
+    watched.assert_clean()
 
 
 def test_sign_in_with_a_token_then_out(context: Any, lab: Lab) -> None:
