@@ -138,8 +138,8 @@ class RecordView(msgspec.Struct, frozen=True, omit_defaults=True):
     captured: Reading | None = None
 
 
-class RecordSummaryView(msgspec.Struct, frozen=True):
-    """One calibration in a list: the latest revision."""
+class RecordSummary(msgspec.Struct, frozen=True):
+    """One revision of one calibration, as a list shows it (the store's rows, the API's list)."""
 
     certificate_number: str
     revision: int
@@ -147,6 +147,10 @@ class RecordSummaryView(msgspec.Struct, frozen=True):
     calibrated_on: datetime.date
     approved: bool
     content_hash: str
+
+
+#: The name the client library knows it by; the same shape, defined once.
+RecordSummaryView = RecordSummary
 
 
 class DueEntry(msgspec.Struct, frozen=True):

@@ -41,7 +41,7 @@ from ..calibration.api import (
 from ..protocol import Error, ErrorCode
 from .auth import Principal, Role
 from .auth.web import principal_of
-from .calibration_service import CalibrationService
+from .calibration_service import CalibrationService, Forbidden
 from .calibrations import SqliteCalibrationStore
 from .services import HUB_KEY, Hub
 
@@ -156,11 +156,7 @@ async def _body(request: web.Request, kind: type[T]) -> T:
 
 def _may_watch(principal: Principal, instrument_id: str) -> None:
     if not principal.may_watch(instrument_id):
-        raise _Forbidden(f"{principal.name} may not see instrument {instrument_id!r}")
-
-
-class _Forbidden(CalibrationError):
-    code = "forbidden"
+        raise Forbidden(f"{principal.name} may not see instrument {instrument_id!r}")
 
 
 async def _checked(request: web.Request, service: CalibrationService, principal: Principal) -> str:

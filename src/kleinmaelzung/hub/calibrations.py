@@ -36,8 +36,11 @@ from ..calibration import (
     is_approved,
     verify,
 )
+from ..calibration.api import RecordSummary
 
 _T = TypeVar("_T")
+
+__all__ = ["CalibrationStore", "Conflict", "NotFound", "RecordSummary", "SqliteCalibrationStore"]
 
 
 class NotFound(CalibrationError):
@@ -50,17 +53,6 @@ class Conflict(CalibrationError):
     """The store already holds something different under that key."""
 
     code = "conflict"
-
-
-class RecordSummary(msgspec.Struct, frozen=True):
-    """One revision of one calibration, as a list shows it."""
-
-    certificate_number: str
-    revision: int
-    instrument_id: str
-    calibrated_on: datetime.date
-    approved: bool
-    content_hash: str
 
 
 class CalibrationStore(Protocol):
