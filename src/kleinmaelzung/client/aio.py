@@ -27,14 +27,20 @@ from ..protocol import (
     Error,
     ErrorCode,
     Gap,
+    HistoryResult,
     HubToClientMessage,
     InstrumentList,
     InstrumentRecord,
     Limits,
     ListInstruments,
+    LogEntry,
+    LogPage,
+    LogResult,
     Missed,
     Position,
     ProtocolError,
+    QueryHistory,
+    QueryLog,
     Reply,
     Sample,
     Status,
@@ -48,7 +54,16 @@ from ..protocol import (
 from ..transport import CLIENT_PATH, Connection, Connector, Trust, base_url, websocket_url
 from .credentials import token_for
 from .errors import ConnectionLost, RequestError, RequestTimeout
-from .history import HistoryPoint, TimeLike, load_history
+from .history import (
+    HistoryPoint,
+    TimeLike,
+    history_frame,
+    history_points,
+    history_request,
+    load_history,
+    require_pandas,
+)
+from .log_query import LogFilter, log_request, query_log
 from .subscription import Subscription
 
 if TYPE_CHECKING:
@@ -68,8 +83,13 @@ REQUEST_TIMEOUT_S = 10.0
 #: `command_timeout`. The slack covers the trip to and from the hub.
 COMMAND_SLACK_S = 2.0
 
-_Answer = TypeVar("_Answer", Reply, Subscribed, InstrumentList)
-_Request = Subscribe | Unsubscribe | ListInstruments | Command
+#: Deadline for a query of the log or a history: the database may take a while.
+QUERY_TIMEOUT_S = 30.0
+#: The protocol version that has `log_query` and `history_query`.
+QUERIES_PROTOCOL = 4
+
+_Answer = TypeVar("_Answer", Reply, Subscribed, InstrumentList, HistoryResult)
+_Request = Subscribe | Unsubscribe | ListInstruments | Command | QueryHistory
 
 
 class Client:
@@ -114,6 +134,8 @@ class Client:
         self._timeouts = timeouts or Timeouts()
         self._ids = itertools.count(1)
         self._pending: dict[str, asyncio.Future[HubToClientMessage]] = {}
+        # Queries answered in several messages (`log`): what arrived, per id.
+        self._streams: dict[str, asyncio.Queue[HubToClientMessage | ConnectionLost]] = {}
         self._subscriptions: list[Subscription] = []
         #: The newest samples delivered, per instrument, to recognise repeats.
         self._recent: dict[str, _RecentSamples] = {}
@@ -310,20 +332,107 @@ class Client:
         count, min and max), or with `as_frame` a pandas DataFrame indexed by
         time (UTC), one column per channel (the extra ``data``). Times: UNIX
         seconds, datetimes, ``-24h``, ``2026-11-01T03:12`` (local time).
+        Asked over this connection (`history_query`); a hub of protocol 3
+        is asked over HTTP instead.
         """
-        return await load_history(
-            self.url,
+        if not self._speaks_queries():
+            return await load_history(
+                self.url,
+                instrument,
+                since=since,
+                until=until,
+                channels=channels,
+                every=every,
+                points=points,
+                as_frame=as_frame,
+                token=self._token,
+                ca_file=self._trust.ca_file,
+                pin_sha256=self._trust.pin_sha256,
+            )
+        if as_frame:
+            require_pandas()  # before asking the hub: the error names the extra at once
+        request = history_request(
+            self._next_id(),
             instrument,
             since=since,
             until=until,
             channels=channels,
             every=every,
             points=points,
-            as_frame=as_frame,
-            token=self._token,
-            ca_file=self._trust.ca_file,
-            pin_sha256=self._trust.pin_sha256,
         )
+        answer = await self._request(request, HistoryResult, QUERY_TIMEOUT_S)
+        return history_frame(answer.history) if as_frame else history_points(answer.history)
+
+    async def log(
+        self,
+        where: LogFilter | None = None,
+        *,
+        limit: int = 100,
+        cursor: str | None = None,
+        timeout_s: float = QUERY_TIMEOUT_S,
+    ) -> LogPage:
+        """Traffic-log entries matching `where`: at most `limit` (up to the hub's 10,000),
+        newest first unless `where.oldest_first`; `next_cursor` continues from where they end.
+
+        Asked over this connection (`log_query`), answered in as many frames as
+        it takes; a hub of protocol 3 is asked over HTTP instead (`query_log`,
+        whose page also stops at 1 MiB). The hub checks the same grant as
+        for ``GET /api/log``: `RequestError` ``forbidden`` beyond it.
+        """
+        if not self._speaks_queries():
+            return await query_log(
+                self.url,
+                where,
+                limit=limit,
+                cursor=cursor,
+                timeout_s=timeout_s,
+                token=self._token,
+                ca_file=self._trust.ca_file,
+                pin_sha256=self._trust.pin_sha256,
+            )
+        request = log_request(self._next_id(), where, limit=limit, cursor=cursor)
+        entries: list[LogEntry] = []
+        next_cursor: str | None = None
+        for result in await self._collect(request, timeout_s):
+            entries += result.entries
+            next_cursor = result.next_cursor
+        return LogPage(entries=entries, next_cursor=next_cursor)
+
+    def _speaks_queries(self) -> bool:
+        connection = self._connection
+        return connection is not None and connection.welcome.protocol >= QUERIES_PROTOCOL
+
+    async def _collect(self, request: QueryLog, timeout_s: float) -> list[LogResult]:
+        """Send a query and gather its results up to the one marked done."""
+        connection = self._connection
+        if connection is None or not connection.live:
+            raise ConnectionLost(f"not connected to the hub at {self.url}")
+        queue: asyncio.Queue[HubToClientMessage | ConnectionLost] = asyncio.Queue()
+        self._streams[request.id] = queue
+        results: list[LogResult] = []
+        try:
+            await connection.send(request)
+            async with asyncio.timeout(timeout_s):
+                while True:
+                    item = await queue.get()
+                    if isinstance(item, ConnectionLost):
+                        raise item
+                    if isinstance(item, Error):
+                        raise RequestError(item.code, item.message)
+                    if not isinstance(item, LogResult):
+                        raise ProtocolError(
+                            ErrorCode.UNEXPECTED_MESSAGE,
+                            f"the hub answered log_query with {item.__struct_config__.tag}",
+                        )
+                    results.append(item)
+                    if item.done:
+                        return results
+        except TimeoutError:
+            raise RequestTimeout(
+                f"no whole answer from the hub at {self.url} to log_query within {timeout_s:g} s"
+            ) from None
+        finally:
+            self._streams.pop(request.id, None)
 
     # --- connection ----------------------------------------------------------
 
@@ -419,7 +528,13 @@ class Client:
             for subscription in self._subscriptions:
                 if subscription.status and subscription.wants(message.instrument):
                     subscription._deliver(message)
-        elif isinstance(message, Reply | Subscribed | InstrumentList | Error):
+        elif (
+            isinstance(message, LogResult | Error)
+            and message.id is not None
+            and message.id in self._streams
+        ):
+            self._streams[message.id].put_nowait(message)
+        elif isinstance(message, Reply | Subscribed | InstrumentList | HistoryResult | Error):
             future = self._pending.pop(message.id, None) if message.id else None
             if future is not None:
                 if not future.done():
@@ -476,6 +591,8 @@ class Client:
         return answer
 
     def _fail_pending(self, reason: str) -> None:
+        for queue in self._streams.values():
+            queue.put_nowait(ConnectionLost(reason))
         pending, self._pending = self._pending, {}
         for future in pending.values():
             if not future.done():

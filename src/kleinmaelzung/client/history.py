@@ -21,7 +21,14 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from ..protocol import History, KmzError, TimeFormatError, parse_time
+from ..protocol import (
+    History,
+    KmzError,
+    QueryHistory,
+    TimeFormatError,
+    parse_duration,
+    parse_time,
+)
 from ..transport import base_url
 from .http import get_decoded
 
@@ -110,6 +117,34 @@ async def fetch_history(
         token=token,
         ca_file=ca_file,
         pin_sha256=pin_sha256,
+    )
+
+
+def history_request(
+    request_id: str,
+    instrument: str,
+    *,
+    since: TimeLike,
+    until: TimeLike | None,
+    channels: Iterable[str],
+    every: float | str | None,
+    points: int | None,
+) -> QueryHistory:
+    """The `history_query` message for these arguments (protocol 4: `Client.history`)."""
+    now = time.time()
+    if isinstance(every, str):
+        try:
+            every = parse_duration(every)
+        except TimeFormatError as exc:
+            raise ValueError(str(exc)) from None
+    return QueryHistory(
+        id=request_id,
+        instrument=instrument,
+        since=to_timestamp(since, now=now),
+        until=None if until is None else to_timestamp(until, now=now),
+        every=every,
+        points=points,
+        channels=list(channels),
     )
 
 

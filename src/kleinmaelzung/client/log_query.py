@@ -15,7 +15,7 @@ from typing import Literal
 
 import msgspec
 
-from ..protocol import ErrorCode, LogEntry, LogPage, ProtocolError
+from ..protocol import ErrorCode, LogEntry, LogPage, ProtocolError, QueryLog
 from ..transport import base_url
 from .history import TimeLike, to_timestamp
 from .http import get_decoded
@@ -58,6 +58,27 @@ class LogFilter:
         if self.oldest_first:
             params["order"] = "oldest"
         return params
+
+
+def log_request(
+    request_id: str, where: LogFilter | None, *, limit: int, cursor: str | None
+) -> QueryLog:
+    """The `log_query` message for these filters (protocol 4: `Client.log`)."""
+    where = where or LogFilter()
+    now = time.time()
+    return QueryLog(
+        id=request_id,
+        since=None if where.since is None else to_timestamp(where.since, now=now),
+        until=None if where.until is None else to_timestamp(where.until, now=now),
+        instrument=where.instrument,
+        peer=where.peer,
+        direction=where.direction,
+        kind=where.kind,
+        text=where.text or None,
+        order="oldest" if where.oldest_first else "newest",
+        limit=limit,
+        cursor=cursor or None,
+    )
 
 
 async def query_log(

@@ -9,9 +9,10 @@ from collections.abc import Coroutine, Iterable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from ..protocol import InstrumentRecord, Limits, Status, Timeouts
+from ..protocol import InstrumentRecord, Limits, LogPage, Status, Timeouts
 from .aio import Client
 from .history import HistoryPoint, TimeLike, load_history
+from .log_query import LogFilter
 from .subscription import Event, Subscription
 
 if TYPE_CHECKING:
@@ -139,6 +140,12 @@ class SyncClient:
                 pin_sha256=self._client._trust.pin_sha256,
             )
         )
+
+    def log(
+        self, where: LogFilter | None = None, *, limit: int = 100, cursor: str | None = None
+    ) -> LogPage:
+        """Traffic-log entries matching `where` (see `Client.log`)."""
+        return self._call(self._client.log(where, limit=limit, cursor=cursor))
 
     def subscribe(
         self,
