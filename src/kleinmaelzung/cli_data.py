@@ -44,7 +44,7 @@ def add_log_parser(commands: Any, hub_option: Any, positive_int: Any) -> None:
         "--kind",
         default=None,
         help="only entries of this kind: a message type, 'command' (commands and their "
-        "replies) or 'refused' (auth failures, limit breaches, bad frames)",
+        "replies), 'refused' (auth failures, limit breaches, bad frames) or 'raw' (transcripts)",
     )
     log.add_argument("--since", default=None, help=f"from this time on ({TIME_HELP})")
     log.add_argument("--until", default=None, help="before this time")
