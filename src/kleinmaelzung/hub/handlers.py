@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import msgspec
 
 from ..protocol import (
+    TRANSCRIPT,
     Ack,
     AgentState,
     CloseCode,
@@ -27,6 +28,9 @@ from ..protocol import (
     InstrumentList,
     ListInstruments,
     PeerKind,
+    QueryHistory,
+    QueryLog,
+    RawTraffic,
     Reply,
     Sample,
     Status,
@@ -41,6 +45,7 @@ from .auth.guard import permit
 from .peers import Peer
 from .store import StoreError
 from .traffic import ack_key
+from .transcripts import agent_raw, forward_transcript
 
 if TYPE_CHECKING:
     from .registry import AgentEntry
@@ -114,6 +119,14 @@ def default_handlers() -> Handlers:
     handlers.register(PeerKind.CLIENT, Unsubscribe, client_unsubscribe)
     handlers.register(PeerKind.CLIENT, ListInstruments, client_list)
     handlers.register(PeerKind.CLIENT, Command, client_command)
+    # Protocol 4: the log and histories over the socket, raw serial transcripts.
+    # Imported here: the queries share the HTTP routes' checks, whose modules
+    # import the services, which import this one.
+    from .socket_queries import history_query, log_query
+
+    handlers.register(PeerKind.CLIENT, QueryLog, log_query)
+    handlers.register(PeerKind.CLIENT, QueryHistory, history_query)
+    handlers.register(PeerKind.AGENT, RawTraffic, agent_raw)
     return handlers
 
 
@@ -128,7 +141,7 @@ async def agent_data(ctx: Context, message: Data) -> None:
     agent = hub.registry.agents.get(peer.name)
     if agent is None or agent.peer is not peer:
         return  # a replaced connection: its agent resends on the new one
-    if hub.corrections.active:  # approved calibrations applied to the stream (corrections.py)
+    if hub.corrections.versions:  # approved calibrations applied to the stream (corrections.py)
         message, ctx.frame = hub.corrections.apply(message, ctx.frame)
     run = message.run or agent.hello.run
     if agent.unlogged or hub.store.health.state != "ok":
@@ -534,7 +547,9 @@ async def recover(
                 frames.append(encode(Data(samples=batch, run=run)))
                 batch = []
             run = row.run
-            batch.append(Sample(instrument=instrument, seq=row.seq, ts=row.ts, values=row.values))
+            sample = Sample(instrument=instrument, seq=row.seq, ts=row.ts, values=row.values)
+            # Corrected as it was live: by the calibration in force at its time.
+            batch.append(hub.corrections.corrected_sample(sample))
             key = (instrument, encode_run(row.run))
             covered[key] = max(covered.get(key, -1), row.seq)
         if batch:
@@ -542,8 +557,10 @@ async def recover(
     return frames, covered, not_recovered
 
 
-#: The end of a recovery's time range: any time an agent's clock may say.
-_FOREVER = 1e12
+#: The end of a recovery's time range: any time an agent's clock may say, and
+#: one PostgreSQL's timestamps (through Python's datetime) can hold: 1e12 s
+#: is the year 33658, and recovering by time failed there (ValueError).
+_FOREVER = 253_402_300_799.0  # 9999-12-31 23:59:59 UTC
 #: Samples per recovered data frame (as agents send at most).
 MAX_SAMPLES_PER_FRAME = 1000
 
@@ -593,6 +610,9 @@ async def client_command(ctx: Context, message: Command) -> None:
             f"instrument {message.instrument!r} is offline"
             + (f" ({entry.reason})" if entry.reason else ""),
         )
+        return
+    if message.name == TRANSCRIPT:  # the hub's own command, for any instrument
+        forward_transcript(ctx, message, agent)
         return
     specs = {spec.name: spec for spec in entry.info.commands}
     spec = specs.get(message.name)
