@@ -19,12 +19,14 @@ from . import dashboard, metrics, openapi, rest, views
 from .acks import AckGatherer
 from .admission import Admission, AdmittingSite, Tls, raise_open_file_limit
 from .auth.web import install as install_auth
+from .bus import Bus, BusError
 from .calibration_routes import install as install_calibrations
 from .commands import Commands
 from .config import HubConfig
 from .data_routes import install as install_data_routes
 from .errors import HubStartError
 from .fanout import Fanout
+from .federation import BusFanout, join_bus
 from .handlers import default_handlers
 from .rates import UserRates
 from .registry import Registry
@@ -50,8 +52,13 @@ def create_app(
     store: Store | None = None,
     clock: Callable[[], float] = time.time,
     monotonic: Callable[[], float] = time.monotonic,
+    bus: Bus | None = None,
 ) -> web.Application:
     """Build the hub's aiohttp application; the store opens when the app starts.
+
+    With `config.bus`, or a `bus` passed in (a `LocalBus`: hubs in one
+    process), the hub shares its instruments with the other hubs there
+    (`federation`); it connects to `config.bus` when it starts.
 
     A `store` passed in must not be open yet: the app opens it, with the
     hub's acknowledgements wired to its commits, and closes it at cleanup.
@@ -72,7 +79,11 @@ def create_app(
         )
     store.set_on_committed(gatherer.committed)
     traffic = TrafficLog(store, clock)
-    fanout = Fanout(subscriptions, traffic, max_message_bytes=config.limits.max_hub_message_bytes)
+    # A hub alone keeps the plain Fanout: its forwarding path has no bus check.
+    on_bus = bus is not None or config.bus is not None
+    fanout = (BusFanout if on_bus else Fanout)(
+        subscriptions, traffic, max_message_bytes=config.limits.max_hub_message_bytes
+    )
     hub = Hub(
         config=config,
         store=store,
@@ -100,6 +111,8 @@ def create_app(
     acks_to.append(send_ack)
     app[HUB_KEY] = hub
     app.cleanup_ctx.append(_lifecycle)
+    if on_bus:
+        join_bus(hub, app, bus)  # after the store: the bus is left before it closes
     # Tokens, grants, the Origin check, revocation within 1 s (`auth`).
     install_auth(app, hub)
     # Before aiohttp cuts the connections: acknowledge what is committed and
@@ -187,6 +200,7 @@ async def start_hub(
     clock: Callable[[], float] = time.time,
     store: Store | None = None,
     writer_process: bool = False,
+    bus: Bus | None = None,
 ) -> RunningHub:
     """Start a hub in this event loop; port 0 picks a free port (see `.url`).
 
@@ -211,7 +225,7 @@ async def start_hub(
             store = store_for_url(
                 url, writer_process=True, degraded_after_s=config.log_degraded_after_s
             )
-        app = create_app(config=config, clock=clock, store=store)
+        app = create_app(config=config, clock=clock, store=store, bus=bus)
     except StoreError as exc:
         raise HubStartError(str(exc)) from None
     runner = web.AppRunner(
@@ -224,8 +238,8 @@ async def start_hub(
         keepalive_timeout=config.timeouts.http_idle_s,
     )
     try:
-        await runner.setup()  # opens the store
-    except StoreError as exc:
+        await runner.setup()  # opens the store, connects to the bus
+    except (StoreError, BusError) as exc:
         await runner.cleanup()
         raise HubStartError(str(exc)) from None
     admission = Admission(config.limits, raise_open_file_limit())

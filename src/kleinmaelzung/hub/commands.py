@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from ..protocol import Command, ErrorCode, ErrorInfo, Reply
 from .fanout import Fanout
@@ -26,6 +27,12 @@ DEADLINE_GRACE_S = 1.0
 
 #: Upper bounds (seconds) of the command round-trip histogram (`/metrics`):
 #: a serial instrument answers in 10-100 ms, a Modbus write in a few ms.
+#: Seconds a hub waits, beyond `DEADLINE_GRACE_S`, for the reply to a
+#: command it sent through the bus to the hub holding the agent: that hub
+#: answers `outcome_unknown` itself at the deadline and the grace, and its
+#: answer must arrive first (a client waits 2 s past the deadline).
+BUS_GRACE_S = 0.5
+
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -49,9 +56,19 @@ class Latencies:
         self.sums[outcome] += seconds
 
 
+class RemoteCommands(Protocol):
+    """Runs a command on an agent of another hub (`federation`)."""
+
+    def run(self, hub: str, command: Command, wait_s: float) -> Awaitable[Reply | None]:
+        """The agent's reply (or that hub's error) as a `Reply` with the command's
+        id; None if nothing came within `wait_s`."""
+        ...
+
+
 @dataclass
 class _Pending:
-    client: Peer
+    #: Who asked: a client of this hub, or another hub through the bus.
+    client: Peer | asyncio.Future[Reply]
     client_id: str
     agent: str
     instrument: str
@@ -60,6 +77,8 @@ class _Pending:
     sent: float = 0.0
     #: Why the agent went away with this command in flight, if it did.
     agent_left: str | None = None
+    #: The bus id of the hub holding the agent, when it is not this one.
+    hub: str | None = None
 
 
 class Commands:
@@ -76,9 +95,62 @@ class Commands:
         self.monotonic = monotonic
         #: Round trips of the commands answered (`/metrics`).
         self.latencies = Latencies({}, {})
+        #: How commands reach agents of other hubs; None on a hub alone.
+        self.remote: RemoteCommands | None = None
+        self._remote_tasks: set[asyncio.Task[None]] = set()
 
     def forward(self, client: Peer, command: Command, agent: Peer) -> None:
         """Send a client's command to the owning agent under a hub-wide id, with its deadline."""
+        self._forward(client, command, agent)
+
+    def forward_for_bus(self, command: Command, agent: Peer) -> asyncio.Future[Reply]:
+        """Send another hub's command to an agent of this hub; the future gets the reply
+        (with the command's id), or `outcome_unknown` at the deadline."""
+        answer: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._forward(answer, command, agent)
+        return answer
+
+    def forward_remote(self, client: Peer, command: Command, hub: str, agent: str) -> None:
+        """Send a client's command through the bus to `hub`, whose agent `agent` serves
+        the instrument; answered as on one hub, `outcome_unknown` if that hub is silent."""
+        remote = self.remote
+        if remote is None:
+            raise RuntimeError("no bus: forward_remote needs Commands.remote")
+        hub_id = f"{self._id_prefix}.{next(self._ids)}"
+        wait_s = command.timeout_s + DEADLINE_GRACE_S + BUS_GRACE_S
+        timer = asyncio.get_running_loop().call_later(wait_s, self._expire, hub_id)
+        self._pending[hub_id] = _Pending(
+            client=client,
+            client_id=command.id,
+            agent=agent,
+            instrument=command.instrument,
+            timer=timer,
+            sent=self.monotonic(),
+            hub=hub,
+        )
+        forwarded = Command(
+            id=hub_id,
+            instrument=command.instrument,
+            name=command.name,
+            args=command.args,
+            timeout_s=command.timeout_s,
+            key=command.key,
+        )
+
+        async def run() -> None:
+            try:
+                reply = await remote.run(hub, forwarded, wait_s)
+            except Exception:  # the task's top: answered at the deadline
+                _log.exception("command through the bus failed", extra={"id": hub_id})
+                return
+            if reply is not None:
+                self._complete(hub_id, reply)
+
+        task = asyncio.create_task(run(), name="kmz-remote-command")
+        self._remote_tasks.add(task)
+        task.add_done_callback(self._remote_tasks.discard)
+
+    def _forward(self, client: Peer | asyncio.Future[Reply], command: Command, agent: Peer) -> None:
         hub_id = f"{self._id_prefix}.{next(self._ids)}"
         deadline = self.monotonic() + command.timeout_s
         # The agent starts the command only before its deadline and ends it
@@ -108,9 +180,14 @@ class Commands:
     def complete(self, agent: Peer, reply: Reply) -> bool:
         """Route an agent's reply back to the asking client; False if nobody waits for it."""
         pending = self._pending.get(reply.id)
-        if pending is None or pending.agent != agent.name:
+        if pending is None or pending.agent != agent.name or pending.hub is not None:
             return False
-        del self._pending[reply.id]
+        return self._complete(reply.id, reply)
+
+    def _complete(self, hub_id: str, reply: Reply) -> bool:
+        pending = self._pending.pop(hub_id, None)
+        if pending is None:
+            return False  # answered at its deadline, or its client left
         pending.timer.cancel()
         outcome = "ok" if reply.ok else (reply.error.code if reply.error else "error")
         self.latencies.observe(outcome, self.monotonic() - pending.sent)
@@ -140,7 +217,7 @@ class Commands:
         replies first.
         """
         for pending in self._pending.values():
-            if pending.agent == agent_name and pending.agent_left is None:
+            if pending.agent == agent_name and pending.agent_left is None and pending.hub is None:
                 pending.agent_left = reason
 
     def client_left(self, client: Peer) -> None:
@@ -178,8 +255,13 @@ class Commands:
         )
 
     def _answer(self, pending: _Pending, reply: Reply) -> None:
-        pending.client.connection.complete_command(pending.client_id)
-        self._fanout.send(pending.client, reply, instrument=pending.instrument)
+        client = pending.client
+        if isinstance(client, asyncio.Future):
+            if not client.done():
+                client.set_result(reply)
+            return
+        client.connection.complete_command(pending.client_id)
+        self._fanout.send(client, reply, instrument=pending.instrument)
 
 
 def _failed(command_id: str, code: ErrorCode, message: str) -> Reply:

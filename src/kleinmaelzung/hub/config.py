@@ -13,6 +13,7 @@ import msgspec
 from ..configfile import convert, env_overrides, merged, read_toml
 from ..protocol import Limits, Timeouts
 from ..transport import DEFAULT_PORT
+from .bus import PREFIX_REGEX
 from .store.retention import RetentionPolicy
 
 
@@ -42,6 +43,12 @@ class HubConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     #: it) and its unencrypted key; both or neither (`hub.tls`).
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    #: Several hubs as one: the bus they share, ``nats://host:4222`` (or
+    #: ``tls://``; extra ``kleinmaelzung[nats]``). None: this hub alone.
+    bus: Annotated[str, msgspec.Meta(pattern=r"^(nats|tls)://[^\s/]+$")] | None = None
+    #: The first tokens of every subject this hub uses on the bus: hubs with
+    #: the same prefix are one installation.
+    bus_prefix: Annotated[str, msgspec.Meta(pattern=PREFIX_REGEX)] = "kmz"
     limits: Limits = Limits()
     timeouts: Timeouts = Timeouts()
     #: How long the traffic log keeps each kind of entry (`store.retention`).
@@ -64,6 +71,8 @@ _HINTS = {
     "allowed_origins": 'a list of origins such as ["https://dash.lab.example"]',
     "tls_cert": 'a PEM file such as "/etc/kleinmaelzung/hub.crt"',
     "tls_key": 'a PEM file such as "/etc/kleinmaelzung/hub.key"',
+    "bus": 'a NATS server URL such as "nats://127.0.0.1:4222"',
+    "bus_prefix": 'dot-separated words of letters, digits, "_" or "-", such as "kmz"',
 }
 #: Environment variables that set what a config file would: KMZ_HUB_PORT, and
 #: KMZ_HUB_LIMITS__MAX_CONNECTIONS for a table's key.

@@ -166,6 +166,33 @@ class Fanout:
         for peer in subscribers:
             peer.send(frame)
 
+    def forward_samples(
+        self, instrument: str, array: bytes, run: bytes, span: Span, *, backlog: bool = False
+    ) -> None:
+        """Send an encoded samples array of one instrument, from another hub, to its subscribers.
+
+        Not logged here: the hub whose agent sent it logged it.
+        """
+        subscribers = self._subscribers.get(instrument)
+        if not subscribers:
+            return
+        spans = (span,)
+        if backlog:
+            takers = [p for p in subscribers if p.wants_backlog]
+            for peer in takers:
+                peer.send_samples(array, run, spans)
+            self.deliveries += len(takers)
+            return
+        wire = wire_frame(data_frame((array,), run)) if len(subscribers) > 1 else None
+        for peer in subscribers:
+            peer.send_samples(array, run, spans, wire)
+        self.deliveries += len(subscribers)
+
+    def forward_frame(self, instrument: str, frame: bytes) -> None:
+        """Send an encoded status or gap of another hub's instrument to its subscribers."""
+        for peer in self._subscriptions.subscribers(instrument):
+            peer.send(frame)
+
 
 def _spans(samples: Sequence[Sample]) -> tuple[Span, ...]:
     """Per instrument: first seq, last seq and count of these samples (of one run)."""

@@ -602,7 +602,7 @@ async def client_command(ctx: Context, message: Command) -> None:
         )
         return
     agent = hub.registry.owner(message.instrument)
-    if agent is None:
+    if agent is None and entry.hub is None:  # `entry.hub`: another hub's agent (federation)
         refuse(
             ctx.peer,
             message,
@@ -611,7 +611,7 @@ async def client_command(ctx: Context, message: Command) -> None:
             + (f" ({entry.reason})" if entry.reason else ""),
         )
         return
-    if message.name == TRANSCRIPT:  # the hub's own command, for any instrument
+    if message.name == TRANSCRIPT and agent is not None:  # the hub's own command
         forward_transcript(ctx, message, agent)
         return
     specs = {spec.name: spec for spec in entry.info.commands}
@@ -628,5 +628,9 @@ async def client_command(ctx: Context, message: Command) -> None:
     problem = check_arguments(spec, message.args)
     if problem is not None:
         refuse(ctx.peer, message, ErrorCode.INVALID_ARGUMENTS, problem)
+        return
+    if agent is None:
+        if entry.hub is not None:
+            hub.commands.forward_remote(ctx.peer, message, entry.hub, entry.agent)
         return
     hub.commands.forward(ctx.peer, message, agent.peer)

@@ -10,6 +10,8 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+import msgspec
+
 from ..protocol import (
     AgentHello,
     AgentRecord,
@@ -52,6 +54,20 @@ class InstrumentEntry:
     seqs: dict[str, int] = field(default_factory=dict)
     #: The names of the channels it declared; kept with `info` by the registry.
     channel_names: frozenset[str] = frozenset()
+    #: The bus id of the hub whose agent serves it, when that is another hub
+    #: (`federation`); None when it is this hub's, or offline.
+    hub: str | None = None
+
+    def announced(self) -> Announced:
+        """The entry as this hub announces it to the others (`federation`)."""
+        return Announced(
+            info=self.info,
+            agent=self.agent,
+            state=self.state,
+            reason=self.reason,
+            since=self.since,
+            last_seen=self.last_seen,
+        )
 
     def record(self, calibration: str = "") -> InstrumentRecord:
         """The entry as listed to clients; `calibration` says what is wrong with its calibration."""
@@ -69,6 +85,17 @@ class InstrumentEntry:
             since=self.since,
             lease=self.lease,
         )
+
+
+class Announced(msgspec.Struct, frozen=True):
+    """An instrument an agent of another hub serves, as that hub announces it."""
+
+    info: InstrumentInfo
+    agent: str
+    state: InstrumentState
+    reason: str = ""
+    since: float | None = None
+    last_seen: float | None = None
 
 
 @dataclass
@@ -167,6 +194,7 @@ class Registry:
             known.info = info
             known.channel_names = _channel_names(info)
             known.agent = hello.agent_id
+            known.hub = None  # an agent of this hub serves it now
             if known.state != "online" or known.since is None:
                 known.since = now
             known.state = "online"
@@ -297,6 +325,7 @@ class Registry:
         registration flood), then the longest silent.
         """
         served = {i for agent in self._agents.values() for i in agent.instruments}
+        served.update(i for i, e in self._instruments.items() if e.hub is not None)
         excess = len(self._instruments) - len(served) - self.max_remembered
         if excess <= 0:
             return []
@@ -313,6 +342,70 @@ class Registry:
             return False
         del self._instruments[instrument_id]
         return True
+
+    def set_remote(
+        self, hub: str, announced: Sequence[Announced], gone_reason: str
+    ) -> tuple[list[str], list[str]]:
+        """Take what another hub's agents serve now; return the instruments new to
+        this hub, and those whose state changed (sorted both).
+
+        An instrument an agent of this hub serves stays this hub's. One the
+        hub announced before and no longer does goes offline with `gone_reason`
+        (unless its status already said so).
+        """
+        new: list[str] = []
+        changed: list[str] = []
+        listed = set()
+        for item in announced:
+            instrument_id = item.info.id
+            listed.add(instrument_id)
+            entry = self._instruments.get(instrument_id)
+            if entry is None:
+                entry = self._instruments[instrument_id] = InstrumentEntry(
+                    info=item.info, agent=item.agent, state=item.state
+                )
+                new.append(instrument_id)
+            elif self.owner(instrument_id) is not None:
+                continue
+            elif (entry.state, entry.reason) != (item.state, item.reason):
+                changed.append(instrument_id)
+            if entry.info != item.info:
+                entry.info = item.info
+                entry.channel_names = _channel_names(item.info)
+            entry.agent = item.agent
+            entry.hub = hub
+            entry.state, entry.reason, entry.since = item.state, item.reason, item.since
+            if item.last_seen is not None and (entry.last_seen or 0.0) < item.last_seen:
+                entry.last_seen = item.last_seen
+        for instrument_id, entry in self._instruments.items():
+            if entry.hub == hub and instrument_id not in listed:
+                entry.hub = None
+                if entry.state != "offline":
+                    entry.state, entry.reason = "offline", gone_reason
+                    changed.append(instrument_id)
+        return sorted(new), sorted(changed)
+
+    def drop_remote(self, hub: str, reason: str, now: float) -> list[str]:
+        """Another hub went away: its instruments go offline; return those that were not."""
+        offline = []
+        for instrument_id, entry in sorted(self._instruments.items()):
+            if entry.hub == hub:
+                entry.hub = None
+                if entry.state != "offline":
+                    entry.state, entry.reason, entry.since = "offline", reason, now
+                    offline.append(instrument_id)
+        return offline
+
+    def saw_remote(self, instrument_id: str, now: float) -> None:
+        """Data of an instrument another hub serves arrived (its `last_seen`)."""
+        entry = self._instruments.get(instrument_id)
+        if entry is not None and entry.hub is not None:
+            entry.last_seen = now
+
+    def served_here(self) -> list[InstrumentEntry]:
+        """The instruments this hub's connected agents serve, sorted by id."""
+        ids = sorted(i for agent in self._agents.values() for i in agent.instruments)
+        return [self._instruments[i] for i in ids]
 
     def owner(self, instrument_id: str) -> AgentEntry | None:
         """The connected agent serving an instrument, if any."""

@@ -7,7 +7,7 @@ appears, never per message: routing a sample is one dict lookup.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Set
+from collections.abc import Callable, Iterable, Mapping, Set
 
 from ..protocol import is_literal, matches
 from .peers import Peer
@@ -25,6 +25,10 @@ class Subscriptions:
         # Naming the recipients is per message, while subscriptions change
         # rarely: cached per instrument, cleared on every change.
         self._recipient_names: dict[str, str] = {}
+        #: Told when an instrument gains its first subscriber (True) or loses
+        #: its last (False): a hub on a bus subscribes there only to what its
+        #: clients watch (`federation`). None on a hub alone.
+        self.on_interest: Callable[[str, bool], None] | None = None
 
     def subscribe(self, peer: Peer, patterns: Iterable[str], known: Iterable[str]) -> list[str]:
         """Add patterns for a peer; return the known instruments it now receives."""
@@ -52,7 +56,7 @@ class Subscriptions:
                 subscribers = self._by_instrument[pattern]
                 if peer not in subscribers and pattern in known_ids:
                     added.add(pattern)
-                subscribers.add(peer)
+                self._add_subscriber(pattern, subscribers, peer)
             else:
                 self._wildcards[pattern].add(peer)
                 for instrument_id in known:
@@ -60,7 +64,7 @@ class Subscriptions:
                         subscribers = self._by_instrument[instrument_id]
                         if peer not in subscribers:
                             added.add(instrument_id)
-                            subscribers.add(peer)
+                            self._add_subscriber(instrument_id, subscribers, peer)
         return self.instruments_of(peer, known), sorted(added)
 
     def unsubscribe(self, peer: Peer, patterns: Iterable[str], known: Iterable[str]) -> list[str]:
@@ -74,7 +78,7 @@ class Subscriptions:
             if peer in subscribers and not any(matches(p, instrument_id) for p in active):
                 subscribers.discard(peer)
                 if not subscribers:
-                    del self._by_instrument[instrument_id]
+                    self._drop_instrument(instrument_id)
         return self.instruments_of(peer, known)
 
     def remove_peer(self, peer: Peer) -> None:
@@ -85,14 +89,16 @@ class Subscriptions:
         for instrument_id, subscribers in list(self._by_instrument.items()):
             subscribers.discard(peer)
             if not subscribers:
-                del self._by_instrument[instrument_id]
+                self._drop_instrument(instrument_id)
 
     def instrument_added(self, instrument_id: str) -> None:
         """Route an instrument new to the hub to every wildcard pattern that matches it."""
         self._recipient_names.clear()
         for pattern, peers in self._wildcards.items():
             if matches(pattern, instrument_id):
-                self._by_instrument[instrument_id].update(peers)
+                subscribers = self._by_instrument[instrument_id]
+                for peer in peers:
+                    self._add_subscriber(instrument_id, subscribers, peer)
 
     def patterns(self, peer: Peer) -> list[str]:
         """The peer's active patterns, sorted."""
@@ -119,6 +125,17 @@ class Subscriptions:
                 self.subscribers(instrument_id)
             )
         return names
+
+    def _add_subscriber(self, instrument_id: str, subscribers: set[Peer], peer: Peer) -> None:
+        first = not subscribers
+        subscribers.add(peer)
+        if first and self.on_interest is not None:
+            self.on_interest(instrument_id, True)
+
+    def _drop_instrument(self, instrument_id: str) -> None:
+        del self._by_instrument[instrument_id]
+        if self.on_interest is not None:
+            self.on_interest(instrument_id, False)
 
     def _drop_wildcard(self, pattern: str, peer: Peer) -> None:
         holders = self._wildcards.get(pattern)
