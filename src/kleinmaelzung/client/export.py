@@ -8,10 +8,15 @@ is complete: until then it is ``NAME.partial`` beside it, removed if the
 export fails.
 
 The columns are the same in both (`protocol.export`): ``time (UTC)``,
-``instrument``, then one per channel with its unit (``temperature [°C]``).
+``instrument``, then one per channel with its unit (``temperature [°C]``),
+and after each channel an approved calibration corrected within the range
+(the hub names them in a header) its corrected value (``mass corrected
+[g]``) and the calibration's id (``mass calibration``), empty in rows no
+calibration was in force for.
 In Parquet, time is a UTC timestamp in milliseconds (as the CSV shows it),
 numbers are float64, flags bool, texts strings; a value of another type
 than its column's first is left empty and counted in `ExportResult.mismatched`.
+Corrected values are float64 and calibrations strings.
 """
 
 from __future__ import annotations
@@ -27,7 +32,15 @@ from typing import Any, Literal
 import msgspec
 
 from ..protocol import Channel, ErrorCode, InstrumentRecord, ProtocolError, Value, matches
-from ..protocol.export import INSTRUMENT_COLUMN, TIME_COLUMN, column_name, export_columns
+from ..protocol.export import (
+    CORRECTED_HEADER,
+    INSTRUMENT_COLUMN,
+    TIME_COLUMN,
+    calibration_column_name,
+    column_name,
+    corrected_column_name,
+    export_columns,
+)
 from ..transport import base_url
 from .history import MissingExtra, TimeLike, to_timestamp
 from .http import request
@@ -59,6 +72,8 @@ class _Row(msgspec.Struct, frozen=True):
     run: str | None
     seq: int
     values: dict[str, Value]
+    corrected: dict[str, float] = {}
+    calibration: str | None = None
 
 
 _row_decoder = msgspec.json.Decoder(_Row)
@@ -108,7 +123,13 @@ async def export(
         ) as response:
             expected_text = response.headers.get("X-Kmz-Rows-Expected", "")
             expected = int(expected_text) if expected_text.isdigit() else None
-            result: ExportResult = await writer(response, partial, columns, expected, on_progress)
+            # A hub before corrected exports sends no such header: raw columns only.
+            calibrated = frozenset(
+                filter(None, response.headers.get(CORRECTED_HEADER, "").split(","))
+            )
+            result: ExportResult = await writer(
+                response, partial, columns, calibrated, expected, on_progress
+            )
         partial.replace(target)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -145,6 +166,7 @@ async def _write_csv(
     response: Any,
     partial: Path,
     columns: list[Channel],
+    calibrated: frozenset[str],
     expected: int | None,
     on_progress: OnProgress | None,
 ) -> ExportResult:
@@ -179,11 +201,12 @@ def _ms(ts: float) -> datetime:
 class _ParquetBatches:
     """Rows gathered column by column, written as a row group every `PARQUET_ROWS`."""
 
-    def __init__(self, partial: Path, columns: list[Channel]) -> None:
+    def __init__(self, partial: Path, columns: list[Channel], calibrated: frozenset[str]) -> None:
         self.pa = _require_pyarrow()
         self.partial = partial
+        self.columns = columns
         self.names = [c.name for c in columns]
-        self.headers = [column_name(c) for c in columns]
+        self.calibrated = [name for name in self.names if name in calibrated]
         self.units = {c.name: c.unit for c in columns}
         self.kinds: dict[str, type] = {}
         self.mismatched = 0
@@ -195,6 +218,8 @@ class _ParquetBatches:
         self.times: list[datetime] = []
         self.instruments: list[str] = []
         self.values: dict[str, list[Value | None]] = {name: [] for name in self.names}
+        self.corrected: dict[str, list[float | None]] = {name: [] for name in self.calibrated}
+        self.calibrations: dict[str, list[str | None]] = {name: [] for name in self.calibrated}
 
     def add(self, row: _Row) -> None:
         self.times.append(_ms(row.ts))
@@ -210,6 +235,10 @@ class _ParquetBatches:
                 elif kind is float:
                     value = float(value)
             self.values[name].append(value)
+        for name in self.calibrated:
+            fixed = row.corrected.get(name)
+            self.corrected[name].append(fixed)
+            self.calibrations[name].append(None if fixed is None else row.calibration)
         if len(self.times) >= PARQUET_ROWS:
             self.flush()
 
@@ -223,21 +252,29 @@ class _ParquetBatches:
                 pa.field(TIME_COLUMN, pa.timestamp("ms", tz="UTC")),
                 pa.field(INSTRUMENT_COLUMN, pa.string()),
             ]
-            for name, header in zip(self.names, self.headers, strict=True):
-                metadata = {"unit": self.units[name]} if self.units[name] else None
-                fields.append(
-                    pa.field(header, types[self.kinds.get(name, float)], metadata=metadata)
-                )
+            for channel in self.columns:
+                name = channel.name
+                metadata = {"unit": channel.unit} if channel.unit else None
+                kind = types[self.kinds.get(name, float)]
+                fields.append(pa.field(column_name(channel), kind, metadata=metadata))
+                if name in self.corrected:
+                    fields += [
+                        pa.field(corrected_column_name(channel), pa.float64(), metadata=metadata),
+                        pa.field(calibration_column_name(channel), pa.string()),
+                    ]
             self.schema = pa.schema(fields)
             for name in self.names:  # a column's type is fixed from here on
                 self.kinds.setdefault(name, float)
             self.writer = pa.parquet.ParquetWriter(self.partial, self.schema)
+        columns: list[list[Any]] = [self.times, self.instruments]
+        for name in self.names:
+            columns.append(self.values[name])
+            if name in self.corrected:
+                columns += [self.corrected[name], self.calibrations[name]]
         arrays = [
-            pa.array(self.times, type=self.schema.field(0).type),
-            pa.array(self.instruments, type=pa.string()),
+            pa.array(column, type=field.type)
+            for column, field in zip(columns, self.schema, strict=True)
         ]
-        for index, name in enumerate(self.names):
-            arrays.append(pa.array(self.values[name], type=self.schema.field(index + 2).type))
         self.writer.write_table(pa.Table.from_arrays(arrays, schema=self.schema))
         self.rows += len(self.times)
         self._reset()
@@ -252,10 +289,11 @@ async def _write_parquet(
     response: Any,
     partial: Path,
     columns: list[Channel],
+    calibrated: frozenset[str],
     expected: int | None,
     on_progress: OnProgress | None,
 ) -> ExportResult:
-    batches = _ParquetBatches(partial, columns)
+    batches = _ParquetBatches(partial, columns, calibrated)
     count = 0
     try:
         async for line in lines(response):

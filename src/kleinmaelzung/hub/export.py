@@ -18,9 +18,21 @@ one column per channel the instruments declare, its unit in the header
 (``temperature [°C]``); flags are ``true``/``false``, a channel without a
 value in a row is empty.
 
+Corrected values: a channel that an approved calibration corrected at some
+time of the range (`Corrections.overlapping`) gets two more columns after
+its own, ``mass corrected [g]`` and ``mass calibration`` (the certificate
+number and revision), named in the ``X-Kmz-Corrected-Channels`` header.
+They are filled by the rule the live stream and a resumed subscription
+follow (`Corrections.corrected_sample`: the version in force at the
+sample's own time), on a snapshot of the versions taken when the export
+starts, so a row says what a subscriber saw; empty where no calibration was
+in force. Computed when read, like history's (`history_corrections`): the
+log keeps raw samples only.
+
 NDJSON: one sample per line, ``{"instrument": ..., "ts": ..., "run": ...,
 "seq": ..., "values": {...}}``, ``ts`` in UNIX seconds (the instrument's
-time), values as the agent sent them.
+time), values as the agent sent them; where a calibration was in force, also
+``"corrected": {...}`` and ``"calibration": ...`` as in a live sample.
 
 At most `MAX_EXPORTS` run at once; another is refused with 429
 ``too_many_pending``. If reading the log fails midway, the connection is cut without the stream's
@@ -38,9 +50,11 @@ from datetime import UTC, datetime
 import msgspec
 from aiohttp import web
 
-from ..protocol import ErrorCode, Value, matches
-from ..protocol.export import INSTRUMENT_COLUMN, TIME_COLUMN, column_name, export_columns
+from ..calibration import Correction
+from ..protocol import ErrorCode, Sample, Value, matches
+from ..protocol.export import CORRECTED_HEADER, export_columns, export_headers
 from .auth.web import principal_of
+from .corrections import Corrections
 from .params import BadParameter, channel_params, choice_param, pattern_param, problem, time_param
 from .services import HUB_KEY
 from .store.queries import ExportRow
@@ -82,26 +96,73 @@ def _cell(value: Value | None) -> object:
     return value
 
 
-def format_csv(instrument: str, rows: list[ExportRow], names: list[str]) -> bytes:
-    """CSV lines of one chunk of samples."""
+def format_csv(
+    instrument: str,
+    rows: list[ExportRow],
+    names: list[str],
+    corrections: Corrections | None = None,
+    calibrated: frozenset[str] = frozenset(),
+) -> bytes:
+    """CSV lines of one chunk of samples; `calibrated` channels with their two more cells."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
+    if not calibrated:
+        for row in rows:
+            values = _values_decoder.decode(row.values)
+            writer.writerow(
+                [csv_time(row.ts), instrument, *(_cell(values.get(name)) for name in names)]
+            )
+        return out.getvalue().encode()
     for row in rows:
         values = _values_decoder.decode(row.values)
-        writer.writerow(
-            [csv_time(row.ts), instrument, *(_cell(values.get(name)) for name in names)]
-        )
+        sample = _corrected(instrument, row, values, corrections)
+        cells: list[object] = [csv_time(row.ts), instrument]
+        for name in names:
+            cells.append(_cell(values.get(name)))
+            if name in calibrated:
+                fixed = sample.corrected.get(name)
+                cells += ["", ""] if fixed is None else [fixed, sample.calibration]
+        writer.writerow(cells)
     return out.getvalue().encode()
 
 
-def format_ndjson(instrument: str, rows: list[ExportRow]) -> bytes:
-    """NDJSON lines of one chunk of samples."""
+def _corrected(
+    instrument: str, row: ExportRow, values: dict[str, Value], corrections: Corrections | None
+) -> Sample:
+    """The row as the live stream sent it: corrected by the version in force at its time."""
+    sample = Sample(instrument=instrument, seq=row.seq, ts=row.ts, values=values)
+    return sample if corrections is None else corrections.corrected_sample(sample)
+
+
+def format_ndjson(
+    instrument: str, rows: list[ExportRow], corrections: Corrections | None = None
+) -> bytes:
+    """NDJSON lines of one chunk of samples, with corrected values where a calibration applied."""
     name = _encoder.encode(instrument).decode()
-    return "".join(
-        f'{{"instrument":{name},"ts":{row.ts!r},"run":{_encoder.encode(row.run).decode()},'
-        f'"seq":{row.seq},"values":{row.values}}}\n'
-        for row in rows
-    ).encode()
+    lines = []
+    for row in rows:
+        extra = ""
+        if corrections is not None:
+            sample = _corrected(instrument, row, _values_decoder.decode(row.values), corrections)
+            if sample.calibration is not None:
+                extra = (
+                    f',"corrected":{_encoder.encode(sample.corrected).decode()},'
+                    f'"calibration":{_encoder.encode(sample.calibration).decode()}'
+                )
+        lines.append(
+            f'{{"instrument":{name},"ts":{row.ts!r},"run":{_encoder.encode(row.run).decode()},'
+            f'"seq":{row.seq},"values":{row.values}{extra}}}\n'
+        )
+    return "".join(lines).encode()
+
+
+def snapshot(versions: list[Correction]) -> Corrections | None:
+    """The versions of one instrument's correction as the export applies them, if any."""
+    if not versions:
+        return None
+    corrections = Corrections()  # a copy of the hub's, read in a worker thread
+    corrections.load(versions)
+    return corrections
 
 
 async def export(request: web.Request) -> web.StreamResponse:
@@ -152,6 +213,14 @@ async def _export(
     ]
     columns = export_columns(records, wanted)
     names = [c.name for c in columns]
+    # Snapshots of the versions now: one approved or withdrawn while the
+    # export streams starts or ends after `until`, so it changes no row.
+    versions = {
+        r.id: [v for v in hub.corrections.overlapping(r.id, since, until) if v.channel in names]
+        for r in records
+    }
+    used = {v.channel for vs in versions.values() for v in vs}
+    calibrated = frozenset(name for name in names if name in used)
     expected = 0
     for record in records:
         expected += await hub.store.count_samples(record.id, since, until)
@@ -163,23 +232,25 @@ async def _export(
             else "application/x-ndjson",
             "Content-Disposition": f'attachment; filename="kmz-export.{suffix}"',
             ROWS_HEADER: str(expected),
+            CORRECTED_HEADER: ",".join(name for name in names if name in calibrated),
         }
     )
     await response.prepare(request)
     if output == "csv":
         header = io.StringIO()
-        csv.writer(header, lineterminator="\r\n").writerow(
-            [TIME_COLUMN, INSTRUMENT_COLUMN, *(column_name(c) for c in columns)]
-        )
+        csv.writer(header, lineterminator="\r\n").writerow(export_headers(columns, calibrated))
         await response.write(b"\xef\xbb\xbf" + header.getvalue().encode())
     rows = 0
     for record in records:
+        corrections = snapshot(versions[record.id])
         async for chunk in hub.store.stream_samples(record.id, since, until, chunk_rows=CHUNK_ROWS):
             # Formatted off the loop: a chunk takes a few ms of Python.
             if output == "csv":
-                data = await asyncio.to_thread(format_csv, record.id, chunk, names)
+                data = await asyncio.to_thread(
+                    format_csv, record.id, chunk, names, corrections, calibrated
+                )
             else:
-                data = await asyncio.to_thread(format_ndjson, record.id, chunk)
+                data = await asyncio.to_thread(format_ndjson, record.id, chunk, corrections)
             await response.write(data)
             rows += len(chunk)
     await response.write_eof()
