@@ -14,6 +14,7 @@ from kleinmaelzung.protocol import (
     ALL_MESSAGE_TYPES,
     Ack,
     AgentHello,
+    AgentInfo,
     AgentState,
     Channel,
     ChannelSeries,
@@ -21,6 +22,8 @@ from kleinmaelzung.protocol import (
     Command,
     CommandArg,
     CommandSpec,
+    ConfigPush,
+    ConfigResult,
     Data,
     Decoder,
     Error,
@@ -31,6 +34,7 @@ from kleinmaelzung.protocol import (
     HistoryResult,
     InstrumentInfo,
     InstrumentList,
+    InstrumentOutcome,
     InstrumentRecord,
     Invalid,
     Limits,
@@ -140,6 +144,25 @@ EXAMPLES: list[Any] = [
         ),
     ),
     RawTraffic(instrument="balance", ts=1.7e9, direction="rx", data="S S  12.3\\xfe g\\r\\n"),
+    ConfigPush(
+        id="c1", revision=3, config='[[instruments]]\nid = "steep-water"\n', source="lab.toml"
+    ),
+    ConfigResult(
+        id="c1",
+        revision=3,
+        ok=True,
+        instruments=[
+            InstrumentOutcome(id="steep-water", change="changed", state="online"),
+            InstrumentOutcome(id="germ-2", change="added", state="faulted", reason="no port"),
+        ],
+    ),
+    ConfigResult(
+        id="c2",
+        revision=3,
+        ok=False,
+        error=ErrorInfo(code="invalid_config", message="lab.toml: instruments[0].id: ..."),
+    ),
+    AgentInfo(host="pi-1", config_revision=3, config="", instruments=[]),
     Error(code="invalid_json", message="not valid JSON", id=None),
 ]
 

@@ -77,6 +77,19 @@ class ErrorCode(enum.StrEnum):
     #: forwarded live but not logged nor acknowledged; the agent keeps them
     #: and is asked to reconnect and resend them when the log is back.
     LOG_DEGRADED = "log_degraded"
+    # Configuration held at the hub (protocol 4, `fleet`).
+    #: A configuration the agent will not run: its located error says where.
+    INVALID_CONFIG = "invalid_config"
+    #: The agent's own file says ``remote_config = "refuse"``: it is the only source.
+    REMOTE_CONFIG_REFUSED = "remote_config_refused"
+    #: Another configuration change of this agent is under way.
+    CONFIG_BUSY = "config_busy"
+    #: No earlier revision to go back to.
+    NO_PREVIOUS_REVISION = "no_previous_revision"
+    #: The agent is not connected (configuration goes to connected agents only).
+    AGENT_OFFLINE = "agent_offline"
+    #: No agent of that id has ever connected to this hub.
+    UNKNOWN_AGENT = "unknown_agent"
     # Anything else: a bug on the side that reports it.
     INTERNAL_ERROR = "internal_error"
 

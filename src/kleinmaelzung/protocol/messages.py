@@ -562,6 +562,66 @@ class RawTraffic(_Struct, frozen=True, tag="raw", omit_defaults=True):
     dropped: Annotated[int, msgspec.Meta(ge=0)] = 0
 
 
+class ConfigPush(_Struct, frozen=True, tag="config_push"):
+    """Hub to agent (protocol 4): run this instrument configuration, held at the hub.
+
+    Answered by a `ConfigResult` with the same id. The agent checks it as it
+    checks its own file and runs it live, or refuses it and changes nothing.
+    """
+
+    id: CorrelationId
+    #: The hub's number for this configuration of this agent (1, 2, ...; 0 is
+    #: the agent's own file as it first reported it).
+    revision: Annotated[int, msgspec.Meta(ge=0)]
+    #: The ``[[instruments]]`` tables, as TOML text; the hub URL, the agent's
+    #: id, its token and its spool stay in the agent's own file.
+    config: Annotated[str, msgspec.Meta(max_length=262144)]
+    #: The name errors give the text (the admin's file name, ``lab.toml``).
+    source: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] = "hub"
+
+
+class InstrumentOutcome(_Struct, frozen=True, omit_defaults=True):
+    """What a configuration change did to one instrument, inside a `ConfigResult`."""
+
+    id: InstrumentId
+    change: Literal["added", "removed", "changed", "unchanged"]
+    #: Its state once its port was first tried (``offline`` once removed).
+    state: InstrumentState
+    #: Why it is faulted: the port that cannot open, and what the driver said.
+    reason: str = ""
+
+
+class ConfigResult(_Struct, frozen=True, tag="config_result", omit_defaults=True):
+    """Agent to hub (protocol 4): the outcome of a `ConfigPush` with the same id."""
+
+    id: CorrelationId
+    #: The revision the agent runs now: the pushed one if `ok`, else the one before.
+    revision: Annotated[int, msgspec.Meta(ge=0)]
+    ok: bool
+    #: Why it was refused (`invalid_config` with the located error, or
+    #: `remote_config_refused`); nothing changed at the agent.
+    error: ErrorInfo | None = None
+    #: Per instrument of the old and new configurations, what became of it.
+    instruments: list[InstrumentOutcome] = []
+
+
+class AgentInfo(_Struct, frozen=True, tag="agent_info", omit_defaults=True):
+    """Agent to hub (protocol 4): about itself, after each welcome and each configuration change."""
+
+    #: The host name of the machine it runs on.
+    host: Annotated[str, msgspec.Meta(max_length=255)] = ""
+    #: The configuration revision it runs: 0 for its own file, else the hub's.
+    config_revision: Annotated[int, msgspec.Meta(ge=0)] = 0
+    #: Whether it runs configurations the hub sends (``accept``) or only its
+    #: own file (``refuse``).
+    remote_config: Literal["accept", "refuse"] = "accept"
+    #: The instrument configuration it runs, as ``[[instruments]]`` tables in TOML.
+    config: Annotated[str, msgspec.Meta(max_length=262144)] = ""
+    #: After a configuration change: every instrument it serves now (they
+    #: replace those of its hello), sent before any sample of a new one.
+    instruments: list[InstrumentInfo] | None = None
+
+
 class Error(_Struct, frozen=True, tag="error"):
     """Something the peer sent was refused; `id` names the request when known."""
 
@@ -579,9 +639,20 @@ class Error(_Struct, frozen=True, tag="error"):
 
 # --- directions ----------------------------------------------------------------
 
-AgentMessage = AgentHello | Data | Gap | AgentState | Status | Reply | RawTraffic | Error
+AgentMessage = (
+    AgentHello
+    | Data
+    | Gap
+    | AgentState
+    | Status
+    | Reply
+    | RawTraffic
+    | AgentInfo
+    | ConfigResult
+    | Error
+)
 """Agent to hub."""
-HubToAgentMessage = Welcome | Command | Ack | Error
+HubToAgentMessage = Welcome | Command | Ack | ConfigPush | Error
 """Hub to agent."""
 ClientMessage = (
     ClientHello | Subscribe | Unsubscribe | ListInstruments | Command | QueryLog | QueryHistory
@@ -624,6 +695,9 @@ Message = (
     | QueryHistory
     | HistoryResult
     | RawTraffic
+    | ConfigPush
+    | ConfigResult
+    | AgentInfo
     | Error
 )
 """Any message, in any direction."""
@@ -650,5 +724,8 @@ ALL_MESSAGE_TYPES: tuple[type[msgspec.Struct], ...] = (
     QueryHistory,
     HistoryResult,
     RawTraffic,
+    ConfigPush,
+    ConfigResult,
+    AgentInfo,
     Error,
 )
