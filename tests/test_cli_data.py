@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pandas
@@ -124,3 +126,41 @@ def test_usage_errors_exit_2(args: tuple[str, ...], message: str) -> None:
     result = kmz(*args, "--hub", "http://127.0.0.1:9")
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
+
+
+async def test_kmz_log_dates_its_lines_unless_all_are_of_today(tmp_path: Path) -> None:
+    clock = Clock()
+    today = datetime.now().replace(hour=12, minute=0, second=0, microsecond=0)
+    yesterday = today - timedelta(days=1)
+    clock.now = yesterday.timestamp()
+    running = await start_hub(
+        HubConfig(host="127.0.0.1", port=0, data_dir=tmp_path / "hub-data", name="test-hub"),
+        clock=clock,
+    )
+    try:
+        await fill(running, seconds=20, instruments=("kiln-air",))
+        clock.now = today.timestamp()
+        await fill(running, seconds=20, instruments=("kiln-water",))
+        # Today's entries only: the time of day, compact.
+        args = ("--hub", running.url)
+        todays = await kmz_async("log", "--instrument", "kiln-water", *args)
+        assert todays.returncode == 0, todays.stderr
+        assert todays.stdout and all(
+            re.match(r"12:00:00\.000  [<-]", line) for line in todays.stdout.splitlines()
+        ), todays.stdout
+        # Entries of two days: every line dated, so the days never look alike.
+        both = (await kmz_async("log", "--limit", "50", *args)).stdout.splitlines()
+        days = {line[:10] for line in both}
+        assert days == {f"{yesterday:%Y-%m-%d}", f"{today:%Y-%m-%d}"}, both
+        assert all(re.match(r"\d{4}-\d\d-\d\d 12:00:00\.000  ", line) for line in both)
+        # A whole page of another day is dated too: never read as today.
+        older = (await kmz_async("log", "--instrument", "kiln-air", *args)).stdout
+        assert older.startswith(f"{yesterday:%Y-%m-%d} 12:00:00.000  "), older
+        # Streamed: dated unless it starts today.
+        since = f"{today:%Y-%m-%d}T00:00"
+        streamed = await kmz_async("log", "--all", "--since", since, *args)
+        assert streamed.stdout.startswith("12:00:00.000  "), streamed.stdout
+        streamed = await kmz_async("log", "--all", "--instrument", "kiln-air", *args)
+        assert streamed.stdout.startswith(f"{yesterday:%Y-%m-%d} 12:00:00.000  ")
+    finally:
+        await running.stop()

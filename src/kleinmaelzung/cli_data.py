@@ -208,7 +208,7 @@ def cmd_log(args: argparse.Namespace) -> int:
 
     from .cli import EXIT_OK, _hub_url, _run_client, _token
     from .client import LogFilter, query_log, stream_log
-    from .client.formatting import format_log_entry
+    from .client.formatting import format_log_entry, needs_date, today_from
 
     if args.stats:
         return _log_stats(args)
@@ -231,13 +231,15 @@ def cmd_log(args: argparse.Namespace) -> int:
     async def run() -> int:
         token = _token(url)
         if args.all:
+            # Streamed: no look ahead, so dated unless it all lies in today.
+            dated = not today_from(where.since, time.time())
             async for entry in stream_log(
                 url, where, limit=args.limit, token=token, **_trust(args)
             ):
                 if args.json:
                     print(msgspec.json.encode(entry).decode())
                 else:
-                    print(format_log_entry(entry))
+                    print(format_log_entry(entry, dated=dated))
             return EXIT_OK
         page = await query_log(
             url, where, limit=args.limit or 20, cursor=args.cursor, token=token, **_trust(args)
@@ -247,8 +249,9 @@ def cmd_log(args: argparse.Namespace) -> int:
         else:
             # Oldest first, like a log file.
             shown = page.entries if args.oldest else list(reversed(page.entries))
+            dated = needs_date((e.ts for e in shown), time.time())
             for entry in shown:
-                print(format_log_entry(entry))
+                print(format_log_entry(entry, dated=dated))
         if page.next_cursor is not None and sys.stderr.isatty():
             print(f"(more: add --cursor {page.next_cursor}, or --all)", file=sys.stderr)
         return EXIT_OK
@@ -262,7 +265,7 @@ def _raw(args: argparse.Namespace) -> int:
 
     from .cli import EXIT_OK, _hub_url, _run_client, _token
     from .client import LogFilter, query_log
-    from .client.formatting import format_raw_entry
+    from .client.formatting import format_raw_entry, needs_date
     from .protocol import RAW, TRANSCRIPT, is_instrument_id
 
     if not is_instrument_id(args.raw):
@@ -295,8 +298,9 @@ def _raw(args: argparse.Namespace) -> int:
         if args.json:
             print(msgspec.json.encode(shown).decode())
         else:
+            dated = needs_date((e.ts for e in shown), time.time())
             for entry in shown:
-                print(format_raw_entry(entry))
+                print(format_raw_entry(entry, dated=dated))
             if not shown:
                 print(
                     f"no raw transcript of {args.raw} in the log; start one with: "

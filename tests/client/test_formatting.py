@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import msgspec
 import pytest
 
@@ -14,6 +16,8 @@ from kleinmaelzung.client.formatting import (
     format_sample,
     format_status,
     format_value,
+    log_time,
+    needs_date,
     parse_assignment,
     sample_json,
     units_of,
@@ -120,3 +124,14 @@ def test_log_entry_line_is_compact() -> None:
 def test_non_dict_results() -> None:
     assert format_result([1, 2]) == "ok  [1, 2]"
     assert format_result("done") == "ok  done"
+
+
+def test_log_lines_are_dated_unless_all_of_today() -> None:
+    noon = time.mktime((2026, 11, 2, 12, 0, 0, 0, 0, -1))
+    day = 86400.0
+    assert not needs_date([noon - 3600, noon], now=noon + 60)
+    assert needs_date([noon - day, noon], now=noon)  # two days
+    assert needs_date([noon - day], now=noon)  # yesterday's only
+    assert not needs_date([], now=noon)
+    assert log_time(noon + 0.25) == "12:00:00.250"
+    assert log_time(noon + 0.25, dated=True) == "2026-11-02 12:00:00.250"

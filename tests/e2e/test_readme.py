@@ -139,3 +139,8 @@ def test_every_cli_example_runs_against_the_lab(lab: Lab, tmp_path: Path) -> Non
         )
         assert result.returncode == 0, f"kmz {shlex.join(args)}: {result.stderr}"
         assert result.stdout, f"kmz {shlex.join(args)} printed nothing"
+        if args[:2] == ["log", "--raw"]:
+            # The transcript asked for just before, with who asked.
+            assert re.search(r"transcript for 30 s at \d+ B/s asked by ", result.stdout), (
+                result.stdout
+            )

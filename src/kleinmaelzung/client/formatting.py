@@ -9,6 +9,8 @@ terminal, nor a newline forge a line.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -159,17 +161,43 @@ def format_agents(records: list[AgentRecord], now: float) -> str:
     )
 
 
-def format_log_entry(entry: LogEntry, width: int = 100) -> str:
-    """One traffic-log line: time, direction, peer, instrument, type, compact message."""
+def needs_date(timestamps: Iterable[float], now: float) -> bool:
+    """Whether log lines at these times show their date: unless every one is of today (local).
+
+    A page of the last minutes stays compact (``03:12:00.250``); one that
+    reaches into yesterday, or lies wholly in another day, dates every line
+    (``2026-11-01 03:12:00.250``), so entries of different days never look
+    alike and an old day is never read as today.
+    """
+    today = datetime.fromtimestamp(now).date()
+    return any(datetime.fromtimestamp(ts).date() != today for ts in timestamps)
+
+
+def today_from(since: float | None, now: float) -> bool:
+    """Whether all from `since` to `now` is of today (local): a stream's lines need no date."""
+    if since is None:
+        return False
+    return datetime.fromtimestamp(since).date() == datetime.fromtimestamp(now).date()
+
+
+def log_time(ts: float, dated: bool = False) -> str:
+    """A log line's local time with milliseconds, after its date when `dated`."""
+    moment = time.strftime("%Y-%m-%d %H:%M:%S" if dated else "%H:%M:%S", time.localtime(ts))
+    return f"{moment}.{int(ts * 1000) % 1000:03d}"
+
+
+def format_log_entry(entry: LogEntry, width: int = 100, *, dated: bool = False) -> str:
+    """One traffic-log line: time (dated or not), direction, peer, instrument, type, message."""
     arrow = "<-" if entry.direction == "in" else "->"
     # JSON escapes C0 controls, but not C1 (U+009B is a CSI) nor bidi overrides.
     body = printable(msgspec.json.encode(entry.message).decode(), width)
     instrument = printable(entry.instrument or "-")
     peer = printable(entry.peer)  # logged by older hubs as the client named itself
-    return f"{clock(entry.ts)}  {arrow} {peer:<20} {instrument:<14} {entry.type:<16} {body}"
+    when = log_time(entry.ts, dated)
+    return f"{when}  {arrow} {peer:<20} {instrument:<14} {entry.type:<16} {body}"
 
 
-def format_raw_entry(entry: LogEntry) -> str:
+def format_raw_entry(entry: LogEntry, *, dated: bool = False) -> str:
     """One line of a raw transcript (`kmz log --raw`): the agent's time, tx/rx, the bytes.
 
     The bytes stay escaped as the hub logged them (``\\r``, ``\\xNN``): a
@@ -181,19 +209,15 @@ def format_raw_entry(entry: LogEntry) -> str:
         duration = message.get("duration_s", "?")
         rate = message.get("max_bytes_per_s", "?")
         what = "stop" if duration == 0 else f"for {duration:g} s at {rate} B/s"
-        return f"{_clock_ms(entry.ts)}  transcript {what} asked by {printable(entry.peer)}"
+        return f"{log_time(entry.ts, dated)}  transcript {what} asked by {printable(entry.peer)}"
     ts = message.get("ts")
-    when = _clock_ms(ts if isinstance(ts, int | float) else entry.ts)
+    when = log_time(ts if isinstance(ts, int | float) else entry.ts, dated)
     direction = message.get("direction", "?")
     # The hub admits only escaped ASCII here; printable() guards older or odd entries.
     data = printable(str(message.get("data", "")), 10_000)
     dropped = message.get("dropped") or 0
     note = f"  ({dropped} bytes left out before, over the rate)" if dropped else ""
     return f"{when}  {direction}  {data}{note}"
-
-
-def _clock_ms(ts: float) -> str:
-    return time.strftime("%H:%M:%S", time.localtime(ts)) + f".{int(ts * 1000) % 1000:03d}"
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:
