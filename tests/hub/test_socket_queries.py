@@ -158,11 +158,19 @@ async def test_a_bad_filter_is_an_error_with_the_id(hub: RunningHub) -> None:
         (cursor,) = await ask_log(peer, "c", cursor="abc")
         await peer.send({"type": "log_query", "id": "p", "instrument": "Kiln"})
         pattern = await peer.receive_type("error")
+        await peer.send({"type": "history_query", "id": "h", "instrument": "Kiln"})
+        history = await peer.receive_type("error")
     assert [e["code"] for e in (kind, limit, cursor)] == ["invalid_arguments"] * 3
     assert [e["id"] for e in (kind, limit, cursor)] == ["k", "l", "c"]
-    # As for a subscribe: the decoder refuses it, saying what a pattern is.
-    assert (pattern["id"], pattern["code"]) == ("p", "invalid_message")
+    # The code the HTTP routes answer for the same instrument, the message
+    # saying what a pattern (an id) is.
+    assert (pattern["id"], pattern["code"]) == ("p", "invalid_instrument_id")
     assert "not a valid pattern" in pattern["message"]
+    assert (history["id"], history["code"]) == ("h", "invalid_instrument_id")
+    assert "not a valid instrument id" in history["message"]
+    for path, params in (("/api/log", {"instrument": "Kiln"}), ("/api/history/Kiln", {})):
+        status, body = await rest(hub.url, path, None, **params)
+        assert (status, body["code"]) == (400, "invalid_instrument_id"), path
 
 
 async def test_a_grant_reads_over_the_socket_what_it_reads_over_http(tmp_path: Path) -> None:

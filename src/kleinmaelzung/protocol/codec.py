@@ -107,6 +107,13 @@ def _pattern_errors() -> dict[str, str]:
 
 
 _PATTERN_ERRORS = _pattern_errors()
+#: Fields whose bad value answers the code the same question's HTTP route
+#: answers (``GET /api/log?instrument=Kiln``: ``invalid_instrument_id``), not
+#: ``invalid_message``: a client asking either way handles one code.
+_FIELD_CODES: dict[tuple[str, str], ErrorCode] = {
+    ("log_query", "$.instrument"): ErrorCode.INVALID_INSTRUMENT_ID,
+    ("history_query", "$.instrument"): ErrorCode.INVALID_INSTRUMENT_ID,
+}
 _AT = re.compile(r"^(?P<what>.*) - at `(?P<path>\$[^`]*)`$")
 _PATH_STEP = re.compile(r"\.(?P<key>[A-Za-z_][A-Za-z0-9_]*)|\[(?P<index>\d+)\]")
 
@@ -248,8 +255,10 @@ class Decoder(Generic[T]):
                 message=f"unknown message type {probe.type!r} here; expected one of: {known}",
                 id=request_id,
             )
+        located = _AT.match(detail)
+        path = located["path"] if located else ""
         return Error(
-            code=ErrorCode.INVALID_MESSAGE,
+            code=_FIELD_CODES.get((probe.type, path), ErrorCode.INVALID_MESSAGE),
             message=f"invalid {probe.type!r} message: {_in_words(detail, parsed)}",
             id=request_id,
         )
