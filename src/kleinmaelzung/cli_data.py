@@ -216,8 +216,9 @@ def cmd_log(args: argparse.Namespace) -> int:
         return _timeline(args)
     if args.raw is not None:
         return _raw(args)
+    since = _seconds(args.since, "--since")
     where = LogFilter(
-        since=_seconds(args.since, "--since"),
+        since=since,
         until=_seconds(args.until, "--until"),
         instrument=_pattern(args.instrument),
         peer=args.peer,
@@ -232,7 +233,7 @@ def cmd_log(args: argparse.Namespace) -> int:
         token = _token(url)
         if args.all:
             # Streamed: no look ahead, so dated unless it all lies in today.
-            dated = not today_from(where.since, time.time())
+            dated = not today_from(since, time.time())
             async for entry in stream_log(
                 url, where, limit=args.limit, token=token, **_trust(args)
             ):
