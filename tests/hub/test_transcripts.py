@@ -11,6 +11,13 @@ import aiohttp
 import msgspec
 
 from kleinmaelzung.hub import RunningHub
+from kleinmaelzung.hub.transcripts import (
+    AGENT_WINDOW_EVERY_S,
+    ESCAPED_PER_BYTE,
+    TRANSIT_GRACE_S,
+    Transcripts,
+)
+from kleinmaelzung.protocol.transcript import MAX_BYTES_PER_S, MAX_DURATION_S
 
 from .auth_setup import agent_hello, auth_lab, client_hello, greeted
 from .peers import RawPeer, instrument, raw_agent, raw_client, raw_peer
@@ -147,3 +154,25 @@ async def test_a_version_3_agent_is_served_but_not_sent_a_transcript(hub: Runnin
     assert refused["error"]["code"] == "unsupported_protocol"
     assert "protocol 3" in refused["error"]["message"]
     assert command["name"] == "tare"  # the first command the old agent ever got
+
+
+def test_an_agents_own_config_opens_a_bounded_window_at_most_once_an_hour() -> None:
+    windows = Transcripts()
+    rate = MAX_BYTES_PER_S * 10  # clamped to what a client may ask
+    assert windows.open_by_agent("balance", "pi-1", 9999.0, rate, now=0.0) == MAX_DURATION_S
+    assert windows.admit("balance", "pi-1", "x" * 100, now=1.0) is None
+    # The same agent announcing again (a reconnect, a restart) neither extends it nor opens more.
+    assert windows.open_by_agent("balance", "pi-1", 600.0, 2048, now=300.0) is None
+    late = MAX_DURATION_S + TRANSIT_GRACE_S + 1
+    assert windows.admit("balance", "pi-1", "x", now=late) is not None
+    assert windows.open_by_agent("balance", "pi-1", 600.0, 2048, now=late) is None
+    # Its budget is the clamped rate's, not what the agent asked for.
+    assert windows.open_by_agent("kiln-air", "pi-1", 1.0, rate, now=0.0) == 1.0
+    budget = ESCAPED_PER_BYTE * MAX_BYTES_PER_S * 2.0
+    assert windows.admit("kiln-air", "pi-1", "x" * int(budget), now=0.5) is None
+    assert windows.admit("kiln-air", "pi-1", "x" * 64, now=0.6) is not None
+    # A client's window is never replaced by an agent's.
+    windows.open("steep", "pi-1", 60.0, 2048, now=0.0)
+    assert windows.open_by_agent("steep", "pi-1", 600.0, 2048, now=1.0) is None
+    # An hour after the last one, an agent may open one again.
+    assert windows.open_by_agent("balance", "pi-1", 60.0, 2048, AGENT_WINDOW_EVERY_S) == 60.0

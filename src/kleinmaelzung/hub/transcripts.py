@@ -8,6 +8,13 @@ transit) ends, that agent's `raw` messages of that instrument are logged, up
 to the rate times the duration. Anything else an agent sends as `raw` is
 dropped, and the agent told once per window: a broken or hostile agent
 cannot fill the log through this door. Only this module writes the windows.
+
+`open_by_agent` is the door for a transcript an agent's own configuration
+asks for when it starts (not wired yet: the agent's announcement of it is to
+come with its `agent_info`): bounded as a client's, never extending or
+replacing a window, and at most one per instrument per
+`AGENT_WINDOW_EVERY_S`, so an agent that restarts in a loop cannot keep one
+open.
 """
 
 from __future__ import annotations
@@ -27,7 +34,12 @@ from ..protocol import (
     RawTraffic,
     transcript_arguments,
 )
-from ..protocol.transcript import MIN_CHARGE_BYTES
+from ..protocol.transcript import (
+    MAX_BYTES_PER_S,
+    MAX_DURATION_S,
+    MIN_BYTES_PER_S,
+    MIN_CHARGE_BYTES,
+)
 
 if TYPE_CHECKING:
     from .handlers import Context
@@ -39,6 +51,10 @@ _log = logging.getLogger(__name__)
 TRANSIT_GRACE_S = 5.0
 #: Escaping turns one byte into at most four characters (``\xNN``).
 ESCAPED_PER_BYTE = 4
+#: An agent's own configuration opens at most one window per instrument in
+#: this time: at the largest duration and the default rate, at most ~5 MB of
+#: escaped log an hour per instrument, whatever the agent does.
+AGENT_WINDOW_EVERY_S = 3600.0
 
 
 @dataclass
@@ -58,6 +74,8 @@ class Transcripts:
         self._windows: dict[str, _Window] = {}
         # Instruments whose agent was told it sent `raw` with no window open.
         self._told: set[str] = set()
+        # Per instrument: when an agent's configuration last opened a window.
+        self._agent_opened: dict[str, float] = {}
 
     def open(self, instrument: str, agent: str, duration_s: float, rate: int, now: float) -> None:
         """A transcript of `duration_s` at `rate` bytes/s starts (or replaces one; 0 s ends it)."""
@@ -70,6 +88,30 @@ class Transcripts:
         budget = ESCAPED_PER_BYTE * rate * (duration_s + 1.0)
         self._told.discard(instrument)
         self._windows[instrument] = _Window(agent, now + duration_s + TRANSIT_GRACE_S, budget)
+
+    def open_by_agent(
+        self, instrument: str, agent: str, duration_s: float, rate: int, now: float
+    ) -> float | None:
+        """A window an agent's own configuration asks for; its seconds, or None if refused.
+
+        Bounded as a client's (`transcript_arguments`' limits, clamped here);
+        refused while any window of the instrument is open (a reconnecting
+        agent continues its window, never extends it) and within
+        `AGENT_WINDOW_EVERY_S` of the last one an agent opened.
+        """
+        window = self._windows.get(instrument)
+        if window is not None and now <= window.until:
+            return None
+        last = self._agent_opened.get(instrument)
+        if last is not None and now - last < AGENT_WINDOW_EVERY_S:
+            return None
+        duration_s = min(max(duration_s, 0.0), MAX_DURATION_S)
+        if duration_s <= 0:
+            return None
+        rate = min(max(rate, MIN_BYTES_PER_S), MAX_BYTES_PER_S)
+        self._agent_opened[instrument] = now
+        self.open(instrument, agent, duration_s, rate, now)
+        return duration_s
 
     def admit(self, instrument: str, agent: str, data: str, now: float) -> str | None:
         """None if this `raw` may be logged (and counts it), else why not."""
