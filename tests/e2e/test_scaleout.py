@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -166,6 +168,20 @@ async def test_agent_on_hub_a_client_on_hub_b(two_hubs: TwoHubs) -> None:
             await client.command("no-such-thing", "tare")
         assert unknown.value.code == ErrorCode.UNKNOWN_INSTRUMENT
 
+        # Deadlines as on one hub: the agent frozen, hub A answers
+        # outcome_unknown at the deadline and its grace, and hub B relays it.
+        os.kill(agent.popen.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(CommandError) as late:
+                await client.command("kiln-air", "get_setpoint", timeout_s=1.0)
+            took = time.monotonic() - started
+        finally:
+            os.kill(agent.popen.pid, signal.SIGCONT)
+        assert late.value.code == ErrorCode.OUTCOME_UNKNOWN
+        assert "no reply from agent 'scaleout-pi' by the command's deadline" in late.value.message
+        assert 1.0 <= took < 3.0
+
         # The agent stops: hub B's client is told, and a command is refused
         # as offline, as on one hub.
         agent.interrupt()
@@ -188,3 +204,40 @@ async def wait_until_async_listed(lab: TwoHubs, url: str) -> dict[str, dict[str,
     return await asyncio.to_thread(
         wait_until, both_online, "instruments online at hub B", DEADLINE_S, lab.b
     )
+
+
+async def test_a_hub_killed_takes_its_instruments_offline_elsewhere(two_hubs: TwoHubs) -> None:
+    lab = two_hubs
+    agent = lab.start_agent()
+    await wait_until_async_listed(lab, lab.b_url)
+    async with Client(lab.b_url, name="scaleout") as client:
+        steep = client.subscribe("steep-*", status=True)
+        assert (await steep).instruments == ["steep-water"]
+        await _next(steep, Sample, "steep-water")
+        started = time.monotonic()
+        lab.a.kill()  # SIGKILL: no goodbye on the bus, only silence
+        offline = await _next(steep, Status, "steep-water")
+        assert isinstance(offline, Status) and offline.state == "offline"
+        assert "hub-a" in offline.reason and "stopped answering" in offline.reason
+        assert time.monotonic() - started < 6.0
+        with pytest.raises(CommandError) as refused:
+            await client.command("kiln-air", "get_setpoint")
+        assert refused.value.code == ErrorCode.INSTRUMENT_OFFLINE
+        await steep.close()
+    agent.kill()
+
+
+def test_a_bus_that_cannot_be_reached_is_named(tmp_path: Path) -> None:
+    port = free_port()  # nothing listens there
+    config = tmp_path / "hub.toml"
+    config.write_text(f'bus = "nats://127.0.0.1:{free_port()}"\n')
+    args = ["hub", "--config", str(config), "--port", str(port), "--data", str(tmp_path / "data")]
+    done = subprocess.run(
+        [sys.executable, "-m", "kleinmaelzung.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE_S,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert "bus: cannot reach the NATS server at nats://127.0.0.1:" in done.stderr

@@ -133,7 +133,10 @@ async def connect_nats(url: str) -> NatsBus:
     except ImportError:
         raise BusError("bus: a NATS bus needs nats-py: pip install 'kleinmaelzung[nats]'") from None
 
+    last_error: list[Exception] = []
+
     async def error(exc: Exception) -> None:
+        last_error[:] = [exc]
         _log.warning("bus error", extra={"error": repr(exc)})
 
     async def disconnected() -> None:
@@ -143,7 +146,9 @@ async def connect_nats(url: str) -> NatsBus:
         _log.info("bus reconnected", extra={"url": url})
 
     try:
-        client = await nats.connect(
+        # Bounded: with reconnects unlimited (what a running hub wants),
+        # nats-py retries the first connection forever too.
+        connecting = nats.connect(
             servers=[url],
             name="kmz-hub",
             no_echo=True,
@@ -155,6 +160,10 @@ async def connect_nats(url: str) -> NatsBus:
             disconnected_cb=disconnected,
             reconnected_cb=reconnected,
         )
+        client = await asyncio.wait_for(connecting, CONNECT_TIMEOUT_S * 2)
     except _nats_errors() as exc:
-        raise BusError(f"bus: cannot reach the NATS server at {url}: {exc!r}") from None
+        why = last_error[0] if isinstance(exc, TimeoutError) and last_error else exc
+        raise BusError(
+            f"bus: cannot reach the NATS server at {url} within {CONNECT_TIMEOUT_S * 2:g} s: {why}"
+        ) from None
     return NatsBus(client)
