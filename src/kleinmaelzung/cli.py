@@ -14,7 +14,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__, cli_data
+from . import __version__, cli_data, cli_fleet
 from .logformat import FORMATS, configure_logging
 
 EXIT_OK, EXIT_ERROR_REPLY, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -177,10 +177,13 @@ def _parser() -> argparse.ArgumentParser:
     _hub_option(instruments)
 
     agents = commands.add_parser(
-        "agents", help="list connected agents: spool depth, clock offset, logged seqs"
+        "agents", help="list every agent seen: state, host, configuration, spool, clock"
     )
     agents.add_argument("--json", action="store_true", help="print JSON")
     _hub_option(agents)
+    from .cli_fleet import add_agent_config_commands  # the standard library only
+
+    add_agent_config_commands(commands, _hub_option)
 
     watch = commands.add_parser("watch", help="print live readings")
     watch.add_argument("patterns", nargs="+", metavar="INSTRUMENT_OR_PATTERN")
@@ -309,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     configure_logging(args.verbose, args.log_format)
     os.environ["KMZ_LOG_FORMAT"] = args.log_format  # for the processes it starts
-    handler: Callable[[argparse.Namespace], int] = globals()[f"_cmd_{args.command}"]
+    command = args.command.replace("-", "_")
+    handler: Callable[[argparse.Namespace], int] = globals()[f"_cmd_{command}"]
     try:
         return handler(args)
     except _UsageError as exc:
@@ -722,6 +726,7 @@ _cmd_log = cli_data.cmd_log
 _cmd_history = cli_data.cmd_history
 _cmd_export = cli_data.cmd_export
 _cmd_replay = cli_data.cmd_replay
+_cmd_agent_config = cli_fleet.cmd_agent_config
 
 
 def _cmd_forget(args: argparse.Namespace) -> int:

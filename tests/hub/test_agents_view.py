@@ -87,6 +87,7 @@ async def test_kmz_agents_shows_spool_and_clock(hub: RunningHub) -> None:
         )
     assert result.returncode == 0, result.stderr
     header, row = result.stdout.splitlines()
-    assert header.split()[:3] == ["AGENT", "CONNECTED", "SPOOL"]
+    assert header.split()[:6] == ["AGENT", "STATE", "HOST", "SOFTWARE", "UPTIME", "CONFIG"]
     assert row.startswith("malthouse-pi") and "balance (seq 0)" in row
+    assert " online " in row
     assert " OFF" not in row

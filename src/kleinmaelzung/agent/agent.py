@@ -5,12 +5,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import socket
 from collections.abc import Mapping
 from typing import Any
 
 from ..protocol import (
     TRANSCRIPT,
+    AgentInfo,
     Command,
+    ConfigPush,
+    ConfigResult,
     ErrorCode,
     ErrorInfo,
     InstrumentInfo,
@@ -24,11 +28,14 @@ from ..protocol import (
 from ..transport import Trust
 from .buses import Buses
 from .config import AgentConfig, InstrumentConfig, check_config
+from .config_toml import dump_instruments
 from .drivers.base import Driver, DriverClass
 from .drivers.discovery import find_driver
 from .ledger import CommandLedger
 from .link import Link
 from .permit import Permit
+from .reconfigure import apply_push
+from .remote_config import RevisionFile, effective_config, instruments_digest, revision_path
 from .runner import InstrumentRunner
 from .spool import Spool, SpoolLimits, default_spool_path
 from .transcript import Transcript
@@ -75,24 +82,20 @@ class Agent:
         self.runners: dict[str, InstrumentRunner] = {}
         #: Raw transcripts of the instruments asked for one so far.
         self.transcripts: dict[str, Transcript] = {}
-        for instrument in config.instruments:
-            driver_class = (drivers or {}).get(instrument.driver) or find_driver(instrument.driver)
-            driver: Driver
-            try:
-                driver = driver_class(instrument)
-                driver.info()
-            except Exception as exc:
-                # A driver that cannot even be built is that instrument's
-                # fault, not the agent's: it is faulted, the others run.
-                _log.exception("driver failed to start", extra={"instrument": instrument.id})
-                driver = _Unusable(instrument, exc)
-            self.runners[instrument.id] = InstrumentRunner(
-                instrument,
-                driver,
-                self.spool,
-                self._on_status,
-                bus=self.buses.get(instrument.bus_name),
-            )
+        self.drivers = drivers
+        #: The revision from the hub kept on disk, and what is run: the hub's
+        #: revision (or the agent's own file, 0) and its instruments.
+        self.revisions = RevisionFile(revision_path(config))
+        self.local_digest = instruments_digest(config.instruments)
+        self.config, self.config_revision = effective_config(config, self.revisions)
+        #: Each instrument's next seq in this run, kept when its runner is
+        #: replaced or removed: the hub drops samples at or below the newest.
+        self._seqs: dict[str, int] = {}
+        self._group: asyncio.TaskGroup | None = None
+        self._runner_tasks: dict[str, asyncio.Task[None]] = {}
+        self._configuring = asyncio.Lock()
+        for instrument in self.config.instruments:
+            self.runners[instrument.id] = self.build_runner(instrument)
         self.link = Link(
             hub=config.hub,
             agent_id=config.agent_id,
@@ -102,6 +105,8 @@ class Agent:
             spool=self.spool,
             statuses=lambda: [r.status() for r in self.runners.values()],
             execute=self._execute,
+            configure=self.configure,
+            about=self.about,
             limits=limits,
             timeouts=timeouts,
             trust=Trust.of(config.ca_file, config.pin_sha256),
@@ -121,19 +126,20 @@ class Agent:
         await self.ledger.open()
         try:
             async with asyncio.TaskGroup() as group:
-                runners = [
-                    group.create_task(r.run(), name=f"kmz-{i}") for i, r in self.runners.items()
-                ]
+                self._group = group
+                for runner in self.runners.values():
+                    self.start_runner(runner)
                 link = group.create_task(self.link.run(), name="kmz-link")
                 commits = group.create_task(self.spool.run_commits(), name="kmz-spool")
                 await (stop or asyncio.Event()).wait()
-                await self._stop(runners, link)
+                await self._stop(list(self._runner_tasks.values()), link)
                 commits.cancel()
         except ExceptionGroup as failed:
             if len(failed.exceptions) == 1:
                 raise failed.exceptions[0] from None
             raise
         finally:
+            self._group = None
             self.buses.close()
             # Whatever happened above: every sample taken goes to the file.
             await asyncio.shield(self.spool.close())
@@ -166,6 +172,63 @@ class Agent:
                 "samples not yet acknowledged by the hub are kept in the spool for the next start",
                 extra={"count": kept, "spool": str(self.spool.path or "in memory")},
             )
+
+    def build_runner(self, instrument: InstrumentConfig) -> InstrumentRunner:
+        """A runner for one instrument, its seq continuing where an earlier one of this run left."""
+        driver_class = (self.drivers or {}).get(instrument.driver) or find_driver(instrument.driver)
+        driver: Driver
+        try:
+            driver = driver_class(instrument)
+            driver.info()
+        except Exception as exc:
+            # A driver that cannot even be built is that instrument's
+            # fault, not the agent's: it is faulted, the others run.
+            _log.exception("driver failed to start", extra={"instrument": instrument.id})
+            driver = _Unusable(instrument, exc)
+        return InstrumentRunner(
+            instrument,
+            driver,
+            self.spool,
+            self._on_status,
+            bus=self.buses.get(instrument.bus_name),
+            seq=self._seqs.get(instrument.id, 0),
+        )
+
+    def start_runner(self, runner: InstrumentRunner) -> None:
+        """Run it in the agent's task group (while the agent runs)."""
+        assert self._group is not None
+        instrument_id = runner.config.id
+        self._runner_tasks[instrument_id] = self._group.create_task(
+            runner.run(), name=f"kmz-{instrument_id}"
+        )
+
+    async def stop_runner(self, instrument_id: str) -> None:
+        """Stop one instrument's runner (its port closed); its next seq is kept."""
+        runner = self.runners.pop(instrument_id)
+        task = self._runner_tasks.pop(instrument_id, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.wait([task])
+        self._seqs[instrument_id] = runner.next_seq
+
+    def next_seq(self, instrument_id: str) -> int:
+        """The seq the instrument's next sample in this run gets."""
+        runner = self.runners.get(instrument_id)
+        return runner.next_seq if runner is not None else self._seqs.get(instrument_id, 0)
+
+    def about(self) -> AgentInfo:
+        """What the agent tells the hub about itself after each welcome."""
+        return AgentInfo(
+            host=socket.gethostname(),
+            config_revision=self.config_revision,
+            remote_config=self.config.remote_config,
+            config=dump_instruments(self.config.instruments),
+        )
+
+    async def configure(self, push: ConfigPush) -> ConfigResult:
+        """Run an instrument configuration from the hub, or refuse it and change nothing."""
+        async with self._configuring:
+            return await apply_push(self, push)
 
     def _on_status(self, status: Status) -> None:
         self.link.send_status(status)

@@ -7,8 +7,9 @@ stands next to the Pi, not the source.
 from __future__ import annotations
 
 import os
+import tomllib
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
 
@@ -76,6 +77,18 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     ca_file: str | None = None
     pin_sha256: str | None = None
     spool: SpoolConfig = SpoolConfig()
+    #: Whether this agent runs instrument configurations an admin sends from
+    #: the hub (`kmz agent-config set`), or only this file's ``[[instruments]]``.
+    #: Accepting is the default: a lab adopts central management without a walk
+    #: to every Pi, only admins can send one, and the agent checks it as it
+    #: checks this file. A Pi whose file must be the only source says "refuse".
+    remote_config: Literal["accept", "refuse"] = "accept"
+
+
+class RemoteConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What the hub may set: the ``[[instruments]]`` tables, nothing of the link or the spool."""
+
+    instruments: list[InstrumentConfig]
 
 
 #: What a user should write, by key, for messages that say "expected ...".
@@ -94,6 +107,7 @@ _HINTS = {
     "path": 'a file path such as "/var/lib/kleinmaelzung/spool.sqlite"',
     "ca_file": 'a PEM file such as "/etc/kleinmaelzung/lab-ca.pem"',
     "pin_sha256": 'a SHA-256 fingerprint such as "AB:CD:...", 32 bytes in hex',
+    "remote_config": '"accept" or "refuse"',
 }
 
 
@@ -128,6 +142,34 @@ def parse_config(raw: dict[str, Any], *, source: str = "agent config") -> AgentC
     return config
 
 
+def parse_remote_config(
+    text: str,
+    base: AgentConfig,
+    *,
+    source: str = "hub",
+    drivers: Mapping[str, DriverClass] | None = None,
+) -> AgentConfig:
+    """`base` with the ``[[instruments]]`` of a TOML text from the hub; ConfigError naming
+    `source` and the key, as for a local file, if it is not one this agent can run."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    local = sorted(set(raw) & set(AgentConfig.__struct_fields__) - {"instruments"})
+    if local:
+        raise ConfigError(
+            f"{source}: {local[0]}: set in the agent's own file only; "
+            "a configuration from the hub holds [[instruments]] tables"
+        )
+    try:
+        remote = convert(raw, RemoteConfig, source, _HINTS)
+    except ConfigFileError as exc:
+        raise ConfigError(str(exc)) from None
+    config = msgspec.structs.replace(base, instruments=remote.instruments)
+    check_instruments(config, source=source, drivers=drivers)
+    return config
+
+
 def check_config(
     config: AgentConfig,
     *,
@@ -135,8 +177,6 @@ def check_config(
     drivers: Mapping[str, DriverClass] | None = None,
 ) -> None:
     """The checks beyond shape: hub URL, unique ids, known drivers, their settings."""
-    from .drivers.discovery import find_driver
-
     try:
         base_url(config.hub)
     except ValueError as exc:
@@ -149,6 +189,18 @@ def check_config(
             check()
         except TrustError as exc:
             raise ConfigError(f"{source}: {key}: {exc}") from None
+    check_instruments(config, source=source, drivers=drivers)
+
+
+def check_instruments(
+    config: AgentConfig,
+    *,
+    source: str = "agent config",
+    drivers: Mapping[str, DriverClass] | None = None,
+) -> None:
+    """Unique ids, known drivers, each driver's settings: a local file's and the hub's alike."""
+    from .drivers.discovery import find_driver
+
     if not config.instruments:
         raise ConfigError(f"{source}: instruments: at least one [[instruments]] table is needed")
     seen: dict[str, int] = {}

@@ -17,13 +17,18 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+import msgspec
+
 from .. import __version__
 from ..protocol import (
     PROTOCOL_VERSION,
     Ack,
     AgentHello,
+    AgentInfo,
     AgentState,
     Command,
+    ConfigPush,
+    ConfigResult,
     Data,
     Error,
     ErrorCode,
@@ -97,7 +102,11 @@ class Link:
         limits: Limits | None = None,
         timeouts: Timeouts | None = None,
         trust: Trust | None = None,
+        configure: Callable[[ConfigPush], Awaitable[ConfigResult]] | None = None,
+        about: Callable[[], AgentInfo] | None = None,
     ) -> None:
+        """`configure` runs a configuration the hub sends; `about` says what the hub
+        is told after each welcome (protocol 4: `agent_info`)."""
         self.url = websocket_url(hub, AGENT_PATH)
         self.agent_id = agent_id
         self.connected = asyncio.Event()
@@ -116,6 +125,8 @@ class Link:
         self._run = run
         self._statuses = statuses
         self._execute = execute
+        self._configure = configure
+        self._about = about
         self._limits = limits or Limits()
         self._connector: Connector[HubToAgentMessage] = Connector(
             self.url,
@@ -185,6 +196,8 @@ class Link:
             # A new run per connection: what was taken before it is backlog,
             # in order by itself, and new samples go live beside it.
             await self._spool.start_session(f"{self._run}.{self.sessions}")
+            if self._about is not None and connection.welcome.protocol >= 4:
+                await self._send(self._about())
             for status in self._statuses():
                 await self._send(status)
             sender = asyncio.create_task(self._send_samples(connection))
@@ -217,6 +230,8 @@ class Link:
                 self._spool.acknowledge_gaps(message.gaps)
         elif isinstance(message, Command):
             self._spawn(self._run_command(message, _permit(message, clock, connection)))
+        elif isinstance(message, ConfigPush):
+            self._spawn(self._run_configure(message))
         elif isinstance(message, Error):
             _log.warning(
                 "hub reported an error", extra={"code": message.code, "detail": message.message}
@@ -237,6 +252,31 @@ class Link:
         # On whatever connection is current: if the hub's still waiting (the
         # agent reconnected before the deadline), the client gets the outcome.
         await self._send(reply)
+
+    async def _run_configure(self, push: ConfigPush) -> None:
+        log = {"agent": self.agent_id, "revision": push.revision, "id": push.id}
+        _log.info("configuration from the hub", extra=log)
+        try:
+            if self._configure is None:
+                raise RuntimeError("this agent takes no configuration from the hub")
+            result = await self._configure(push)
+        except Exception as exc:
+            _log.exception("configuration failed", extra=log)
+            result = ConfigResult(
+                id=push.id,
+                revision=0,
+                ok=False,
+                error=ErrorInfo(code=ErrorCode.INTERNAL_ERROR, message=f"agent error: {exc}"),
+            )
+        await self._send(result)
+
+    async def announce(self, about: AgentInfo, instruments: Sequence[InstrumentInfo]) -> None:
+        """The agent serves these instruments now: tell the hub before any sample of a new
+        one is sent (and say them in every later hello)."""
+        hello = self._connector.hello
+        assert isinstance(hello, AgentHello)
+        self._connector.hello = msgspec.structs.replace(hello, instruments=list(instruments))
+        await self._send(msgspec.structs.replace(about, instruments=list(instruments)))
 
     async def _send_samples(self, connection: Connection[Any]) -> None:
         """Send gaps, live samples and the backlog, sharing the link between them.
@@ -293,7 +333,7 @@ class Link:
                 last = state
             await asyncio.sleep(STATE_INTERVAL_S)
 
-    async def _send(self, message: Status | Reply | AgentState) -> None:
+    async def _send(self, message: Status | Reply | AgentState | AgentInfo | ConfigResult) -> None:
         connection = self._connection
         if connection is None or not connection.live:
             return

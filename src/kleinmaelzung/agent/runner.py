@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+import msgspec
+
 from ..protocol import (
     Command,
     CommandSpec,
@@ -81,7 +83,10 @@ class InstrumentRunner:
         reopen_max_s: float = 10.0,
         fault_summary_s: float = FAULT_SUMMARY_S,
         bus: Bus | None = None,
+        seq: int = 0,
     ) -> None:
+        """`seq`: the first sample's; a runner that replaces another of the same
+        instrument in the same run continues its count (the hub drops repeats)."""
         self.config = config
         self.driver = driver
         self.info = driver.info()
@@ -101,8 +106,12 @@ class InstrumentRunner:
         self._tracebacks_logged: set[str] = set()
         self._outbox = outbox
         self._on_status = on_status
-        self._seq = 0
+        self._seq = seq
         self._open = False
+        #: Set once the port failed to open, or opened and was read once
+        #: (`state` and `reason` say how it went): what a configuration change reports.
+        self.settled = asyncio.Event()
+        self._rescheduled = asyncio.Event()
         # One exchange at a time on a bus (a port, an RS-485 line, an I2C
         # bus): a command waits for the current poll to finish, never longer.
         self.bus = bus or Bus(config.bus_name)
@@ -111,6 +120,19 @@ class InstrumentRunner:
             driver.attach_bus(self.bus)
         self._reopen_max_s = reopen_max_s
         self._commands: dict[str, CommandSpec] = {c.name: c for c in self.info.commands}
+
+    @property
+    def next_seq(self) -> int:
+        """The seq the next sample gets."""
+        return self._seq
+
+    def set_poll(self, config: InstrumentConfig) -> None:
+        """Take a configuration that differs only in poll interval or description, port open."""
+        self.config = config
+        self.info = msgspec.structs.replace(
+            self.info, poll_interval_s=config.poll_interval_s, description=config.description
+        )
+        self._rescheduled.set()  # a shorter interval takes effect now, not after the old one
 
     def status(self) -> Status:
         """The instrument's current state as a message."""
@@ -124,22 +146,34 @@ class InstrumentRunner:
         try:
             while True:
                 await self._open_port()
-                interval = self.config.poll_interval_s
                 next_poll = time.monotonic()
                 while self._open:
                     await self._poll_once()
+                    self.settled.set()
                     # Fixed-rate schedule on the monotonic clock; a late poll
-                    # does not make every later one late too.
-                    next_poll += interval
+                    # does not make every later one late too. Read each time:
+                    # the hub may change it (`set_poll`).
+                    next_poll += self.config.poll_interval_s
                     delay = next_poll - time.monotonic()
                     if delay < 0:
                         next_poll = time.monotonic()
                         delay = 0
-                    await asyncio.sleep(delay)
+                    if await self._rescheduled_within(delay):
+                        next_poll = time.monotonic()
                 _log.info("port lost, reopening", extra=log)
         finally:
             self._open = False
             await self._close_driver()
+
+    async def _rescheduled_within(self, delay: float) -> bool:
+        """Wait `delay` seconds, or less if `set_poll` changed the interval (then True)."""
+        try:
+            async with asyncio.timeout(delay):
+                await self._rescheduled.wait()
+        except TimeoutError:
+            return False
+        self._rescheduled.clear()
+        return True
 
     async def _open_port(self) -> None:
         delays = backoff_delays(initial_s=0.5, maximum_s=self._reopen_max_s)
@@ -152,6 +186,7 @@ class InstrumentRunner:
                     # a port that is not there yet may well be there later.
                     await self._close_driver()
                     self._fault(exc)
+                    self.settled.set()
                 else:
                     self._open = True
                     return

@@ -289,6 +289,10 @@ class Spool:
                 self._acked[key] = seq
                 self._acks_to_apply[key] = seq
 
+    def acknowledged_seq(self, run: str, instrument: str) -> int:
+        """The newest seq of `run`'s samples of `instrument` the hub acknowledged (-1: none)."""
+        return self._acked.get((run, instrument), -1)
+
     def acknowledge_gaps(self, ids: list[int]) -> None:
         """The hub logged these gaps."""
         for gap_id in ids:

@@ -13,6 +13,7 @@ from .aio import Client
 from .calibrations import Calibrations
 from .errors import ConnectionLost, HubUnreachable, RequestError, RequestTimeout
 from .export import ExportResult, export
+from .fleet import get_agent_config, rollback_agent_config, set_agent_config
 from .history import HistoryPoint, MissingExtra, fetch_history
 from .log import LogEntry, fetch_agents, fetch_log, forget_instrument
 from .log_query import LogFilter, query_log, stream_log
@@ -54,6 +55,9 @@ __all__ = [
     "fetch_log_stats",
     "fetch_timeline",
     "forget_instrument",
+    "get_agent_config",
     "query_log",
+    "rollback_agent_config",
+    "set_agent_config",
     "stream_log",
 ]

@@ -136,12 +136,37 @@ def format_instruments(records: list[InstrumentRecord], now: float) -> str:
 
 
 def format_agents(records: list[AgentRecord], now: float) -> str:
-    """A table of connected agents: spool, clock, instruments."""
+    """A table of every agent the hub has seen: state, host, software, configuration,
+    spool, clock, instruments."""
     if not records:
-        return "no agents connected"
-    header = ("AGENT", "CONNECTED", "SPOOL", "OLDEST UNACKED", "DROPPED", "CLOCK", "INSTRUMENTS")
+        return "no agents seen"
+    header = (
+        "AGENT",
+        "STATE",
+        "HOST",
+        "SOFTWARE",
+        "UPTIME",
+        "CONFIG",
+        "SPOOL",
+        "OLDEST UNACKED",
+        "DROPPED",
+        "CLOCK",
+        "INSTRUMENTS",
+    )
     rows = [header]
     for r in records:
+        if r.online and r.connected_since is not None:
+            state = f"online {ago(max(0.0, now - r.connected_since)).replace(' ago', '')}"
+        elif r.last_disconnected is not None:
+            state = f"offline, left {ago(max(0.0, now - r.last_disconnected))}"
+        else:
+            state = "offline"
+        uptime = "-" if r.uptime_s is None else ago(r.uptime_s).replace(" ago", "")
+        if r.config_revision is None:
+            config = "?"
+        else:
+            source = "file" if r.config_revision == 0 else f"rev {r.config_revision}"
+            config = f"{source}, {r.remote_config or '?'}s remote"
         spool = "?" if r.spool_depth is None else str(r.spool_depth)
         oldest = "-" if r.spool_oldest is None else ago(max(0.0, now - r.spool_oldest))
         dropped = "?" if r.dropped is None else str(r.dropped)
@@ -152,8 +177,21 @@ def format_agents(records: list[AgentRecord], now: float) -> str:
         instruments = ", ".join(
             f"{i} (seq {r.logged_seqs[i]})" if i in r.logged_seqs else i for i in r.instruments
         )
-        since = ago(max(0.0, now - r.connected_since))
-        rows.append((r.id, since, spool, oldest, dropped, clock_text, instruments))
+        rows.append(
+            (
+                r.id,
+                state,
+                printable(r.host) or "?",
+                printable(r.software.removeprefix("kleinmaelzung/")) or "?",
+                uptime,
+                config,
+                spool,
+                oldest,
+                dropped,
+                clock_text,
+                instruments,
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
     return "\n".join(
         "  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1]

@@ -33,8 +33,11 @@ async def request(
     token: str | None = None,
     ca_file: str | os.PathLike[str] | None = None,
     pin_sha256: str | None = None,
+    json_body: bytes | None = None,
 ) -> bytes:
     """The body of a successful answer; `RequestError` with the hub's code otherwise.
+
+    `json_body`: encoded JSON to send (a PUT or POST).
 
     `token` None: the one `credentials.token_for` finds for the hub, if any;
     ``""``: none. `ca_file`, `pin_sha256`: which certificate an https:// hub
@@ -43,12 +46,19 @@ async def request(
     trust = Trust.for_client(ca_file, pin_sha256)
     if token is None:
         token = token_for(endpoint.rsplit("/api/", 1)[0])
-    headers = {"Authorization": f"Bearer {token}"} if token else None
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    if json_body is not None:
+        headers["Content-Type"] = "application/json"
     with reaching(endpoint, timeout_s):
         async with (
             trust.session(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session,
             session.request(
-                method, endpoint, params=params, headers=headers, ssl=trust.ssl_context()
+                method,
+                endpoint,
+                params=params,
+                headers=headers,
+                data=json_body,
+                ssl=trust.ssl_context(),
             ) as response,
         ):
             status, body = response.status, await response.read()

@@ -27,6 +27,7 @@ from .data_routes import install as install_data_routes
 from .errors import HubStartError
 from .fanout import Fanout
 from .federation import BusFanout, join_bus
+from .fleet_routes import install as install_fleet
 from .handlers import default_handlers
 from .rates import UserRates
 from .registry import Registry
@@ -132,6 +133,8 @@ def create_app(
     app.router.add_get("/metrics", metrics.metrics)
     # Calibration records, certificates and corrections (issue 12).
     install_calibrations(app, hub)
+    # Every agent seen, configuration held at the hub (issue 17).
+    install_fleet(app, hub)
     # The dashboard (`/`, `/static/`, sign-in): a client of the routes above.
     dashboard.install(app)
     return app

@@ -138,6 +138,7 @@ async def _join_agent(
     }
     for instrument_id in registry.add_agent(peer, hello, hub.clock()):
         hub.subscriptions.instrument_added(instrument_id)
+    hub.fleet.joined(hello, hub.clock())
     now = hub.clock()
     for info in hello.instruments:
         hub.traffic.remember_instrument(info, hello.agent_id, None)
@@ -199,6 +200,7 @@ def leave(hub: Hub, peer: Peer, reason: str = "agent disconnected") -> None:
     hub.commands.agent_left(peer.name, reason)
     if run is not None:
         hub.acks.forget(peer.name)
+        hub.fleet.left(peer.name, hub.clock(), reason)
     now = hub.clock()
     for instrument_id in offline:
         entry_ = hub.registry.instruments[instrument_id]

@@ -25,7 +25,17 @@ from ..calibration.api import (
     SignRequest,
     StartRun,
 )
-from ..protocol import ID_REGEX, PATTERN_REGEX, AgentRecord, History, InstrumentRecord, LogPage
+from ..protocol import (
+    ID_REGEX,
+    PATTERN_REGEX,
+    AgentConfigView,
+    AgentRecord,
+    ConfigChange,
+    ConfigOutcome,
+    History,
+    InstrumentRecord,
+    LogPage,
+)
 from ..protocol.log import LogEntry
 from .auth.permissions import Role
 from .calibrations import RecordSummary
@@ -179,6 +189,7 @@ _CHANNEL = Param(
 _REVISION = Param("revision", "a revision of the record (default: the latest)", {"type": "integer"})
 PATH_PARAMS = {
     "instrument": ("an instrument id", {"type": "string", "pattern": ID_REGEX}),
+    "agent": ("an agent id", {"type": "string", "pattern": ID_REGEX}),
     "number": (
         "a certificate number (KMZ-2026-1)",
         {"type": "string", "pattern": r"^[A-Za-z][A-Za-z0-9]*-[0-9]{4}-[0-9]+$"},
@@ -307,11 +318,56 @@ ROUTES: tuple[Route, ...] = (
     Route(
         "GET",
         "/api/agents",
-        "Connected agents: their spools, clocks and logged seqs",
+        "Every agent seen, online or not: spools, clocks, configuration revision",
         "instruments",
         Role.VIEWER,
         (Body(list[AgentRecord]),),
         description="A viewer sees the agents serving instruments of its grant, and those only.",
+    ),
+    Route(
+        "GET",
+        "/api/agents/{agent}/config",
+        "The instrument configuration an agent runs, and the revisions held",
+        "instruments",
+        Role.ADMIN,
+        (Body(AgentConfigView),),
+        errors={400: "not an agent id", 404: "no such agent has connected"},
+    ),
+    Route(
+        "PUT",
+        "/api/agents/{agent}/config",
+        "Send an agent an instrument configuration; answered with its outcome",
+        "instruments",
+        Role.ADMIN,
+        (Body(ConfigOutcome),),
+        body=Body(ConfigChange),
+        errors={
+            400: "not an agent id, or a body it cannot use",
+            404: "no such agent has connected",
+            409: "offline, protocol 3, refusing remote configuration, or busy",
+            413: "the body is too large",
+            422: "not valid TOML, or the agent refused it (invalid_config: the located error)",
+            502: "the agent failed to apply it",
+            504: "the agent did not answer in time, or left before it did",
+        },
+        description="The agent checks the configuration as it checks its own file, and runs it "
+        "live or refuses it and changes nothing; the answer says per instrument what happened.",
+    ),
+    Route(
+        "POST",
+        "/api/agents/{agent}/config/rollback",
+        "Run an agent's previous configuration revision again",
+        "instruments",
+        Role.ADMIN,
+        (Body(ConfigOutcome),),
+        errors={
+            400: "not an agent id",
+            404: "no such agent has connected",
+            409: "no previous revision, offline, or busy",
+            422: "the agent refused it",
+            502: "the agent failed to apply it",
+            504: "the agent did not answer in time, or left before it did",
+        },
     ),
     Route(
         "GET",

@@ -203,6 +203,37 @@ class Registry:
         self._agents[hello.agent_id] = entry
         return new
 
+    def set_agent_instruments(
+        self, agent_id: str, instruments: Sequence[InstrumentInfo], reason: str, now: float
+    ) -> tuple[list[str], list[str], list[str]]:
+        """A connected agent serves these instruments now (its configuration changed):
+        return those new to the hub, those it serves anew, and those it no longer serves
+        (offline with `reason`). Raise `Conflict` as `check_hello` does, changing nothing."""
+        entry = self._agents[agent_id]
+        hello = msgspec.structs.replace(entry.hello, instruments=list(instruments))
+        self.check_hello(hello)
+        ids = {info.id for info in instruments}
+        gone = sorted(entry.instruments - ids)
+        for instrument_id in gone:
+            known = self._instruments[instrument_id]
+            known.state, known.reason, known.since = "offline", reason, now
+        entry.hello = hello
+        entry.instruments &= ids
+        new: list[str] = []
+        added: list[str] = []
+        for info in instruments:
+            known_ = self._instruments.get(info.id)
+            if known_ is None:
+                known_ = self._instruments[info.id] = InstrumentEntry(info=info, agent=agent_id)
+                new.append(info.id)
+            known_.info, known_.agent = info, agent_id
+            known_.channel_names = _channel_names(info)
+            if info.id not in entry.instruments:
+                known_.state, known_.reason, known_.since = "online", "", now
+                entry.instruments.add(info.id)
+                added.append(info.id)
+        return new, added, gone
+
     def needs_lookup(self, agent: AgentEntry, run: str, samples: Sequence[Sample]) -> list[str]:
         """Instruments of these samples for which the hub has not seen `run` since it started."""
         missing: list[str] = []

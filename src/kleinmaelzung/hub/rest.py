@@ -73,13 +73,10 @@ async def instruments(request: web.Request) -> web.Response:
 
 
 async def agents(request: web.Request) -> web.Response:
-    """`GET /api/agents`: connected agents, their spools, clocks and logged seqs."""
+    """`GET /api/agents`: every agent seen, online or not; spools, clocks, configuration."""
     hub = request.app[HUB_KEY]
-    return _json(
-        visible_agents(
-            principal_of(request), hub.registry.agent_records(hub.config.clock_warning_s)
-        )
-    )
+    records = hub.fleet.records(hub.registry, hub.config.clock_warning_s)
+    return _json(visible_agents(principal_of(request), records))
 
 
 async def forget_instrument(request: web.Request) -> web.Response:

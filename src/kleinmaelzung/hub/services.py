@@ -19,6 +19,7 @@ from .commands import Commands
 from .config import HubConfig
 from .corrections import Corrections
 from .fanout import Fanout
+from .fleet import Fleet
 from .handlers import Handlers
 from .peers import Peer
 from .rates import UserRates
@@ -87,6 +88,8 @@ class Hub:
     user_rates: UserRates = field(default_factory=lambda: UserRates(Limits()))
     #: Raw serial transcripts running now (`transcripts`).
     transcripts: Transcripts = field(default_factory=Transcripts)
+    #: Every agent seen and the configurations held for them (`fleet`).
+    fleet: Fleet = field(default_factory=Fleet)
 
 
 HUB_KEY = web.AppKey("hub", Hub)

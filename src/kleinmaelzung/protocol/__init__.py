@@ -29,6 +29,7 @@ from .connection import (
 )
 from .deadlines import HubClock
 from .errors import CloseCode, CommandError, ErrorCode, HandshakeError, KmzError, ProtocolError
+from .fleet import AgentConfigView, ConfigChange, ConfigOutcome, RevisionInfo
 from .history import ChannelSeries, History
 from .limits import Limits, Timeouts
 from .log import (
@@ -130,6 +131,7 @@ __all__ = [
     "TRANSCRIPT_PROTOCOL",
     "TRANSCRIPT_SPEC",
     "Ack",
+    "AgentConfigView",
     "AgentHello",
     "AgentInfo",
     "AgentMessage",
@@ -144,6 +146,8 @@ __all__ = [
     "CommandArg",
     "CommandError",
     "CommandSpec",
+    "ConfigChange",
+    "ConfigOutcome",
     "ConfigPush",
     "ConfigResult",
     "Data",
@@ -185,6 +189,7 @@ __all__ = [
     "Refused",
     "RefusedInput",
     "Reply",
+    "RevisionInfo",
     "Sample",
     "State",
     "Status",

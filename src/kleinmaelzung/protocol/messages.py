@@ -159,14 +159,15 @@ class InstrumentRecord(_Struct, frozen=True):
     lease: LeaseInfo | None = None
 
 
-class AgentRecord(_Struct, frozen=True):
-    """The hub's view of one connected agent (`GET /api/agents`, `kmz agents`)."""
+class AgentRecord(_Struct, frozen=True, kw_only=True):
+    """The hub's view of one agent it has seen, online or not (`GET /api/agents`, `kmz agents`)."""
 
     id: AgentId
     software: str
-    run: RunId
-    #: Hub time of the handshake.
-    connected_since: Timestamp
+    #: The run of its current connection; None while it is not connected.
+    run: RunId | None
+    #: Hub time of the handshake; None while it is not connected.
+    connected_since: Timestamp | None
     instruments: list[InstrumentId]
     #: Samples the agent holds that the hub has not acknowledged; None until
     #: the agent said (`agent_state`).
@@ -181,6 +182,22 @@ class AgentRecord(_Struct, frozen=True):
     clock_ok: bool = True
     #: Per instrument, the newest seq logged of its current run.
     logged_seqs: dict[str, int] = {}
+    #: Whether it is connected now.
+    online: bool = True
+    #: The host name it reported (protocol 4, `agent_info`).
+    host: str = ""
+    #: The protocol version it spoke on its latest connection.
+    protocol: int | None = None
+    #: Seconds since its process started, as it last said (connected agents).
+    uptime_s: float | None = None
+    #: Hub times of its latest connection and disconnection, and why it left.
+    last_connected: Timestamp | None = None
+    last_disconnected: Timestamp | None = None
+    disconnect_reason: str = ""
+    #: The configuration revision it runs (0: its own file); None if it never said.
+    config_revision: int | None = None
+    #: Whether it runs configurations sent from the hub; None if it never said.
+    remote_config: Literal["accept", "refuse"] | None = None
 
 
 class LogEntry(_Struct, frozen=True):

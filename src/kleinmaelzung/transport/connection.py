@@ -280,6 +280,15 @@ class Connector(Generic[M]):
         self._failures = 0
         self._reported: str | None = None
 
+    @property
+    def hello(self) -> AgentHello | ClientHello:
+        """The hello each new connection opens with; an agent whose instruments changed sets it."""
+        return self._hello
+
+    @hello.setter
+    def hello(self, hello: AgentHello | ClientHello) -> None:
+        self._hello = hello
+
     async def __aenter__(self) -> Connector[M]:
         return self
 
