@@ -343,6 +343,14 @@ def test_the_agents_page_lists_the_agent(context: Any, lab: Lab) -> None:
     page.wait_for_selector('#agents-table tr[data-agent="bench-pi"]')
     row = page.inner_text('#agents-table tr[data-agent="bench-pi"]')
     assert "kiln-air" in row and "therm-46" in row
+    # The fleet view's columns (issue 17): state, and the configuration it runs.
+    wait_for(
+        lambda: "its own file; accepts remote"
+        in page.inner_text('#agents-table tr[data-agent="bench-pi"]')
+        or None,
+        "the agent's configuration revision",
+    )
+    assert "online" in page.inner_text('#agents-table tr[data-agent="bench-pi"]')
     page.goto(lab.url + "/#/calibration")
     # Nothing registered for calibration here: no record, and what a run needs first.
     page.wait_for_selector("#calibration p.hint")
