@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from kleinmaelzung.agent import ConfigError, load_config
+from kleinmaelzung.agent.config import hub_urls
 
 GOOD = """
 hub = "http://127.0.0.1:8765"
@@ -77,6 +78,15 @@ def test_example_config_in_the_repository_loads() -> None:
         ),
         (('hub = "http://127.0.0.1:8765"', 'hub = "ftp://hub"'), "hub: hub URL must start with"),
         (
+            ('hub = "http://127.0.0.1:8765"', 'hub = ["http://a:8765", "ftp://b"]'),
+            "hub[1]: hub URL must start with",
+        ),
+        (
+            ('hub = "http://127.0.0.1:8765"', 'hub = ["http://a:8765", 8765]'),
+            'hub[1]: expected a URL such as "http://hub.lab:8765", or a list of them, got 8765',
+        ),
+        (('hub = "http://127.0.0.1:8765"', "hub = []"), "hub: expected at least one URL"),
+        (
             (
                 '[[instruments]]\nid = "kiln-air"',
                 '[[instruments]]\ndriver = "gpib"\nid = "kiln-air"',
@@ -117,3 +127,11 @@ def test_environment_variables_override_the_file(tmp_path: Path) -> None:
     assert config.spool.path == "/data/s.sqlite"
     with pytest.raises(ConfigError, match=r"with KMZ_AGENT_SPOOL\)\: spool\.max_samples"):
         load_config(path, env={"KMZ_AGENT_SPOOL__MAX_SAMPLES": "-1"})
+
+
+def test_several_hubs_are_tried_in_the_order_given(tmp_path: Path) -> None:
+    text = GOOD.replace(
+        'hub = "http://127.0.0.1:8765"', 'hub = ["http://a.lab:8765", "http://b.lab:8765"]'
+    )
+    config = load_config(write(tmp_path, text))
+    assert hub_urls(config) == ["http://a.lab:8765", "http://b.lab:8765"]

@@ -237,3 +237,27 @@ async def test_reconnect_waits_out_a_hub_that_is_down_and_resets_once_welcomed(
         connection = await asyncio.wait_for(connector.reconnect(), DEADLINE_S)
         assert connection.live
         await connection.close()
+
+
+async def test_several_endpoints_the_next_is_tried_at_once_the_backoff_per_round(
+    hub: RunningHub,
+) -> None:
+    dead = websocket_url(f"http://127.0.0.1:{free_port()}", CLIENT_PATH)
+    live = websocket_url(hub.url, CLIENT_PATH)
+    async with server(None) as not_a_hub:  # 404: a permanent failure, still not a reason to stop
+        wrong = websocket_url(not_a_hub, CLIENT_PATH)
+        # A backoff of a minute: a wait anywhere within the round would show.
+        timeouts = Timeouts(reconnect_max_s=60.0)
+        async with Connector([dead, wrong, live], CLIENT_HELLO, timeouts=timeouts) as connector:
+            assert connector.url == dead
+            connection = await asyncio.wait_for(connector.reconnect(), DEADLINE_S)
+            assert connection.live and connector.url == live
+            await connection.close()
+        # Every endpoint failing: a round, then the backoff before the next.
+        async with Connector([dead, wrong], CLIENT_HELLO, timeouts=timeouts) as connector:
+            trying = asyncio.create_task(connector.reconnect())
+            done, _ = await asyncio.wait({trying}, timeout=1.0)
+            assert not done and connector.url == dead  # back at the first, waiting
+            trying.cancel()
+    with pytest.raises(ValueError, match="at least one URL"):
+        Connector([], CLIENT_HELLO)

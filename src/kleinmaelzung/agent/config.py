@@ -68,7 +68,9 @@ class SpoolConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 class AgentConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The whole agent config."""
 
-    hub: str
+    #: The hub, or several hubs sharing a bus and a log: the agent connects to
+    #: the first that answers and moves to the next when its hub fails.
+    hub: str | list[str]
     agent_id: Annotated[str, msgspec.Meta(pattern=ID_REGEX)]
     instruments: list[InstrumentConfig]
     token: str | None = None
@@ -99,7 +101,7 @@ _HINTS = {
     "id": "a lower-case id such as \"kiln-air\" (a-z, 0-9, '-', '_', '.')",
     "agent_id": "a lower-case id such as \"malthouse-pi-1\" (a-z, 0-9, '-', '_', '.')",
     "port": 'a device path such as "/dev/ttyUSB0"',
-    "hub": 'a URL such as "http://hub.lab:8765"',
+    "hub": 'a URL such as "http://hub.lab:8765", or a list of them',
     "instruments": "a list of [[instruments]] tables",
     "max_samples": "a whole number of samples greater than 0, such as 5000000",
     "max_age_s": "a number of seconds greater than 0, such as 604800 (a week)",
@@ -170,6 +172,11 @@ def parse_remote_config(
     return config
 
 
+def hub_urls(config: AgentConfig) -> list[str]:
+    """The hub URLs of a config, in the order the agent tries them."""
+    return [config.hub] if isinstance(config.hub, str) else list(config.hub)
+
+
 def check_config(
     config: AgentConfig,
     *,
@@ -177,10 +184,16 @@ def check_config(
     drivers: Mapping[str, DriverClass] | None = None,
 ) -> None:
     """The checks beyond shape: hub URL, unique ids, known drivers, their settings."""
-    try:
-        base_url(config.hub)
-    except ValueError as exc:
-        raise ConfigError(f"{source}: hub: {exc}") from None
+    if isinstance(config.hub, list) and not config.hub:
+        raise ConfigError(
+            f'{source}: hub: expected at least one URL, such as ["http://hub.lab:8765"]'
+        )
+    for index, url in enumerate(hub_urls(config)):
+        key = "hub" if isinstance(config.hub, str) else f"hub[{index}]"
+        try:
+            base_url(url)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: {key}: {exc}") from None
     for key, check in (
         ("ca_file", lambda: Trust.of(ca_file=config.ca_file)),
         ("pin_sha256", lambda: config.pin_sha256 and parse_pin(config.pin_sha256)),

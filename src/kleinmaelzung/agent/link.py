@@ -91,7 +91,7 @@ class Link:
     def __init__(
         self,
         *,
-        hub: str,
+        hub: str | Sequence[str],
         agent_id: str,
         token: str | None,
         run: str,
@@ -106,8 +106,9 @@ class Link:
         about: Callable[[], AgentInfo] | None = None,
     ) -> None:
         """`configure` runs a configuration the hub sends; `about` says what the hub
-        is told after each welcome (protocol 4: `agent_info`)."""
-        self.url = websocket_url(hub, AGENT_PATH)
+        is told after each welcome (protocol 4: `agent_info`). Several `hub` URLs:
+        the next is tried when one fails (`transport.Connector`)."""
+        urls = [hub] if isinstance(hub, str) else list(hub)
         self.agent_id = agent_id
         self.connected = asyncio.Event()
         self._vitals = Vitals()
@@ -129,7 +130,7 @@ class Link:
         self._about = about
         self._limits = limits or Limits()
         self._connector: Connector[HubToAgentMessage] = Connector(
-            self.url,
+            [websocket_url(url, AGENT_PATH) for url in urls],
             hello,
             limits=limits,
             timeouts=timeouts,
@@ -140,6 +141,11 @@ class Link:
         self._tasks: set[asyncio.Task[None]] = set()
         #: Raw transcript messages dropped because the send queue was full.
         self.raw_dropped = 0
+
+    @property
+    def url(self) -> str:
+        """The hub connected to, or tried next (ws:// or wss://)."""
+        return self._connector.url
 
     def send_status(self, status: Status) -> None:
         """Send a status change now if connected; reconnects send every status anyway."""

@@ -14,7 +14,7 @@ import contextlib
 import itertools
 import logging
 import os
-from collections.abc import Coroutine, Iterable
+from collections.abc import Coroutine, Iterable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
@@ -110,7 +110,7 @@ class Client:
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         *,
         name: str = "",
         token: str | None = None,
@@ -122,12 +122,20 @@ class Client:
         pin_sha256: str | None = None,
     ) -> None:
         """`queue_events`: how many events a subscription keeps for a consumer that is
-        behind before it drops the oldest (and says so, with `Missed`)."""
-        #: The hub's base URL, http(s)://host:port.
-        self.url = base_url(url)
+        behind before it drops the oldest (and says so, with `Missed`). Several `url`s
+        (hubs sharing a bus and a log): connecting tries each in turn, and a
+        reconnecting client moves to the next when its hub fails."""
+        #: The hubs' base URLs, http(s)://host:port, in the order they are tried.
+        self.urls = [base_url(url)] if isinstance(url, str) else [base_url(u) for u in url]
+        if not self.urls:
+            raise ValueError("a client needs at least one hub URL")
+        #: The base URL of the hub connected to (or tried first).
+        self.url = self.urls[0]
         self._queue_events = queue_events
         self.name = name
-        self._token = token if token is not None else token_for(self.url)
+        if token is None:  # the first hub's own, else one stored for another of them
+            token = next((t for t in map(token_for, self.urls) if t is not None), None)
+        self._token = token
         self._reconnect = reconnect
         self._trust = Trust.for_client(ca_file, pin_sha256)
         self._limits = limits or Limits()
@@ -173,7 +181,7 @@ class Client:
         self._closing = False
         hello = ClientHello(protocol=PROTOCOL_VERSION, token=self._token, name=self.name)
         connector: Connector[HubToClientMessage] = Connector(
-            websocket_url(self.url, CLIENT_PATH),
+            [websocket_url(url, CLIENT_PATH) for url in self.urls],
             hello,
             limits=self._limits,
             timeouts=self._timeouts,
@@ -181,11 +189,12 @@ class Client:
             trust=self._trust,
         )
         try:
-            self._connection = await connector.connect()
+            self._connection = await connector.connect_any()
         except BaseException:
             await connector.aclose()
             raise
         self._connector = connector
+        self.url = self.urls[connector.urls.index(connector.url)]
         self._reader = asyncio.create_task(self._read_forever(), name=f"kmz-client {self.url}")
 
     async def close(self) -> None:
@@ -456,6 +465,7 @@ class Client:
                 assert self._connector is not None
                 # Backoff, logging what is wrong, reset once welcomed: the transport's.
                 self._connection = await self._connector.reconnect()
+                self.url = self.urls[self._connector.urls.index(self._connector.url)]
                 if self._subscriptions:
                     # Not awaited here: this task must go on reading to get the answer.
                     self._spawn(self._subscribe_again())

@@ -30,7 +30,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 import aiohttp
@@ -248,11 +248,18 @@ class Connection(Generic[M]):
 
 
 class Connector(Generic[M]):
-    """Opens welcomed connections to one hub endpoint, and opens them again when they end."""
+    """Opens welcomed connections to a hub endpoint, and opens them again when they end.
+
+    Given several endpoints (hubs sharing a bus and a log), a failed attempt
+    moves on to the next at once; the backoff delay comes after each round
+    of all of them. A connection that ended is tried again where it was
+    first: a hub restarting is back within the round, a dead one refuses at
+    once and the next is tried.
+    """
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         hello: AgentHello | ClientHello,
         *,
         limits: Limits | None = None,
@@ -263,14 +270,17 @@ class Connector(Generic[M]):
         trust: Trust | None = None,
     ) -> None:
         """`trust`: which certificates a wss:// hub may show (`transport.tls`)."""
-        #: The ws(s):// URL of the endpoint.
-        self.url = url
+        #: The ws(s):// URLs of the endpoints, in the order they are tried.
+        self.urls: tuple[str, ...] = (url,) if isinstance(url, str) else tuple(url)
+        if not self.urls:
+            raise ValueError("a connector needs at least one URL")
+        self._index = 0
         self._trust = trust or Trust()
         self._ssl = self._trust.ssl_context()
         self._hello = hello
         self._limits = limits or Limits()
         self._timeouts = timeouts or Timeouts()
-        self._log_extra = {"url": url, **(log_extra or {})}
+        self._extra = dict(log_extra or {})
         self._backoff = Backoff(maximum_s=self._timeouts.reconnect_max_s, rng=rng)
         self._monotonic = monotonic
         self._session: aiohttp.ClientSession | None = None
@@ -279,6 +289,15 @@ class Connector(Generic[M]):
         self._outage_since: float | None = None
         self._failures = 0
         self._reported: str | None = None
+
+    @property
+    def url(self) -> str:
+        """The ws(s):// URL of the endpoint connected to, or tried next."""
+        return self.urls[self._index]
+
+    @property
+    def _log_extra(self) -> dict[str, str]:
+        return {"url": self.url, **self._extra}
 
     @property
     def hello(self) -> AgentHello | ClientHello:
@@ -373,6 +392,22 @@ class Connector(Generic[M]):
         self._welcomed()
         return connection
 
+    async def connect_any(self) -> Connection[M]:
+        """One attempt at each endpoint in turn, from the current one: the first welcomed
+        connection, else the last endpoint's failure (a FINAL one at once)."""
+        for tried in range(1, len(self.urls) + 1):
+            try:
+                return await self.connect()
+            except (HubUnreachable, HandshakeFailed, ConnectionLost) as exc:
+                if exc.healing is Healing.FINAL or tried == len(self.urls):
+                    raise
+                _log.warning(
+                    "hub unreachable, trying the next",
+                    extra={**self._log_extra, "reason": str(exc)},
+                )
+                self._index = (self._index + 1) % len(self.urls)
+        raise AssertionError("unreachable")  # the loop returns or raises
+
     async def reconnect(self) -> Connection[M]:
         """Connect, retrying with backoff until welcomed; raise a FINAL failure.
 
@@ -389,17 +424,23 @@ class Connector(Generic[M]):
             except (HubUnreachable, HandshakeFailed, ConnectionLost) as exc:
                 if exc.healing is Healing.FINAL:
                     raise
-                await asyncio.sleep(self._failed(exc))
+                # The next endpoint at once; the backoff once a round.
+                round_done = (self._failures + 1) % len(self.urls) == 0
+                delay_s = self._failed(exc, round_done=round_done)
+                self._index = (self._index + 1) % len(self.urls)
+                if round_done:
+                    await asyncio.sleep(delay_s)
                 continue
             return connection
 
-    def _failed(self, failure: Failure) -> float:
-        """Log a failed attempt as its kind deserves; return how long to wait."""
+    def _failed(self, failure: Failure, *, round_done: bool = True) -> float:
+        """Log a failed attempt as its kind deserves; return how long to wait
+        (nothing before a round of all endpoints is done)."""
         self._failures += 1
         reason = str(failure)
         extra = {**self._log_extra, "reason": reason, "attempts": str(self._failures)}
         if failure.healing is Healing.PERMANENT:
-            delay_s = self._backoff.slowest()
+            delay_s = self._backoff.slowest() if round_done else 0.0
             if reason != self._reported:
                 self._reported = reason
                 _log.error(
@@ -419,7 +460,7 @@ class Connector(Generic[M]):
             )
         else:
             _log.debug("hub still unreachable", extra=extra)
-        return self._backoff.next_delay()
+        return self._backoff.next_delay() if round_done else 0.0
 
     def _welcomed(self) -> None:
         self._backoff.reset()
