@@ -12,6 +12,13 @@ predecessor committed are not written again, only acknowledged.
 SIGINT and SIGTERM are ignored: a Ctrl-C or a service manager's stop reaches
 the whole process group, and the hub's shutdown (a `Stop`, or the end of
 stdin if the hub died) is what ends the writer, after its last commit.
+
+A writer whose hub died (stdin ended without `Stop`) commits no more agent
+samples: none of them was acknowledged, so their agents resend them, maybe
+to another hub on the same log, which looks up what the log holds at the
+first frame of each run (`Store.last_seqs`). A commit of them after that
+lookup would log them twice. Everything else it holds (clients' traffic,
+which no one resends) is still committed.
 """
 
 from __future__ import annotations
@@ -76,8 +83,12 @@ class _Unreadable:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
 class _End:
     """Marker: stdin ended or said Stop; commit what is queued and exit."""
+
+    #: Stdin ended without Stop: the hub died.
+    hub_gone: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,12 +158,22 @@ def _decode_one_by_one(body: bytes) -> Records:
     return Records(first, records)
 
 
-def _read_forever(stream: BinaryIO, items: queue.SimpleQueue[_Queued]) -> None:
-    """The reader thread: the hub's frames, decoded, into the queue, each with its position."""
+def _read_forever(
+    stream: BinaryIO,
+    items: queue.SimpleQueue[_Queued],
+    hub_gone: threading.Event | None = None,
+) -> None:
+    """The reader thread: the hub's frames, decoded, into the queue, each with its position.
+
+    Sets `hub_gone` the moment stdin ends without Stop (before the end marker
+    is queued): the batch being gathered then leaves agent samples out.
+    """
+    stopped = False
     try:
         while True:
             message = _read_message(stream)
             if message is None or isinstance(message, Stop):
+                stopped = message is not None
                 return
             if isinstance(message, Records):
                 readable = True
@@ -173,7 +194,9 @@ def _read_forever(stream: BinaryIO, items: queue.SimpleQueue[_Queued]) -> None:
     except Exception:  # the thread's top: the writer must still commit what it has
         _log.exception("reading the hub's frames failed")
     finally:
-        items.put(_End())
+        if not stopped and hub_gone is not None:
+            hub_gone.set()
+        items.put(_End(hub_gone=not stopped))
 
 
 def _position(item: Item | _Unreadable) -> int:
@@ -216,6 +239,18 @@ class _Gathered:
         return self.end or self.rows >= BATCH_ROWS
 
 
+def _leave_to_agents(gathered: _Gathered) -> None:
+    """Take the agents' samples out of a batch: their hub died before acknowledging them."""
+    kept = [i for i in gathered.batch if not (isinstance(i, Record) and i.ack is not None)]
+    if len(kept) < len(gathered.batch):
+        _log.warning(
+            "hub gone: %d agent records left to their agents to resend",
+            len(gathered.batch) - len(kept),
+        )
+        gathered.batch = kept
+        gathered.rows = sum(isinstance(i, Record) for i in kept)
+
+
 def gather(items: queue.SimpleQueue[_Queued], committed_before: int, until: float) -> _Gathered:
     """Wait for something to write, then take more until the batch is full or `until` passes."""
     gathered = _Gathered(committed_before)
@@ -236,6 +271,7 @@ def write_forever(
     answers: _Answers,
     committed: int,
     closing: threading.Event,
+    hub_gone: threading.Event | None = None,
 ) -> None:
     """Commit batches until the end marker; report each one (`Done`)."""
     next_commit = 0.0
@@ -244,6 +280,8 @@ def write_forever(
         next_commit = time.monotonic() + COMMIT_INTERVAL_S
         if gathered.end:
             closing.set()  # retries end after the grace time: nobody waits for more
+        if hub_gone is not None and hub_gone.is_set():
+            _leave_to_agents(gathered)
         skipped = gathered.skipped
         acks: dict[str, dict[str, int]] = Batch.of(skipped).acks if skipped else {}
         committed_rows = dropped_rows = 0
@@ -289,8 +327,9 @@ def main() -> int:
         return 2
     answers.send(Ready(committed, os.getpid()))
     items: queue.SimpleQueue[_Queued] = queue.SimpleQueue()
+    hub_gone = threading.Event()
     reader = threading.Thread(
-        target=_read_forever, args=(stdin, items), name="kmz-log-feed", daemon=True
+        target=_read_forever, args=(stdin, items, hub_gone), name="kmz-log-feed", daemon=True
     )
     reader.start()
     closing = threading.Event()
@@ -300,7 +339,7 @@ def main() -> int:
 
     committer = Committer(backend, closing, writer=start.writer, on_failing=on_failing)
     try:
-        write_forever(committer, items, answers, committed, closing)
+        write_forever(committer, items, answers, committed, closing, hub_gone)
     finally:
         backend.close()
     return 0
