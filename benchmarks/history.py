@@ -9,7 +9,13 @@ instrument at 1 Hz over `--days` days, then measures on each backend:
 - history: `Store.history` of one channel over the whole range cut into
   1,000 buckets (what a dashboard asks for a month's plot), and of every
   channel; median and best of 3, and the Python side's peak memory
-  (tracemalloc, in a run of its own; the database's memory is not counted);
+  (tracemalloc, in a run of its own; the database's memory is not counted).
+  First once from the sample table (``raw_s``: before the roll-up), then the
+  roll-up of the whole log into per-minute summaries as the hub's background
+  task does it on an older log (``rollup_s``), then from the summaries. The
+  1,000 buckets are 43.2 minutes wide, so about 1,000 minutes cut by a
+  bucket edge are read raw; ``one_channel_aligned`` asks 720 buckets of
+  an hour, whose edges fall on minutes;
 - export: `kmz export`'s path (a hub on 127.0.0.1, the client writing the
   file) of the first `--export-rows` rows to CSV and to Parquet: wall time,
   rows/s, and the peak memory of hub and client together (tracemalloc in a
@@ -42,6 +48,8 @@ from kleinmaelzung.client import export
 from kleinmaelzung.hub import HubConfig, start_hub
 from kleinmaelzung.hub.store import LogBackend, LogWriter, SqliteBackend
 from kleinmaelzung.hub.store.batch import Batch, SaveInstrument
+from kleinmaelzung.hub.store.retention import RetentionPolicy
+from kleinmaelzung.hub.store.summaries import RollupRunner, rollup_for
 
 INSTRUMENT = "kiln-00"
 SCHEMA = "kmz_bench_history"
@@ -72,8 +80,23 @@ async def time_history(backend: LogBackend, start: float, end: float) -> dict[st
     await store.open()
     every = (end - start) / BUCKETS
     figures: dict[str, Any] = {}
+    cases = (
+        ("one_channel", ["temperature"], every),
+        ("all_channels", [], every),
+        ("one_channel_aligned", ["temperature"], 3600.0),
+    )
     try:
-        for label, channels in (("one_channel", ["temperature"]), ("all_channels", [])):
+        raw: dict[str, float] = {}
+        for label, channels, width in cases[:2]:
+            started = time.perf_counter()
+            await store.history(INSTRUMENT, start, end, width, channels)
+            raw[label] = round(time.perf_counter() - started, 3)
+        rollup = rollup_for(backend)
+        assert rollup is not None
+        started = time.perf_counter()
+        await RollupRunner(rollup, RetentionPolicy(), clock=lambda: end + 3600.0).catch_up()
+        figures["rollup_s"] = round(time.perf_counter() - started, 2)
+        for label, channels, every in cases:
             times = []
             for _ in range(RUNS):
                 started = time.perf_counter()
@@ -86,6 +109,7 @@ async def time_history(backend: LogBackend, start: float, end: float) -> dict[st
             finally:
                 tracemalloc.stop()
             figures[label] = {
+                "raw_s": raw.get(label),
                 "median_s": round(statistics.median(times), 3),
                 "best_s": round(min(times), 3),
                 "rows_returned": len(found),

@@ -2,6 +2,10 @@
 
 The pruning itself is the store's (`store.retention`); this runs it in the
 background for as long as the app runs, every ``[retention] interval_s``.
+Beside it runs the roll-up of history's per-minute summaries
+(`store.summaries`): it follows the same retention (summaries go with the
+samples they summarise) and, like the pruning, works in small batches off
+the hub's loop and outside the writer's transactions.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from aiohttp import web
 
 from .services import HUB_KEY
 from .store.retention import RetentionRunner, pruner_for
+from .store.summaries import RollupRunner, rollup_for
 
 
 @dataclass
@@ -21,11 +26,14 @@ class Retention:
     """The app's retention runner, once the store is open; None if its backend has no pruner."""
 
     runner: RetentionRunner | None = None
+    rollup: RollupRunner | None = None
 
 
 RETENTION_KEY = web.AppKey("retention", Retention)
 #: The first pass waits this long after the hub started: startup stays fast.
 FIRST_PASS_DELAY_S = 60.0
+#: The first roll-up pass (on an older log: the start of its backfill).
+FIRST_ROLLUP_DELAY_S = 5.0
 
 
 def install(app: web.Application) -> None:
@@ -37,6 +45,11 @@ def install(app: web.Application) -> None:
 
 async def _pruning(app: web.Application) -> AsyncIterator[None]:
     hub = app[HUB_KEY]
+    rollup = rollup_for(getattr(hub.store, "backend", None))
+    if rollup is not None:
+        rolling = RollupRunner(rollup, hub.config.retention, hub.clock)
+        app[RETENTION_KEY].rollup = rolling
+        hub.tasks.spawn(rolling.run(FIRST_ROLLUP_DELAY_S), "kmz-history-rollup")
     pruner = pruner_for(getattr(hub.store, "backend", None))
     if pruner is None:
         yield

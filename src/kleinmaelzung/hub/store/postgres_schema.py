@@ -20,6 +20,8 @@ Versions:
    rows. The rows are copied over once, into a partition per month.
 6  ``instrument_seq.updated`` and ``writer_position.committed_at``: retention
    prunes the runs and writers no one needs any more.
+7  ``sample_minute`` (+ ``_pending``, ``_state``): per-minute summaries that
+   history reads (`summaries`), built by a background task, older logs too.
 
 Times are ``timestamptz``; the hub's Python side keeps UNIX seconds.
 """
@@ -29,7 +31,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 #: Bumped with every migration added to MIGRATIONS.
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 #: Any number, the same for every hub: `pg_advisory_xact_lock` takes it.
 MIGRATION_LOCK = 0x6B6D7A  # "kmz"
@@ -134,6 +136,29 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE instrument_seq ADD COLUMN updated timestamptz NOT NULL DEFAULT now();
     ALTER TABLE writer_position ADD COLUMN committed_at timestamptz NOT NULL DEFAULT now();
+    """,
+    """
+    CREATE TABLE sample_minute (
+        instrument text NOT NULL,
+        minute bigint NOT NULL,  -- floor(epoch / 60) of the samples' ts
+        channel text NOT NULL,
+        samples bigint NOT NULL,
+        minimum float8 NOT NULL,
+        maximum float8 NOT NULL,
+        total float8 NOT NULL,
+        PRIMARY KEY (instrument, minute, channel)
+    );
+    CREATE TABLE sample_minute_pending (
+        instrument text NOT NULL,
+        first_minute bigint NOT NULL,
+        end_minute bigint NOT NULL
+    );
+    CREATE INDEX sample_minute_pending_instrument ON sample_minute_pending (instrument);
+    CREATE TABLE sample_minute_state (
+        id integer PRIMARY KEY CHECK (id = 1),
+        watermark bigint NOT NULL,  -- traffic id
+        horizon bigint
+    );
     """,
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION

@@ -18,6 +18,9 @@ Versions (``PRAGMA user_version``):
 9  ``instrument_seq.updated`` and ``writer_position.committed_at`` (UNIX
    seconds of the last write): retention prunes the runs and writers no one
    needs any more (`retention`). New files vacuum incrementally.
+10 ``sample_minute`` (+ ``_pending``, ``_state``): per-minute summaries that
+   history reads (`summaries`), built by a background task from the samples;
+   older logs are rolled up by that task too, not by this migration.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from .batch import sample_rows
 _log = logging.getLogger(__name__)
 
 #: Bumped with every schema change; `migrate` brings older files up to date.
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS traffic (
@@ -82,6 +85,32 @@ CREATE TABLE IF NOT EXISTS writer_position (
     writer TEXT PRIMARY KEY,
     position INTEGER NOT NULL,
     committed_at REAL NOT NULL DEFAULT 0  -- UNIX seconds of its last commit (retention)
+);
+-- Per instrument, minute (floor(ts / 60)) and numeric channel: what history
+-- merges exactly (`summaries`). Written by the roll-up task, never the writer.
+CREATE TABLE IF NOT EXISTS sample_minute (
+    instrument TEXT NOT NULL,
+    minute INTEGER NOT NULL,
+    channel TEXT NOT NULL,
+    samples INTEGER NOT NULL,
+    minimum REAL NOT NULL,
+    maximum REAL NOT NULL,
+    total REAL NOT NULL,
+    PRIMARY KEY (instrument, minute, channel)
+) WITHOUT ROWID;
+-- Minutes [first, end) whose summaries are missing or stale.
+CREATE TABLE IF NOT EXISTS sample_minute_pending (
+    instrument TEXT NOT NULL,
+    first_minute INTEGER NOT NULL,
+    end_minute INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sample_minute_pending_instrument
+    ON sample_minute_pending (instrument);
+-- The roll-up's watermark (sample rowid) and retention horizon (a minute).
+CREATE TABLE IF NOT EXISTS sample_minute_state (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    watermark INTEGER NOT NULL,
+    horizon INTEGER
 );
 """
 
