@@ -14,7 +14,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__, cli_data, cli_fleet
+from . import __version__, cli_data, cli_fleet, cli_metadata
 from .logformat import FORMATS, configure_logging
 
 EXIT_OK, EXIT_ERROR_REPLY, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -184,6 +184,9 @@ def _parser() -> argparse.ArgumentParser:
     from .cli_fleet import add_agent_config_commands  # the standard library only
 
     add_agent_config_commands(commands, _hub_option)
+    from .cli_metadata import add_instrument_meta_commands  # the standard library only
+
+    add_instrument_meta_commands(commands, _hub_option)
 
     watch = commands.add_parser("watch", help="print live readings")
     watch.add_argument("patterns", nargs="+", metavar="INSTRUMENT_OR_PATTERN")
@@ -727,6 +730,7 @@ _cmd_history = cli_data.cmd_history
 _cmd_export = cli_data.cmd_export
 _cmd_replay = cli_data.cmd_replay
 _cmd_agent_config = cli_fleet.cmd_agent_config
+_cmd_instrument_meta = cli_metadata.cmd_instrument_meta
 
 
 def _cmd_forget(args: argparse.Namespace) -> int:

@@ -3,6 +3,7 @@
 from ..protocol import (
     CommandError,
     HandshakeError,
+    InstrumentMetadata,
     InstrumentRecord,
     KmzError,
     ProtocolError,
@@ -18,6 +19,7 @@ from .history import HistoryPoint, MissingExtra, fetch_history
 from .log import LogEntry, fetch_agents, fetch_log, forget_instrument
 from .log_query import LogFilter, query_log, stream_log
 from .log_stats import LogStats, fetch_log_stats
+from .metadata import get_instrument_metadata, set_instrument_metadata
 from .stream import StreamCut
 from .subscription import Event, Subscription
 from .sync import SyncClient
@@ -33,6 +35,7 @@ __all__ = [
     "HandshakeError",
     "HistoryPoint",
     "HubUnreachable",
+    "InstrumentMetadata",
     "InstrumentRecord",
     "KmzError",
     "LogEntry",
@@ -56,8 +59,10 @@ __all__ = [
     "fetch_timeline",
     "forget_instrument",
     "get_agent_config",
+    "get_instrument_metadata",
     "query_log",
     "rollback_agent_config",
     "set_agent_config",
+    "set_instrument_metadata",
     "stream_log",
 ]

@@ -43,6 +43,7 @@ from .auth import Principal, Role
 from .auth.web import principal_of
 from .calibration_service import CalibrationService, Forbidden
 from .calibrations import SqliteCalibrationStore
+from .instrument_metadata import install as install_metadata
 from .services import HUB_KEY, Hub
 
 _log = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ def install(app: web.Application, hub: Hub) -> None:
     service = CalibrationService(SqliteCalibrationStore(hub.config.data_dir / DB_NAME), hub)
     app[CALIBRATIONS_KEY] = service
     app.cleanup_ctx.append(_lifecycle)
+    install_metadata(app, service.metadata)
     base = "/api/calibrations"
     add = app.router
     add.add_get(base, _route(list_records))
@@ -97,6 +99,7 @@ def install(app: web.Application, hub: Hub) -> None:
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     service = app[CALIBRATIONS_KEY]
     await service.open()
+    await service.metadata.load()
     app[HUB_KEY].tasks.spawn(service.watch_expiry(), "kmz-calibration-expiry")
     yield
     await service.close()

@@ -63,6 +63,7 @@ from ..calibration.api import (
 from ..calibration.model import Phase
 from .calibration_capture import accept_reading, recent_samples, with_live_environment
 from .calibrations import CalibrationStore, Conflict, NotFound, RecordSummary
+from .instrument_metadata import MetadataService
 
 if TYPE_CHECKING:
     from .auth import Principal
@@ -97,6 +98,8 @@ class CalibrationService:
         self._pdfs: OrderedDict[str, bytes] = OrderedDict()
         #: Instrument id -> what its newest approved calibration, failed, says of it.
         self._failed: dict[str, str] = {}
+        #: Description, location and interval of instruments: kept there, once.
+        self.metadata = MetadataService(self, hub)
 
     async def open(self) -> None:
         """Open the store, if there is one, and apply the corrections still in force.
@@ -210,10 +213,67 @@ class CalibrationService:
         )
 
     async def register_instrument(self, who: Principal, instrument: Instrument) -> None:
-        """Register or update an instrument's metadata."""
+        """Register or update an instrument; its description, location and interval go to metadata.
+
+        Only the shared facts it gives change the metadata (an empty location
+        leaves the one set at the hub); its next due date is taken as given.
+        """
         await self.calibrations.save_instrument(instrument)
+        await self.metadata.absorb(who, instrument)
         self.audit(who, "register_instrument", None, instrument=instrument.id)
         await self.note_expired()
+
+    async def follow_interval(
+        self, who: Principal, instrument_id: str, old_interval_days: int | None
+    ) -> None:
+        """Move a registered instrument's next due date to follow its changed calibration interval.
+
+        The due date counts from its newest passed calibration; without one,
+        from the date the old interval counted from (a due date registered by
+        hand). An instrument without an interval keeps the date it has.
+        """
+        async with self._lock:
+            try:
+                instrument = await self.calibrations.instrument(instrument_id)
+            except NotFound:
+                return
+            interval = instrument.calibration_interval_days
+            if interval is None:
+                return
+            anchor = await self._last_passed(instrument_id)
+            if anchor is None and instrument.next_due and old_interval_days is not None:
+                anchor = instrument.next_due - datetime.timedelta(days=old_interval_days)
+            if anchor is None:
+                return
+            due = anchor + datetime.timedelta(days=interval)
+            if due == instrument.next_due:
+                return
+            await self.calibrations.save_instrument(
+                msgspec.structs.replace(instrument, next_due=due)
+            )
+        self.audit(
+            who,
+            "next_due",
+            None,
+            instrument=instrument_id,
+            old=instrument.next_due.isoformat() if instrument.next_due else None,
+            new=due.isoformat(),
+            calibration_interval_days=interval,
+        )
+        await self.note_expired()
+
+    async def _last_passed(self, instrument_id: str) -> datetime.date | None:
+        """The date of the instrument's newest approved calibration that passed."""
+        for summary in await self.calibrations.records(instrument_id):  # newest first
+            if not summary.approved:
+                continue
+            record = await self.calibrations.record(summary.certificate_number, summary.revision)
+            try:
+                if evaluate(record).verdict == "pass":
+                    return record.calibrated_on
+            except CalibrationError:
+                continue
+        return None
 
     async def register_procedure(self, who: Principal, text: str, source: str) -> Procedure:
         """Load a procedure from its TOML text; a version, once stored, never changes."""
@@ -233,6 +293,10 @@ class CalibrationService:
     async def start(self, who: Principal, request: StartRun) -> RecordView:
         """A new draft record with a new certificate number."""
         instrument = await self.calibrations.instrument(request.instrument)
+        if not instrument.description:
+            # Nothing set at the hub: the description the agent's file gives, as shown.
+            description = self.metadata.view(instrument.id).description
+            instrument = msgspec.structs.replace(instrument, description=description)
         procedure = await self.calibrations.procedure(request.procedure, request.version)
         laboratory = await self.calibrations.laboratory()
         if instrument.unit != procedure.unit:

@@ -9,6 +9,15 @@ Immutability is enforced twice: the store refuses to overwrite an approved
 revision, and the database's triggers refuse any UPDATE or DELETE of one, so
 a bug (or a hand with sqlite3) cannot quietly change what was signed.
 Procedure versions are immutable too: a changed procedure is a new version.
+
+Instrument metadata (`InstrumentMetadata`: description, location, group,
+owner, calibration interval) lives here too, in `instrument_metadata`, for
+every instrument the lab names, calibrated or not: admins change it through
+`instrument_metadata`. The calibration registry's row keeps what only a
+certificate needs (manufacturer, model, serial number, resolution, unit,
+channel, next due date); its description, location and interval are read
+from the metadata, so each fact is kept once: `save_instrument` moves those
+it is given into the metadata, in the same transaction.
 """
 
 from __future__ import annotations
@@ -37,10 +46,28 @@ from ..calibration import (
     verify,
 )
 from ..calibration.api import RecordSummary
+from ..protocol import InstrumentMetadata
 
 _T = TypeVar("_T")
 
-__all__ = ["CalibrationStore", "Conflict", "NotFound", "RecordSummary", "SqliteCalibrationStore"]
+__all__ = [
+    "CalibrationStore",
+    "Conflict",
+    "HeldMetadata",
+    "NotFound",
+    "RecordSummary",
+    "SqliteCalibrationStore",
+]
+
+
+class HeldMetadata(msgspec.Struct, frozen=True):
+    """One instrument's metadata as the store holds it, with who set it last and when."""
+
+    instrument: str
+    metadata: InstrumentMetadata
+    updated_by: str
+    #: Hub time; None for metadata moved out of the calibration registry.
+    updated_at: float | None
 
 
 class NotFound(CalibrationError):
@@ -100,10 +127,10 @@ class CalibrationStore(Protocol):
         """One reference standard."""
 
     async def save_instrument(self, instrument: Instrument) -> None:
-        """Register or update an instrument's metadata (its next due date, say)."""
+        """Register or update an instrument's certificate facts (its next due date, say)."""
 
     async def instrument(self, instrument_id: str) -> Instrument:
-        """One instrument's metadata."""
+        """One instrument's certificate facts, with its metadata's shared ones."""
 
     async def due(self, today: datetime.date, within_days: int = 0) -> list[Instrument]:
         """Instruments whose next calibration is due by ``today + within_days``, soonest first."""
@@ -128,6 +155,12 @@ class CalibrationStore(Protocol):
 
     async def corrections(self) -> list[Correction]:
         """Every correction version, oldest first."""
+
+    async def metadata(self) -> list[HeldMetadata]:
+        """Every instrument's metadata, by id."""
+
+    async def save_metadata(self, held: HeldMetadata) -> None:
+        """Set one instrument's metadata; an empty one is removed."""
 
 
 _SCHEMA = """
@@ -179,6 +212,12 @@ CREATE TABLE IF NOT EXISTS calibration_corrections (
     valid_from REAL NOT NULL,
     correction BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS instrument_metadata (
+    id TEXT PRIMARY KEY,
+    metadata BLOB NOT NULL,
+    updated_by TEXT NOT NULL,
+    updated_at REAL
+);
 CREATE TABLE IF NOT EXISTS calibration_numbers (
     prefix TEXT NOT NULL,
     year INTEGER NOT NULL,
@@ -217,6 +256,7 @@ class SqliteCalibrationStore:
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=FULL")  # a signed record survives power loss
             connection.executescript(_SCHEMA)
+            _move_shared_facts(connection)
         except BaseException:
             connection.close()
             raise
@@ -466,48 +506,39 @@ class SqliteCalibrationStore:
         return msgspec.json.decode(bytes(row[0]), type=ReferenceStandard)
 
     async def save_instrument(self, instrument: Instrument) -> None:
-        """Register or update an instrument's metadata."""
-        due = instrument.next_due.isoformat() if instrument.next_due else None
-        await self._run(
-            lambda c: c.execute(
-                "INSERT INTO calibration_instruments (id, next_due, instrument) VALUES (?, ?, ?) "
-                "ON CONFLICT (id) DO UPDATE SET next_due = excluded.next_due, "
-                "instrument = excluded.instrument",
-                (instrument.id, due, _encode(instrument)),
-            )
-        )
+        """Register or update an instrument; the shared facts it gives go to its metadata."""
+
+        def put(connection: sqlite3.Connection) -> None:
+            with _transaction(connection):
+                _put_instrument(connection, instrument)
+
+        await self._run(put)
 
     async def instrument(self, instrument_id: str) -> Instrument:
-        """One instrument's metadata."""
-        row = await self._run(
-            lambda c: c.execute(
-                "SELECT instrument FROM calibration_instruments WHERE id = ?", (instrument_id,)
-            ).fetchone()
+        """One instrument's certificate facts, with its metadata's shared ones."""
+        rows = await self._run(
+            lambda c: c.execute(f"{_INSTRUMENTS} WHERE i.id = ?", (instrument_id,)).fetchall()
         )
-        if row is None:
+        if not rows:
             raise NotFound(f"no instrument {instrument_id} in the calibration registry")
-        return msgspec.json.decode(bytes(row[0]), type=Instrument)
+        return _merged(rows[0])
 
     async def due(self, today: datetime.date, within_days: int = 0) -> list[Instrument]:
         """Instruments due by ``today + within_days`` (overdue ones too), soonest first."""
         limit = (today + datetime.timedelta(days=within_days)).isoformat()
         rows = await self._run(
             lambda c: c.execute(
-                "SELECT instrument FROM calibration_instruments "
-                "WHERE next_due IS NOT NULL AND next_due <= ? ORDER BY next_due, id",
+                f"{_INSTRUMENTS} WHERE i.next_due IS NOT NULL AND i.next_due <= ? "
+                "ORDER BY i.next_due, i.id",
                 (limit,),
             ).fetchall()
         )
-        return [msgspec.json.decode(bytes(row[0]), type=Instrument) for row in rows]
+        return [_merged(row) for row in rows]
 
     async def instruments(self) -> list[Instrument]:
         """Every registered instrument, by id."""
-        rows = await self._run(
-            lambda c: c.execute(
-                "SELECT instrument FROM calibration_instruments ORDER BY id"
-            ).fetchall()
-        )
-        return [msgspec.json.decode(bytes(row[0]), type=Instrument) for row in rows]
+        rows = await self._run(lambda c: c.execute(f"{_INSTRUMENTS} ORDER BY i.id").fetchall())
+        return [_merged(row) for row in rows]
 
     async def standards(self) -> list[ReferenceStandard]:
         """Every registered reference standard, by id."""
@@ -575,6 +606,109 @@ class SqliteCalibrationStore:
             ).fetchall()
         )
         return [msgspec.json.decode(bytes(row[0]), type=Correction) for row in rows]
+
+    async def metadata(self) -> list[HeldMetadata]:
+        """Every instrument's metadata, by id."""
+        rows = await self._run(
+            lambda c: c.execute(
+                "SELECT id, metadata, updated_by, updated_at FROM instrument_metadata ORDER BY id"
+            ).fetchall()
+        )
+        return [HeldMetadata(row[0], _decode_metadata(row[1]), row[2], row[3]) for row in rows]
+
+    async def save_metadata(self, held: HeldMetadata) -> None:
+        """Set one instrument's metadata; an empty one is removed."""
+
+        def put(connection: sqlite3.Connection) -> None:
+            if held.metadata == _NO_METADATA:
+                connection.execute(
+                    "DELETE FROM instrument_metadata WHERE id = ?", (held.instrument,)
+                )
+                return
+            connection.execute(
+                "INSERT INTO instrument_metadata (id, metadata, updated_by, updated_at) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET metadata = excluded.metadata, "
+                "updated_by = excluded.updated_by, updated_at = excluded.updated_at",
+                (held.instrument, _encode(held.metadata), held.updated_by, held.updated_at),
+            )
+
+        await self._run(put)
+
+
+_NO_METADATA = InstrumentMetadata()
+_decode_metadata = msgspec.json.Decoder(InstrumentMetadata).decode
+#: An instrument's certificate facts with its metadata beside them.
+_INSTRUMENTS = (
+    "SELECT i.instrument, m.metadata FROM calibration_instruments AS i "
+    "LEFT JOIN instrument_metadata AS m ON m.id = i.id"
+)
+
+
+def _strip(instrument: Instrument) -> Instrument:
+    """The certificate facts alone: what the metadata holds is kept there only."""
+    return msgspec.structs.replace(
+        instrument, description="", location="", calibration_interval_days=None
+    )
+
+
+def _merged(row: tuple[bytes, bytes | None]) -> Instrument:
+    """A registry row with its instrument's metadata in place of the shared facts."""
+    instrument = msgspec.json.decode(bytes(row[0]), type=Instrument)
+    if row[1] is None:
+        return instrument
+    held = _decode_metadata(bytes(row[1]))
+    return msgspec.structs.replace(
+        instrument,
+        description=held.description or instrument.description,
+        location=held.location or instrument.location,
+        calibration_interval_days=held.calibration_interval_days
+        or instrument.calibration_interval_days,
+    )
+
+
+def _put_instrument(connection: sqlite3.Connection, instrument: Instrument) -> None:
+    """Store the certificate facts; the shared ones it gives (not empty) into its metadata."""
+    row = connection.execute(
+        "SELECT metadata FROM instrument_metadata WHERE id = ?", (instrument.id,)
+    ).fetchone()
+    before = _decode_metadata(bytes(row[0])) if row is not None else _NO_METADATA
+    metadata = msgspec.structs.replace(
+        before,
+        description=instrument.description or before.description,
+        location=instrument.location or before.location,
+        calibration_interval_days=instrument.calibration_interval_days
+        or before.calibration_interval_days,
+    )
+    if metadata != before:
+        connection.execute(
+            "INSERT INTO instrument_metadata (id, metadata, updated_by, updated_at) "
+            "VALUES (?, ?, 'calibration registry', NULL) ON CONFLICT (id) DO UPDATE SET "
+            "metadata = excluded.metadata, updated_by = excluded.updated_by, "
+            "updated_at = excluded.updated_at",
+            (instrument.id, _encode(metadata)),
+        )
+    due = instrument.next_due.isoformat() if instrument.next_due else None
+    connection.execute(
+        "INSERT INTO calibration_instruments (id, next_due, instrument) VALUES (?, ?, ?) "
+        "ON CONFLICT (id) DO UPDATE SET next_due = excluded.next_due, "
+        "instrument = excluded.instrument",
+        (instrument.id, due, _encode(_strip(instrument))),
+    )
+
+
+def _move_shared_facts(connection: sqlite3.Connection) -> None:
+    """Move description, location and interval out of registry rows written before metadata.
+
+    What a row gives wins, as a registration's does. Runs on every open and
+    finds nothing to do once done.
+    """
+    with _transaction(connection):
+        for (blob,) in connection.execute(
+            "SELECT instrument FROM calibration_instruments"
+        ).fetchall():
+            stored = msgspec.json.decode(bytes(blob), type=Instrument)
+            if stored != _strip(stored):
+                _put_instrument(connection, stored)
 
 
 class _transaction:

@@ -33,8 +33,10 @@ from ..protocol import (
     ConfigChange,
     ConfigOutcome,
     History,
+    InstrumentMetadata,
     InstrumentRecord,
     LogPage,
+    MetadataView,
 )
 from ..protocol.log import LogEntry
 from .auth.permissions import Role
@@ -314,6 +316,29 @@ ROUTES: tuple[Route, ...] = (
         Role.ADMIN,
         (Body(_FORGOTTEN),),
         errors={400: "not an instrument id", 404: "not known", 409: "its agent serves it"},
+    ),
+    Route(
+        "GET",
+        "/api/instruments/{instrument}/metadata",
+        "What the hub holds of an instrument: description, location, group, owner, interval",
+        "instruments",
+        Role.ADMIN,
+        (Body(MetadataView),),
+        errors={400: "not an instrument id"},
+        description="Everyone sees the metadata in the instrument records; this shows who set "
+        "it last and the description the agent's file gives.",
+    ),
+    Route(
+        "PUT",
+        "/api/instruments/{instrument}/metadata",
+        "Set an instrument's metadata (all of it; an empty field is not set)",
+        "instruments",
+        Role.ADMIN,
+        (Body(MetadataView),),
+        body=Body(InstrumentMetadata),
+        errors={400: "not an instrument id, or a body it cannot use", 413: "the body is too large"},
+        description="Logged as an instrument_metadata entry with the old and new values. A "
+        "changed calibration interval moves a registered instrument's next due date.",
     ),
     Route(
         "GET",

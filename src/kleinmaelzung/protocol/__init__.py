@@ -67,6 +67,7 @@ from .messages import (
     HubToClientMessage,
     InstrumentInfo,
     InstrumentList,
+    InstrumentMetadata,
     InstrumentOutcome,
     InstrumentRecord,
     InstrumentState,
@@ -88,6 +89,7 @@ from .messages import (
     Value,
     Welcome,
 )
+from .metadata import MetadataView
 from .text import printable
 from .times import TimeFormatError, format_time, parse_duration, parse_time
 from .topics import (
@@ -165,6 +167,7 @@ __all__ = [
     "HubToClientMessage",
     "InstrumentInfo",
     "InstrumentList",
+    "InstrumentMetadata",
     "InstrumentOutcome",
     "InstrumentRecord",
     "InstrumentState",
@@ -177,6 +180,7 @@ __all__ = [
     "LogPage",
     "LogResult",
     "Message",
+    "MetadataView",
     "Missed",
     "PeerConnection",
     "PeerKind",

@@ -140,6 +140,18 @@ class LeaseInfo(_Struct, frozen=True):
     until: Timestamp
 
 
+class InstrumentMetadata(_Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """What a lab's admin says of an instrument at the hub (protocol 4; `kmz instrument-meta`)."""
+
+    #: Overrides the description the agent's file gives, once set.
+    description: Annotated[str, msgspec.Meta(max_length=2000)] = ""
+    location: Annotated[str, msgspec.Meta(max_length=200)] = ""
+    group: Annotated[str, msgspec.Meta(max_length=200)] = ""
+    owner: Annotated[str, msgspec.Meta(max_length=200)] = ""
+    #: Days from a passed calibration to the next one due.
+    calibration_interval_days: Annotated[int, msgspec.Meta(gt=0, le=36500)] | None = None
+
+
 class InstrumentRecord(_Struct, frozen=True):
     """The hub's view of one instrument, as listed to clients."""
 
@@ -157,6 +169,9 @@ class InstrumentRecord(_Struct, frozen=True):
     since: Timestamp | None = None
     #: The control lease, while someone holds one.
     lease: LeaseInfo | None = None
+    #: What the hub holds of it (protocol 4): absent when it holds nothing, and
+    #: to peers of version 3. `description` above is the one to show already.
+    metadata: InstrumentMetadata | msgspec.UnsetType = msgspec.UNSET
 
 
 class AgentRecord(_Struct, frozen=True, kw_only=True):
