@@ -4,7 +4,8 @@
 // "missed", "gap", "unauthorized" (closed with 4001: sign in again), "problem" (an error
 // with no request id). Requests (subscribe, list, command) return Promises of the answer.
 
-const PROTOCOL = 3;
+// 4: instrument records carry the metadata held at the hub (the overview groups by it).
+const PROTOCOL = 4;
 const REQUEST_TIMEOUT_S = 10;
 
 export class HubLink extends EventTarget {

@@ -16,6 +16,9 @@ export function parseGroups(text) {
   }).filter((g) => g.name && g.patterns.length);
 }
 
+/** The heading of instruments the hub holds no location (group) for. */
+const UNSET = { location: "no location", group: "no group" };
+
 const STATE_WORDS = { online: "online", offline: "offline", faulted: "faulted", stale: "stale" };
 
 export function mount(section, { lab, grant }) {
@@ -27,6 +30,8 @@ export function mount(section, { lab, grant }) {
     h("option", { value: "agent" }, "by agent"),
     h("option", { value: "kind" }, "by kind"),
     h("option", { value: "state" }, "by state"),
+    h("option", { value: "location" }, "by location"),
+    h("option", { value: "group" }, "by group"),
     h("option", { value: "mine" }, "my groups"),
     h("option", { value: "none" }, "no groups"));
   // User-defined groups, kept in this browser: "Kiln: kiln-*; Steeping: steep-* germ-*".
@@ -56,6 +61,7 @@ export function mount(section, { lab, grant }) {
       kind: h("div", { class: "kind" }),
       values: h("dl", { class: "values" }),
       reason: h("div", { class: "reason" }),
+      place: h("div", { class: "place" }),
       since: h("span", { class: "since" }),
       agent: h("span", { class: "agent" }),
       seen: h("span", { class: "seen" }),
@@ -64,7 +70,7 @@ export function mount(section, { lab, grant }) {
       shape: "",
     };
     el.append(
-      h("header", {}, c.title, c.badge), c.kind, c.values, c.reason,
+      h("header", {}, c.title, c.badge), c.kind, c.place, c.values, c.reason,
       h("div", { class: "meta" }, c.since, c.agent, c.seen), c.links);
     cards.set(id, c);
     return c;
@@ -126,6 +132,11 @@ export function mount(section, { lab, grant }) {
     const r = entry.record;
     c.kind.textContent = r.description ? `${r.kind} · ${r.description}` : r.kind;
     c.agent.textContent = `agent ${r.agent}`;
+    // Where it is and who looks after it, as an admin set it at the hub.
+    const meta = r.metadata || {};
+    c.place.textContent = [meta.location, meta.group, meta.owner && `owner ${meta.owner}`]
+      .filter(Boolean).join(" · ");
+    c.place.hidden = !c.place.textContent;
     c.reason.textContent = [r.reason, lab.leaseText(entry)].filter(Boolean).join(" · ");
     c.reason.hidden = !c.reason.textContent;
     if (!c.links.childElementCount) {
@@ -138,8 +149,8 @@ export function mount(section, { lab, grant }) {
     }
     renderValues(c, entry);
     renderMeta(c, entry, Date.now() / 1000);
-    c.search = [id, r.kind, r.agent, r.description, r.state, ...(r.channels || []).map((ch) => ch.name)]
-      .join(" ").toLowerCase();
+    c.search = [id, r.kind, r.agent, r.description, r.state, meta.location, meta.group, meta.owner,
+      ...(r.channels || []).map((ch) => ch.name)].filter(Boolean).join(" ").toLowerCase();
   }
 
   function layout() {
@@ -157,14 +168,17 @@ export function mount(section, { lab, grant }) {
       if (words.length && !words.every((w) => text.includes(w))) continue;
       shown++;
       const key = by === "agent" ? entry.record.agent : by === "kind" ? entry.record.kind
-        : by === "state" ? state : by === "mine" ? myGroup(id) : "";
+        : by === "state" ? state : by === "mine" ? myGroup(id)
+        : by in UNSET ? entry.record.metadata?.[by] || UNSET[by] : "";
       if (!buckets.has(key)) buckets.set(key, []);
       buckets.get(key).push(c.el);
     }
     for (const [id, c] of cards) if (!lab.instruments.has(id)) cards.delete(id);
     const order = by === "mine" ? [...mine.map((g) => g.name), "other"] : null;
+    // Those without a location (or group) last: the lab's rooms first.
+    const last = (key) => key === UNSET[by] ? 1 : 0;
     const keys = [...buckets.keys()].sort((a, b) =>
-      order ? order.indexOf(a) - order.indexOf(b) : a.localeCompare(b));
+      order ? order.indexOf(a) - order.indexOf(b) : last(a) - last(b) || a.localeCompare(b));
     const sections = keys.map((key) => h("section", { class: "group" },
       key ? h("h2", {}, by === "agent" ? `Agent ${key}` : key) : null,
       h("div", { class: "cards" }, buckets.get(key))));
