@@ -138,34 +138,42 @@ class HubLog:
         )
 
 
+#: The rows the checker reads, in log order, on either backend.
+LOG_ROWS = (
+    "SELECT id, direction, peer, type, message FROM traffic"
+    " WHERE (direction = 'in' AND type IN ('agent_hello', 'data', 'gap'))"
+    " OR (direction = 'out' AND type = 'gap') ORDER BY id"
+)
+
+
 def read_hub_log(path: Path) -> HubLog:
     """Read a hub's traffic log file (`DATA/traffic.sqlite3`) after the hub stopped."""
+    with snapshot(path) as db:
+        return hub_log_of(db.execute(LOG_ROWS))
+
+
+def hub_log_of(rows: Iterable[tuple[int, str, str, str, str]]) -> HubLog:
+    """A `HubLog` of traffic rows (`LOG_ROWS`): from SQLite, or PostgreSQL shared by hubs."""
     log = HubLog()
     hello_runs: dict[str, str] = {}
     connections: Counter[str] = Counter()  # hellos per agent process run
-    with snapshot(path) as db:
-        rows = db.execute(
-            "SELECT id, direction, peer, type, message FROM traffic"
-            " WHERE (direction = 'in' AND type IN ('agent_hello', 'data', 'gap'))"
-            " OR (direction = 'out' AND type = 'gap') ORDER BY id"
-        )
-        for row_id, direction, peer, kind, text in rows:
-            message = msgspec.json.decode(text)
-            if kind == "gap" and direction == "in":
-                log.claimed_gaps.append(_gap(message))
-            elif kind == "agent_hello":
-                hello_runs[peer] = message["run"]
-                connections[message["run"]] += 1
-                log.hello_rows.append(row_id)
-            elif kind == "gap":
-                log.gaps.append(_gap(message))
-            else:
-                # An agent may leave `run` out: then it is its hello's.
-                run = message.get("run") or hello_runs[peer]
-                samples = tuple((s["instrument"], s["seq"], s["ts"]) for s in message["samples"])
-                connection = connections[hello_runs.get(peer, "")]
-                backlog = bool(message.get("backlog"))
-                log.frames.append(LoggedFrame(row_id, run, backlog, samples, connection))
+    for row_id, direction, peer, kind, text in rows:
+        message = msgspec.json.decode(text)
+        if kind == "gap" and direction == "in":
+            log.claimed_gaps.append(_gap(message))
+        elif kind == "agent_hello":
+            hello_runs[peer] = message["run"]
+            connections[message["run"]] += 1
+            log.hello_rows.append(row_id)
+        elif kind == "gap":
+            log.gaps.append(_gap(message))
+        else:
+            # An agent may leave `run` out: then it is its hello's.
+            run = message.get("run") or hello_runs[peer]
+            samples = tuple((s["instrument"], s["seq"], s["ts"]) for s in message["samples"])
+            connection = connections[hello_runs.get(peer, "")]
+            backlog = bool(message.get("backlog"))
+            log.frames.append(LoggedFrame(row_id, run, backlog, samples, connection))
     return log
 
 
