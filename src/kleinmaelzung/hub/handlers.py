@@ -580,7 +580,9 @@ async def client_unsubscribe(ctx: Context, message: Unsubscribe) -> None:
 async def client_list(ctx: Context, message: ListInstruments) -> None:
     """Answer with every known instrument."""
     ctx.log_in(message)
-    records = ctx.hub.registry.records()
+    # A record's `metadata` is protocol 4's: a client of 3 would refuse the field.
+    hello = ctx.peer.connection.hello
+    records = ctx.hub.registry.records(metadata=hello is None or hello.protocol >= 4)
     principal = ctx.hub.auth.principal(ctx.peer)
     if principal is not None and not principal.is_admin:
         records = [r for r in records if principal.may_watch(r.id)]

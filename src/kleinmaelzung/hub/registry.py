@@ -17,6 +17,7 @@ from ..protocol import (
     AgentRecord,
     AgentState,
     InstrumentInfo,
+    InstrumentMetadata,
     InstrumentRecord,
     InstrumentState,
     LeaseInfo,
@@ -69,9 +70,20 @@ class InstrumentEntry:
             last_seen=self.last_seen,
         )
 
-    def record(self, calibration: str = "") -> InstrumentRecord:
-        """The entry as listed to clients; `calibration` says what is wrong with its calibration."""
+    def record(
+        self,
+        calibration: str = "",
+        metadata: InstrumentMetadata | None = None,
+        *,
+        with_metadata: bool = True,
+    ) -> InstrumentRecord:
+        """The entry as listed to clients; `calibration` says what is wrong with its calibration.
+
+        `with_metadata` False (protocol 3) leaves the field out; the description is the hub's.
+        """
         reason = f"{self.reason}; {calibration}" if self.reason and calibration else None
+        # The hub's description, once an admin set one, wins over the agent's file.
+        description = (metadata.description if metadata else "") or self.info.description
         return InstrumentRecord(
             id=self.info.id,
             kind=self.info.kind,
@@ -79,11 +91,12 @@ class InstrumentEntry:
             state=self.state,
             reason=reason or self.reason or calibration,
             last_seen=self.last_seen,
-            description=self.info.description,
+            description=description,
             channels=self.info.channels,
             commands=self.info.commands,
             since=self.since,
             lease=self.lease,
+            metadata=metadata if metadata and with_metadata else msgspec.UNSET,
         )
 
 
@@ -143,6 +156,8 @@ class Registry:
         #: Per instrument, what is wrong with its calibration ("calibration
         #: expired on ..."), shown in its listed reason; see `set_calibration_notes`.
         self._calibration_notes: dict[str, str] = {}
+        #: Instrument id -> the metadata an admin set at the hub; see `set_metadata`.
+        self._metadata: dict[str, InstrumentMetadata] = {}
 
     @property
     def agents(self) -> Mapping[str, AgentEntry]:
@@ -478,11 +493,17 @@ class Registry:
             )
         return records
 
-    def records(self, ids: Iterable[str] | None = None) -> list[InstrumentRecord]:
-        """Known instruments (all, or those in `ids`), sorted by id."""
+    def records(
+        self, ids: Iterable[str] | None = None, *, metadata: bool = True
+    ) -> list[InstrumentRecord]:
+        """Known instruments (all, or those in `ids`), by id; `metadata` False for protocol 3."""
         chosen = self._instruments if ids is None else set(ids) & self._instruments.keys()
         notes = self._calibration_notes
-        return [self._instruments[i].record(notes.get(i, "")) for i in sorted(chosen)]
+        held = self._metadata
+        return [
+            self._instruments[i].record(notes.get(i, ""), held.get(i), with_metadata=metadata)
+            for i in sorted(chosen)
+        ]
 
     def set_lease(self, instrument_id: str, lease: LeaseInfo | None) -> None:
         """Record who holds an instrument's control lease (`auth.leases` decides)."""
@@ -493,6 +514,10 @@ class Registry:
     def set_calibration_notes(self, notes: Mapping[str, str]) -> None:
         """Replace what is said of instruments' calibrations (the calibration service's view)."""
         self._calibration_notes = dict(notes)
+
+    def set_metadata(self, metadata: Mapping[str, InstrumentMetadata]) -> None:
+        """Replace the metadata admins set at the hub (`instrument_metadata`'s view)."""
+        self._metadata = dict(metadata)
 
 
 def _channel_names(info: InstrumentInfo) -> frozenset[str]:
