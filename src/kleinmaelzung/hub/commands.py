@@ -59,7 +59,9 @@ class Latencies:
 class RemoteCommands(Protocol):
     """Runs a command on an agent of another hub (`federation`)."""
 
-    def run(self, hub: str, command: Command, wait_s: float) -> Awaitable[Reply | None]:
+    def run(
+        self, hub: str, command: Command, wait_s: float, client: Peer | None = None
+    ) -> Awaitable[Reply | None]:
         """The agent's reply (or that hub's error) as a `Reply` with the command's
         id; None if nothing came within `wait_s`."""
         ...
@@ -139,7 +141,7 @@ class Commands:
 
         async def run() -> None:
             try:
-                reply = await remote.run(hub, forwarded, wait_s)
+                reply = await remote.run(hub, forwarded, wait_s, client)
             except Exception:  # the task's top: answered at the deadline
                 _log.exception("command through the bus failed", extra={"id": hub_id})
                 return
@@ -219,6 +221,29 @@ class Commands:
         for pending in self._pending.values():
             if pending.agent == agent_name and pending.agent_left is None and pending.hub is None:
                 pending.agent_left = reason
+
+    def hub_lost(self, hub: str, reason: str) -> None:
+        """Answer at once the commands in flight through another hub that was lost (`hub_lost`).
+
+        Not left to their deadline: the hub that would have answered is gone,
+        so `outcome_unknown` at the deadline would tell the client no more,
+        later. The command may still have run (the agent may have read it).
+        """
+        for hub_id, pending in list(self._pending.items()):
+            if pending.hub != hub:
+                continue
+            del self._pending[hub_id]
+            pending.timer.cancel()
+            self.latencies.observe(ErrorCode.HUB_LOST, self.monotonic() - pending.sent)
+            self._answer(
+                pending,
+                _failed(
+                    pending.client_id,
+                    ErrorCode.HUB_LOST,
+                    f"{reason} with the command in flight to agent {pending.agent!r}: it may "
+                    "have run; it will not start after its deadline",
+                ),
+            )
 
     def client_left(self, client: Peer) -> None:
         """Forget the commands of a client that went away; their replies have nowhere to go."""

@@ -15,7 +15,12 @@ through `Fanout` exactly as before. On the bus (subjects in `bus.Subjects`):
   go offline.
 - ``<prefix>.cmd.<hub>``: NATS request/reply to the hub holding the agent,
   answered with the agent's `Reply` (or that hub's error), under the same
-  deadlines as on one hub (`Commands.forward_remote`).
+  deadlines as on one hub (`Commands.forward_remote`). The asking user
+  travels with the command (`BusCommand`): the holding hub holds the
+  instrument's control lease, takes and releases it (``lease``, ``release``)
+  for users of every hub, and refuses others' commands while it holds.
+  Commands in flight through a hub that is lost are answered `hub_lost` at
+  once (`Commands.hub_lost`).
 """
 
 from __future__ import annotations
@@ -43,11 +48,13 @@ from ..protocol import (
     encode_samples,
     samples_array,
 )
+from .auth.guard import LEASE, RELEASE, lease_stops, remote_lease
 from .bus import Bus, BusError, Subjects, Unsubscribe, open_bus
 from .fanout import Fanout
 from .registry import Announced
 
 if TYPE_CHECKING:
+    from .peers import Peer
     from .services import Hub
 
 _log = logging.getLogger(__name__)
@@ -68,6 +75,20 @@ class Presence(msgspec.Struct, frozen=True):
     leaving: bool = False
 
 
+class BusCommand(msgspec.Struct, frozen=True):
+    """A command on its way to the hub holding the agent, with who asked.
+
+    The holding hub enforces its control lease against `user` (the asking
+    hub checked the user's role and grant: run the hubs with the same users).
+    """
+
+    command: Command
+    #: The asking user's name on the asking hub (``anonymous`` on a hub without auth).
+    user: str
+    #: Whether that user is an admin (an admin's ``release`` ends anyone's lease).
+    admin: bool = False
+
+
 class _Seq(msgspec.Struct):
     """The one field of a sample a forwarding hub reads: its seq."""
 
@@ -76,7 +97,7 @@ class _Seq(msgspec.Struct):
 
 _seqs = msgspec.json.Decoder(list[_Seq])
 _presence = msgspec.json.Decoder(Presence)
-_command = msgspec.json.Decoder(Command)
+_command = msgspec.json.Decoder(BusCommand)
 _reply = msgspec.json.Decoder(Reply)
 _status = msgspec.json.Decoder(Status)
 _RUN_TAIL = b'],"run":'
@@ -224,7 +245,11 @@ class Federation:
             entry = hub.registry.instruments.get(instrument)
             if entry is None or entry.hub is None:
                 return  # not (or no longer) another hub's
-            if hub.registry.set_status(instrument, status.state, status.reason, hub.clock()):
+            changed = hub.registry.set_status(instrument, status.state, status.reason, hub.clock())
+            if status.lease != entry.lease:  # the holding hub's lease, taken or ended
+                hub.registry.set_lease(instrument, status.lease)
+                changed = True
+            if changed:
                 hub.fanout.forward_frame(instrument, payload)
         elif kind == "gap":
             hub.fanout.forward_frame(instrument, payload)
@@ -268,9 +293,9 @@ class Federation:
         now = hub.clock()
         if presence.leaving:
             self.hubs.pop(presence.hub, None)
-            self._went_offline(
-                hub.registry.drop_remote(presence.hub, f"hub {presence.name!r} shut down", now)
-            )
+            reason = f"hub {presence.name!r} shut down"
+            hub.commands.hub_lost(presence.hub, reason)
+            self._went_offline(hub.registry.drop_remote(presence.hub, reason, now))
             return
         if presence.hub not in self.hubs:
             _log.info("hub joined the bus", extra={"hub": presence.name, "id": presence.hub})
@@ -300,6 +325,7 @@ class Federation:
                     "hub silent on the bus: its instruments go offline", extra={"hub": name}
                 )
                 reason = f"hub {name!r} stopped answering on the bus"
+                self._hub.commands.hub_lost(hub_id, reason)
                 self._went_offline(
                     self._hub.registry.drop_remote(hub_id, reason, self._hub.clock())
                 )
@@ -314,11 +340,20 @@ class Federation:
 
     # --- commands --------------------------------------------------------------------
 
-    async def run(self, hub: str, command: Command, wait_s: float) -> Reply | None:
-        """Ask the hub holding the agent to run `command` (`RemoteCommands`)."""
+    async def run(
+        self, hub: str, command: Command, wait_s: float, client: Peer | None = None
+    ) -> Reply | None:
+        """Ask the hub holding the agent to run `command` for `client`'s user (`RemoteCommands`)."""
         assert self._bus is not None
+        principal = self._hub.auth.principal(client) if client is not None else None
+        asked = BusCommand(
+            command=command,
+            user=principal.name if principal is not None else "",
+            admin=principal.is_admin if principal is not None else False,
+        )
+        payload = msgspec.json.encode(asked)
         try:
-            answer = await self._bus.request(self._subjects.commands(hub), encode(command), wait_s)
+            answer = await self._bus.request(self._subjects.commands(hub), payload, wait_s)
         except TimeoutError:
             return None  # answered `outcome_unknown` at the deadline
         if answer is None:
@@ -335,7 +370,8 @@ class Federation:
         return _reply.decode(answer)
 
     async def _serve_command(self, payload: bytes) -> bytes:
-        command = _command.decode(payload)
+        asked = _command.decode(payload)
+        command = asked.command
         hub = self._hub
         registry = hub.registry
         entry = registry.instruments.get(command.instrument)
@@ -353,6 +389,12 @@ class Federation:
                 )
             error = ErrorInfo(code=code, message=message)
             return encode(Reply(id=command.id, ok=False, error=error))
+        # This hub holds the instrument's lease: it decides, for users of every hub.
+        if command.name in (LEASE, RELEASE):
+            return encode(remote_lease(hub, command, asked.user, asked.admin))
+        held = lease_stops(hub, command, asked.user)
+        if held is not None:
+            return encode(held)
         reply = await hub.commands.forward_for_bus(command, agent.peer)
         return encode(reply)
 
@@ -391,4 +433,4 @@ def join_bus(hub: Hub, app: web.Application, bus: Bus | None = None) -> Federati
     return federation
 
 
-__all__ = ["BusError", "BusFanout", "Federation", "Presence", "join_bus"]
+__all__ = ["BusCommand", "BusError", "BusFanout", "Federation", "Presence", "join_bus"]

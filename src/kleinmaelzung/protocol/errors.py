@@ -66,6 +66,10 @@ class ErrorCode(enum.StrEnum):
     #: The command did not run: the agent's connection to the hub closed
     #: before it could start.
     AGENT_DISCONNECTED = "agent_disconnected"
+    #: Protocol 4: the hub holding the instrument's agent was lost (shut down,
+    #: or silent on the bus) with the command in flight through it: it may
+    #: have run, and it cannot start after its deadline.
+    HUB_LOST = "hub_lost"
     #: A command's idempotency key was used before for a different command.
     IDEMPOTENCY_CONFLICT = "idempotency_conflict"
     #: Another operator holds the instrument's control lease.

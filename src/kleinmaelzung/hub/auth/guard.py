@@ -32,6 +32,7 @@ from ...protocol import (
     Data,
     Error,
     ErrorCode,
+    ErrorInfo,
     LeaseInfo,
     ListInstruments,
     PeerKind,
@@ -307,6 +308,12 @@ def _lease_command(ctx: Context, message: Command, principal: Principal) -> None
             f"no instrument {message.instrument!r} is known to this hub",
         )
         return
+    entry = hub.registry.instruments[message.instrument]
+    if entry.hub is not None and hub.commands.remote is not None:
+        # Another hub's agent serves it: that hub holds its lease, and takes
+        # or releases it for this user (`federation`, `remote_lease`).
+        hub.commands.forward_remote(ctx.peer, message, entry.hub, entry.agent)
+        return
     leases, now = hub.auth.leases, hub.clock()
     if message.name == LEASE:
         duration = message.args.get("duration_s", DEFAULT_LEASE_S)
@@ -331,6 +338,41 @@ def _lease_command(ctx: Context, message: Command, principal: Principal) -> None
         return
     _answer(ctx, message, {"holder": None, "expires": None})
     publish_lease(hub, message.instrument, None)
+
+
+def remote_lease(hub: Hub, command: Command, user: str, admin: bool) -> Reply:
+    """Take or release, for `user` of another hub, the lease of an instrument this hub's
+    agent serves: the answer `_lease_command` gives its own clients, as a `Reply`."""
+
+    def refused(code: ErrorCode, message: str) -> Reply:
+        return Reply(id=command.id, ok=False, error=ErrorInfo(code=code, message=message))
+
+    leases, now, instrument = hub.auth.leases, hub.clock(), command.instrument
+    if command.name == LEASE:
+        duration = command.args.get("duration_s", DEFAULT_LEASE_S)
+        if not isinstance(duration, int | float) or isinstance(duration, bool) or duration <= 0:
+            return refused(ErrorCode.INVALID_ARGUMENTS, "duration_s must be seconds > 0")
+        lease = leases.take(instrument, user, float(duration), now)
+        if lease.holder != user:
+            return refused(ErrorCode.LEASE_HELD, _held(lease))
+        publish_lease(hub, instrument, lease)
+        return Reply(id=command.id, ok=True, result={"holder": user, "expires": lease.expires})
+    if not leases.release(instrument, user, now, force=admin):
+        current = leases.holder(instrument, now)
+        if current is not None:
+            return refused(ErrorCode.LEASE_HELD, _held(current))
+        return Reply(id=command.id, ok=True, result={"holder": None, "expires": None})
+    publish_lease(hub, instrument, None)
+    return Reply(id=command.id, ok=True, result={"holder": None, "expires": None})
+
+
+def lease_stops(hub: Hub, command: Command, user: str) -> Reply | None:
+    """The `lease_held` answer if this hub's lease on the instrument stops `user`, else None."""
+    lease = hub.auth.leases.permits(command.instrument, user, hub.clock())
+    if lease is None:
+        return None
+    error = ErrorInfo(code=ErrorCode.LEASE_HELD, message=_held(lease))
+    return Reply(id=command.id, ok=False, error=error)
 
 
 def _answer(ctx: Context, message: Command, result: dict[str, Any]) -> None:
