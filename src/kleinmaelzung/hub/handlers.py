@@ -355,7 +355,7 @@ async def _not_logged(hub: Hub, agent: AgentEntry, gap: Gap) -> Gap | None:
     """
     registry = hub.registry
     seqs = registry.instruments[gap.instrument].seqs
-    if gap.run not in seqs:
+    if gap.run not in registry.instruments[gap.instrument].checked:
         try:
             logged = await hub.store.last_seqs(gap.run, [gap.instrument])
         except StoreError:

@@ -53,6 +53,10 @@ class InstrumentEntry:
     #: (`needs_lookup`). Several runs are live at once while an agent sends
     #: the backlog of earlier runs beside its current one.
     seqs: dict[str, int] = field(default_factory=dict)
+    #: Runs compared with the log since its agent's connection to this hub:
+    #: another hub on the same log may have logged more of a run meanwhile
+    #: (the agent failed over and back), so each connection looks again.
+    checked: set[str] = field(default_factory=set)
     #: The names of the channels it declared; kept with `info` by the registry.
     channel_names: frozenset[str] = frozenset()
     #: The bus id of the hub whose agent serves it, when that is another hub
@@ -210,6 +214,7 @@ class Registry:
             known.channel_names = _channel_names(info)
             known.agent = hello.agent_id
             known.hub = None  # an agent of this hub serves it now
+            known.checked.clear()
             if known.state != "online" or known.since is None:
                 known.since = now
             known.state = "online"
@@ -257,7 +262,7 @@ class Registry:
             instrument_id = sample.instrument
             if (
                 instrument_id in agent.instruments
-                and run not in instruments[instrument_id].seqs
+                and run not in instruments[instrument_id].checked
                 and instrument_id not in missing
             ):
                 missing.append(instrument_id)
@@ -275,12 +280,15 @@ class Registry:
             entry = self._instruments.get(instrument_id)
             if entry is None:
                 continue
+            # The higher of both: this hub's own newest may not be committed yet.
             seq = max(entry.seqs.get(run, -1), logged.get(instrument_id, -1))
             entry.seqs[run] = seq
+            entry.checked.add(run)
             if len(entry.seqs) > MAX_RUNS_PER_INSTRUMENT:
                 # The oldest first (dicts keep insertion order): long since
                 # committed, so the log answers for it if it comes back.
-                del entry.seqs[next(iter(entry.seqs))]
+                entry.checked.discard(oldest := next(iter(entry.seqs)))
+                del entry.seqs[oldest]
 
     def remove_agent(
         self, agent_id: str, peer: Peer, reason: str, now: float | None = None
