@@ -74,30 +74,38 @@ _SAMPLE_PARTITIONS = """
 SELECT c.relname FROM pg_partition_tree('sample'::regclass) t JOIN pg_class c ON c.oid = t.relid
 WHERE t.isleaf
 """
+# LATERAL: one index probe per range. As a plain join the planner took a
+# join filter over every sample of the instrument (minutes for a month).
 _FROM_SUMMARIES = """
 SELECT floor(((s.minute * 60)::float8 - $2::float8) / $3::float8)::bigint AS bucket, s.channel,
     sum(s.samples)::bigint, min(s.minimum), max(s.maximum), sum(s.total)
 FROM unnest($4::bigint[], $5::bigint[]) AS r(lo, hi)
-JOIN sample_minute s ON s.instrument = $1 AND s.minute >= r.lo AND s.minute < r.hi
-/* channels */
+CROSS JOIN LATERAL (
+    SELECT minute, channel, samples, minimum, maximum, total FROM sample_minute
+    WHERE instrument = $1 AND minute >= r.lo AND minute < r.hi /* channels */
+) s
 GROUP BY bucket, s.channel
 """
-_RAW_CHANNELS = """
+_RAW_SAMPLES = """
+FROM unnest($4::float8[], $5::float8[]) AS r(lo, hi)
+CROSS JOIN LATERAL (
+    SELECT ts, channel_values FROM sample
+    WHERE instrument = $1 AND ts >= to_timestamp(r.lo) AND ts < to_timestamp(r.hi)
+) s
+"""
+_RAW_CHANNELS = f"""
 SELECT floor((date_part('epoch', s.ts) - $2) / $3)::bigint AS bucket, j.key,
     count(*), min(j.value::float8), max(j.value::float8), sum(j.value::float8)
-FROM unnest($4::float8[], $5::float8[]) AS r(lo, hi)
-JOIN sample s ON s.instrument = $1 AND s.ts >= to_timestamp(r.lo) AND s.ts < to_timestamp(r.hi)
+{_RAW_SAMPLES}
 CROSS JOIN jsonb_each(s.channel_values) j
 WHERE jsonb_typeof(j.value) = 'number' /* channels */
 GROUP BY bucket, j.key
 """
-_RAW_ONE_CHANNEL = """
+_RAW_ONE_CHANNEL = f"""
 SELECT bucket, $6::text, count(*), min(v), max(v), sum(v) FROM (
     SELECT floor((date_part('epoch', s.ts) - $2) / $3)::bigint AS bucket,
         (s.channel_values ->> $6)::float8 AS v
-    FROM unnest($4::float8[], $5::float8[]) AS r(lo, hi)
-    JOIN sample s ON s.instrument = $1 AND s.ts >= to_timestamp(r.lo)
-        AND s.ts < to_timestamp(r.hi)
+    {_RAW_SAMPLES}
     WHERE jsonb_typeof(s.channel_values -> $6) = 'number'
 ) b GROUP BY bucket
 """
@@ -318,10 +326,10 @@ async def history(
         extra: list[object] = []
         if len(channels) == 1:
             raw_sql = _RAW_ONE_CHANNEL
-            summary_sql = summary_sql.replace("/* channels */", "WHERE s.channel = $6")
+            summary_sql = summary_sql.replace("/* channels */", "AND channel = $6")
             extra = [channels[0]]
         elif channels:
-            summary_sql = summary_sql.replace("/* channels */", "WHERE s.channel = ANY($6)")
+            summary_sql = summary_sql.replace("/* channels */", "AND channel = ANY($6)")
             raw_sql = raw_sql.replace("/* channels */", "AND j.key = ANY($6)")
             extra = [list(channels)]
         parts = [

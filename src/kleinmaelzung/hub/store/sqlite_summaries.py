@@ -178,6 +178,11 @@ class SqliteRollup:
 
     def _start(self, connection: sqlite3.Connection) -> int:
         """The watermark; on the first pass over a log, everything in it noted as pending."""
+        # Read first: a pass with nothing to start takes no lock.
+        row = connection.execute("SELECT watermark FROM sample_minute_state").fetchone()
+        newest = connection.execute("SELECT coalesce(max(rowid), 0) FROM sample").fetchone()
+        if row is not None and row[0] <= newest[0]:
+            return int(row[0])
         with _writing(connection):
             row = connection.execute("SELECT watermark FROM sample_minute_state").fetchone()
             newest = connection.execute("SELECT coalesce(max(rowid), 0) FROM sample").fetchone()
@@ -203,6 +208,9 @@ class SqliteRollup:
         self, connection: sqlite3.Connection, watermark: int, horizon: int | None
     ) -> tuple[int, int]:
         """Note the minutes of up to `FEED_ROWS` rows past the watermark as pending."""
+        (newest,) = connection.execute("SELECT coalesce(max(rowid), 0) FROM sample").fetchone()
+        if newest <= watermark:
+            return watermark, 0  # nothing new: no lock taken
         with _writing(connection):
             rows = connection.execute(
                 "SELECT rowid, instrument, ts FROM sample WHERE rowid > ? ORDER BY rowid LIMIT ?",
