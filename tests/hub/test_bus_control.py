@@ -45,8 +45,20 @@ async def hubs(tmp_path: Path) -> AsyncIterator[list[tuple[RunningHub, dict[str,
             store.close()
 
 
-async def command(peer: RawPeer, id_: str, name: str, **args: Any) -> dict[str, Any]:
-    message = {"type": "command", "id": id_, "instrument": "kiln-air", "name": name, "args": args}
+async def command(
+    peer: RawPeer, id_: str, name: str, timeout_s: float = 5.0, **args: Any
+) -> dict[str, Any]:
+    # The command's own deadline is a field beside `args`: inside them, an
+    # instrument that takes none answers `invalid_arguments` and no agent sees
+    # the command (the hub_lost test below was xfail for that reason alone).
+    message = {
+        "type": "command",
+        "id": id_,
+        "instrument": "kiln-air",
+        "name": name,
+        "args": args,
+        "timeout_s": timeout_s,
+    }
     await peer.send(message)
     while True:
         reply = await peer.receive_type("reply")
@@ -108,11 +120,6 @@ async def test_a_lease_on_hub_a_holds_against_an_operator_on_hub_b(
         assert (await sent)["ok"]
 
 
-@pytest.mark.xfail(
-    reason="hub B never lists the agent of hub A in this arrangement (no status within 10 s);"
-    " seen only here, not in the lease test or a plain script: not yet understood",
-    strict=False,
-)
 async def test_commands_in_flight_through_a_hub_that_leaves_are_answered_at_once(
     hubs: list[tuple[RunningHub, dict[str, str]]],
 ) -> None:

@@ -271,8 +271,15 @@ class Federation:
         assert self._bus is not None
         while True:
             self._bus.publish(self._subjects.presence, self._presence())
+            # asyncio.timeout, not wait_for: on Python 3.11, wait_for returns
+            # the event's result when the event is set in the step this task
+            # is cancelled (an agent going offline at shutdown does just that)
+            # and the cancel is lost: the task announced forever, the hub
+            # never stopped nor said `leaving`, and other hubs' commands
+            # through it waited for their deadline instead of `hub_lost`.
             try:
-                await asyncio.wait_for(self._changed.wait(), PRESENCE_INTERVAL_S)
+                async with asyncio.timeout(PRESENCE_INTERVAL_S):
+                    await self._changed.wait()
                 # Coalesced: a hundred instruments going offline at once are
                 # one announcement, a moment later.
                 await asyncio.sleep(0.01)
