@@ -1,8 +1,10 @@
-"""Two `kmz hub` processes as one over the real NATS server (issue 16, first slice).
+"""Two and three `kmz hub` processes as one over the real NATS server (issue 16).
 
 An agent streams the simulated kiln and steeping tank to hub A; a client of
 hub B lists them, subscribes by pattern (before they appear), receives their
-data and status, and commands them, with the errors of one hub.
+data and status, and commands them, with the errors of one hub. With a third
+hub C, a pattern subscription on hub B picks up an instrument whose agent
+joins hub C, while another agent streams to hub A.
 """
 
 from __future__ import annotations
@@ -76,11 +78,19 @@ class TwoHubs:
     sim: Process
     agent_config: Path
     processes: list[Process]
+    bus: str
+    prefix: str
 
-    def start_agent(self) -> Process:
-        agent = Process("agent", ["agent", str(self.agent_config)], self.tmp)
+    def start_agent(self, config: Path | None = None, name: str = "agent") -> Process:
+        agent = Process(name, ["agent", str(config or self.agent_config)], self.tmp)
         self.processes.append(agent)
         return agent
+
+    def start_hub(self, name: str) -> str:
+        """One more hub on the same bus and prefix; its URL."""
+        hub, url = _start_hub(self.tmp, name, self.bus, self.prefix)
+        self.processes.append(hub)
+        return url
 
     def listed(self, url: str) -> dict[str, dict[str, object]]:
         return {r["id"]: r for r in get_json(url + "/api/instruments") or []}
@@ -113,7 +123,7 @@ def two_hubs(tmp_path: Path, nats_server: str) -> Iterator[TwoHubs]:
         config = write_agent_config(
             tmp_path / "agent.toml", a_url, paths, agent_id="scaleout-pi", ids=INSTRUMENTS
         )
-        yield TwoHubs(tmp_path, a_url, b_url, a, b, sim, config, processes)
+        yield TwoHubs(tmp_path, a_url, b_url, a, b, sim, config, processes, nats_server, prefix)
     finally:
         for proc in reversed(processes):
             proc.stop()
@@ -191,6 +201,51 @@ async def test_agent_on_hub_a_client_on_hub_b(two_hubs: TwoHubs) -> None:
             await client.command("kiln-air", "get_setpoint")
         assert refused.value.code == ErrorCode.INSTRUMENT_OFFLINE
         await kiln.close()
+
+
+async def test_three_hubs_a_pattern_on_b_picks_up_an_instrument_of_hub_c(
+    two_hubs: TwoHubs,
+) -> None:
+    lab = two_hubs
+    c_url = lab.start_hub("hub-c")
+    paths = read_json_file(lab.tmp / "ptys.json")
+    on_a = write_agent_config(
+        lab.tmp / "agent-a.toml", lab.a_url, paths, agent_id="pi-a", ids=("steep-water",)
+    )
+    on_c = write_agent_config(
+        lab.tmp / "agent-c.toml", c_url, paths, agent_id="pi-c", ids=("kiln-air",)
+    )
+    async with (
+        Client(lab.b_url, name="watch-b") as client_b,
+        Client(lab.a_url, name="watch-a") as client_a,
+    ):
+        # Subscribed by pattern on B (and on A) before any hub has a kiln.
+        kilns_b = client_b.subscribe("kiln-*", status=True)
+        assert (await kilns_b).instruments == []
+        kilns_a = client_a.subscribe("kiln-*", status=True)
+        assert (await kilns_a).instruments == []
+        steep_b = client_b.subscribe("steep-*", status=True)
+        assert (await steep_b).instruments == []
+        lab.start_agent(on_a, "agent-a")
+        assert isinstance(await _next(steep_b, Sample, "steep-water"), Sample)
+
+        # The kiln appears on hub C: B's pattern (and A's) picks it up.
+        lab.start_agent(on_c, "agent-c")
+        for kilns in (kilns_b, kilns_a):
+            online = await _next(kilns, Status, "kiln-air")
+            assert isinstance(online, Status) and online.state == "online"
+            sample = await _next(kilns, Sample, "kiln-air")
+            assert isinstance(sample, Sample) and "temperature" in sample.values
+
+        # B lists what A's and C's agents serve, and commands C's kiln.
+        records = {r.id: r for r in await client_b.instruments()}
+        assert records["kiln-air"].agent == "pi-c" and records["kiln-air"].state == "online"
+        assert records["steep-water"].agent == "pi-a"
+        await client_b.command("kiln-air", "set_setpoint", value=64)
+        result = await client_a.command("kiln-air", "get_setpoint")
+        assert float(result["setpoint"]) == 64.0
+        for subscription in (kilns_b, kilns_a, steep_b):
+            await subscription.close()
 
 
 async def wait_until_async_listed(lab: TwoHubs, url: str) -> dict[str, dict[str, object]]:
