@@ -74,15 +74,16 @@ _SAMPLE_PARTITIONS = """
 SELECT c.relname FROM pg_partition_tree('sample'::regclass) t JOIN pg_class c ON c.oid = t.relid
 WHERE t.isleaf
 """
-# LATERAL: one index probe per range. As a plain join the planner took a
-# join filter over every sample of the instrument (minutes for a month).
+# LATERAL with OFFSET 0 (which keeps the planner from flattening it): one
+# index probe per range. As a join, the planner read every sample of the
+# instrument with the ranges as a join filter: minutes for a month.
 _FROM_SUMMARIES = """
 SELECT floor(((s.minute * 60)::float8 - $2::float8) / $3::float8)::bigint AS bucket, s.channel,
     sum(s.samples)::bigint, min(s.minimum), max(s.maximum), sum(s.total)
 FROM unnest($4::bigint[], $5::bigint[]) AS r(lo, hi)
 CROSS JOIN LATERAL (
     SELECT minute, channel, samples, minimum, maximum, total FROM sample_minute
-    WHERE instrument = $1 AND minute >= r.lo AND minute < r.hi /* channels */
+    WHERE instrument = $1 AND minute >= r.lo AND minute < r.hi /* channels */ OFFSET 0
 ) s
 GROUP BY bucket, s.channel
 """
@@ -90,7 +91,7 @@ _RAW_SAMPLES = """
 FROM unnest($4::float8[], $5::float8[]) AS r(lo, hi)
 CROSS JOIN LATERAL (
     SELECT ts, channel_values FROM sample
-    WHERE instrument = $1 AND ts >= to_timestamp(r.lo) AND ts < to_timestamp(r.hi)
+    WHERE instrument = $1 AND ts >= to_timestamp(r.lo) AND ts < to_timestamp(r.hi) OFFSET 0
 ) s
 """
 _RAW_CHANNELS = f"""
