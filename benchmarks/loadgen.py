@@ -154,13 +154,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     protocol_class = PROTOCOLS[args.protocol]
     stats = _Stats(args.pubs, args.subs)
     subs = [
-        await _connect(args.url, protocol_class("sub", i, topic=args.topic), stats, i)
+        await _connect(
+            args.sub_url or args.url, protocol_class("sub", i, topic=args.topic), stats, i
+        )
         for i in range(args.subs)
     ]
     pubs = [
         await _connect(args.url, protocol_class("pub", i, batch=args.batch), stats, -1)
         for i in range(args.pubs)
     ]
+    if args.wait_listed:
+        # Subscribers on another hub: their hub must list every publisher's
+        # instrument (presence over the bus) before sending means anything.
+        await asyncio.to_thread(_wait_listed, args.wait_listed, args.pubs)
     now_ns, now = time.time_ns(), time.monotonic()
     start_ns = now_ns + int(args.warmup * 1e9)
     stats.window = (start_ns, start_ns + int(args.duration * 1e9))
@@ -171,8 +177,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     async def sample_cpu() -> None:
         nonlocal cpu_before, own_before
         await asyncio.sleep(args.warmup)
-        cpu_before = _cpu_seconds(args.server_pid)
-        own_before = _cpu_seconds(args.server_pid, children=False)
+        cpu_before = _servers_cpu(args.server_pid)
+        own_before = _servers_cpu(args.server_pid, children=False)
 
     sampler = asyncio.create_task(sample_cpu())
     window = max(1, args.window // args.pubs) * args.batch
@@ -180,8 +186,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         sent = await _publish_rate(pubs, args.rate, args.batch, stop)
     else:
         sent = await _publish_max(pubs, stats, window, args.batch, stop)
-    cpu_after = _cpu_seconds(args.server_pid)
-    own_after = _cpu_seconds(args.server_pid, children=False)
+    cpu_after = _servers_cpu(args.server_pid)
+    own_after = _servers_cpu(args.server_pid, children=False)
     await sampler
     deadline = time.monotonic() + args.drain
     expected = sum(sent) * args.subs
@@ -220,7 +226,7 @@ async def hold(args: argparse.Namespace) -> dict[str, Any]:
     protocol_class = PROTOCOLS[args.protocol]
     stats = _Stats(1, args.subs)
     publisher = await _connect(args.url, protocol_class("pub", 0), stats, -1)
-    rss_before = _rss_kb(args.server_pid)
+    rss_before = _rss_kb(args.server_pid[0])
     subs = []
     for start in range(0, args.subs, 200):
         subs += await asyncio.gather(
@@ -235,7 +241,7 @@ async def hold(args: argparse.Namespace) -> dict[str, Any]:
             )
         )
     await asyncio.sleep(1.0)  # let the server settle its buffers before measuring memory
-    rss_after = _rss_kb(args.server_pid)
+    rss_after = _rss_kb(args.server_pid[0])
     publisher.transport.send(publisher.message_type, publisher.protocol.publish(0))
     deadline = time.monotonic() + 10
     while sum(stats.counts) < args.subs and time.monotonic() < deadline:
@@ -250,6 +256,26 @@ async def hold(args: argparse.Namespace) -> dict[str, Any]:
         "rss_mb": rss_after / 1024,
         "lost": args.subs - sum(stats.counts),
     }
+
+
+def _servers_cpu(pids: list[int], children: bool = True) -> float | None:
+    """CPU seconds of every server process (two hubs and NATS, say), summed."""
+    each = [_cpu_seconds(pid, children) for pid in pids]
+    return None if any(c is None for c in each) else sum(c for c in each if c is not None)
+
+
+def _wait_listed(http: str, count: int, timeout: float = 20.0) -> None:
+    """Return once the hub at `http` lists `count` online instruments."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(http + "/api/instruments", timeout=5) as response:
+            listed = json.loads(response.read())
+        if sum(r.get("state") == "online" for r in listed) >= count:
+            return
+        time.sleep(0.1)  # polling a hub's list: no event to wait for from outside
+    raise RuntimeError(f"{http} did not list {count} instruments online in {timeout} s")
 
 
 def _percentile(sorted_ns: Any, q: float) -> float | None:
@@ -305,7 +331,14 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--drain", type=float, default=2.0)
-    parser.add_argument("--server-pid", type=int, required=True)
+    parser.add_argument(
+        "--server-pid", type=int, action="append", required=True, help="repeat for several"
+    )
+    parser.add_argument("--sub-url", help="subscribers' server, if not --url's (another hub)")
+    parser.add_argument(
+        "--wait-listed",
+        help="before sending, wait until this hub (http://) lists every publisher's instrument",
+    )
     parser.add_argument("--hold", action="store_true", help="the idle-connections scenario")
     args = parser.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -75,7 +75,11 @@ TARGETS = {
 
 
 def loadgen(
-    server: servers.Server, scenario: Scenario, args: argparse.Namespace, batch: int = 1
+    server: servers.Server,
+    scenario: Scenario,
+    args: argparse.Namespace,
+    batch: int = 1,
+    extra: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Run the load generator once against a running server."""
     pin = (
@@ -108,6 +112,7 @@ def loadgen(
     ]
     if scenario.name == "C5000":
         command.append("--hold")
+    command += extra
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"load generator failed:\n{done.stderr[-3000:]}")
@@ -122,6 +127,8 @@ def run_network(
     batch = BATCH if server_name == "hub-batched" else 1
     log_rows = None
     hub_log = args.hub_log if server_name.startswith("hub") else None
+    if server_name == "hub-xhub":
+        return run_cross_hub(scenario, args)
     with servers.start(server_name, args.server_cpus, hub_log) as server:
         result = loadgen(server, scenario, args, batch)
         health = server.health()
@@ -181,6 +188,38 @@ def run_network(
         flush=True,
     )
     return rows
+
+
+def run_cross_hub(scenario: Scenario, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """A network scenario through two hubs on NATS: publishers (agents) on hub A,
+    subscribers (clients) on hub B; compare with the `hub` column of the same run.
+
+    The CPU figure is both hubs', their writers' and the NATS server's.
+    """
+    with servers.start_two_hubs(args.server_cpus, args.hub_log) as (a, b, nats_pid):
+        extra = ("--sub-url", b.url, "--wait-listed", str(b.http))
+        extra += ("--server-pid", str(b.pid), "--server-pid", str(nats_pid))
+        result = loadgen(a, scenario, args, 1, extra)
+    metrics = {
+        "deliveries_per_s": result["deliveries_per_s"],
+        "p50_ms": result["p50_ms"],
+        "p99_ms": result["p99_ms"],
+        "lost": result["lost"],
+        "cpu_pct": result["server_cpu_pct"],
+    }
+    if result["server_cpu_pct"] is not None and result["deliveries_per_s"]:
+        metrics["cpu_us_per_delivery"] = 1e4 * result["server_cpu_pct"] / result["deliveries_per_s"]
+    extra_figures = {k: result.get(k) for k in ("gaps", "out_of_order", "disconnects", "max_ms")}
+    print(
+        f"  {scenario.name:<6} {'hub-xhub':<12} {json.dumps(metrics)}  {json.dumps(extra_figures)}",
+        file=sys.stderr,
+        flush=True,
+    )
+    return [
+        {"scenario": scenario.name, "server": "hub-xhub", "metric": m, "value": round(float(v), 3)}
+        for m, v in metrics.items()
+        if v is not None
+    ]
 
 
 def run_agent_footprint(scenario: Scenario, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -441,7 +480,8 @@ def main() -> int:
     parser.add_argument(
         "--servers",
         default="hub,hub-batched,mosquitto,nats",
-        help="hub-thread: the hub with its log's writer as a thread (before issue 10's process)",
+        help="hub-thread: the hub with its log's writer as a thread (before issue 10's process);"
+        " hub-xhub: agents on hub A, clients on hub B, over NATS (scale-out, issue 16)",
     )
     parser.add_argument("--server-cpus", default="0")
     parser.add_argument("--loadgen-cpus", default="1")
@@ -480,6 +520,8 @@ def main() -> int:
             continue
         for server in server_names:
             if server == "hub-batched" and name not in ("S1", "S3"):
+                continue
+            if server == "hub-xhub" and name not in ("S1", "S2", "S2x"):
                 continue
             rows += run_network(scenario, server, args)
     print(table(rows, server_names))

@@ -114,6 +114,8 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 
 
 def available(name: str) -> bool:
     """Whether the server can be started here."""
+    if name == "hub-xhub":
+        return shutil.which("nats-server") is not None
     return name.startswith("hub") or shutil.which(_BINARIES[name]) is not None
 
 
@@ -132,13 +134,16 @@ asyncio.run(run_hub(config, writer_process=False))
 
 
 @contextlib.contextmanager
-def start(name: str, cpus: str, hub_log: str | None = None) -> Iterator[Server]:
+def start(
+    name: str, cpus: str, hub_log: str | None = None, bus: tuple[str, str] | None = None
+) -> Iterator[Server]:
     """Start one server pinned to `cpus` (taskset list, '' for none); stop it afterwards.
 
     Pinned with its whole process tree: the hub's log writer inherits the
     affinity, so the hub and its writer share the one CPU a peer gets.
     `hub_log` is a PostgreSQL URL for the hub's traffic log (a fresh schema,
-    dropped afterwards); None for SQLite in the hub's data folder.
+    dropped afterwards); None for SQLite in the hub's data folder. `bus`
+    (NATS URL, subject prefix) puts a hub on a bus.
     """
     pin = ["taskset", "-c", cpus] if cpus and shutil.which("taskset") else []
     port = free_port()
@@ -188,6 +193,8 @@ def start(name: str, cpus: str, hub_log: str | None = None) -> Iterator[Server]:
         else:
             raise ValueError(f"unknown server {name!r}")
         env = {**os.environ, "PYTHONASYNCIODEBUG": ""}
+        if bus is not None:
+            env |= {"KMZ_HUB_BUS": bus[0], "KMZ_HUB_BUS_PREFIX": bus[1]}
         process = subprocess.Popen(
             [*pin, *command],
             stdout=subprocess.DEVNULL,
@@ -207,3 +214,31 @@ def start(name: str, cpus: str, hub_log: str | None = None) -> Iterator[Server]:
                 process.wait()
             if schema is not None and hub_log is not None:
                 _postgres(hub_log, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@contextlib.contextmanager
+def start_two_hubs(cpus: str, hub_log: str | None = None) -> Iterator[tuple[Server, Server, int]]:
+    """Hubs A and B on a NATS server of their own (core NATS), all pinned to `cpus`.
+
+    Yields (hub A, hub B, the NATS server's pid): agents go to A, clients to B.
+    """
+    pin = ["taskset", "-c", cpus] if cpus and shutil.which("taskset") else []
+    port = free_port()
+    nats = subprocess.Popen(
+        [*pin, "nats-server", "-a", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=_raise_file_limit,
+    )
+    bus = (f"nats://127.0.0.1:{port}", f"kmzbench.{secrets.token_hex(4)}")
+    try:
+        wait_for_port(port, nats)
+        with start("hub", cpus, hub_log, bus) as a, start("hub", cpus, hub_log, bus) as b:
+            yield a, b, nats.pid
+    finally:
+        nats.terminate()
+        try:
+            nats.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            nats.kill()
+            nats.wait()
