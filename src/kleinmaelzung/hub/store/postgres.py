@@ -24,6 +24,7 @@ import msgspec
 
 from ...protocol import LogEntry, Value
 from . import postgres_schema as schema
+from . import postgres_summaries
 from .backend import BackendUnavailable, decode_info, log_entries
 from .base import KnownInstrument, LoggedSample, StoreError
 from .batch import Batch, SaveInstrument
@@ -142,11 +143,17 @@ class PostgresBackend:
 
     async def _open(self) -> None:
         self._connection = connection = await self._connect(writer=True)
-        if self.schema:
-            await connection.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(self.schema)}")
-        await migrate(connection)
-        now = datetime.now(UTC).timestamp()
-        await self._ensure_partitions(connection, now, now)
+        # Hubs sharing one log open it at once: CREATE ... IF NOT EXISTS is
+        # not safe against a concurrent creator (three backends opening a new
+        # schema at once: one or two failed in 10 of 10 tries, on the schema or
+        # a partition), so all of it runs under the migrations' lock.
+        async with connection.transaction():
+            await connection.execute("SELECT pg_advisory_xact_lock($1)", schema.MIGRATION_LOCK)
+            if self.schema:
+                await connection.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(self.schema)}")
+            await migrate(connection)
+            now = datetime.now(UTC).timestamp()
+            await self._ensure_partitions(connection, now, now)
 
     def _run(self, coroutine: Awaitable[_T]) -> _T:
         assert self._loop is not None, "open() first"
@@ -225,8 +232,14 @@ class PostgresBackend:
         while True:
             if month not in self._months:
                 try:
-                    for table in schema.PARTITIONED:
-                        await connection.execute(schema.create_partition(month, table))
+                    # Under the migrations' lock: another hub on the same log
+                    # makes the same partition at the same month's turn.
+                    async with connection.transaction():
+                        await connection.execute(
+                            "SELECT pg_advisory_xact_lock($1)", schema.MIGRATION_LOCK
+                        )
+                        for table in schema.PARTITIONED:
+                            await connection.execute(schema.create_partition(month, table))
                 except _MAY_HEAL:
                     raise  # a lost connection is reset by `write`
                 except asyncpg.PostgresError as exc:
@@ -349,6 +362,12 @@ class PostgresBackend:
         self, instrument: str, start: float, end: float, every: float, channels: Sequence[str]
     ) -> list[HistoryRow]:
         """Per bucket of `every` s from `start`: each numeric channel's count, min, max, mean."""
+        # Buckets of a minute or more: from the per-minute summaries where exact.
+        summarised = await self._read(
+            lambda c: postgres_summaries.history(c, instrument, start, end, every, channels)
+        )
+        if summarised is not None:
+            return summarised
         if len(channels) == 1:
             sql, params = schema.HISTORY_ONE_CHANNEL, [instrument, start, end, every, channels[0]]
         else:
