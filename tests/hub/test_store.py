@@ -376,7 +376,7 @@ async def test_a_log_of_an_older_hub_is_upgraded_in_place(tmp_path: Path, versio
     await store.close()
     with contextlib.closing(sqlite3.connect(path)) as connection:
         (user_version,) = connection.execute("PRAGMA user_version").fetchone()
-    assert user_version == SCHEMA_VERSION == 9
+    assert user_version == SCHEMA_VERSION == 10
     # Opening again changes nothing: the upgrade ran once.
     again = SqliteStore(path)
     await again.open()
