@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from ..protocol import Channel, ErrorCode, InstrumentRecord, ProtocolError, Value, matches
+from ..protocol import Channel, InstrumentRecord, Value, matches
 from ..protocol.export import (
     CORRECTED_HEADER,
     INSTRUMENT_COLUMN,
@@ -43,7 +43,7 @@ from ..protocol.export import (
 )
 from ..transport import base_url
 from .history import MissingExtra, TimeLike, to_timestamp
-from .http import request
+from .http import decode_answer, request
 from .stream import lines, streamed_get
 
 #: Rows per Parquet row group: what the client holds at once.
@@ -149,12 +149,7 @@ async def _columns(
     """The export's channel columns, by the rule the hub's CSV follows."""
     endpoint = base_url(url) + "/api/instruments"
     body = await request("GET", endpoint, token=token, ca_file=ca_file, pin_sha256=pin_sha256)
-    try:
-        records = _records_decoder.decode(body)
-    except msgspec.DecodeError as exc:
-        raise ProtocolError(
-            ErrorCode.INVALID_MESSAGE, f"unexpected answer from {endpoint}: {exc}"
-        ) from None
+    records = decode_answer(_records_decoder, body, endpoint)
     return export_columns(sorted((r for r in records if matches(pattern, r.id)), key=_id), wanted)
 
 

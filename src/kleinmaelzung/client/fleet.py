@@ -11,11 +11,9 @@ from ..protocol import (
     AgentConfigView,
     ConfigChange,
     ConfigOutcome,
-    ErrorCode,
-    ProtocolError,
 )
 from ..transport import base_url
-from .http import request
+from .http import decode_answer, request
 
 T = TypeVar("T")
 
@@ -28,12 +26,7 @@ def _endpoint(url: str, agent: str, suffix: str = "") -> str:
 
 
 def _decode(body: bytes, kind: type[T], endpoint: str) -> T:
-    try:
-        return msgspec.json.decode(body, type=kind)
-    except msgspec.DecodeError as exc:
-        raise ProtocolError(
-            ErrorCode.INVALID_MESSAGE, f"unexpected answer from {endpoint}: {exc}"
-        ) from None
+    return decode_answer(msgspec.json.Decoder(kind), body, endpoint)
 
 
 async def get_agent_config(

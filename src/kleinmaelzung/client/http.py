@@ -91,9 +91,15 @@ async def get_decoded(
         ca_file=ca_file,
         pin_sha256=pin_sha256,
     )
+    return decode_answer(decoder, body, endpoint)
+
+
+def decode_answer(decoder: msgspec.json.Decoder[T], body: bytes, endpoint: str) -> T:
+    """An answer of `endpoint` decoded; `ProtocolError` naming the endpoint if it is not
+    what this client expects (a hub of another version, or not a hub)."""
     try:
         return decoder.decode(body)
-    except msgspec.DecodeError as exc:
+    except msgspec.DecodeError as exc:  # includes ValidationError
         raise ProtocolError(
             ErrorCode.INVALID_MESSAGE, f"unexpected answer from {endpoint}: {exc}"
         ) from None

@@ -10,9 +10,9 @@ import os
 
 import msgspec
 
-from ..protocol import AgentRecord, ErrorCode, LogEntry, LogPage, ProtocolError
+from ..protocol import AgentRecord, LogEntry, LogPage
 from ..transport import base_url
-from .http import request
+from .http import decode_answer, request
 
 # LogEntry is protocol's, re-exported here for `client` and its formatting.
 __all__ = ["LogEntry", "fetch_agents", "fetch_log", "forget_instrument"]
@@ -35,12 +35,7 @@ async def fetch_agents(
     body = await request(
         "GET", endpoint, timeout_s=timeout_s, token=token, ca_file=ca_file, pin_sha256=pin_sha256
     )
-    try:
-        return _agents_decoder.decode(body)
-    except msgspec.DecodeError as exc:
-        raise ProtocolError(
-            ErrorCode.INVALID_MESSAGE, f"unexpected answer from {endpoint}: {exc}"
-        ) from None
+    return decode_answer(_agents_decoder, body, endpoint)
 
 
 async def fetch_log(
@@ -74,12 +69,7 @@ async def fetch_log(
         ca_file=ca_file,
         pin_sha256=pin_sha256,
     )
-    try:
-        return _page_decoder.decode(body).entries
-    except msgspec.DecodeError as exc:  # includes ValidationError: a hub of another version
-        raise ProtocolError(
-            ErrorCode.INVALID_MESSAGE, f"unexpected answer from {endpoint}: {exc}"
-        ) from None
+    return decode_answer(_page_decoder, body, endpoint).entries
 
 
 async def forget_instrument(

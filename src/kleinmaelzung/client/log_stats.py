@@ -6,9 +6,8 @@ import os
 
 import msgspec
 
-from ..protocol import ErrorCode, ProtocolError
 from ..transport import base_url
-from .http import request
+from .http import decode_answer, request
 
 
 class KindStats(msgspec.Struct, frozen=True, kw_only=True):
@@ -51,9 +50,4 @@ async def fetch_log_stats(
     body = await request(
         "GET", endpoint, timeout_s=timeout_s, token=token, ca_file=ca_file, pin_sha256=pin_sha256
     )
-    try:
-        return _decoder.decode(body)
-    except msgspec.DecodeError as exc:
-        raise ProtocolError(
-            ErrorCode.INVALID_MESSAGE, f"unexpected answer from {endpoint}: {exc}"
-        ) from None
+    return decode_answer(_decoder, body, endpoint)

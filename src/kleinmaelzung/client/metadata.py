@@ -6,22 +6,20 @@ import os
 
 import msgspec
 
-from ..protocol import ErrorCode, InstrumentMetadata, MetadataView, ProtocolError
+from ..protocol import InstrumentMetadata, MetadataView
 from ..transport import base_url
-from .http import request
+from .http import decode_answer, request
 
 
 def _endpoint(url: str, instrument: str) -> str:
     return f"{base_url(url)}/api/instruments/{instrument}/metadata"
 
 
+_view_decoder = msgspec.json.Decoder(MetadataView)
+
+
 def _decode(body: bytes, endpoint: str) -> MetadataView:
-    try:
-        return msgspec.json.decode(body, type=MetadataView)
-    except msgspec.DecodeError as exc:
-        raise ProtocolError(
-            ErrorCode.INVALID_MESSAGE, f"unexpected answer from {endpoint}: {exc}"
-        ) from None
+    return decode_answer(_view_decoder, body, endpoint)
 
 
 async def get_instrument_metadata(
