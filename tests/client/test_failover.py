@@ -41,7 +41,7 @@ async def test_a_client_connects_to_the_first_hub_that_answers_and_moves_on(
             await first.stop()
             async with asyncio.timeout(DEADLINE_S):
                 # Polling the client's state: reconnecting has no event to wait on.
-                while not (client.connected and client.url == second.url):
+                while not (client.connected and client.url == second.url):  # noqa: ASYNC110
                     await asyncio.sleep(0.02)
             assert await client.instruments() == []
     finally:

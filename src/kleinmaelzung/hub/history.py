@@ -14,9 +14,10 @@ each zoom). The database groups the samples (count, min, max and mean of each
 numeric channel per bucket): a month of 1 Hz readings leaves it as a thousand
 rows. Buckets of a minute or more merge the per-minute summaries a
 background task keeps (`store.summaries`), exactly, and read only the rest
-from the samples: a month's plot takes 0.1-0.2 s rather than 4-12 s. The answer is `protocol.History` (its docstring and ``docs/data.md``
-show it), at most 1 MiB like every answer of the hub: too many buckets times
-channels is refused with ``invalid_arguments``, saying what to narrow.
+from the samples: a month's plot takes 0.1-0.2 s rather than 4-12 s. The
+answer is `protocol.History` (its docstring and ``docs/data.md`` show it), at
+most 1 MiB like every answer of the hub: too many buckets times channels is
+refused with ``invalid_arguments``, saying what to narrow.
 
 Where an approved calibration was in force (`corrections`), the answer also
 holds the corrected channel's statistics (`History.corrected`) and which
