@@ -345,9 +345,11 @@ def test_the_agents_page_lists_the_agent(context: Any, lab: Lab) -> None:
     assert "kiln-air" in row and "therm-46" in row
     # The fleet view's columns (issue 17): state, and the configuration it runs.
     wait_for(
-        lambda: "its own file; accepts remote"
-        in page.inner_text('#agents-table tr[data-agent="bench-pi"]')
-        or None,
+        lambda: (
+            "its own file; accepts remote"
+            in page.inner_text('#agents-table tr[data-agent="bench-pi"]')
+            or None
+        ),
         "the agent's configuration revision",
     )
     assert "online" in page.inner_text('#agents-table tr[data-agent="bench-pi"]')
