@@ -20,7 +20,10 @@ through `Fanout` exactly as before. On the bus (subjects in `bus.Subjects`):
   instrument's control lease, takes and releases it (``lease``, ``release``)
   for users of every hub, and refuses others' commands while it holds.
   Commands in flight through a hub that is lost are answered `hub_lost` at
-  once (`Commands.hub_lost`).
+  once (`Commands.hub_lost`). The lease travels in status and presence; when
+  the agent fails over, the hub it joins adopts the lease it last heard of
+  (`auth.guard.adopt_leases`), and the hub it left forgets its own as soon as
+  the other hub announces the instrument.
 """
 
 from __future__ import annotations
@@ -310,6 +313,11 @@ class Federation:
         self.hubs[presence.hub] = (presence.name, time.monotonic())
         gone = f"its agent left hub {presence.name!r}"
         new, changed = hub.registry.set_remote(presence.hub, presence.instruments, gone)
+        for item in presence.instruments:
+            # Served there now (its agent failed over): the lease is that hub's,
+            # as it announces it; one this hub held would bind a second time.
+            if hub.registry.instruments[item.info.id].hub == presence.hub:
+                hub.auth.leases.drop(item.info.id)
         for instrument in new:
             hub.subscriptions.instrument_added(instrument)
         for instrument in [*new, *changed]:
@@ -342,7 +350,15 @@ class Federation:
         now = hub.clock()
         for instrument in instruments:
             entry = hub.registry.instruments[instrument]
-            status = Status(instrument=instrument, state="offline", ts=now, reason=entry.reason)
+            # With the lease it had: it holds wherever its agent connects next
+            # (`auth.guard.adopt_leases`).
+            status = Status(
+                instrument=instrument,
+                state="offline",
+                ts=now,
+                reason=entry.reason,
+                lease=entry.lease,
+            )
             hub.fanout.forward_frame(instrument, encode(status))
 
     # --- commands --------------------------------------------------------------------

@@ -27,7 +27,7 @@ from ..protocol import (
     encode,
     printable,
 )
-from .auth.guard import AuthRefusal, admit
+from .auth.guard import AuthRefusal, admit, adopt_leases
 from .errors import Conflict
 from .peers import Peer
 
@@ -138,6 +138,8 @@ async def _join_agent(
     }
     for instrument_id in registry.add_agent(peer, hello, hub.clock()):
         hub.subscriptions.instrument_added(instrument_id)
+    # Before any command can reach it: a lease another hub held holds here.
+    adopt_leases(hub, [info.id for info in hello.instruments])
     hub.fleet.joined(hello, hub.clock())
     now = hub.clock()
     for info in hello.instruments:

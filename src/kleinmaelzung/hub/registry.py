@@ -72,6 +72,7 @@ class InstrumentEntry:
             reason=self.reason,
             since=self.since,
             last_seen=self.last_seen,
+            lease=self.lease,
         )
 
     def record(
@@ -113,6 +114,9 @@ class Announced(msgspec.Struct, frozen=True):
     reason: str = ""
     since: float | None = None
     last_seen: float | None = None
+    #: Its control lease, held by that hub: the hub its agent fails over to
+    #: adopts it (`auth.guard.adopt_leases`), even if nobody there watched it.
+    lease: LeaseInfo | None = None
 
 
 @dataclass
@@ -421,7 +425,7 @@ class Registry:
                 new.append(instrument_id)
             elif self.owner(instrument_id) is not None:
                 continue
-            elif (entry.state, entry.reason) != (item.state, item.reason):
+            elif (entry.state, entry.reason, entry.lease) != (item.state, item.reason, item.lease):
                 changed.append(instrument_id)
             if entry.info != item.info:
                 entry.info = item.info
@@ -429,6 +433,7 @@ class Registry:
             entry.agent = item.agent
             entry.hub = hub
             entry.state, entry.reason, entry.since = item.state, item.reason, item.since
+            entry.lease = item.lease
             if item.last_seen is not None and (entry.last_seen or 0.0) < item.last_seen:
                 entry.last_seen = item.last_seen
         for instrument_id, entry in self._instruments.items():

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -402,6 +403,30 @@ def publish_lease(hub: Hub, instrument: str, lease: Lease | None) -> None:
             lease=entry.lease,
         )
     )
+
+
+def adopt_leases(hub: Hub, instruments: Iterable[str]) -> None:
+    """Hold the leases that another hub held on instruments an agent of this hub now serves.
+
+    Called as the agent joins, before any command can reach it: the lease
+    this hub last heard of (`InstrumentEntry.lease`, from the other hub's
+    status or presence) holds here with the same holder and expiry, so a
+    failover does not free an instrument its operator leased. One that ran
+    out meanwhile is gone. For an instrument this hub served all along, the
+    lease it heard of is its own: nothing changes.
+    """
+    leases, now = hub.auth.leases, hub.clock()
+    for instrument in instruments:
+        entry = hub.registry.instruments.get(instrument)
+        if entry is None or entry.lease is None:
+            continue
+        known = entry.lease
+        if leases.holder(instrument, now) is not None:
+            continue  # this hub's own, already announced
+        lease = leases.adopt(instrument, known.holder, known.until, now)
+        if lease is not None:
+            _log.info("lease adopted", extra={"instrument": instrument, "holder": lease.holder})
+        publish_lease(hub, instrument, lease)
 
 
 def expire_leases(hub: Hub) -> None:

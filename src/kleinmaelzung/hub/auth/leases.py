@@ -61,6 +61,20 @@ class Leases:
         del self._leases[instrument]
         return True
 
+    def adopt(self, instrument: str, holder: str, expires: float, now: float) -> Lease | None:
+        """Hold a lease another hub held, unchanged (its agent failed over to this hub).
+
+        None, and nothing held, if it has run out or this hub holds one already.
+        """
+        if expires <= now or self.holder(instrument, now) is not None:
+            return None
+        lease = self._leases[instrument] = Lease(instrument, holder, expires)
+        return lease
+
+    def drop(self, instrument: str) -> Lease | None:
+        """Forget the lease on `instrument`, whoever holds it: another hub serves it now."""
+        return self._leases.pop(instrument, None)
+
     def expired(self, now: float) -> list[Lease]:
         """Remove and return the leases that have run out."""
         gone = [lease for lease in self._leases.values() if lease.expires <= now]
