@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from typing import TypeVar
 
 import msgspec
 
@@ -13,9 +12,10 @@ from ..protocol import (
     ConfigOutcome,
 )
 from ..transport import base_url
-from .http import decode_answer, request
+from .http import decode_answer, get_decoded, request
 
-T = TypeVar("T")
+_view_decoder = msgspec.json.Decoder(AgentConfigView)
+_outcome_decoder = msgspec.json.Decoder(ConfigOutcome)
 
 #: A change waits for the agent (up to 30 s at the hub): the request waits longer.
 CHANGE_TIMEOUT_S = 40.0
@@ -23,10 +23,6 @@ CHANGE_TIMEOUT_S = 40.0
 
 def _endpoint(url: str, agent: str, suffix: str = "") -> str:
     return f"{base_url(url)}/api/agents/{agent}/config{suffix}"
-
-
-def _decode(body: bytes, kind: type[T], endpoint: str) -> T:
-    return decode_answer(msgspec.json.Decoder(kind), body, endpoint)
 
 
 async def get_agent_config(
@@ -39,11 +35,14 @@ async def get_agent_config(
     pin_sha256: str | None = None,
 ) -> AgentConfigView:
     """The instrument configuration `agent` runs, as the hub at `url` holds it (admin)."""
-    endpoint = _endpoint(url, agent)
-    body = await request(
-        "GET", endpoint, timeout_s=timeout_s, token=token, ca_file=ca_file, pin_sha256=pin_sha256
+    return await get_decoded(
+        _view_decoder,
+        _endpoint(url, agent),
+        timeout_s=timeout_s,
+        token=token,
+        ca_file=ca_file,
+        pin_sha256=pin_sha256,
     )
-    return _decode(body, AgentConfigView, endpoint)
 
 
 async def set_agent_config(
@@ -68,7 +67,7 @@ async def set_agent_config(
         pin_sha256=pin_sha256,
         json_body=msgspec.json.encode(ConfigChange(config=config, source=source)),
     )
-    return _decode(body, ConfigOutcome, endpoint)
+    return decode_answer(_outcome_decoder, body, endpoint)
 
 
 async def rollback_agent_config(
@@ -85,4 +84,4 @@ async def rollback_agent_config(
     body = await request(
         "POST", endpoint, timeout_s=timeout_s, token=token, ca_file=ca_file, pin_sha256=pin_sha256
     )
-    return _decode(body, ConfigOutcome, endpoint)
+    return decode_answer(_outcome_decoder, body, endpoint)

@@ -8,7 +8,7 @@ import msgspec
 
 from ..protocol import InstrumentMetadata, MetadataView
 from ..transport import base_url
-from .http import decode_answer, request
+from .http import decode_answer, get_decoded, request
 
 
 def _endpoint(url: str, instrument: str) -> str:
@@ -16,10 +16,6 @@ def _endpoint(url: str, instrument: str) -> str:
 
 
 _view_decoder = msgspec.json.Decoder(MetadataView)
-
-
-def _decode(body: bytes, endpoint: str) -> MetadataView:
-    return decode_answer(_view_decoder, body, endpoint)
 
 
 async def get_instrument_metadata(
@@ -32,11 +28,14 @@ async def get_instrument_metadata(
     pin_sha256: str | None = None,
 ) -> MetadataView:
     """What the hub at `url` holds of `instrument`: location, group, owner... (admin)."""
-    endpoint = _endpoint(url, instrument)
-    body = await request(
-        "GET", endpoint, timeout_s=timeout_s, token=token, ca_file=ca_file, pin_sha256=pin_sha256
+    return await get_decoded(
+        _view_decoder,
+        _endpoint(url, instrument),
+        timeout_s=timeout_s,
+        token=token,
+        ca_file=ca_file,
+        pin_sha256=pin_sha256,
     )
-    return _decode(body, endpoint)
 
 
 async def set_instrument_metadata(
@@ -60,4 +59,4 @@ async def set_instrument_metadata(
         pin_sha256=pin_sha256,
         json_body=msgspec.json.encode(metadata),
     )
-    return _decode(body, endpoint)
+    return decode_answer(_view_decoder, body, endpoint)
