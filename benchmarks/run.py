@@ -481,7 +481,9 @@ def main() -> int:
         "--servers",
         default="hub,hub-batched,mosquitto,nats",
         help="hub-thread: the hub with its log's writer as a thread (before issue 10's process);"
-        " hub-xhub: agents on hub A, clients on hub B, over NATS (scale-out, issue 16)",
+        " hub-xhub: agents on hub A, clients on hub B, over NATS (scale-out, issue 16);"
+        " aiohttp-floor: aiohttp relaying the frames with none of the hub's work"
+        " (floor_relay.py), the stack's share of the hub's figures",
     )
     parser.add_argument("--server-cpus", default="0")
     parser.add_argument("--loadgen-cpus", default="1")

@@ -116,7 +116,11 @@ def available(name: str) -> bool:
     """Whether the server can be started here."""
     if name == "hub-xhub":
         return shutil.which("nats-server") is not None
-    return name.startswith("hub") or shutil.which(_BINARIES[name]) is not None
+    return (
+        name.startswith("hub")
+        or name == "aiohttp-floor"
+        or shutil.which(_BINARIES[name]) is not None
+    )
 
 
 _BINARIES = {"mosquitto": "mosquitto", "nats": "nats-server"}
@@ -172,6 +176,10 @@ def start(
                 schema = f"kmz_bench_{secrets.token_hex(4)}"
                 log = f"{hub_log}?schema={schema}"
                 command += ["--log", log] if name != "hub-thread" else [log]
+        elif name == "aiohttp-floor":
+            # The hub's stack with none of the hub's work: `floor_relay`.
+            command = [sys.executable, str(Path(__file__).parent / "floor_relay.py"), str(port)]
+            protocol = "hub"
         elif name == "mosquitto":
             config = Path(folder) / "mosquitto.conf"
             # Debian's mosquitto 2.0.11 will not start with only a WebSocket

@@ -147,6 +147,49 @@ async def test_a_killed_writer_process_is_restarted_with_nothing_lost_or_logged_
     await store.close()
 
 
+async def test_a_writer_starved_at_idle_priority_is_replaced_by_one_at_nice_10(
+    log_place: LogPlace,
+) -> None:
+    # The writer runs at SCHED_IDLE so that its commits never delay a sample
+    # the hub forwards; on a machine whose every core is busy it would get
+    # no CPU at all. A stopped process is what a starved one looks like.
+    store = writer(log_place, low_water_rows=20, starved_after_s=0.3, degraded_after_s=0.4)
+    await store.open()
+    idle = store.writer_pid
+    assert idle is not None and store.writer_priority == "idle"
+    assert os.sched_getscheduler(idle) == os.SCHED_IDLE
+    os.kill(idle, signal.SIGSTOP)
+    for i in range(200):
+        store.append(data(i))
+    await until(lambda: store.writer_pid not in (None, idle), "a writer at nice 10")
+    low = store.writer_pid
+    assert low is not None and store.writer_priority == "low"
+    assert os.sched_getscheduler(low) == os.SCHED_OTHER
+    assert os.getpriority(os.PRIO_PROCESS, low) == os.getpriority(os.PRIO_PROCESS, 0) + 10
+    await asyncio.wait_for(store.flush(), 30)
+    assert store.restarts == 0, "a replacement, not a crash"
+    assert store.health.state == "ok"
+    traffic, samples = await logged_seqs(log_place)
+    expected = Counter((INSTRUMENTS[i % 3], i // 3) for i in range(200))
+    assert traffic == expected and samples == expected, "lost or logged twice"
+    await store.close()
+
+
+async def test_a_writer_at_nice_10_goes_back_to_idle_after_a_calm(log_place: LogPlace) -> None:
+    store = writer(log_place, priority="low", calm_after_s=0.3, degraded_after_s=0.4)
+    await store.open()
+    low = store.writer_pid
+    assert low is not None and os.sched_getscheduler(low) == os.SCHED_OTHER
+    await until(lambda: store.writer_pid not in (None, low), "a writer at idle priority")
+    assert store.writer_priority == "idle"
+    assert os.sched_getscheduler(store.writer_pid) == os.SCHED_IDLE  # type: ignore[arg-type]
+    store.append(data(0))
+    await asyncio.wait_for(store.flush(), 30)
+    traffic, _ = await logged_seqs(log_place)
+    assert traffic == Counter({(INSTRUMENTS[0], 0): 1})
+    await store.close()
+
+
 async def test_a_commit_the_killed_writer_could_not_report_is_acknowledged_not_repeated(
     log_place: LogPlace,
 ) -> None:

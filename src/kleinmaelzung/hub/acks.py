@@ -11,18 +11,30 @@ memory on the agent.
 from __future__ import annotations
 
 import asyncio
+import math
+import zlib
 from collections.abc import Callable
 
 #: Seconds an acknowledgement may wait to be merged with later ones.
 ACK_INTERVAL_S = 0.25
+#: Slots per interval: the Acks due in one slot leave together, one slot
+#: every ACK_INTERVAL_S / ACK_SLOTS (5 ms), while any Ack is pending.
+ACK_SLOTS = 50
 
 
 class AckGatherer:
-    """Merges committed seqs per agent run; each run's Ack goes out on its own timer.
+    """Merges committed seqs per agent run; each run's Ack leaves in a slot of its own.
 
-    One timer per agent, not one for all: the Acks of 200 agents would
-    otherwise leave in one burst, and a sample behind that burst waits.
-    Keys are `traffic.ack_key`s (agent and run). An ack never names a lower
+    The Acks of 200 agents must not leave in one burst: a sample behind that
+    burst waits. Nor may taking a commit be a burst: one commit names most
+    agents. A timer per agent, started when a commit named it, had both:
+    their Acks left together an interval after the commit, and arming 100
+    timers on one commit's answer took the loop 0.3-0.7 ms (S2 in
+    benchmarks/run.py, a commit every 50 ms: p99 1.8-2.7 ms). So each key
+    (`traffic.ack_key`: agent and run) has a fixed slot within the interval,
+    by a hash of the key, and one timer serves the slots as they come: Acks
+    spread evenly however commits fall, each at most an interval after its
+    commit, and taking a commit is merging dicts. An ack never names a lower
     seq than an earlier one for the same run and instrument.
     """
 
@@ -31,28 +43,41 @@ class AckGatherer:
         send: Callable[[str, dict[str, int]], None],
         *,
         interval_s: float = ACK_INTERVAL_S,
+        slots: int = ACK_SLOTS,
     ) -> None:
         self._send = send
-        self._interval_s = interval_s
+        self._slots = slots
+        self._tick_s = interval_s / slots
         self._pending: dict[str, dict[str, int]] = {}
-        self._timers: dict[str, asyncio.TimerHandle] = {}
         self._sent: dict[str, dict[str, int]] = {}
+        #: Keys with something pending, by their slot.
+        self._due: list[set[str]] = [set() for _ in range(slots)]
+        self._timer: asyncio.TimerHandle | None = None
+        #: The last tick (loop time // tick) whose slot was served.
+        self._served = 0
 
     def committed(self, acks: dict[str, dict[str, int]]) -> None:
         """Take the highest committed seq per agent run and instrument (called on the loop)."""
+        pending = self._pending
         for key, seqs in acks.items():
             sent = self._sent.get(key, {})
-            merged = self._pending.setdefault(key, {})
+            merged = pending.get(key)
+            fresh = merged is None
+            if merged is None:
+                merged = {}
             for instrument, seq in seqs.items():
                 # Equal is sent again: the agent may not have had the first.
                 if seq > merged.get(instrument, -1) and seq >= sent.get(instrument, -1):
                     merged[instrument] = seq
-            if not merged:
-                del self._pending[key]
-            elif key not in self._timers:
-                self._timers[key] = asyncio.get_running_loop().call_later(
-                    self._interval_s, self._send_one, key
-                )
+            if fresh and merged:
+                pending[key] = merged
+                self._due[self._slot(key)].add(key)
+        if pending and self._timer is None:
+            loop = asyncio.get_running_loop()
+            tick = math.floor(loop.time() / self._tick_s)
+            # Nothing was pending: no slot before the next tick owes anything.
+            self._served = tick
+            self._timer = loop.call_at((tick + 1) * self._tick_s, self._serve)
 
     def forget(self, agent_id: str) -> None:
         """Drop the memory of what was sent to an agent whose connection ended (every run)."""
@@ -62,14 +87,36 @@ class AckGatherer:
 
     def flush(self) -> None:
         """Send everything gathered now."""
-        for agent_id in list(self._pending):
-            self._send_one(agent_id)
+        for due in self._due:
+            due.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for key in list(self._pending):
+            self._send_one(key)
 
-    def _send_one(self, agent_id: str) -> None:
-        timer = self._timers.pop(agent_id, None)
-        if timer is not None:
-            timer.cancel()
-        seqs = self._pending.pop(agent_id, None)
+    def _slot(self, key: str) -> int:
+        return zlib.crc32(key.encode()) % self._slots
+
+    def _serve(self) -> None:
+        """Send the Acks of every slot that came up since the last call."""
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        tick = math.floor(loop.time() / self._tick_s)
+        first = max(self._served + 1, tick - self._slots + 1)
+        for served in range(first, tick + 1):
+            due = self._due[served % self._slots]
+            if due:
+                keys = list(due)
+                due.clear()
+                for key in keys:
+                    self._send_one(key)
+        self._served = tick
+        if self._pending:
+            self._timer = loop.call_at((tick + 1) * self._tick_s, self._serve)
+
+    def _send_one(self, key: str) -> None:
+        seqs = self._pending.pop(key, None)
         if seqs:
-            self._sent.setdefault(agent_id, {}).update(seqs)
-            self._send(agent_id, seqs)
+            self._sent.setdefault(key, {}).update(seqs)
+            self._send(key, seqs)

@@ -90,6 +90,15 @@ class HubCollector:
                 "kmz_log_committed_rows", "Traffic-log rows committed.", value=committed
             )
 
+        priority = getattr(hub.store, "writer_priority", None)
+        if priority is not None:
+            yield GaugeMetricFamily(
+                "kmz_log_writer_idle",
+                "1 while the log's writer process runs at idle priority; 0 at nice 10, after"
+                " it fell behind (every core busy, or a slow disk).",
+                value=1 if priority == "idle" else 0,
+            )
+
         messages = CounterMetricFamily(
             "kmz_messages",
             "Messages logged, by direction and type (a data message per instrument).",

@@ -31,6 +31,8 @@ class Start(msgspec.Struct, tag="start", array_like=True):
 
     url: str
     writer: str
+    #: `priority.IDLE` or `priority.LOW`: how the writer yields the CPU to the hub.
+    priority: str = "idle"
 
 
 class Records(msgspec.Struct, tag="records", array_like=True):

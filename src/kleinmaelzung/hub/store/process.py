@@ -72,6 +72,7 @@ from .feed import (
     frame,
 )
 from .health import HealthWatch
+from .priority import IDLE, LOW
 from .urls import backend_for_url
 from .writer import DEGRADED_AFTER_S, HIGH_WATER_ROWS, LOW_WATER_ROWS
 
@@ -89,6 +90,12 @@ CLOSE_WAIT_S = CLOSE_GRACE_S + 8.0
 #: per loop iteration woke the writer 2,000 times a second in S2. Kept short
 #: for the same reason as `writer_process.COMMIT_INTERVAL_S` (see there).
 SEND_INTERVAL_S = 0.001
+#: A writer at `priority.IDLE` whose backlog stays over low water this long
+#: is starved of CPU (or its disk is slow): its successor runs at `LOW`.
+STARVED_AFTER_S = 3.0
+#: A writer at `LOW` whose backlog stayed under low water this long is
+#: replaced by one at `IDLE` again: what starved it is likely over.
+CALM_AFTER_S = 600.0
 #: The pipe to the writer holds this much before the hub's loop buffers.
 PIPE_BYTES = 1 << 20
 _F_SETPIPE_SZ = 1031  # Linux
@@ -121,6 +128,9 @@ class ProcessWriter(BackendReads):
         low_water_rows: int = LOW_WATER_ROWS,
         degraded_after_s: float = DEGRADED_AFTER_S,
         on_health: OnHealth | None = None,
+        priority: str = IDLE,
+        starved_after_s: float = STARVED_AFTER_S,
+        calm_after_s: float = CALM_AFTER_S,
     ) -> None:
         self.url = url
         #: The read side, on the hub's loop; the writer process opens its own.
@@ -168,6 +178,15 @@ class ProcessWriter(BackendReads):
         self.restarts = 0
         #: The current writer process's id; None while there is none.
         self.writer_pid: int | None = None
+        #: How the writer process yields the CPU (`priority`); the next one's, if it changes.
+        self.writer_priority = priority
+        self._starved_after_s = starved_after_s
+        self._calm_after_s = calm_after_s
+        #: Since when (monotonic) the backlog is over low water, or under it.
+        self._behind_since: float | None = None
+        self._calm_since = time.monotonic()
+        #: The writer was stopped to start one at another priority: no crash.
+        self._replacing = False
 
     @property
     def location(self) -> str:
@@ -359,6 +378,9 @@ class ProcessWriter(BackendReads):
             self._ready = False
             self._failing = None
             self.writer_pid = None
+            if self._replacing:
+                self._replacing = False
+                continue  # at once: what it had not committed goes to its successor
             reason = why or f"its writer process exited with {code}"
             if self._down is None:
                 self._down = (time.monotonic(), reason)
@@ -385,7 +407,7 @@ class ProcessWriter(BackendReads):
         pipe = process.stdin.transport.get_extra_info("pipe")
         with contextlib.suppress(OSError, AttributeError):  # not Linux, or over pipe-max-size
             fcntl.fcntl(pipe.fileno(), _F_SETPIPE_SZ, PIPE_BYTES)
-        process.stdin.write(frame(Start(self.url, self.writer_id)))
+        process.stdin.write(frame(Start(self.url, self.writer_id, self.writer_priority)))
         why = ""
         try:
             answer = await _read_answer(process.stdout)
@@ -453,8 +475,45 @@ class ProcessWriter(BackendReads):
         while True:
             await asyncio.sleep(self._watch.interval_s)
             self._watch.check(self.backlog, self._failing or self._down)
+            self._check_priority()
             if self._watch.health.state != "ok":
                 self._room.set()  # agents paused at high water read again (`wait_for_room`)
+
+    def _check_priority(self) -> None:
+        """Replace a writer starved at `IDLE` by one at `LOW`, and back after a long calm."""
+        now = time.monotonic()
+        if self.backlog > self._low_water:
+            self._calm_since = now
+            if self._behind_since is None:
+                self._behind_since = now
+        else:
+            self._behind_since = None
+        if not self._ready or self._replacing or self._failing is not None:
+            return  # a writer that cannot write is not starved
+        if (
+            self.writer_priority == IDLE
+            and self._behind_since is not None
+            and now - self._behind_since >= self._starved_after_s
+        ):
+            _log.warning(
+                "traffic log writer behind at idle priority (every core busy, or a slow disk):"
+                " restarting it at nice 10",
+                extra={"backlog": self.backlog, "behind_s": round(now - self._behind_since, 1)},
+            )
+            self._replace(LOW)
+        elif self.writer_priority == LOW and now - self._calm_since >= self._calm_after_s:
+            _log.info("traffic log writer kept up: restarting it at idle priority")
+            self._replace(IDLE)
+
+    def _replace(self, priority: str) -> None:
+        """Stop the writer process at once; its successor runs at `priority`."""
+        self.writer_priority = priority
+        self._behind_since = None
+        self._calm_since = time.monotonic()
+        process = self._process
+        if process is not None and process.returncode is None:
+            self._replacing = True
+            process.kill()  # a SIGSTOPped or starved process ends too; its batch rolls back
 
 
 async def _read_answer(stream: asyncio.StreamReader) -> FromWriter | None:

@@ -54,22 +54,25 @@ from .feed import (
     Unavailable,
     frame,
 )
+from .priority import lower_priority
 from .urls import backend_for_url
-from .writer import BATCH_ROWS, WRITER_NICE
+from .writer import BATCH_ROWS
 
 _log = logging.getLogger("kleinmaelzung.hub.store.writer_process")
 
-#: A transaction begins at most this often (unless the batch is full): at
-#: low rates a commit per loop iteration of the hub cost the writer far more
-#: than its rows. S2 in benchmarks/run.py (2,000 frames/s, SQLite): the
-#: writer took 17 % of a core committing at once, 9 % every 20 ms, 8 % every
-#: 100 ms. But a longer interval makes each commit a longer burst of the
-#: writer's CPU on the hub's core, and the hub's p99 pays: with 50 ms (and
-#: records sent every 5 ms) S2 p99 was 1.9-2.0 ms and the hub's tree 28-32 %
-#: of a core; with 10 ms (and 1 ms) 0.9-1.0 ms and 35-36 % (the thread
-#: writer's hub, same runs: 0.55-0.77 ms, 41-46 %). Acks wait 250 ms to be
-#: gathered anyway (`hub.acks`).
-COMMIT_INTERVAL_S = 0.01
+#: A transaction begins at most this often (unless the batch is full). Each
+#: commit writes every page it touched, and a batch of samples from many
+#: instruments touches a leaf of each per-instrument index: with 200
+#: instruments, about as many pages for 20 rows as for 200. S2 in
+#: benchmarks/run.py (2,000 frames/s, SQLite), hub and writer on one core:
+#: at once 17 % of a core for the writer; every 10 ms 8 %, with 3,500 page
+#: writes and 1,800 page reads a second (strace); every 50 ms the hub's tree
+#: 27-28 us per delivery against 31-36 at 10 ms. A longer interval made
+#: p99 worse while the writer ran at nice 10 (1.8 ms at 50 ms, 2.1 at 100),
+#: from two bursts, both gone: Acks armed per commit (`hub.acks`) and the
+#: commit's CPU in front of the hub's next frame (`priority`). Acks wait up
+#: to 250 ms to be gathered anyway, so 50 ms costs the agents nothing.
+COMMIT_INTERVAL_S = 0.05
 _decoder = msgspec.msgpack.Decoder(ToWriter)
 _raw_records = msgspec.msgpack.Decoder(tuple[str, int, list[msgspec.Raw]])
 _record_decoder = msgspec.msgpack.Decoder(Record)
@@ -308,9 +311,6 @@ def main() -> int:
     """Serve one hub's stream until it says Stop or its pipe ends."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    # Before any thread starts, so that every thread has it: the hub's
-    # forwarding keeps the core while a sample waits to be sent.
-    os.nice(WRITER_NICE)
     # The hub's log format (`kmz --log-format`, inherited as $KMZ_LOG_FORMAT).
     configure_logging(log_format="json" if os.environ.get("KMZ_LOG_FORMAT") == "json" else "text")
     logging.getLogger().setLevel(logging.WARNING)
@@ -318,6 +318,9 @@ def main() -> int:
     start = _read_message(stdin)
     if not isinstance(start, Start):
         return 2
+    # Before any thread starts (the backend's included), so that every thread
+    # has it: the hub's forwarding keeps the core while a sample waits.
+    lower_priority(start.priority)
     try:
         backend = backend_for_url(start.url)
         backend.open()
