@@ -285,12 +285,14 @@ def _percentile(sorted_ns: Any, q: float) -> float | None:
 
 
 def _cpu_seconds(pid: int, children: bool = True) -> float | None:
-    """CPU seconds of the server and every process under it (the hub's log writer)."""
+    """CPU seconds of the server and every process under it (the hub's log writer), ended or not."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    # Its own time and its reaped children's: a writer process the hub
+    # replaced during the window counts with all it used, its successor too.
+    total = sum(int(f) for f in fields[11 : 15 if children else 13]) / os.sysconf("SC_CLK_TCK")
     for child in _children(pid) if children else ():
         total += _cpu_seconds(child) or 0.0
     return total

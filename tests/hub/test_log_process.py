@@ -175,6 +175,29 @@ async def test_a_writer_starved_at_idle_priority_is_replaced_by_one_at_nice_10(
     await store.close()
 
 
+async def test_a_writer_that_lets_the_backlog_reach_high_water_at_idle_runs_at_nice_10(
+    log_place: LogPlace,
+) -> None:
+    # A hub saturating its core pauses its agents at high water while the
+    # writer, idle, catches up: at once at nice 10 instead, not after seconds.
+    store = writer(
+        log_place, high_water_rows=50, low_water_rows=10, starved_after_s=3600, degraded_after_s=0.4
+    )
+    await store.open()
+    idle = store.writer_pid
+    assert idle is not None
+    os.kill(idle, signal.SIGSTOP)
+    for i in range(100):
+        store.append(data(i))
+    paused = asyncio.ensure_future(store.wait_for_room())
+    await until(lambda: store.writer_priority == "low", "a writer at nice 10")
+    await asyncio.wait_for(paused, 30)
+    await asyncio.wait_for(store.flush(), 30)
+    traffic, _ = await logged_seqs(log_place)
+    assert traffic == Counter((INSTRUMENTS[i % 3], i // 3) for i in range(100))
+    await store.close()
+
+
 async def test_a_writer_at_nice_10_goes_back_to_idle_after_a_calm(log_place: LogPlace) -> None:
     store = writer(log_place, priority="low", calm_after_s=0.3, degraded_after_s=0.4)
     await store.open()

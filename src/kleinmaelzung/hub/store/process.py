@@ -90,8 +90,11 @@ CLOSE_WAIT_S = CLOSE_GRACE_S + 8.0
 #: per loop iteration woke the writer 2,000 times a second in S2. Kept short
 #: for the same reason as `writer_process.COMMIT_INTERVAL_S` (see there).
 SEND_INTERVAL_S = 0.001
-#: A writer at `priority.IDLE` whose backlog stays over low water this long
-#: is starved of CPU (or its disk is slow): its successor runs at `LOW`.
+#: A writer at `priority.IDLE` whose backlog stays over low water this long,
+#: or reaches high water, is starved of CPU (or its disk is slow): its
+#: successor runs at `LOW`. Reaching high water at idle priority is what a
+#: hub that saturates its core does (S1 in benchmarks/run.py): agents paused
+#: until the writer, idle, caught up, and again, 8 % fewer deliveries.
 STARVED_AFTER_S = 3.0
 #: A writer at `LOW` whose backlog stayed under low water this long is
 #: replaced by one at `IDLE` again: what starved it is likely over.
@@ -187,6 +190,8 @@ class ProcessWriter(BackendReads):
         self._calm_since = time.monotonic()
         #: The writer was stopped to start one at another priority: no crash.
         self._replacing = False
+        #: Agents were paused at high water since the last check.
+        self._hit_high_water = False
 
     @property
     def location(self) -> str:
@@ -307,6 +312,7 @@ class ProcessWriter(BackendReads):
             return
         first = not self._throttled
         self._throttled = True
+        self._hit_high_water = True
         self._room.clear()
         if first:  # once per pause, not once per agent
             _log.warning("traffic log behind; pausing agents", extra={"backlog": self.backlog})
@@ -488,12 +494,14 @@ class ProcessWriter(BackendReads):
                 self._behind_since = now
         else:
             self._behind_since = None
+        hit_high_water, self._hit_high_water = self._hit_high_water, False
         if not self._ready or self._replacing or self._failing is not None:
             return  # a writer that cannot write is not starved
-        if (
-            self.writer_priority == IDLE
-            and self._behind_since is not None
-            and now - self._behind_since >= self._starved_after_s
+        if self.writer_priority == IDLE and (
+            hit_high_water
+            or (
+                self._behind_since is not None and now - self._behind_since >= self._starved_after_s
+            )
         ):
             _log.warning(
                 "traffic log writer behind at idle priority (every core busy, or a slow disk):"
