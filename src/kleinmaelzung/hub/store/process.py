@@ -497,16 +497,12 @@ class ProcessWriter(BackendReads):
         hit_high_water, self._hit_high_water = self._hit_high_water, False
         if not self._ready or self._replacing or self._failing is not None:
             return  # a writer that cannot write is not starved
-        if self.writer_priority == IDLE and (
-            hit_high_water
-            or (
-                self._behind_since is not None and now - self._behind_since >= self._starved_after_s
-            )
-        ):
+        behind_s = 0.0 if self._behind_since is None else now - self._behind_since
+        if self.writer_priority == IDLE and (hit_high_water or behind_s >= self._starved_after_s):
             _log.warning(
                 "traffic log writer behind at idle priority (every core busy, or a slow disk):"
                 " restarting it at nice 10",
-                extra={"backlog": self.backlog, "behind_s": round(now - self._behind_since, 1)},
+                extra={"backlog": self.backlog, "behind_s": round(behind_s, 1)},
             )
             self._replace(LOW)
         elif self.writer_priority == LOW and now - self._calm_since >= self._calm_after_s:
