@@ -84,7 +84,7 @@ async def test_while_connected_young_samples_wait_for_their_ack_instead_of_the_d
     tmp_path: Path,
 ) -> None:
     # SD wear: a commit every 0.5 s wrote each sample (400 bytes per sample,
-    # benchmarks/spool_io.py) although the hub acknowledges within 0.3 s.
+    # benchmarks/spool_io.py) although the hub acknowledges within 0.6 s.
     spool = await reopened(tmp_path / "spool.sqlite", run="a.0", hold_s=3600)
     try:
         for seq in range(5):

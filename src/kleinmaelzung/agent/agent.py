@@ -43,7 +43,7 @@ from .transcript import Transcript
 _log = logging.getLogger(__name__)
 
 #: On stop, how long the link may still deliver unacknowledged samples. The
-#: hub acknowledges every 0.25 s once committed, so a healthy hub needs well
+#: hub acknowledges every 0.5 s once committed, so a healthy hub needs well
 #: under a second; what is not acknowledged by then waits in the spool.
 DRAIN_S = 2.0
 #: How often the drain looks at the spool (it has no event for "empty").

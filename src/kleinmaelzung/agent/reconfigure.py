@@ -33,7 +33,7 @@ _log = logging.getLogger(__name__)
 #: server that is not there takes its connect timeout (3 s by default).
 SETTLE_S = 5.0
 #: How long removing an instrument waits for the hub to acknowledge its last
-#: samples (it acknowledges every 0.25 s once committed); a sample it never
+#: samples (it acknowledges every 0.5 s once committed); a sample it never
 #: acknowledges would be refused on every later connection.
 REMOVE_DRAIN_S = 2.0
 _DRAIN_CHECK_S = 0.02

@@ -303,7 +303,7 @@ class Spool:
         """Write what was taken and not acknowledged, apply acks and the limits, in one commit.
 
         While connected, a sample younger than `hold_s` waits for the next
-        commit: the hub acknowledges within about 0.3 s, so in steady
+        commit: the hub acknowledges within about 0.6 s, so in steady
         operation almost nothing is written (measured: 400 bytes per sample
         without the hold, see benchmarks/spool_io.py). Disconnected, or with
         `everything`, all of it is written.

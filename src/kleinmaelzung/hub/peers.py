@@ -97,6 +97,9 @@ class Peer:
         self._idle = asyncio.Event()
         self._idle.set()
         self._writer: asyncio.Task[None] | None = None
+        # Kept: asyncio.get_running_loop() costs a getpid() system call per
+        # call on Python 3.11, and a round starts for nearly every frame.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._closing: asyncio.Future[None] | None = None
         # Written to directly while it keeps up: only a connection without
         # permessage-deflate (the hub negotiates none) takes frames built here.
@@ -111,7 +114,8 @@ class Peer:
 
     def start(self) -> None:
         """Start the task that drains the send buffer into the socket."""
-        self._writer = asyncio.create_task(self._write(), name=f"kmz-writer-{self.name}")
+        self._loop = asyncio.get_running_loop()
+        self._writer = self._loop.create_task(self._write(), name=f"kmz-writer-{self.name}")
 
     def send(self, frame: bytes) -> None:
         """Send one encoded message; queued if the socket lags, never dropped for being slow."""
@@ -208,7 +212,8 @@ class Peer:
 
     def _write_in_round(self, wire: bytes) -> None:
         if not self._round:
-            asyncio.get_running_loop().call_soon(self._end_round)
+            assert self._loop is not None, "start() first"  # _direct() holds only once started
+            self._loop.call_soon(self._end_round)
         self._round.append(wire)
         self._round_bytes += len(wire)
 
