@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import math
 import random
+import sqlite3
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from kleinmaelzung.hub.store import LogWriter
+from kleinmaelzung.hub.store import LogWriter, sqlite_summaries
 from kleinmaelzung.hub.store.retention import DAY_S, RetentionPolicy
-from kleinmaelzung.hub.store.summaries import RollupRunner, plan, rollup_for
+from kleinmaelzung.hub.store.summaries import RollupRunner, minute_of, plan, rollup_for
 
 from .log_backends import LogPlace, log_place, postgres_url
 from .test_log_queries import data_record
@@ -181,3 +184,28 @@ async def test_summaries_go_with_the_samples_retention_removes(log_place: LogPla
     for start, end, every in QUERIES:
         await assert_history(store, samples, start, end, every)
     await store.close()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.floats(min_value=-1e11, max_value=1e11, allow_nan=False),
+            # Right at and around minute boundaries, where rounding bites.
+            st.integers(-(10**9), 10**9).map(lambda m: m * 60.0),
+            st.integers(-(10**9), 10**9).map(lambda m: math.nextafter(m * 60.0, -math.inf)),
+        ),
+        min_size=1,
+        max_size=50,
+    )
+)
+def test_the_feed_notes_each_sample_in_the_minute_minute_of_names(times: list[float]) -> None:
+    # The roll-up groups new samples by minute in SQL (without the GIL); the
+    # minutes must be exactly the ones history reads them back by.
+    with sqlite3.connect(":memory:") as connection:
+        connection.execute("CREATE TABLE sample (instrument TEXT, ts REAL)")
+        connection.executemany("INSERT INTO sample VALUES ('i', ?)", [(t,) for t in times])
+        fed = connection.execute(sqlite_summaries._FEED, (0, len(times))).fetchall()
+    assert {minute for _, minute, _, _ in fed} == {minute_of(t) for t in times}
+    assert sum(count for _, _, _, count in fed) == len(times)
+    assert max(newest for _, _, newest, _ in fed) == len(times)

@@ -18,6 +18,7 @@ Passes of two hubs on one database are kept apart by an advisory lock.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -110,6 +111,10 @@ SELECT bucket, $6::text, count(*), min(v), max(v), sum(v) FROM (
     WHERE jsonb_typeof(s.channel_values -> $6) = 'number'
 ) b GROUP BY bucket
 """
+
+
+#: Data frames decoded between two yields to the loop (about 0.3 ms of them).
+TOUCH_SLICE = 100
 
 
 def _touched(rows: Sequence[Any], into: dict[str, set[int]]) -> None:
@@ -229,7 +234,12 @@ class PostgresRollup:
             async with connection.transaction():
                 rows = await connection.fetch(_FEED, watermark, newest, FEED_ROWS)
                 touched: dict[str, set[int]] = {}
-                _touched(rows, touched)
+                # On the hub's loop: a slice at a time, so that forwarding
+                # never waits behind decoding 5,000 frames at once (10-15 ms
+                # at 2-3 us a frame).
+                for first in range(0, len(rows), TOUCH_SLICE):
+                    _touched(rows[first : first + TOUCH_SLICE], touched)
+                    await asyncio.sleep(0)
                 for instrument, minutes in touched.items():
                     ranges = [*await _pending(connection, instrument), *runs(minutes)]
                     if horizon is not None:
