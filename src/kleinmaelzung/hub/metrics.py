@@ -94,8 +94,9 @@ class HubCollector:
         if priority is not None:
             yield GaugeMetricFamily(
                 "kmz_log_writer_idle",
-                "1 while the log's writer process runs at idle priority; 0 at nice 10, after"
-                " it fell behind (every core busy, or a slow disk).",
+                "1 while the log's writer process runs at idle priority; 0 at nice 10: for"
+                " 2 s after it started, while the log is behind, and for 10 min after it"
+                " fell behind at idle priority (every core busy, or a slow disk).",
                 value=1 if priority == "idle" else 0,
             )
 

@@ -32,7 +32,7 @@ class Start(msgspec.Struct, tag="start", array_like=True):
     url: str
     writer: str
     #: `priority.IDLE` or `priority.LOW`: how the writer yields the CPU to the hub.
-    priority: str = "idle"
+    priority: str = "low"
 
 
 class Records(msgspec.Struct, tag="records", array_like=True):
@@ -88,7 +88,13 @@ class Failing(msgspec.Struct, tag="failing", array_like=True):
     reason: str = ""
 
 
-ToWriter = Start | Records | Save | Forget | Stop
+class Lower(msgspec.Struct, tag="lower", array_like=True):
+    """Run at `priority` from now on, every thread (`priority.lower_threads`)."""
+
+    priority: str
+
+
+ToWriter = Start | Records | Save | Forget | Lower | Stop
 FromWriter = Ready | Unavailable | Done | Failing
 
 _encoder = msgspec.msgpack.Encoder()

@@ -63,6 +63,7 @@ from .feed import (
     Failing,
     Forget,
     FromWriter,
+    Lower,
     Ready,
     Records,
     Save,
@@ -90,14 +91,14 @@ CLOSE_WAIT_S = CLOSE_GRACE_S + 8.0
 #: per loop iteration woke the writer 2,000 times a second in S2. Kept short
 #: for the same reason as `writer_process.COMMIT_INTERVAL_S` (see there).
 SEND_INTERVAL_S = 0.001
-#: A writer at `priority.IDLE` whose backlog stays over low water this long,
-#: or reaches high water, is starved of CPU (or its disk is slow): its
-#: successor runs at `LOW`. Reaching high water at idle priority is what a
-#: hub that saturates its core does (S1 in benchmarks/run.py): agents paused
-#: until the writer, idle, caught up, and again, 8 % fewer deliveries.
+#: A writer starts at `priority.LOW` and is lowered to `priority.IDLE` once
+#: the backlog has stayed under low water this long (`priority` says why).
+IDLE_AFTER_S = 2.0
+#: A writer at `IDLE` whose backlog stays over low water this long, or
+#: reaches high water, is starved of CPU (every core busy) or its disk is
+#: slow: it is replaced by one at `LOW`.
 STARVED_AFTER_S = 3.0
-#: A writer at `LOW` whose backlog stayed under low water this long is
-#: replaced by one at `IDLE` again: what starved it is likely over.
+#: ... which is lowered again only after the log kept up this long.
 CALM_AFTER_S = 600.0
 #: The pipe to the writer holds this much before the hub's loop buffers.
 PIPE_BYTES = 1 << 20
@@ -132,6 +133,7 @@ class ProcessWriter(BackendReads):
         degraded_after_s: float = DEGRADED_AFTER_S,
         on_health: OnHealth | None = None,
         priority: str = IDLE,
+        idle_after_s: float = IDLE_AFTER_S,
         starved_after_s: float = STARVED_AFTER_S,
         calm_after_s: float = CALM_AFTER_S,
     ) -> None:
@@ -181,10 +183,15 @@ class ProcessWriter(BackendReads):
         self.restarts = 0
         #: The current writer process's id; None while there is none.
         self.writer_pid: int | None = None
-        #: How the writer process yields the CPU (`priority`); the next one's, if it changes.
-        self.writer_priority = priority
+        #: How the writer process yields the CPU now (`priority`): each starts at `LOW`.
+        self.writer_priority = LOW
+        #: What it runs at while the log keeps up: `IDLE` unless asked otherwise.
+        self._wanted_priority = priority
         self._starved_after_s = starved_after_s
         self._calm_after_s = calm_after_s
+        #: How long the log must keep up before the writer is lowered: short
+        #: after a start, long after a writer at `IDLE` fell behind.
+        self._lower_after_s = idle_after_s
         #: Since when (monotonic) the backlog is over low water, or under it.
         self._behind_since: float | None = None
         self._calm_since = time.monotonic()
@@ -384,6 +391,8 @@ class ProcessWriter(BackendReads):
             self._ready = False
             self._failing = None
             self.writer_pid = None
+            self.writer_priority = LOW  # as its successor starts
+            self._calm_since = time.monotonic()
             if self._replacing:
                 self._replacing = False
                 continue  # at once: what it had not committed goes to its successor
@@ -413,7 +422,7 @@ class ProcessWriter(BackendReads):
         pipe = process.stdin.transport.get_extra_info("pipe")
         with contextlib.suppress(OSError, AttributeError):  # not Linux, or over pipe-max-size
             fcntl.fcntl(pipe.fileno(), _F_SETPIPE_SZ, PIPE_BYTES)
-        process.stdin.write(frame(Start(self.url, self.writer_id, self.writer_priority)))
+        process.stdin.write(frame(Start(self.url, self.writer_id, LOW)))
         why = ""
         try:
             answer = await _read_answer(process.stdout)
@@ -486,15 +495,16 @@ class ProcessWriter(BackendReads):
                 self._room.set()  # agents paused at high water read again (`wait_for_room`)
 
     def _check_priority(self) -> None:
-        """Replace a writer starved at `IDLE` by one at `LOW`, and back after a long calm."""
+        """Lower a writer at `LOW` once the log keeps up; replace one starved at `IDLE`."""
         now = time.monotonic()
-        if self.backlog > self._low_water:
+        hit_high_water, self._hit_high_water = self._hit_high_water, False
+        if self.backlog > self._low_water or hit_high_water:
             self._calm_since = now
+        if self.backlog > self._low_water:
             if self._behind_since is None:
                 self._behind_since = now
         else:
             self._behind_since = None
-        hit_high_water, self._hit_high_water = self._hit_high_water, False
         if not self._ready or self._replacing or self._failing is not None:
             return  # a writer that cannot write is not starved
         behind_s = 0.0 if self._behind_since is None else now - self._behind_since
@@ -504,16 +514,21 @@ class ProcessWriter(BackendReads):
                 " restarting it at nice 10",
                 extra={"backlog": self.backlog, "behind_s": round(behind_s, 1)},
             )
-            self._replace(LOW)
-        elif self.writer_priority == LOW and now - self._calm_since >= self._calm_after_s:
-            _log.info("traffic log writer kept up: restarting it at idle priority")
-            self._replace(IDLE)
+            self._lower_after_s = self._calm_after_s
+            self._replace()
+        elif (
+            self.writer_priority == LOW
+            and self._wanted_priority == IDLE
+            and now - self._calm_since >= self._lower_after_s
+        ):
+            if self._lower_after_s == self._calm_after_s:
+                _log.info("traffic log writer kept up: back to idle priority")
+            self.writer_priority = IDLE
+            self._write(frame(Lower(IDLE)))
 
-    def _replace(self, priority: str) -> None:
-        """Stop the writer process at once; its successor runs at `priority`."""
-        self.writer_priority = priority
+    def _replace(self) -> None:
+        """Stop the writer process at once; its successor starts at `LOW`."""
         self._behind_since = None
-        self._calm_since = time.monotonic()
         process = self._process
         if process is not None and process.returncode is None:
             self._replacing = True

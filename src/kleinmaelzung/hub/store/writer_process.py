@@ -45,6 +45,7 @@ from .feed import (
     Failing,
     Forget,
     FromWriter,
+    Lower,
     Ready,
     Records,
     Save,
@@ -54,7 +55,7 @@ from .feed import (
     Unavailable,
     frame,
 )
-from .priority import lower_priority
+from .priority import lower_priority, lower_threads
 from .urls import backend_for_url
 from .writer import BATCH_ROWS
 
@@ -194,6 +195,8 @@ def _read_forever(
             elif isinstance(message, Save | Forget):
                 position = _position(message.change)
                 items.put(_Chunk(position, position, [message.change], 0, True))
+            elif isinstance(message, Lower):
+                lower_threads(message.priority)
     except Exception:  # the thread's top: the writer must still commit what it has
         _log.exception("reading the hub's frames failed")
     finally:
