@@ -209,6 +209,26 @@ async def test_a_writer_starved_at_idle_priority_is_replaced_by_one_at_nice_10(
     await store.close()
 
 
+async def test_a_flush_waits_no_longer_than_the_lag_for_a_writer_starved_at_idle(
+    log_place: LogPlace,
+) -> None:
+    # One record, far under low water: still, a writer at idle priority that
+    # does not commit it in time is starved, and every flush (a calibration
+    # capture, a resumed subscription) would wait for as long as it stays so.
+    store = writer(log_place, idle_after_s=0.2, starved_lag_s=0.5, degraded_after_s=0.4)
+    await store.open()
+    idle = store.writer_pid
+    assert idle is not None
+    await until(lambda: _threads_policy(idle) == {os.SCHED_IDLE}, "the writer lowered")
+    os.kill(idle, signal.SIGSTOP)
+    store.append(data(0))
+    await asyncio.wait_for(store.flush(), 10)  # forever, with the writer stopped, before
+    assert store.writer_pid not in (None, idle) and store.writer_priority == "low"
+    traffic, _ = await logged_seqs(log_place)
+    assert traffic == Counter({(INSTRUMENTS[0], 0): 1})
+    await store.close()
+
+
 async def test_a_writer_that_lets_the_backlog_reach_high_water_at_idle_runs_at_nice_10(
     log_place: LogPlace,
 ) -> None:

@@ -40,7 +40,7 @@ import logging
 import secrets
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import msgspec
 
@@ -98,8 +98,17 @@ IDLE_AFTER_S = 2.0
 #: reaches high water, is starved of CPU (every core busy) or its disk is
 #: slow: it is replaced by one at `LOW`.
 STARVED_AFTER_S = 3.0
+#: ... or whose oldest uncommitted item waits this long, however small the
+#: backlog: a starved writer with a handful of records would otherwise hold
+#: up every flush (a calibration capture, a resumed subscription) for as long
+#: as the machine stays busy. Browser tests on two loaded cores showed it: a
+#: capture waited more than 15 s. A writer that keeps up commits within its
+#: 50 ms interval.
+STARVED_LAG_S = 1.0
 #: ... which is lowered again only after the log kept up this long.
 CALM_AFTER_S = 600.0
+#: How often the writer's priority is checked (and the log's health with it).
+PRIORITY_CHECK_S = 0.25
 #: The pipe to the writer holds this much before the hub's loop buffers.
 PIPE_BYTES = 1 << 20
 _F_SETPIPE_SZ = 1031  # Linux
@@ -117,6 +126,8 @@ class _Chunk:
     rows: int
     data: bytes
     counted: int = 0
+    #: When it was handed to the writer (monotonic): how long the oldest waits.
+    sent_at: float = field(default_factory=time.monotonic)
 
 
 class ProcessWriter(BackendReads):
@@ -135,6 +146,7 @@ class ProcessWriter(BackendReads):
         priority: str = IDLE,
         idle_after_s: float = IDLE_AFTER_S,
         starved_after_s: float = STARVED_AFTER_S,
+        starved_lag_s: float = STARVED_LAG_S,
         calm_after_s: float = CALM_AFTER_S,
     ) -> None:
         self.url = url
@@ -188,6 +200,7 @@ class ProcessWriter(BackendReads):
         #: What it runs at while the log keeps up: `IDLE` unless asked otherwise.
         self._wanted_priority = priority
         self._starved_after_s = starved_after_s
+        self._starved_lag_s = starved_lag_s
         self._calm_after_s = calm_after_s
         #: How long the log must keep up before the writer is lowered: short
         #: after a start, long after a writer at `IDLE` fell behind.
@@ -488,7 +501,7 @@ class ProcessWriter(BackendReads):
 
     async def _watch_health(self) -> None:
         while True:
-            await asyncio.sleep(self._watch.interval_s)
+            await asyncio.sleep(min(self._watch.interval_s, PRIORITY_CHECK_S))
             self._watch.check(self.backlog, self._failing or self._down)
             self._check_priority()
             if self._watch.health.state != "ok":
@@ -498,7 +511,8 @@ class ProcessWriter(BackendReads):
         """Lower a writer at `LOW` once the log keeps up; replace one starved at `IDLE`."""
         now = time.monotonic()
         hit_high_water, self._hit_high_water = self._hit_high_water, False
-        if self.backlog > self._low_water or hit_high_water:
+        lagging = bool(self._chunks) and now - self._chunks[0].sent_at >= self._starved_lag_s / 2
+        if self.backlog > self._low_water or hit_high_water or lagging:
             self._calm_since = now
         if self.backlog > self._low_water:
             if self._behind_since is None:
@@ -508,11 +522,18 @@ class ProcessWriter(BackendReads):
         if not self._ready or self._replacing or self._failing is not None:
             return  # a writer that cannot write is not starved
         behind_s = 0.0 if self._behind_since is None else now - self._behind_since
-        if self.writer_priority == IDLE and (hit_high_water or behind_s >= self._starved_after_s):
+        lag_s = now - self._chunks[0].sent_at if self._chunks else 0.0
+        if self.writer_priority == IDLE and (
+            hit_high_water or behind_s >= self._starved_after_s or lag_s >= self._starved_lag_s
+        ):
             _log.warning(
                 "traffic log writer behind at idle priority (every core busy, or a slow disk):"
                 " restarting it at nice 10",
-                extra={"backlog": self.backlog, "behind_s": round(behind_s, 1)},
+                extra={
+                    "backlog": self.backlog,
+                    "behind_s": round(behind_s, 1),
+                    "oldest_waits_s": round(lag_s, 1),
+                },
             )
             self._lower_after_s = self._calm_after_s
             self._replace()
