@@ -72,7 +72,8 @@ _log = logging.getLogger("kleinmaelzung.hub.store.writer_process")
 #: p99 worse while the writer ran at nice 10 (1.8 ms at 50 ms, 2.1 at 100),
 #: from two bursts, both gone: Acks armed per commit (`hub.acks`) and the
 #: commit's CPU in front of the hub's next frame (`priority`). Acks wait up
-#: to 250 ms to be gathered anyway, so 50 ms costs the agents nothing.
+#: to 500 ms to be gathered anyway (`hub.acks`), so 50 ms costs the agents
+#: nothing.
 COMMIT_INTERVAL_S = 0.05
 _decoder = msgspec.msgpack.Decoder(ToWriter)
 _raw_records = msgspec.msgpack.Decoder(tuple[str, int, list[msgspec.Raw]])
