@@ -152,6 +152,16 @@ def _threads_policy(pid: int) -> set[int]:
     return {os.sched_getscheduler(int(tid)) for tid in os.listdir(f"/proc/{pid}/task")}
 
 
+async def _stopped_idle_writer(store: ProcessWriter) -> int:
+    """Open `store`, wait until its writer is lowered to idle, stop it: a starved writer."""
+    await store.open()
+    idle = store.writer_pid
+    assert idle is not None
+    await until(lambda: _threads_policy(idle) == {os.SCHED_IDLE}, "the writer lowered")
+    os.kill(idle, signal.SIGSTOP)
+    return idle
+
+
 async def test_a_writer_starts_at_nice_10_and_goes_idle_once_the_log_keeps_up(
     log_place: LogPlace,
 ) -> None:
@@ -186,11 +196,7 @@ async def test_a_writer_starved_at_idle_priority_is_replaced_by_one_at_nice_10(
         calm_after_s=0.6,
         degraded_after_s=0.4,
     )
-    await store.open()
-    idle = store.writer_pid
-    assert idle is not None
-    await until(lambda: _threads_policy(idle) == {os.SCHED_IDLE}, "the writer lowered")
-    os.kill(idle, signal.SIGSTOP)
+    idle = await _stopped_idle_writer(store)
     for i in range(200):
         store.append(data(i))
     await until(lambda: store.writer_pid not in (None, idle), "a writer at nice 10")
@@ -216,11 +222,7 @@ async def test_a_flush_waits_no_longer_than_the_lag_for_a_writer_starved_at_idle
     # does not commit it in time is starved, and every flush (a calibration
     # capture, a resumed subscription) would wait for as long as it stays so.
     store = writer(log_place, idle_after_s=0.2, starved_lag_s=0.5, degraded_after_s=0.4)
-    await store.open()
-    idle = store.writer_pid
-    assert idle is not None
-    await until(lambda: _threads_policy(idle) == {os.SCHED_IDLE}, "the writer lowered")
-    os.kill(idle, signal.SIGSTOP)
+    idle = await _stopped_idle_writer(store)
     store.append(data(0))
     await asyncio.wait_for(store.flush(), 10)  # forever, with the writer stopped, before
     assert store.writer_pid not in (None, idle) and store.writer_priority == "low"
@@ -242,11 +244,7 @@ async def test_a_writer_that_lets_the_backlog_reach_high_water_at_idle_runs_at_n
         starved_after_s=3600,
         degraded_after_s=0.4,
     )
-    await store.open()
-    idle = store.writer_pid
-    assert idle is not None
-    await until(lambda: _threads_policy(idle) == {os.SCHED_IDLE}, "the writer lowered")
-    os.kill(idle, signal.SIGSTOP)
+    idle = await _stopped_idle_writer(store)
     for i in range(100):
         store.append(data(i))
     paused = asyncio.ensure_future(store.wait_for_room())
